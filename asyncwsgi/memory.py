@@ -1,0 +1,195 @@
+"""The in-process store: the default, for one process (any number of threads)."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import OrderedDict
+
+from .results import lost_result
+from .store import KeyEntry, Progress, Result, Store, TaskRecord
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Tasks in a dict, guarded by one lock.
+
+    Expiry is driven by a heap of finish deadlines and costs O(expired tasks)
+    on the calls that touch the table; no sweeper thread, no full scan.
+    An expired task leaves a tombstone (a poll gets 410 Gone) for
+    ``tombstone_ttl`` seconds; ``max_tombstones`` bounds how many are kept,
+    the oldest forgotten first. A forgotten id answers 404.
+
+    >>> store = MemoryStore()
+    >>> app = AsyncMiddleware(app, paths=["/reports/*"], store=store)
+    """
+
+    shared = False
+
+    def __init__(
+        self,
+        *,
+        max_tombstones: int = 10_000,
+        tombstone_ttl: float = 3600.0,
+        key_reservation_ttl: float = 60.0,
+    ) -> None:
+        self.max_tombstones = max_tombstones
+        self.tombstone_ttl = tombstone_ttl
+        self.key_reservation_ttl = key_reservation_ttl
+        self._lock = threading.Lock()
+        self._tasks: dict[str, TaskRecord] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._tombstones: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._keys: dict[str, tuple[KeyEntry, float]] = {}
+        self._key_of: dict[str, str] = {}
+        self._waiters: dict[str, threading.Event] = {}
+        self._active = 0
+
+    def create(
+        self,
+        record: TaskRecord,
+        *,
+        key: str | None = None,
+        fingerprint: str | None = None,
+        limit: int | None = None,
+    ) -> bool:
+        with self._lock:
+            self._expire(time.time())
+            if limit is not None and self._active >= limit:
+                return False
+            self._tasks[record.id] = record
+            self._active += 1
+            if key is not None:
+                self._keys[key] = (KeyEntry(record.id, fingerprint), float("inf"))
+                self._key_of[record.id] = key
+            return True
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        now = time.time()
+        with self._lock:
+            self._expire(now)
+            record = self._tasks.get(task_id)
+            if record is None:
+                tombstone = self._tombstones.get(task_id)
+                if tombstone is not None:
+                    return TaskRecord(task_id, state="expired", owner=tombstone[1])
+                return None
+            if record.state == "running" and record.lease_until is not None:
+                if record.lease_until < now:
+                    self._finish(record, lost_result(), now)
+            return record
+
+    def start(self, task_id: str, lease_until: float) -> bool:
+        with self._lock:
+            record = self._tasks.get(task_id)
+            if record is None or record.state != "queued":
+                return False
+            record.state = "running"
+            record.started = time.time()
+            record.lease_until = lease_until
+            return True
+
+    def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                record = self._tasks.get(task_id)
+                if record is not None and record.state == "running":
+                    record.lease_until = lease_until
+
+    def set_progress(self, task_id: str, progress: Progress) -> None:
+        with self._lock:
+            record = self._tasks.get(task_id)
+            if record is not None and record.state == "running":
+                record.progress = progress
+
+    def finish(self, task_id: str, result: Result) -> bool:
+        now = time.time()
+        with self._lock:
+            record = self._tasks.get(task_id)
+            if record is None or record.state not in ("queued", "running"):
+                return False
+            self._finish(record, result, now)
+            return True
+
+    def _finish(self, record: TaskRecord, result: Result, now: float) -> None:
+        record.state = "done"
+        record.finished = now
+        record.result = result
+        record.lease_until = None
+        self._active -= 1
+        heapq.heappush(self._deadlines, (now + record.ttl, record.id))
+        event = self._waiters.pop(record.id, None)
+        if event is not None:
+            event.set()
+
+    def delete(self, task_id: str) -> bool:
+        with self._lock:
+            record = self._tasks.pop(task_id, None)
+            if record is None:
+                return False
+            if record.state in ("queued", "running"):
+                self._active -= 1
+            self._drop_key(task_id)
+            event = self._waiters.pop(task_id, None)
+            if event is not None:
+                event.set()
+            return True
+
+    def is_cancelled(self, task_id: str) -> bool:
+        record = self._tasks.get(task_id)
+        return record is None or record.state != "running"
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        with self._lock:
+            record = self._tasks.get(task_id)
+            if record is None or record.state not in ("queued", "running"):
+                event = None
+            else:
+                event = self._waiters.get(task_id)
+                if event is None:
+                    event = self._waiters[task_id] = threading.Event()
+        if event is not None:
+            event.wait(timeout)
+        return self.get(task_id)
+
+    def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
+        now = time.time()
+        with self._lock:
+            self._expire(now)
+            held = self._keys.get(key)
+            if held is not None and held[1] > now:
+                return held[0]
+            self._keys[key] = (KeyEntry(None, None), now + min(ttl, self.key_reservation_ttl))
+            return None
+
+    def release_key(self, key: str) -> None:
+        with self._lock:
+            held = self._keys.get(key)
+            if held is not None and held[0].task_id is None:
+                del self._keys[key]
+
+    def count_active(self) -> int:
+        return self._active
+
+    def _drop_key(self, task_id: str) -> None:
+        key = self._key_of.pop(task_id, None)
+        if key is not None:
+            self._keys.pop(key, None)
+
+    def _expire(self, now: float) -> None:
+        # Called with the lock held: pops only what is due.
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, task_id = heapq.heappop(deadlines)
+            record = self._tasks.pop(task_id, None)
+            if record is None:
+                continue
+            self._drop_key(task_id)
+            self._tombstones[task_id] = (now + self.tombstone_ttl, record.owner)
+        tombstones = self._tombstones
+        while tombstones and (
+            len(tombstones) > self.max_tombstones or next(iter(tombstones.values()))[0] <= now
+        ):
+            tombstones.popitem(last=False)

@@ -1,0 +1,363 @@
+"""AsyncMiddleware: marked requests become background tasks with a status URL."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from .environ import read_body, snapshot
+from .executor import Executor, Job, ThreadExecutor
+from .owner import owner_hash
+from .patterns import Pattern, compile_patterns
+from .prefer import parse_prefer, wait_seconds
+from .results import error_result
+from .runner import TaskRunner
+from .store import Result, Store, TaskRecord, open_store
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["AsyncMiddleware"]
+
+logger = logging.getLogger("asyncwsgi")
+
+# secrets.token_urlsafe(24): 192 random bits in 32 URL-safe characters.
+_ID_BYTES = 24
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{32}")
+_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
+_STATUS_METHODS = ("GET", "HEAD", "DELETE")
+_ALLOW = ", ".join(_STATUS_METHODS)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AsyncMiddleware:
+    """Run the requests to marked paths in the background.
+
+    A request whose path matches ``paths`` (and whose method is in
+    ``methods``) is answered at once with ``202 Accepted`` and a ``Location``
+    under ``status_path``; the app runs on a worker with a copy of the
+    request, and the status URL answers 202 until the app's response is
+    ready, then that response, exactly. Every other request goes straight to
+    the app.
+
+    >>> application = AsyncMiddleware(app, paths=["/reports/*"])
+    >>> # POST /reports/q3      -> 202, Location: /status/<id>
+    >>> # GET  /status/<id>     -> 202 while running, then the app's response
+
+    ``close()`` stops accepting new tasks (503) and waits for the accepted
+    ones; status URLs are answered all along.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        paths: Iterable[Pattern] = (),
+        methods: Iterable[str] = ("GET", "POST", "PUT", "PATCH", "DELETE"),
+        status_path: str = "/status/",
+        store: Store | str | None = None,
+        max_workers: int = 8,
+        max_pending: int = 1000,
+        result_ttl: float = 300.0,
+        max_body: int = 10 * 2**20,
+        max_result: int = 64 * 2**20,
+        retry_after: int = 1,
+        max_retry_after: int = 30,
+        prefer_paths: Iterable[Pattern] = (),
+        max_wait: float = 30.0,
+        owner: Callable[[WSGIEnvironment], str | None] | None = None,
+        lease: float = 30.0,
+        executor: Executor | None = None,
+    ) -> None:
+        if not (status_path.startswith("/") and status_path.endswith("/")):
+            raise ValueError("status_path must start and end with '/'")
+        self.app = app
+        self.paths = list(paths)
+        self.methods = frozenset(m.upper() for m in methods) - {"HEAD", "OPTIONS"}
+        self.status_path = status_path
+        self.store = open_store(store)
+        self.max_workers = max_workers
+        self.max_pending = max_pending
+        self.result_ttl = result_ttl
+        self.max_body = max_body
+        self.max_result = max_result
+        self.retry_after = retry_after
+        self.max_retry_after = max(max_retry_after, retry_after)
+        self.prefer_paths = list(prefer_paths)
+        self.max_wait = max_wait
+        self.owner = owner
+        self.lease = lease
+        self.executor = executor if executor is not None else ThreadExecutor(max_workers)
+        self.runner = TaskRunner(app, self.store, max_result=max_result, lease=lease)
+        self.executor.bind(self.runner)
+        self.closed = False
+        self._match = compile_patterns(self.paths)
+        self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
+        self._warned_multiprocess = False
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self.status_path):
+            return self._status(environ, start_response, path[len(self.status_path) :])
+        method = environ["REQUEST_METHOD"]
+        if method in self.methods:
+            if self._match(path, method):
+                return self._submit(environ, start_response, "")
+            if (
+                self._prefer_match is not None
+                and self._prefer_match(path, method)
+                and "respond-async" in parse_prefer(environ.get("HTTP_PREFER"))
+            ):
+                return self._submit(environ, start_response, "respond-async")
+        return self.app(environ, start_response)
+
+    # -- submitting ------------------------------------------------------
+
+    def _submit(
+        self, environ: WSGIEnvironment, start_response: StartResponse, applied: str
+    ) -> Iterable[bytes]:
+        if "asyncwsgi.task" in environ:
+            # A task's own request replayed through this middleware again.
+            return self.app(environ, start_response)
+        if self.closed:
+            return self._unavailable("not accepting new tasks")(environ, start_response)
+        if environ.get("wsgi.multiprocess") and not self.store.shared:
+            self._warn_multiprocess()
+
+        owner: str | None = None
+        if self.owner is not None:
+            value = self.owner(environ)
+            if not value:
+                return _text(403, "this request has no owner to bind a task to")(
+                    environ, start_response
+                )
+            owner = owner_hash(value)
+
+        key: str | None = None
+        raw_key = environ.get("HTTP_IDEMPOTENCY_KEY")
+        if raw_key is not None:
+            if not _KEY_RE.fullmatch(raw_key):
+                return _text(400, "Idempotency-Key must be 1 to 255 visible ASCII characters")(
+                    environ, start_response
+                )
+            key = hashlib.sha256(f"{owner or ''}\x00{raw_key}".encode()).hexdigest()
+            held = self.store.reserve_key(key, self.result_ttl)
+            if held is not None:
+                return self._retried(environ, start_response, held.task_id, held.fingerprint)
+
+        try:
+            body = read_body(environ, self.max_body)
+        except HTTPException as exc:
+            if key is not None:
+                self.store.release_key(key)
+            return exc(environ, start_response)
+
+        now = time.time()
+        record = TaskRecord(
+            secrets.token_urlsafe(_ID_BYTES), created=now, owner=owner, ttl=self.result_ttl
+        )
+        fingerprint = _fingerprint(environ, body) if key is not None else None
+        if not self.store.create(record, key=key, fingerprint=fingerprint, limit=self.max_pending):
+            if key is not None:
+                self.store.release_key(key)
+            return self._unavailable("too many pending tasks")(environ, start_response)
+        try:
+            self.executor.submit(Job(record.id, snapshot(environ), body))
+        except Exception:
+            logger.exception("asyncwsgi: could not queue task %s", record.id)
+            self.store.delete(record.id)
+            return self._unavailable("could not queue the task")(environ, start_response)
+
+        wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
+        if wait:
+            waited = min(wait, self.max_wait)
+            done = self.store.wait(record.id, waited)
+            if done is not None:
+                record = done
+            applied = f"wait={int(waited)}" if not applied else f"{applied}, wait={int(waited)}"
+            if record.state == "done" and record.result is not None:
+                return _replay(environ, start_response, record.result, applied)
+        return self._accepted(environ, start_response, record, applied)
+
+    def _retried(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        task_id: str | None,
+        fingerprint: str | None,
+    ) -> Iterable[bytes]:
+        if task_id is None:
+            return _text(409, "a request with this Idempotency-Key is still being accepted")(
+                environ, start_response
+            )
+        try:
+            body = read_body(environ, self.max_body)
+        except HTTPException as exc:
+            return exc(environ, start_response)
+        if fingerprint is None or not hmac.compare_digest(fingerprint, _fingerprint(environ, body)):
+            return _text(422, "this Idempotency-Key was used with a different request")(
+                environ, start_response
+            )
+        return self._status(environ, start_response, task_id, retried=True)
+
+    # -- the status URL --------------------------------------------------
+
+    def _status(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        task_id: str,
+        *,
+        retried: bool = False,
+    ) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if not retried and method not in _STATUS_METHODS:
+            response = _text(405, "use GET, HEAD or DELETE on a status URL")
+            response.headers["Allow"] = _ALLOW
+            return response(environ, start_response)
+        if not _ID_RE.fullmatch(task_id):
+            return _not_found(environ, start_response)
+        record = self.store.get(task_id)
+        if record is None or not self._owns(environ, record):
+            return _not_found(environ, start_response)
+        if method == "DELETE" and not retried:
+            if self.store.delete(task_id):
+                self.executor.cancel(task_id)
+                return Response(status=204)(environ, start_response)
+            return _not_found(environ, start_response)
+        if record.state == "expired":
+            return _text(410, "this task's result has expired")(environ, start_response)
+
+        applied = ""
+        if record.state != "done":
+            wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
+            if wait:
+                waited = min(wait, self.max_wait)
+                applied = f"wait={int(waited)}"
+                record = self.store.wait(task_id, waited) or record
+                if record.state == "expired":
+                    return _text(410, "this task's result has expired")(environ, start_response)
+        if record.state == "done" and record.result is not None:
+            return _replay(environ, start_response, record.result, "")
+        if record.state not in ("queued", "running"):
+            return _not_found(environ, start_response)  # deleted while we waited
+        return self._accepted(environ, start_response, record, applied)
+
+    def _owns(self, environ: WSGIEnvironment, record: TaskRecord) -> bool:
+        if self.owner is None:
+            return True
+        value = self.owner(environ)
+        if not value or record.owner is None:
+            return False
+        return hmac.compare_digest(owner_hash(value), record.owner)
+
+    def _accepted(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        record: TaskRecord,
+        applied: str,
+    ) -> Iterable[bytes]:
+        location = environ.get("SCRIPT_NAME", "") + self.status_path + record.id
+        document = {
+            "id": record.id,
+            "state": record.state,
+            "status_url": location,
+            "created": _iso(record.created),
+            "started": _iso(record.started),
+            "progress": record.progress,
+        }
+        response = Response(
+            json.dumps(document, separators=(",", ":")),
+            status=202,
+            content_type="application/json",
+        )
+        headers = response.headers
+        headers["Location"] = location
+        headers["Retry-After"] = str(self.retry_after_for(time.time() - record.created))
+        headers["Vary"] = "Prefer"
+        if applied:
+            headers["Preference-Applied"] = applied
+        return response(environ, start_response)
+
+    def retry_after_for(self, age: float) -> int:
+        """Seconds a client should wait before the next poll of a task this old:
+        ``retry_after`` while the task is young, then a tenth of its age,
+        capped at ``max_retry_after``; a long task is polled less often."""
+        return min(self.max_retry_after, max(self.retry_after, int(age / 10)))
+
+    def _unavailable(self, message: str) -> Response:
+        response = _text(503, message)
+        response.headers["Retry-After"] = str(self.retry_after)
+        return response
+
+    def _warn_multiprocess(self) -> None:
+        if not self._warned_multiprocess:
+            self._warned_multiprocess = True
+            logger.warning(
+                "asyncwsgi: the server runs several processes but the task store is "
+                "in-process: a poll that lands on another process gets 404. Use a shared "
+                "store (store='sqlite:///tasks.db' or 'redis://...')."
+            )
+
+    # -- shutting down ---------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop accepting tasks (new submissions get 503), then wait until the
+        queued and running ones are done, at most ``timeout`` seconds. Tasks
+        still unfinished then are ended as 500, never left running. Results
+        stay readable. True if every task finished by itself."""
+        self.closed = True
+        finished = self.executor.shutdown(timeout)
+        if not finished:
+            for job in self.executor.abandon():
+                self.store.finish(job.task_id, error_result(503, "server shut down"))
+            self.runner.fail_running("the server shut down before the task finished")
+        self.runner.stop()
+        return finished
+
+
+def _fingerprint(environ: WSGIEnvironment, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE"):
+        digest.update(environ.get(part, "").encode("latin-1", "replace") + b"\x00")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def _replay(
+    environ: WSGIEnvironment, start_response: StartResponse, result: Result, applied: str
+) -> Iterable[bytes]:
+    headers = list(result.headers)
+    if applied:
+        headers.append(("Preference-Applied", applied))
+        headers.append(("Vary", "Prefer"))
+    start_response(result.status, headers)
+    if environ["REQUEST_METHOD"] == "HEAD":
+        return []
+    return [result.body]
+
+
+def _text(code: int, message: str) -> Response:
+    return Response(message + "\n", status=code, content_type="text/plain; charset=utf-8")
+
+
+def _not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    return _text(404, "no such task")(environ, start_response)

@@ -1,0 +1,106 @@
+"""Run one task: call the app with the task's environ and store what it answers.
+
+The same runner serves the thread pool and remote workers (Celery), so a task
+behaves the same wherever it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .capture import ResponseTooLarge, capture
+from .environ import task_environ
+from .results import error_result
+from .store import Result, Store
+from .task import TaskHandle
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+    from .executor import Job
+
+__all__ = ["TaskRunner"]
+
+logger = logging.getLogger("asyncwsgi")
+
+
+class TaskRunner:
+    """Runs jobs against ``app`` and writes results to ``store``.
+
+    While tasks run, one heartbeat thread (only for shared stores, where
+    another process may judge a lease) extends their leases every third of
+    ``lease``.
+    """
+
+    def __init__(
+        self, app: WSGIApplication, store: Store, *, max_result: int, lease: float
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.max_result = max_result
+        self.lease = lease
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def running(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    def run(self, job: Job) -> None:
+        task_id = job.task_id
+        if not self.store.start(task_id, time.time() + self.lease):
+            return  # deleted while queued: it never runs
+        with self._lock:
+            self._running.add(task_id)
+        if self.store.shared and self._heartbeat is None:
+            self._start_heartbeat()
+        result: Result = error_result(500)
+        try:
+            environ = task_environ(job.environ, job.body)
+            environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
+            result = capture(self.app, environ, self.max_result)
+        except ResponseTooLarge as exc:
+            logger.error("asyncwsgi: task %s failed: %s", task_id, exc)
+        except Exception:
+            logger.exception("asyncwsgi: task %s failed in the app", task_id)
+        finally:
+            # Also on BaseException (SystemExit in the app): never left running.
+            try:
+                self.store.finish(task_id, result)
+            finally:
+                with self._lock:
+                    self._running.discard(task_id)
+
+    def fail_running(self, message: str) -> None:
+        """End every task this process still runs as a 500 (a shutdown that
+        cannot wait for them)."""
+        for task_id in self.running:
+            self.store.finish(task_id, error_result(500, message))
+
+    def _start_heartbeat(self) -> None:
+        with self._lock:
+            if self._heartbeat is not None:
+                return
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="asyncwsgi-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        interval = max(0.05, self.lease / 3)
+        while not self._stop.wait(interval):
+            running = self.running
+            if running:
+                try:
+                    self.store.heartbeat(running, time.time() + self.lease)
+                except Exception:
+                    logger.exception("asyncwsgi: heartbeat failed")
+
+    def stop(self) -> None:
+        self._stop.set()
