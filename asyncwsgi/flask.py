@@ -1,0 +1,138 @@
+"""Flask integration: ``AsyncMiddleware`` around ``app.wsgi_app``.
+
+>>> aw = AsyncWSGI(app)                  # or AsyncWSGI() then aw.init_app(app)
+>>> @app.post("/reports/<int:year>")
+... @aw.background
+... def report(year):
+...     task = request.environ.get("asyncwsgi.task")
+...     ...
+
+Options are the keyword arguments of :class:`~asyncwsgi.AsyncMiddleware`,
+read from ``app.config["ASYNCWSGI_<OPTION>"]`` (``ASYNCWSGI_PATHS``,
+``ASYNCWSGI_STATUS_PATH``, ``ASYNCWSGI_STORE``, ...); keyword arguments given
+to ``AsyncWSGI`` win over the config.
+
+``@aw.background`` marks the URL rules of that view, with the methods those
+rules route to that view; other views on the same URL stay synchronous.
+
+The middleware is built on the first request (or the first read of
+``aw.middleware``), when the URL map is complete, so ``@aw.background`` may be
+applied before or after ``init_app``. Rules added after that are not marked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from werkzeug.routing import Rule
+
+from .middleware import AsyncMiddleware
+from .patterns import Pattern
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from flask import Flask
+
+__all__ = ["AsyncWSGI"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+OPTIONS = tuple(
+    name
+    for name, parameter in inspect.signature(AsyncMiddleware).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+)
+_IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
+
+
+class AsyncWSGI:
+    """Flask extension: marked views run as background tasks.
+
+    >>> aw = AsyncWSGI(app, store="sqlite:///tasks.db")
+    >>> @app.post("/export")
+    ... @aw.background
+    ... def export(): ...
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown AsyncMiddleware options: {', '.join(sorted(unknown))}")
+        self.options = options
+        self.views: set[Callable[..., Any]] = set()
+        self.app = app
+        self._lazy: _LazyMiddleware | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def background(self, view: F) -> F:
+        """Mark ``view``: requests routed to it become tasks."""
+        self.views.add(view)
+        return view
+
+    def init_app(self, app: Flask) -> None:
+        options: dict[str, Any] = {
+            name: app.config[f"ASYNCWSGI_{name.upper()}"]
+            for name in OPTIONS
+            if f"ASYNCWSGI_{name.upper()}" in app.config
+        }
+        options.update(self.options)
+        lazy = _LazyMiddleware(self, app, app.wsgi_app, options)
+        app.wsgi_app = lazy  # type: ignore[method-assign]
+        app.extensions["asyncwsgi"] = lazy
+        self._lazy = lazy
+
+    @property
+    def middleware(self) -> AsyncMiddleware:
+        """The middleware of the app given last to ``init_app``, built now if
+        no request has built it yet."""
+        if self._lazy is None:
+            raise RuntimeError("AsyncWSGI.init_app(app) has not been called")
+        return self._lazy.get()
+
+    def rules(self, app: Flask) -> list[Rule]:
+        """One werkzeug ``Rule`` per URL rule of ``app`` routed to a marked view."""
+        marked: list[Rule] = []
+        for rule in app.url_map.iter_rules():
+            if app.view_functions.get(rule.endpoint) not in self.views:
+                continue
+            methods = set(rule.methods or ()) - _IMPLICIT_METHODS
+            if methods:
+                marked.append(Rule(rule.rule, methods=sorted(methods)))
+        return marked
+
+
+class _LazyMiddleware:
+    """Stands in for ``app.wsgi_app`` until the first request builds the middleware."""
+
+    def __init__(
+        self, ext: AsyncWSGI, app: Flask, wsgi_app: WSGIApplication, options: dict[str, Any]
+    ) -> None:
+        self.ext = ext
+        self.app = app
+        self.wsgi_app = wsgi_app
+        self.options = options
+        self.middleware: AsyncMiddleware | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> AsyncMiddleware:
+        middleware = self.middleware
+        if middleware is None:
+            with self._lock:
+                middleware = self.middleware
+                if middleware is None:
+                    options = dict(self.options)
+                    paths: Iterable[Pattern] = options.pop("paths", ())
+                    middleware = AsyncMiddleware(
+                        self.wsgi_app,
+                        paths=[*paths, *self.ext.rules(self.app)],
+                        **options,
+                    )
+                    self.middleware = middleware
+        return middleware
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.get()(environ, start_response)

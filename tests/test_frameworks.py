@@ -1,0 +1,109 @@
+"""Each framework integration through the framework's own request handling."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from asyncwsgi import AsyncMiddleware
+
+from .helpers import wait_done
+
+
+def submit_and_wait(client: Client, method: str, path: str, **kw: Any) -> Any:
+    submitted = client.open(path, method=method, **kw)
+    assert submitted.status_code == 202, submitted.data
+    return wait_done(client, submitted.headers["Location"])
+
+
+# -- Flask -------------------------------------------------------------------
+
+
+def make_flask(**config: Any) -> Any:
+    from flask import Flask, jsonify, request
+
+    app = Flask("flaskapp")
+    app.config.update(config)
+
+    @app.get("/reports/<int:year>")
+    def read_report(year: int) -> Any:
+        return jsonify(year=year, sync=True)
+
+    def write_report(year: int) -> Any:
+        task = request.environ.get("asyncwsgi.task")
+        if task is not None:
+            task.set_progress(1, 2, "half")
+        return jsonify(year=year, body=request.get_data(as_text=True), task=task is not None)
+
+    app.add_url_rule("/reports/<int:year>", view_func=write_report, methods=["POST", "PUT"])
+
+    @app.get("/plain")
+    def plain() -> Any:
+        return "plain"
+
+    return app, write_report
+
+
+@pytest.fixture
+def flask_ext() -> Iterator[Any]:
+    made: list[Any] = []
+    yield made
+    for ext in made:
+        ext.middleware.close(timeout=5)
+
+
+@pytest.mark.parametrize("before_init", [True, False], ids=["decorated-first", "init-first"])
+def test_flask_background_marks_exactly_the_decorated_view(flask_ext, before_init):
+    from asyncwsgi.flask import AsyncWSGI
+
+    app, write_report = make_flask()
+    aw = AsyncWSGI()
+    flask_ext.append(aw)
+    if before_init:
+        aw.background(write_report)
+        aw.init_app(app)
+    else:
+        aw.init_app(app)
+        aw.background(write_report)
+    client = Client(app)
+
+    done = submit_and_wait(client, "POST", "/reports/2024", data="rows")
+    assert done.status_code == 200
+    assert done.json == {"year": 2024, "body": "rows", "task": True}
+    assert submit_and_wait(client, "PUT", "/reports/7").json["task"] is True
+
+    # The same URL's GET view, a URL the rule's converter rejects, and other
+    # views stay synchronous.
+    assert client.get("/reports/2024").json == {"year": 2024, "sync": True}
+    assert client.post("/reports/abc").status_code == 404
+    assert client.get("/plain").data == b"plain"
+    assert [r.rule for r in aw.middleware.paths] == ["/reports/<int:year>"]
+    assert aw.middleware.paths[0].methods == {"POST", "PUT"}
+
+
+def test_flask_reads_config_and_keywords_win(flask_ext):
+    from asyncwsgi.flask import AsyncWSGI
+
+    app, _ = make_flask(
+        ASYNCWSGI_PATHS=["/plain"],
+        ASYNCWSGI_STATUS_PATH="/jobs/",
+        ASYNCWSGI_MAX_WORKERS=2,
+        ASYNCWSGI_RETRY_AFTER=3,
+    )
+    aw = AsyncWSGI(app, retry_after=5)
+    flask_ext.append(aw)
+    client = Client(app)
+
+    submitted = client.get("/plain")
+    assert submitted.status_code == 202
+    assert submitted.headers["Location"].startswith("/jobs/")
+    assert submitted.headers["Retry-After"] == "5"
+    assert wait_done(client, submitted.headers["Location"]).data == b"plain"
+    assert aw.middleware.max_workers == 2
+    assert app.extensions["asyncwsgi"].middleware is aw.middleware
+    with pytest.raises(TypeError, match="unknown"):
+        AsyncWSGI(nonsense=1)
