@@ -107,3 +107,107 @@ def test_flask_reads_config_and_keywords_win(flask_ext):
     assert app.extensions["asyncwsgi"].middleware is aw.middleware
     with pytest.raises(TypeError, match="unknown"):
         AsyncWSGI(nonsense=1)
+
+
+# -- Django ------------------------------------------------------------------
+
+django_seen: list[Any] = []
+
+
+def django_task_view(request: Any, name: str) -> Any:
+    from django.db import connections
+    from django.http import JsonResponse
+
+    task = request.environ.get("asyncwsgi.task")
+    if task is not None:
+        task.set_progress(1, 1, "queried")
+    for alias in ("default", "disk"):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("select 1")
+    django_seen.append((threading.current_thread(), connections["disk"]))
+    return JsonResponse({"name": name, "task": task is not None, "method": request.method})
+
+
+@pytest.fixture(scope="session")
+def django_settings(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import django
+    from django.conf import settings
+    from django.urls import path
+
+    if not settings.configured:
+        # A urlconf is anything hashable with ``urlpatterns``: no module needed.
+        urls = type(
+            "urls",
+            (),
+            {
+                "urlpatterns": [
+                    path("task/<str:name>", django_task_view),
+                    path("sync/<str:name>", django_task_view),
+                ]
+            },
+        )
+        settings.configure(
+            DEBUG=False,
+            SECRET_KEY="not-a-secret",
+            ALLOWED_HOSTS=["localhost"],
+            ROOT_URLCONF=urls,
+            INSTALLED_APPS=[],
+            MIDDLEWARE=[],
+            USE_TZ=True,
+            DATABASES={
+                "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+                # A file database, which Django really closes (it never closes
+                # an in-memory one), kept open between requests by CONN_MAX_AGE.
+                "disk": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "NAME": str(tmp_path_factory.mktemp("django") / "db.sqlite3"),
+                    "CONN_MAX_AGE": 600,
+                },
+            },
+            ASYNCWSGI={"paths": ["/task/*"], "status_path": "/jobs/", "retry_after": 2},
+        )
+        django.setup()
+    return settings
+
+
+@pytest.fixture
+def django_app(django_settings, monkeypatch) -> Iterator[tuple[AsyncMiddleware, list[str]]]:
+    from django.db import connections
+
+    from asyncwsgi.django import get_wsgi_application
+
+    closed_in: list[str] = []
+    close_all = connections.close_all
+
+    def spy() -> None:
+        closed_in.append(threading.current_thread().name)
+        close_all()
+
+    monkeypatch.setattr(connections, "close_all", spy)
+    django_seen.clear()
+    app = get_wsgi_application(max_workers=2)
+    yield app, closed_in
+    app.close(timeout=5)
+
+
+def test_django_task_through_the_real_handler_closes_its_connections(django_app):
+    app, closed_in = django_app
+    client = Client(app)
+    submitted = client.post("/task/q3")
+    assert submitted.status_code == 202
+    assert submitted.headers["Location"].startswith("/jobs/")
+    assert submitted.headers["Retry-After"] == "2"
+    done = wait_done(client, submitted.headers["Location"])
+    assert done.status_code == 200
+    assert done.json == {"name": "q3", "task": True, "method": "POST"}
+
+    ((thread, disk),) = django_seen
+    assert thread is not threading.current_thread()
+    assert closed_in == [thread.name]
+    assert disk.connection is None  # closed despite CONN_MAX_AGE
+
+    # Unmarked requests run in the server's thread and are left to Django.
+    assert client.get("/sync/now").json == {"name": "now", "task": False, "method": "GET"}
+    assert closed_in == [thread.name]
+    assert django_seen[-1][1].connection is not None
+    django_seen[-1][1].close()
