@@ -17,7 +17,7 @@ from .helpers import wait_done
 def submit_and_wait(client: Client, method: str, path: str, **kw: Any) -> Any:
     submitted = client.open(path, method=method, **kw)
     assert submitted.status_code == 202, submitted.data
-    return wait_done(client, submitted.headers["Location"])
+    return wait_done(client, submitted.headers["Location"], headers=kw.get("headers"))
 
 
 # -- Flask -------------------------------------------------------------------
@@ -211,3 +211,82 @@ def test_django_task_through_the_real_handler_closes_its_connections(django_app)
     assert closed_in == [thread.name]
     assert django_seen[-1][1].connection is not None
     django_seen[-1][1].close()
+
+
+# -- PasteDeploy -------------------------------------------------------------
+
+
+def make_paste_app(global_conf: dict[str, str], **local_conf: str) -> Any:
+    greeting = local_conf["greeting"].encode()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        task = environ.get("asyncwsgi.task")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [greeting, b" task" if task is not None else b" direct"]
+
+    return app
+
+
+PASTE_INI = """\
+[pipeline:main]
+pipeline = asyncwsgi inner
+
+[filter:asyncwsgi]
+use = egg:asyncwsgi
+paths =
+    /reports/*
+    /export/<int:id>
+methods = POST PUT
+status_path = /jobs/
+max_workers = 3
+result_ttl = 60.5
+owner = tests.test_frameworks:paste_owner
+
+[app:inner]
+use = call:tests.test_frameworks:make_paste_app
+greeting = hello
+"""
+
+
+def paste_owner(environ: dict[str, Any]) -> str | None:
+    return environ.get("HTTP_X_USER")
+
+
+def test_paste_pipeline_from_an_ini_file(tmp_path):
+    from paste.deploy import loadapp
+
+    ini = tmp_path / "app.ini"
+    ini.write_text(PASTE_INI)
+    app = loadapp(f"config:{ini}")
+    try:
+        assert isinstance(app, AsyncMiddleware)
+        assert app.paths == ["/reports/*", "/export/<int:id>"]
+        assert app.methods == {"POST", "PUT"}
+        assert (app.max_workers, app.result_ttl) == (3, 60.5)
+        assert app.owner is paste_owner
+
+        client = Client(app)
+        user = {"X-User": "ann"}
+        done = submit_and_wait(client, "POST", "/export/12", headers=user)
+        assert done.data == b"hello task"
+        assert submit_and_wait(client, "PUT", "/reports/q3", headers=user).data == b"hello task"
+        assert client.get("/reports/q3").data == b"hello direct"
+        assert client.post("/export/abc").data == b"hello direct"
+    finally:
+        app.close(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        pytest.param({"max_workers": "many"}, "max_workers", id="not-a-number"),
+        pytest.param({"colour": "blue"}, "unknown", id="unknown-option"),
+        pytest.param({"owner": "tests.test_frameworks"}, "module:attribute", id="no-attribute"),
+        pytest.param({"owner": "tests.test_frameworks:nothing"}, "owner", id="missing-attr"),
+    ],
+)
+def test_paste_rejects_bad_options(conf, message):
+    from asyncwsgi.paste import convert_options
+
+    with pytest.raises(ValueError, match=message):
+        convert_options(conf)
