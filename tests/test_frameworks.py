@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -290,3 +293,88 @@ def test_paste_rejects_bad_options(conf, message):
 
     with pytest.raises(ValueError, match=message):
         convert_options(conf)
+
+
+# -- Falcon and Bottle: plain AsyncMiddleware --------------------------------
+
+
+def make_falcon() -> Any:
+    import falcon
+
+    class Report:
+        def on_post(self, req: Any, resp: Any, name: str) -> None:
+            task = req.env.get("asyncwsgi.task")
+            if task is not None:
+                task.set_progress(1, 1, "done")
+            resp.media = {"name": name, "body": req.bounded_stream.read().decode()}
+            resp.status = falcon.HTTP_201
+
+        def on_get(self, req: Any, resp: Any, name: str) -> None:
+            resp.media = {"name": name, "sync": True}
+
+    app = falcon.App()
+    app.add_route("/reports/{name}", Report())
+    return app
+
+
+def make_bottle() -> Any:
+    import bottle
+
+    app = bottle.Bottle()
+
+    @app.post("/reports/<name>")
+    def report(name: str) -> Any:
+        task = bottle.request.environ.get("asyncwsgi.task")
+        if task is not None:
+            task.set_progress(1, 1, "done")
+        bottle.response.status = 201
+        return {"name": name, "body": bottle.request.body.read().decode()}
+
+    @app.get("/reports/<name>")
+    def read(name: str) -> Any:
+        return {"name": name, "sync": True}
+
+    return app
+
+
+@pytest.mark.parametrize("make", [make_falcon, make_bottle], ids=["falcon", "bottle"])
+def test_plain_middleware_around_a_framework(make):
+    app = AsyncMiddleware(make(), paths=["/reports/*"], methods=["POST"])
+    try:
+        client = Client(app)
+        done = submit_and_wait(client, "POST", "/reports/q3", data=b"rows")
+        assert done.status_code == 201
+        assert done.json == {"name": "q3", "body": "rows"}
+        assert client.get("/reports/q3").json == {"name": "q3", "sync": True}
+    finally:
+        app.close(timeout=5)
+
+
+@pytest.mark.slow
+def test_falcon_under_waitress():
+    import waitress
+
+    app = AsyncMiddleware(make_falcon(), paths=["/reports/*"], methods=["POST"])
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.effective_port}"
+    try:
+        request = urllib.request.Request(f"{base}/reports/q3", data=b"rows", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as submitted:
+            assert submitted.status == 202
+            location = submitted.headers["Location"]
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(base + location, timeout=10) as polled:
+                status, body = polled.status, polled.read()
+            if status != 202:
+                break
+            assert time.monotonic() < deadline, "task still running"
+            time.sleep(0.01)
+        assert status == 201
+        assert json.loads(body) == {"name": "q3", "body": "rows"}
+    finally:
+        server.close()
+        thread.join(5)
+        app.close(timeout=5)
