@@ -3,6 +3,7 @@
 from .executor import Executor, ThreadExecutor
 from .memory import MemoryStore
 from .middleware import AsyncMiddleware
+from .sqlite import SQLiteStore
 from .store import Result, Store, TaskRecord
 from .task import TaskHandle
 
@@ -11,6 +12,7 @@ __all__ = [
     "Executor",
     "MemoryStore",
     "Result",
+    "SQLiteStore",
     "Store",
     "TaskHandle",
     "TaskRecord",

@@ -145,8 +145,8 @@ class Store(abc.ABC):
 
 
 def open_store(store: Store | str | None, **options: Any) -> Store:
-    """A store from a Store, a URL (``memory:``) or None (a new in-process
-    store)."""
+    """A store from a Store, a URL (``memory:``, ``sqlite:///tasks.db``,
+    ``sqlite:////abs/path/tasks.db``) or None (a new in-process store)."""
     if isinstance(store, Store):
         return store
     if store is None or store in ("memory:", "memory://"):
@@ -155,4 +155,10 @@ def open_store(store: Store | str | None, **options: Any) -> Store:
         return MemoryStore(**options)
     if not isinstance(store, str):
         raise TypeError(f"store must be a Store, a URL or None, not {type(store).__name__}")
-    raise ValueError(f"unknown store URL {store!r}: use memory:")
+    scheme = store.partition(":")[0].lower()
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore.from_url(store, **options)
+    # redis:// and rediss:// (RedisStore.from_url) go here.
+    raise ValueError(f"unknown store URL {store!r}: use memory:, sqlite:///path.db")

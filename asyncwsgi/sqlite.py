@@ -1,0 +1,487 @@
+"""A shared store in one SQLite file: several processes (and threads) on one machine.
+
+>>> app = AsyncMiddleware(app, paths=["/reports/*"], store="sqlite:///tasks.db")
+
+Every gunicorn worker opens the same file, so a status URL answers the same
+from whichever worker the poll lands on. The database runs in WAL mode (readers
+never block the one writer) with a busy timeout; each thread of each process
+has its own connection, and a process that was forked reopens its own rather
+than use the parent's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .results import lost_result
+from .store import KeyEntry, Progress, Result, Store, TaskRecord
+
+__all__ = ["SQLiteStore"]
+
+_SCHEME = "sqlite:///"
+
+# Expired tasks are moved to the tombstones in batches of this many, on the
+# calls that touch the table: never a sweep of the whole table at once.
+_EXPIRE_BATCH = 100
+# Ids per statement in heartbeat() (SQLite bounds the number of parameters).
+_ID_CHUNK = 500
+# wait() polls with a sleep that grows from the first to the last value.
+_POLL_FIRST = 0.005
+_POLL_LAST = 0.1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    progress TEXT,
+    status TEXT,
+    headers TEXT,
+    body BLOB,
+    owner TEXT,
+    lease_until REAL,
+    ttl REAL NOT NULL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks (state)
+    WHERE state IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS tombstones (
+    id TEXT PRIMARY KEY,
+    owner TEXT,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tombstones_expires_at ON tombstones (expires_at);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY,
+    task_id TEXT,
+    fingerprint TEXT,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS keys_task_id ON keys (task_id) WHERE task_id IS NOT NULL;
+"""
+
+_COLUMNS = (
+    "id, state, created, started, finished, progress, status, headers, body, owner,"
+    " lease_until, ttl, expires_at"
+)
+
+
+class SQLiteStore(Store):
+    """Tasks in an SQLite database file, shared by every process that opens it.
+
+    Semantics are those of :class:`~asyncwsgi.memory.MemoryStore`: results are
+    kept ``ttl`` seconds after they finish, then leave a tombstone (410 Gone)
+    for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them. An
+    unused key reservation lapses after ``key_reservation_ttl`` seconds.
+    ``timeout`` is how long a call waits for another process's write lock.
+
+    The file must be on a local disk: SQLite's locks are not reliable over
+    network filesystems. For several machines use a Redis store.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_tombstones: int = 10_000,
+        tombstone_ttl: float = 3600.0,
+        key_reservation_ttl: float = 60.0,
+        timeout: float = 30.0,
+    ) -> None:
+        if not path or path == ":memory:" or path.startswith("file:"):
+            raise ValueError("SQLiteStore needs the path of a database file")
+        self.path = os.path.abspath(path)
+        self.url = _SCHEME + self.path
+        self.max_tombstones = max_tombstones
+        self.tombstone_ttl = tombstone_ttl
+        self.key_reservation_ttl = key_reservation_ttl
+        self.timeout = timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # Every connection this store opened, with the pid that opened it, so
+        # that close() can close those of this process from any thread.
+        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._closed = False
+        self._setup()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteStore:
+        """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+        if not url.startswith(_SCHEME):
+            raise ValueError(
+                f"not an SQLite store URL: {url!r} (use sqlite:///relative.db "
+                "or sqlite:////absolute/path.db)"
+            )
+        path = url[len(_SCHEME) :]
+        if not path:
+            raise ValueError(f"an SQLite store URL needs a file path: {url!r}")
+        return cls(path, **options)
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.url}>"
+
+    # -- connections -------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == pid:
+            return conn
+        # First use in this thread, or this process is a fork of the one that
+        # opened it: a SQLite connection must not cross a fork, so open anew
+        # (and leave the parent's alone: closing it here could disturb the
+        # parent's locks).
+        if self._closed:
+            raise RuntimeError("SQLiteStore is closed")
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.timeout,
+            isolation_level=None,  # autocommit; transactions are explicit
+            check_same_thread=False,  # only so that close() may close it
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        local.conn = conn
+        local.pid = pid
+        with self._lock:
+            self._connections.append((pid, conn))
+        return conn
+
+    def _setup(self) -> None:
+        conn = self._conn()
+        # Switching to WAL needs a moment alone with the file; several workers
+        # starting at once may find it locked for a while.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock at once (BEGIN
+        IMMEDIATE), so that what it reads stays true until it commits."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection this process opened for this store."""
+        pid = os.getpid()
+        with self._lock:
+            self._closed = True
+            mine = [conn for owner, conn in self._connections if owner == pid]
+            self._connections = [(o, c) for o, c in self._connections if o != pid]
+        for conn in mine:
+            conn.close()
+        if getattr(self._local, "pid", None) == pid:
+            self._local.conn = None
+
+    # -- the interface -------------------------------------------------------
+
+    def create(
+        self,
+        record: TaskRecord,
+        *,
+        key: str | None = None,
+        fingerprint: str | None = None,
+        limit: int | None = None,
+    ) -> bool:
+        now = time.time()
+        with self._write() as conn:
+            self._expire(conn, now)
+            if limit is not None and self._count_active(conn) >= limit:
+                return False
+            result = record.result
+            conn.execute(
+                f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.state,
+                    record.created,
+                    record.started,
+                    record.finished,
+                    None if record.progress is None else json.dumps(record.progress),
+                    None if result is None else result.status,
+                    None if result is None else json.dumps(result.headers),
+                    None if result is None else result.body,
+                    record.owner,
+                    record.lease_until,
+                    record.ttl,
+                    None,
+                ),
+            )
+            conn.execute("DELETE FROM tombstones WHERE id = ?", (record.id,))
+            if key is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO keys (key, task_id, fingerprint, expires_at) "
+                    "VALUES (?, ?, ?, NULL)",
+                    (key, record.id, fingerprint),
+                )
+            return True
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        now = time.time()
+        conn = self._conn()
+        if self._expiry_due(conn, now):
+            with self._write() as conn:
+                self._expire(conn, now, task_id)
+        row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            tomb = conn.execute(
+                "SELECT owner FROM tombstones WHERE id = ? AND expires_at > ?", (task_id, now)
+            ).fetchone()
+            if tomb is not None:
+                return TaskRecord(task_id, state="expired", owner=tomb[0])
+            return None
+        record = _record(row)
+        if record.state == "running" and record.lease_until is not None:
+            if record.lease_until < now:
+                # The process running it stopped heartbeating: end it as lost,
+                # unless it finished (or was deleted) since we read it.
+                self._finish(task_id, lost_result(), now, lost_before=now)
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+                ).fetchone()
+                return None if row is None else _record(row)
+        return record
+
+    def start(self, task_id: str, lease_until: float) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE tasks SET state = 'running', started = ?, lease_until = ? "
+                "WHERE id = ? AND state = 'queued'",
+                (time.time(), lease_until, task_id),
+            )
+            return cursor.rowcount == 1
+
+    def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
+        if not task_ids:
+            return
+        with self._write() as conn:
+            for i in range(0, len(task_ids), _ID_CHUNK):
+                chunk = task_ids[i : i + _ID_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                conn.execute(
+                    f"UPDATE tasks SET lease_until = ? WHERE state = 'running' AND id IN ({marks})",
+                    (lease_until, *chunk),
+                )
+
+    def set_progress(self, task_id: str, progress: Progress) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE tasks SET progress = ? WHERE id = ? AND state = 'running'",
+                (json.dumps(progress), task_id),
+            )
+
+    def finish(self, task_id: str, result: Result) -> bool:
+        return self._finish(task_id, result, time.time())
+
+    def _finish(
+        self, task_id: str, result: Result, now: float, *, lost_before: float | None = None
+    ) -> bool:
+        # One conditional UPDATE: only a queued or running task is finished,
+        # so a finished result is never overwritten (a late finish after the
+        # lease was judged lost, or a lost verdict after a real finish).
+        query = (
+            "UPDATE tasks SET state = 'done', finished = ?, status = ?, headers = ?, body = ?,"
+            " lease_until = NULL, expires_at = ? + ttl WHERE id = ?"
+        )
+        params: tuple[Any, ...] = (
+            now,
+            result.status,
+            json.dumps(result.headers),
+            result.body,
+            now,
+            task_id,
+        )
+        if lost_before is None:
+            query += " AND state IN ('queued', 'running')"
+        else:
+            query += " AND state = 'running' AND lease_until < ?"
+            params += (lost_before,)
+        with self._write() as conn:
+            return conn.execute(query, params).rowcount == 1
+
+    def delete(self, task_id: str) -> bool:
+        with self._write() as conn:
+            if conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
+                return False
+            conn.execute("DELETE FROM keys WHERE task_id = ?", (task_id,))
+            return True
+
+    def is_cancelled(self, task_id: str) -> bool:
+        row = self._conn().execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return row is None or row[0] != "running"
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        # SQLite cannot tell another process that a row changed (no
+        # LISTEN/NOTIFY, and update hooks see only this connection's writes),
+        # so a finish in another worker can only be seen by reading again. The
+        # read is one indexed lookup; the sleep between reads starts at 5 ms
+        # (a short task answers at once) and grows to 100 ms (a long wait costs
+        # at most ten cheap reads a second).
+        deadline = time.monotonic() + timeout
+        delay = _POLL_FIRST
+        conn = self._conn()
+        while True:
+            now = time.time()
+            row = conn.execute(
+                "SELECT state, lease_until FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            if row is None or row[0] not in ("queued", "running"):
+                break
+            if row[0] == "running" and row[1] is not None and row[1] < now:
+                break  # lease lost: get() below ends it
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, _POLL_LAST)
+        return self.get(task_id)
+
+    def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
+        now = time.time()
+        with self._write() as conn:
+            self._expire(conn, now)
+            row = conn.execute(
+                "SELECT k.task_id, k.fingerprint, k.expires_at, t.id, t.expires_at "
+                "FROM keys AS k LEFT JOIN tasks AS t ON t.id = k.task_id WHERE k.key = ?",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                task_id, fingerprint, key_expires, task_row, task_expires = row
+                if task_id is None:
+                    held = key_expires is None or key_expires > now
+                else:
+                    # Bound: held while its task lives (it goes with its expiry).
+                    held = task_row is not None and (task_expires is None or task_expires > now)
+                if held:
+                    return KeyEntry(task_id, fingerprint)
+            conn.execute(
+                "INSERT OR REPLACE INTO keys (key, task_id, fingerprint, expires_at) "
+                "VALUES (?, NULL, NULL, ?)",
+                (key, now + min(ttl, self.key_reservation_ttl)),
+            )
+            return None
+
+    def release_key(self, key: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM keys WHERE key = ? AND task_id IS NULL", (key,))
+
+    def count_active(self) -> int:
+        return self._count_active(self._conn())
+
+    # -- expiry --------------------------------------------------------------
+
+    @staticmethod
+    def _count_active(conn: sqlite3.Connection) -> int:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM tasks WHERE state IN ('queued', 'running')"
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _expiry_due(conn: sqlite3.Connection, now: float) -> bool:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE expires_at <= ?1)"
+            " OR EXISTS (SELECT 1 FROM tombstones WHERE expires_at <= ?1)",
+            (now,),
+        ).fetchone()
+        return bool(row[0])
+
+    def _expire(self, conn: sqlite3.Connection, now: float, task_id: str | None = None) -> None:
+        """Inside a write transaction: move at most a batch of expired tasks
+        (and ``task_id`` if it is one) to the tombstones, drop their keys, and
+        forget tombstones past their time or beyond the bound."""
+        rows = conn.execute(
+            "SELECT id, owner FROM tasks WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (now, _EXPIRE_BATCH),
+        ).fetchall()
+        if task_id is not None:
+            rows += conn.execute(
+                "SELECT id, owner FROM tasks WHERE id = ? AND expires_at <= ?", (task_id, now)
+            ).fetchall()
+        if rows:
+            tomb_expires = now + self.tombstone_ttl
+            ids = [(row[0],) for row in rows]
+            conn.executemany(
+                "INSERT OR REPLACE INTO tombstones (id, owner, expires_at) VALUES (?, ?, ?)",
+                [(row[0], row[1], tomb_expires) for row in rows],
+            )
+            conn.executemany("DELETE FROM keys WHERE task_id = ?", ids)
+            conn.executemany("DELETE FROM tasks WHERE id = ?", ids)
+        conn.execute(
+            "DELETE FROM tombstones WHERE id IN "
+            "(SELECT id FROM tombstones WHERE expires_at <= ? LIMIT ?)",
+            (now, _EXPIRE_BATCH),
+        )
+        if rows:
+            count = conn.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0]
+            if count > self.max_tombstones:
+                conn.execute(
+                    "DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones"
+                    " ORDER BY expires_at, rowid LIMIT ?)",
+                    (count - self.max_tombstones,),
+                )
+
+
+def _record(row: tuple[Any, ...]) -> TaskRecord:
+    (
+        task_id,
+        state,
+        created,
+        started,
+        finished,
+        progress,
+        status,
+        headers,
+        body,
+        owner,
+        lease_until,
+        ttl,
+        _expires_at,
+    ) = row
+    result = None
+    if status is not None:
+        result = Result(status, [(str(k), str(v)) for k, v in json.loads(headers)], bytes(body))
+    return TaskRecord(
+        task_id,
+        state=state,
+        created=created,
+        started=started,
+        finished=finished,
+        progress=None if progress is None else json.loads(progress),
+        result=result,
+        owner=owner,
+        lease_until=lease_until,
+        ttl=ttl,
+    )

@@ -1,0 +1,569 @@
+"""One contract for every store: each test runs against each kind in STORES.
+
+A new store joins by adding its id to ``STORES`` and a branch to
+:func:`make_store`; nothing else here names a store.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncwsgi.memory import MemoryStore
+from asyncwsgi.results import error_result
+from asyncwsgi.sqlite import SQLiteStore
+from asyncwsgi.store import Result, Store, TaskRecord, open_store
+
+STORES = ["memory", "sqlite"]
+
+
+def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **options: Any) -> Store:
+    """A new, empty store of ``kind`` with ``options`` (the MemoryStore
+    keywords: max_tombstones, tombstone_ttl, key_reservation_ttl)."""
+    if kind == "memory":
+        return MemoryStore(**options)
+    if kind == "sqlite":
+        return SQLiteStore(str(tmp_path / "tasks.db"), **options)
+    raise ValueError(f"unknown store kind {kind!r}")
+
+
+StoreFactory = Callable[..., Store]
+
+
+@pytest.fixture(params=STORES)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Makes stores of the parametrized kind (one each call, each closed after
+    the test); the sqlite ones of one test share their file."""
+    made: list[Store] = []
+
+    def factory(**options: Any) -> Store:
+        store = make_store(request.param, tmp_path, request, **options)
+        made.append(store)
+        return store
+
+    yield factory
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Store:
+    return store_factory()
+
+
+_counter = iter(range(10**9))
+
+
+def new_record(ttl: float = 300.0, owner: str | None = None) -> TaskRecord:
+    task_id = f"task-{next(_counter):06d}-{time.monotonic_ns()}"
+    return TaskRecord(task_id, created=time.time(), owner=owner, ttl=ttl)
+
+
+def ok(body: bytes = b"hello") -> Result:
+    return Result("200 OK", [("Content-Type", "text/plain"), ("X-Two", "a, b")], body)
+
+
+def run_to_done(store: Store, record: TaskRecord, result: Result | None = None) -> None:
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 30)
+    assert store.finish(record.id, result or ok())
+
+
+# -- create and get ---------------------------------------------------------
+
+
+def test_create_then_get(store: Store) -> None:
+    record = new_record(owner="owner-hash")
+    assert store.create(record)
+    got = store.get(record.id)
+    assert got is not None
+    assert got.id == record.id
+    assert got.state == "queued"
+    assert got.owner == "owner-hash"
+    assert got.created == pytest.approx(record.created)
+    assert got.started is None and got.result is None
+    assert store.get("no-such-task") is None
+
+
+def test_limit_refusal_writes_nothing(store: Store) -> None:
+    first, second = new_record(), new_record()
+    assert store.create(first, limit=1)
+    assert not store.create(second, key="k", fingerprint="f", limit=1)
+    assert store.get(second.id) is None
+    assert store.count_active() == 1
+    # The key was not bound by the refused create.
+    assert store.reserve_key("k", 60) is None
+    # A finished task does not count against the limit.
+    assert store.start(first.id, time.time() + 30)
+    assert store.finish(first.id, ok())
+    assert store.create(second, limit=1)
+
+
+def test_limit_is_atomic_across_threads(store: Store) -> None:
+    accepted: list[bool] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        for _ in range(10):
+            done = store.create(new_record(), limit=25)
+            with lock:
+                accepted.append(done)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert accepted.count(True) == 25
+    assert store.count_active() == 25
+
+
+def test_start_only_once_and_only_from_queued(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    lease = time.time() + 30
+    assert store.start(record.id, lease)
+    got = store.get(record.id)
+    assert got is not None and got.state == "running"
+    assert got.started is not None and got.lease_until == pytest.approx(lease)
+    assert not store.start(record.id, lease)
+    assert store.finish(record.id, ok())
+    assert not store.start(record.id, lease)
+    assert not store.start("no-such-task", lease)
+
+
+def test_finish_only_once(store: Store) -> None:
+    record = new_record()
+    run_to_done(store, record, ok(b"first"))
+    assert not store.finish(record.id, ok(b"second"))
+    got = store.get(record.id)
+    assert got is not None and got.state == "done"
+    assert got.result == ok(b"first")
+    assert got.finished is not None and got.lease_until is None
+    assert not store.finish("no-such-task", ok())
+
+
+def test_finish_from_queued(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.finish(record.id, error_result(503, "server shut down"))
+    got = store.get(record.id)
+    assert got is not None and got.state == "done"
+    assert got.result is not None and got.result.status.startswith("503")
+    assert store.count_active() == 0
+
+
+def test_result_round_trips_exactly(store: Store) -> None:
+    body = bytes(range(256)) * 4 + b"\x00"
+    result = Result(
+        "299 Custom Reason",
+        [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("X-Empty", ""), ("X-Latin", "caf\xe9")],
+        body,
+    )
+    record = new_record()
+    run_to_done(store, record, result)
+    got = store.get(record.id)
+    assert got is not None and got.result == result
+    assert isinstance(got.result.body, bytes)
+    assert all(isinstance(pair, tuple) for pair in got.result.headers)
+
+
+def test_progress(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    # Progress is recorded only while running.
+    store.set_progress(record.id, {"done": 1, "total": 2, "message": None})
+    got = store.get(record.id)
+    assert got is not None and got.progress is None
+    assert store.start(record.id, time.time() + 30)
+    store.set_progress(record.id, {"done": 1, "total": 2, "message": "half"})
+    got = store.get(record.id)
+    assert got is not None
+    assert got.progress == {"done": 1, "total": 2, "message": "half"}
+    store.set_progress(record.id, {"done": 2.5, "total": None, "message": "é"})
+    got = store.get(record.id)
+    assert got is not None and got.progress == {"done": 2.5, "total": None, "message": "é"}
+    store.set_progress("no-such-task", {"done": 1, "total": None, "message": None})
+
+
+def test_delete(store: Store) -> None:
+    record = new_record()
+    assert store.create(record, key="k", fingerprint="f")
+    assert store.start(record.id, time.time() + 30)
+    assert not store.is_cancelled(record.id)
+    assert store.delete(record.id)
+    assert store.get(record.id) is None
+    assert store.is_cancelled(record.id)
+    assert store.count_active() == 0
+    assert not store.delete(record.id)
+    # Its key went with it, and a late finish writes nothing.
+    assert store.reserve_key("k", 60) is None
+    assert not store.finish(record.id, ok())
+    assert store.get(record.id) is None
+
+
+def test_is_cancelled(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.is_cancelled(record.id)  # queued: not running
+    assert store.start(record.id, time.time() + 30)
+    assert not store.is_cancelled(record.id)
+    assert store.finish(record.id, ok())
+    assert store.is_cancelled(record.id)
+    assert store.is_cancelled("no-such-task")
+
+
+def test_heartbeat_extends_lease(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 0.3)
+    later = time.time() + 60
+    store.heartbeat([record.id, "no-such-task"], later)
+    time.sleep(0.4)
+    got = store.get(record.id)
+    assert got is not None and got.state == "running"
+    assert got.lease_until == pytest.approx(later)
+    store.heartbeat([], later)
+
+
+# -- wait ------------------------------------------------------------------
+
+
+def test_wait_returns_when_finished(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 30)
+
+    def finish_later() -> None:
+        time.sleep(0.2)
+        store.finish(record.id, ok(b"waited"))
+
+    thread = threading.Thread(target=finish_later)
+    began = time.monotonic()
+    thread.start()
+    try:
+        got = store.wait(record.id, 10.0)
+    finally:
+        thread.join()
+    elapsed = time.monotonic() - began
+    assert got is not None and got.state == "done"
+    assert got.result == ok(b"waited")
+    assert 0.15 < elapsed < 1.5
+
+
+def test_wait_times_out(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    began = time.monotonic()
+    got = store.wait(record.id, 0.3)
+    elapsed = time.monotonic() - began
+    assert got is not None and got.state == "queued"
+    assert 0.28 < elapsed < 1.5
+
+
+def test_wait_on_done_or_gone_returns_at_once(store: Store) -> None:
+    record = new_record()
+    run_to_done(store, record)
+    began = time.monotonic()
+    got = store.wait(record.id, 10.0)
+    assert got is not None and got.state == "done"
+    assert store.wait("no-such-task", 10.0) is None
+    assert time.monotonic() - began < 0.5
+
+
+def test_wait_returns_when_deleted(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+
+    def delete_later() -> None:
+        time.sleep(0.2)
+        store.delete(record.id)
+
+    thread = threading.Thread(target=delete_later)
+    began = time.monotonic()
+    thread.start()
+    try:
+        got = store.wait(record.id, 10.0)
+    finally:
+        thread.join()
+    assert got is None
+    assert time.monotonic() - began < 1.5
+
+
+# -- expiry ------------------------------------------------------------------
+
+
+def test_ttl_leaves_tombstone_then_forgets(store_factory: StoreFactory) -> None:
+    store = store_factory(tombstone_ttl=0.4)
+    record = new_record(ttl=0.2, owner="owner-hash")
+    assert store.create(record, key="k", fingerprint="f")
+    assert store.start(record.id, time.time() + 30)
+    assert store.finish(record.id, ok())
+    got = store.get(record.id)
+    assert got is not None and got.state == "done"
+    # The bound key is held while the result lives...
+    held = store.reserve_key("k", 60)
+    assert held is not None and held.task_id == record.id
+    time.sleep(0.3)
+    got = store.get(record.id)
+    assert got is not None
+    assert got.state == "expired"
+    assert got.owner == "owner-hash"
+    assert got.result is None
+    # ...and vanishes with its task's expiry.
+    assert store.reserve_key("k", 60) is None
+    assert not store.finish(record.id, ok())
+    assert not store.delete(record.id)
+    time.sleep(0.5)
+    assert store.get(record.id) is None
+
+
+def test_expiry_is_seen_by_get_without_other_calls(store: Store) -> None:
+    records = [new_record(ttl=0.1) for _ in range(5)]
+    for record in records:
+        run_to_done(store, record)
+    time.sleep(0.2)
+    for record in reversed(records):
+        got = store.get(record.id)
+        assert got is not None and got.state == "expired"
+
+
+def test_tombstones_are_bounded(store_factory: StoreFactory) -> None:
+    store = store_factory(max_tombstones=2)
+    records = [new_record(ttl=0.05 * (i + 1)) for i in range(3)]
+    for record in records:
+        run_to_done(store, record)
+    time.sleep(0.3)
+    store.create(new_record())  # any call that expires
+    states = []
+    for record in records:
+        got = store.get(record.id)
+        states.append(None if got is None else got.state)
+    assert states == [None, "expired", "expired"]
+
+
+def test_running_and_queued_tasks_do_not_expire(store: Store) -> None:
+    queued, running = new_record(ttl=0.05), new_record(ttl=0.05)
+    assert store.create(queued)
+    assert store.create(running)
+    assert store.start(running.id, time.time() + 30)
+    time.sleep(0.15)
+    got = store.get(queued.id)
+    assert got is not None and got.state == "queued"
+    got = store.get(running.id)
+    assert got is not None and got.state == "running"
+
+
+# -- leases ------------------------------------------------------------------
+
+
+def test_lease_expiry_finishes_as_worker_lost(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 0.1)
+    time.sleep(0.2)
+    got = store.get(record.id)
+    assert got is not None and got.state == "done"
+    assert got.result is not None
+    assert got.result.status.startswith("500")
+    assert b"lost" in got.result.body
+    assert store.count_active() == 0
+    # The worker that was presumed lost comes back too late: nothing changes.
+    assert not store.finish(record.id, ok(b"late"))
+    again = store.get(record.id)
+    assert again is not None and again.result == got.result
+
+
+def test_lease_expiry_seen_by_wait(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 0.2)
+    # However the store wakes (the in-process one only at the timeout), what
+    # wait returns after the lease has passed is the lost verdict.
+    got = store.wait(record.id, 0.5)
+    assert got is not None and got.state == "done"
+    assert got.result is not None and got.result.status.startswith("500")
+
+
+def test_finished_result_is_never_replaced_by_lost(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 0.1)
+    assert store.finish(record.id, ok(b"real"))
+    time.sleep(0.2)
+    got = store.get(record.id)
+    assert got is not None and got.result == ok(b"real")
+
+
+# -- idempotency keys ----------------------------------------------------------
+
+
+def test_reserve_and_release_key(store: Store) -> None:
+    assert store.reserve_key("k", 60) is None
+    held = store.reserve_key("k", 60)
+    assert held is not None and held.task_id is None and held.fingerprint is None
+    store.release_key("k")
+    assert store.reserve_key("k", 60) is None
+    store.release_key("never-reserved")
+
+
+def test_reservation_lapses(store_factory: StoreFactory) -> None:
+    store = store_factory(key_reservation_ttl=0.2)
+    assert store.reserve_key("k", 60) is None
+    assert store.reserve_key("k", 60) is not None
+    time.sleep(0.3)
+    assert store.reserve_key("k", 60) is None
+    # The caller's ttl may be shorter than the store's.
+    assert store.reserve_key("short", 0.1) is None
+    time.sleep(0.2)
+    assert store.reserve_key("short", 60) is None
+
+
+def test_bound_key(store: Store) -> None:
+    assert store.reserve_key("k", 60) is None
+    record = new_record()
+    assert store.create(record, key="k", fingerprint="fp")
+    held = store.reserve_key("k", 60)
+    assert held is not None
+    assert held.task_id == record.id and held.fingerprint == "fp"
+    # release_key drops reservations only, never a bound key.
+    store.release_key("k")
+    held = store.reserve_key("k", 60)
+    assert held is not None and held.task_id == record.id
+    # A bound key does not lapse like a reservation does.
+    assert store.start(record.id, time.time() + 30)
+    assert store.finish(record.id, ok())
+    held = store.reserve_key("k", 60)
+    assert held is not None and held.task_id == record.id
+
+
+def test_count_active(store: Store) -> None:
+    assert store.count_active() == 0
+    a, b, c = new_record(), new_record(), new_record()
+    for record in (a, b, c):
+        assert store.create(record)
+    assert store.count_active() == 3
+    assert store.start(a.id, time.time() + 30)
+    assert store.count_active() == 3
+    assert store.finish(a.id, ok())
+    assert store.count_active() == 2
+    assert store.delete(b.id)
+    assert store.count_active() == 1
+    assert store.start(c.id, time.time() + 0.05)
+    time.sleep(0.1)
+    store.get(c.id)  # lease lost: finished
+    assert store.count_active() == 0
+
+
+def test_many_threads(store: Store) -> None:
+    records = [new_record() for _ in range(200)]
+    for record in records:
+        assert store.create(record)
+    errors: list[BaseException] = []
+
+    def work(part: list[TaskRecord]) -> None:
+        try:
+            for record in part:
+                assert store.start(record.id, time.time() + 30)
+                store.set_progress(record.id, {"done": 1, "total": 1, "message": None})
+                assert store.finish(record.id, ok(record.id.encode()))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(records[i::8],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for record in records:
+        got = store.get(record.id)
+        assert got is not None and got.result == ok(record.id.encode())
+    assert store.count_active() == 0
+
+
+# -- SQLite specifics -----------------------------------------------------------
+
+
+def test_sqlite_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = SQLiteStore.from_url("sqlite:///rel.db")
+    absolute = SQLiteStore.from_url("sqlite:///" + str(tmp_path / "abs.db"))
+    opened = open_store("sqlite:///rel.db", tombstone_ttl=5.0)
+    try:
+        assert (tmp_path / "rel.db").exists() and (tmp_path / "abs.db").exists()
+        assert relative.url == "sqlite:///" + str(tmp_path / "rel.db")
+        assert absolute.url == "sqlite:///" + str(tmp_path / "abs.db")
+        assert absolute.url.startswith("sqlite:////")
+        assert isinstance(opened, SQLiteStore) and opened.tombstone_ttl == 5.0
+        assert relative.shared and opened.shared
+        record = new_record()
+        assert relative.create(record)
+        assert opened.get(record.id) is not None
+    finally:
+        relative.close()
+        absolute.close()
+        opened.close()
+    for bad in ("sqlite://", "sqlite:///", "sqlite:rel.db", "postgres:///x"):
+        with pytest.raises(ValueError):
+            SQLiteStore.from_url(bad)
+    with pytest.raises(ValueError):
+        open_store("nosuch://x")
+
+
+def test_sqlite_close_closes_every_thread_connection(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "tasks.db"))
+    threads = [threading.Thread(target=store.count_active) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    with pytest.raises(RuntimeError):
+        store.count_active()
+
+
+def _other_process(url: str, created_there: str, queued_here: str) -> None:
+    store = SQLiteStore.from_url(url)
+    try:
+        record = TaskRecord(created_there, created=time.time(), owner="there")
+        assert store.create(record)
+        assert store.start(created_there, time.time() + 30)
+        assert store.finish(created_there, ok(b"from the other process"))
+        time.sleep(0.2)
+        assert store.start(queued_here, time.time() + 30)
+        assert store.finish(queued_here, ok(b"finished there"))
+    finally:
+        store.close()
+
+
+def test_sqlite_two_processes(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "tasks.db"))
+    try:
+        queued = new_record()
+        assert store.create(queued)
+        context = multiprocessing.get_context("spawn")
+        process = context.Process(
+            target=_other_process, args=(store.url, "created-there", queued.id)
+        )
+        process.start()
+        try:
+            # Finished by the other process while this one waits on it.
+            got = store.wait(queued.id, 30.0)
+            assert got is not None and got.state == "done"
+            assert got.result == ok(b"finished there")
+        finally:
+            process.join(30)
+        assert process.exitcode == 0
+        there = store.get("created-there")
+        assert there is not None and there.state == "done" and there.owner == "there"
+        assert there.result == ok(b"from the other process")
+        assert store.count_active() == 0
+    finally:
+        store.close()
