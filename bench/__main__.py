@@ -1,0 +1,84 @@
+"""``python -m bench [--quick] [--out DIR] [--only N ...]``: every scenario, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import report, scenarios
+from .server import Servers
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="every scenario in a second or two")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
+    parser.add_argument(
+        "--only", type=int, nargs="*", choices=range(1, 6), help="run these scenarios only"
+    )
+    args = parser.parse_args(argv)
+    cfg = scenarios.Config.make(args.quick)
+    only = set(args.only or range(1, 6))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+
+    def done(name: str, result: dict) -> None:
+        results[name] = result
+        print(report.table(result["rows"]).split("\n", 2)[2], flush=True)
+
+    print(report.table([]), flush=True)
+    if only & {1, 2, 3}:
+        with Servers("bare", "async", "naive") as servers:
+            if 1 in only:
+                done("pass_through", scenarios.pass_through(servers, cfg))
+            if 2 in only:
+                done("full_cycle", scenarios.full_cycle_scenario(servers, cfg))
+            if 3 in only:
+                done("prefer_wait", scenarios.prefer_wait(servers, cfg))
+    if 4 in only:
+        done("many_tasks", scenarios.many_tasks(cfg))
+    if 5 in only:
+        done("burst", scenarios.burst(cfg))
+
+    rows = [r for result in results.values() for r in result["rows"]]
+    elapsed = time.perf_counter() - started
+    machine = {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "system": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+    }
+    mode = "quick" if args.quick else "full"
+    document = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": mode,
+        "config": vars(cfg),
+        "machine": machine,
+        "elapsed_s": elapsed,
+        "rows": rows,
+        "scenarios": results,
+    }
+    report.write_json(args.out / "latest.json", document)
+    title = (
+        f"asyncwsgi benchmark ({mode}; {machine['nproc']} CPUs, Python {machine['python']}; "
+        "gunicorn gthread 1x8; medians of alternating rounds)"
+    )
+    report.plot(args.out / "latest.png", rows, title)
+    missed = [r for r in rows if r["met"] is False]
+    print(f"\n{mode} run in {elapsed:.1f} s; {len(missed)} target(s) missed; "
+          f"results in {args.out / 'latest.json'} and latest.png")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The apps the benchmark serves: one Flask app, bare, wrapped and naive.
+
+gunicorn loads ``bench.apps:app``; ``BENCH_APP`` picks the variant
+(``bare``, ``async`` or ``naive``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+import uuid
+
+from flask import Flask, Response, jsonify
+
+from asyncwsgi import AsyncMiddleware
+
+N_GLOBS = 50
+N_RULES = 50
+PATTERNS = [f"/p{i}/*" for i in range(N_GLOBS)] + [f"/r{i}/<int:x>" for i in range(N_RULES)]
+# The task path is marked by the first glob, so the middleware keeps 100 patterns.
+TASK_PATH = "/p0/task"
+SLOW_PATH = "/p0/slow"
+SLOW_SECONDS = 0.010
+
+
+def proc_status() -> dict[str, int]:
+    """Current and peak RSS (KiB) and OS thread count of this process (Linux)."""
+    out = {"rss_kib": 0, "hwm_kib": 0, "os_threads": 0}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                name, _, value = line.partition(":")
+                if name == "VmRSS":
+                    out["rss_kib"] = int(value.split()[0])
+                elif name == "VmHWM":
+                    out["hwm_kib"] = int(value.split()[0])
+                elif name == "Threads":
+                    out["os_threads"] = int(value)
+    except OSError:
+        pass
+    return out
+
+
+def threads_view() -> Response:
+    return jsonify(threads=threading.active_count(), pid=os.getpid(), **proc_status())
+
+
+def make_flask(wrap_task=None) -> Flask:
+    """The same Flask app for every variant; ``wrap_task`` decorates the task views."""
+    app = Flask("bench")
+    wrap = wrap_task or (lambda view: view)
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "ok"
+
+    @app.route(TASK_PATH, methods=["GET", "POST"])
+    @wrap
+    def task() -> str:
+        return "ok"
+
+    @app.route(SLOW_PATH, methods=["GET", "POST"])
+    @wrap
+    def slow() -> str:
+        time.sleep(SLOW_SECONDS)
+        return "done"
+
+    app.add_url_rule("/_threads", "threads", threads_view)
+    return app
+
+
+# -- naive: the thread-per-request recipe ---------------------------------
+
+RESULTS: dict[str, object] = {}
+
+
+def make_naive() -> Flask:
+    """A thread per request, a global dict of results, a status route in the app."""
+    holder: dict[str, Flask] = {}
+
+    def background(view):
+        @functools.wraps(view)
+        def wrapped(*args, **kwargs):
+            from flask import request
+
+            task_id = uuid.uuid4().hex
+            environ = dict(request.environ)
+            app = holder["app"]
+
+            def run() -> None:
+                with app.request_context(environ):
+                    RESULTS[task_id] = app.make_response(view(*args, **kwargs))
+
+            RESULTS[task_id] = None
+            threading.Thread(target=run, daemon=True).start()
+            return "", 202, {"Location": f"/status/{task_id}"}
+
+        return wrapped
+
+    app = make_flask(background)
+    holder["app"] = app
+
+    @app.get("/status/<task_id>")
+    def status(task_id: str):
+        if task_id not in RESULTS:
+            return "no such task\n", 404
+        result = RESULTS[task_id]
+        if result is None:
+            return "", 202, {"Location": f"/status/{task_id}"}
+        return result
+
+    return app
+
+
+def make_async(**options) -> AsyncMiddleware:
+    settings = {"paths": PATTERNS, "max_workers": 8, "max_pending": 100_000}
+    settings.update(options)
+    return AsyncMiddleware(make_flask(), **settings)
+
+
+def _select():
+    kind = os.environ.get("BENCH_APP", "bare")
+    if kind == "bare":
+        return make_flask()
+    if kind == "async":
+        return make_async()
+    if kind == "naive":
+        return make_naive()
+    raise ValueError(f"unknown BENCH_APP {kind!r}")
+
+
+app = _select() if os.environ.get("BENCH_APP") else None

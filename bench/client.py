@@ -1,0 +1,127 @@
+"""Load client: N threads, each with one keep-alive http.client connection, for a fixed time."""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+HOST = "127.0.0.1"
+
+
+class Conn:
+    """One keep-alive connection to 127.0.0.1:port that reconnects when dropped."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=30)
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, http.client.HTTPResponse, bytes]:
+        for attempt in (0, 1):
+            try:
+                self.conn.request(method, path, headers=headers or {})
+                response = self.conn.getresponse()
+                return response.status, response, response.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def run_load(
+    port: int, unit: Callable[[Conn], None], clients: int, duration: float
+) -> dict[str, float]:
+    """Keep ``clients`` connections busy with ``unit`` for ``duration`` seconds.
+
+    Returns units per second, the p50 latency of a unit (ms) and the count."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[BaseException] = []
+    start_gate = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def worker(index: int) -> None:
+        conn = Conn(port)
+        mine = latencies[index]
+        try:
+            start_gate.wait()
+            deadline = stop_at[0]
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= deadline:
+                    break
+                unit(conn)
+                mine.append(time.perf_counter() - t0)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    stop_at[0] = began + duration
+    start_gate.wait()
+    for thread in threads:
+        thread.join(duration + 60)
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise RuntimeError(f"load client failed: {errors[0]!r}") from errors[0]
+    flat = [x for chunk in latencies for x in chunk]
+    return {
+        "per_s": len(flat) / elapsed,
+        "p50_ms": statistics.median(flat) * 1000 if flat else float("nan"),
+        "count": len(flat),
+    }
+
+
+def get(path: str, headers: dict[str, str] | None = None, expect: int = 200):
+    def unit(conn: Conn) -> None:
+        status, _, _ = conn.request("GET", path, headers)
+        if status != expect:
+            raise RuntimeError(f"GET {path} answered {status}, expected {expect}")
+
+    return unit
+
+
+def full_cycle(path: str, poll_interval: float = 0.002):
+    """Submit, then poll the Location every ``poll_interval`` until it answers 200."""
+
+    def unit(conn: Conn) -> None:
+        status, response, _ = conn.request("GET", path)
+        if status != 202:
+            raise RuntimeError(f"submit answered {status}")
+        location = response.getheader("Location")
+        while True:
+            time.sleep(poll_interval)
+            status, _, _ = conn.request("GET", location)
+            if status == 200:
+                return
+            if status != 202:
+                raise RuntimeError(f"poll answered {status}")
+
+    return unit
+
+
+def alternate(
+    configs: dict[str, Callable[[], dict[str, float]]], rounds: int
+) -> dict[str, dict[str, float]]:
+    """Run each config once per round, alternating the order; medians per figure."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+    names = list(configs)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            runs[name].append(configs[name]())
+    out: dict[str, dict[str, float]] = {}
+    for name, results in runs.items():
+        out[name] = {key: statistics.median(res[key] for res in results) for key in results[0]}
+        out[name]["rounds"] = len(results)
+    return out

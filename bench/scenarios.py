@@ -1,0 +1,381 @@
+"""The five scenarios. Each returns a dict with its figures and table rows."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import threading
+import time
+import timeit
+import tracemalloc
+from dataclasses import dataclass
+
+from asyncwsgi import AsyncMiddleware
+from asyncwsgi.memory import MemoryStore
+
+from . import apps
+from .client import Conn, alternate, full_cycle, get, run_load
+from .server import Server, Servers
+
+
+@dataclass
+class Config:
+    quick: bool
+    duration: float  # seconds per load round
+    rounds: int
+    clients: int = 8
+    timeit_number: int = 100_000
+    many_tasks: int = 100_000
+    burst: int = 10_000
+
+    @classmethod
+    def make(cls, quick: bool) -> Config:
+        if quick:
+            return cls(True, 0.4, 2, timeit_number=20_000, many_tasks=10_000, burst=1_000)
+        return cls(False, 3.0, 5)
+
+
+def row(scenario, metric, value, baseline_name, baseline, ratio=None, target=None, higher=True):
+    if ratio is None and baseline:
+        ratio = value / baseline
+    met = None
+    if target is not None and ratio is not None:
+        met = ratio >= target if higher else ratio <= target
+    return {
+        "scenario": scenario,
+        "metric": metric,
+        "asyncwsgi": value,
+        "baseline": baseline_name,
+        "baseline_value": baseline,
+        "ratio": ratio,
+        "target": target,
+        "target_kind": ">=" if higher else "<=",
+        "met": met,
+    }
+
+
+def _trivial_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def _noop_start_response(status, headers, exc_info=None):
+    return None
+
+
+def _warm(port: int, path: str, headers=None, expect: int = 200) -> None:
+    run_load(port, get(path, headers, expect), 2, 0.2)
+
+
+# -- (1) pass-through --------------------------------------------------------
+
+
+def pass_through(servers: Servers, cfg: Config) -> dict:
+    a, b = servers["async"].port, servers["bare"].port
+    _warm(a, "/hello")
+    _warm(b, "/hello")
+    res = alternate(
+        {
+            "asyncwsgi": lambda: run_load(a, get("/hello"), cfg.clients, cfg.duration),
+            "bare": lambda: run_load(b, get("/hello"), cfg.clients, cfg.duration),
+        },
+        cfg.rounds,
+    )
+
+    # In process: ns added per pass-through call, against an empty wrapper.
+    mw = AsyncMiddleware(_trivial_app, paths=apps.PATTERNS)
+    empty = lambda e, s: _trivial_app(e, s)  # noqa: E731 (the baseline is a lambda)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SCRIPT_NAME": ""}
+    sr = _noop_start_response
+    n = cfg.timeit_number
+    times: dict[str, list[float]] = {"mw": [], "empty": []}
+    for r in range(5):
+        order = ("mw", "empty") if r % 2 == 0 else ("empty", "mw")
+        for name in order:
+            fn = mw if name == "mw" else empty
+            times[name].append(timeit.timeit(lambda fn=fn: fn(environ, sr), number=n) / n)
+    mw.close()
+    mw_ns = statistics.median(times["mw"]) * 1e9
+    empty_ns = statistics.median(times["empty"]) * 1e9
+    return {
+        "http": res,
+        "inprocess_ns": {"asyncwsgi": mw_ns, "empty_wrapper": empty_ns, "added": mw_ns - empty_ns},
+        "rows": [
+            row("1 pass-through", "req/s", res["asyncwsgi"]["per_s"], "bare",
+                res["bare"]["per_s"], target=0.98),
+            row("1 pass-through", "ns/call in-process (added)", mw_ns, "empty wrapper",
+                empty_ns, ratio=None),
+        ],
+    }  # fmt: skip
+
+
+# -- (2) full cycle ----------------------------------------------------------
+
+
+def full_cycle_scenario(servers: Servers, cfg: Config) -> dict:
+    a, n = servers["async"].port, servers["naive"].port
+    run_load(a, full_cycle(apps.TASK_PATH), 2, 0.2)
+    run_load(n, full_cycle(apps.TASK_PATH), 2, 0.2)
+    res = alternate(
+        {
+            "asyncwsgi": lambda: run_load(a, full_cycle(apps.TASK_PATH), cfg.clients, cfg.duration),
+            "naive": lambda: run_load(n, full_cycle(apps.TASK_PATH), cfg.clients, cfg.duration),
+        },
+        cfg.rounds,
+    )
+    return {
+        "http": res,
+        "rows": [
+            row("2 full cycle", "tasks/s", res["asyncwsgi"]["per_s"], "naive",
+                res["naive"]["per_s"], target=1.5),
+            row("2 full cycle", "p50 ms/task", res["asyncwsgi"]["p50_ms"], "naive",
+                res["naive"]["p50_ms"], target=None, higher=False),
+        ],
+    }  # fmt: skip
+
+
+# -- (3) Prefer: wait=5 --------------------------------------------------------
+
+
+def prefer_wait(servers: Servers, cfg: Config) -> dict:
+    a, b = servers["async"].port, servers["bare"].port
+    prefer = {"Prefer": "wait=5"}
+    _warm(a, apps.TASK_PATH, prefer)
+    _warm(b, apps.TASK_PATH)
+    res = alternate(
+        {
+            "asyncwsgi": lambda: run_load(
+                a, get(apps.TASK_PATH, prefer), cfg.clients, cfg.duration
+            ),
+            "bare": lambda: run_load(b, get(apps.TASK_PATH), cfg.clients, cfg.duration),
+        },
+        cfg.rounds,
+    )
+    return {
+        "http": res,
+        "rows": [
+            row("3 Prefer: wait=5", "req/s", res["asyncwsgi"]["per_s"], "bare",
+                res["bare"]["per_s"], target=0.85),
+            row("3 Prefer: wait=5", "p50 ms/req", res["asyncwsgi"]["p50_ms"], "bare",
+                res["bare"]["p50_ms"], higher=False),
+        ],
+    }  # fmt: skip
+
+
+# -- (4) many tasks (in process) ---------------------------------------------
+
+
+def _call(mw, environ) -> tuple[str, list]:
+    seen: list = []
+
+    def start_response(status, headers, exc_info=None):
+        seen.append((status, headers))
+
+    body = mw(environ, start_response)
+    try:
+        b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return seen[0]
+
+
+def _fill(n: int, keep: int = 200) -> tuple[AsyncMiddleware, list[str]]:
+    mw = AsyncMiddleware(
+        _trivial_app, paths=["/t/*"], store=MemoryStore(), max_pending=n + 10, result_ttl=86400
+    )
+    ids: list[str] = []
+    for i in range(n):
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": f"/t/{i}", "SCRIPT_NAME": "",
+                   "wsgi.input": _EMPTY, "CONTENT_LENGTH": "0", "SERVER_NAME": "127.0.0.1",
+                   "SERVER_PORT": "80", "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}  # fmt: skip
+        status, headers = _call(mw, environ)
+        if not status.startswith("202"):
+            raise RuntimeError(f"submit {i} answered {status}")
+        if len(ids) < keep:
+            ids.append(dict(headers)["Location"])
+    mw.close(timeout=600)
+    return mw, ids
+
+
+class _Empty:
+    def read(self, *args):
+        return b""
+
+    def readline(self, *args):
+        return b""
+
+
+_EMPTY = _Empty()
+
+
+def many_tasks(cfg: Config) -> dict:
+    n = cfg.many_tasks
+    small, small_ids = _fill(10)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    big, big_ids = _fill(n)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    body_len = 2
+    per_task = (after - before) / n - body_len
+
+    def polls(mw, ids, count):
+        environs = [{"REQUEST_METHOD": "GET", "PATH_INFO": loc, "SCRIPT_NAME": ""} for loc in ids]
+        k = len(environs)
+        t0 = time.perf_counter()
+        for i in range(count):
+            _call(mw, environs[i % k])
+        return count / (time.perf_counter() - t0)
+
+    status, _ = _call(big, {"REQUEST_METHOD": "GET", "PATH_INFO": big_ids[-1], "SCRIPT_NAME": ""})
+    if not status.startswith("200"):
+        raise RuntimeError(f"a finished task's status answered {status}")
+    count = 5_000 if cfg.quick else 30_000
+    rates: dict[str, list[float]] = {"big": [], "small": []}
+    for r in range(5):
+        for name in ("big", "small") if r % 2 == 0 else ("small", "big"):
+            mw, ids = (big, big_ids) if name == "big" else (small, small_ids)
+            rates[name].append(polls(mw, ids, count))
+    big_rate, small_rate = statistics.median(rates["big"]), statistics.median(rates["small"])
+    return {
+        "stored": n,
+        "polls_per_s": {"stored_n": big_rate, "stored_10": small_rate},
+        "bytes_per_task": per_task,
+        "rows": [
+            row("4 many tasks", f"polls/s, {n:,} vs 10 stored", big_rate, "10 stored",
+                small_rate, target=0.95),
+            row("4 many tasks", "bytes/finished task beyond body", per_task, "1 KiB", 1024.0,
+                target=1.0, higher=False),
+        ],
+    }  # fmt: skip
+
+
+# -- (5) burst ----------------------------------------------------------------
+
+
+def _burst_one(server: Server, total: int, clients: int = 16, timeout: float = 300.0) -> dict:
+    baseline = server.threads()
+    peak = {"threads": baseline["threads"], "os_threads": baseline["os_threads"]}
+    stop = threading.Event()
+
+    def sampler() -> None:
+        while not stop.is_set():
+            try:
+                info = server.threads()
+            except OSError:
+                continue
+            peak["threads"] = max(peak["threads"], info["threads"])
+            peak["os_threads"] = max(peak["os_threads"], info["os_threads"])
+            stop.wait(0.01)
+
+    counter = iter(range(total))
+    lock = threading.Lock()
+    locations: list[str] = []
+    errors: list[BaseException] = []
+
+    def submitter() -> None:
+        conn = Conn(server.port)
+        try:
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                status, response, _ = conn.request("POST", apps.SLOW_PATH)
+                if status != 202:
+                    raise RuntimeError(f"submit answered {status}")
+                location = response.getheader("Location")
+                with lock:
+                    locations.append(location)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    pending = []
+    done = [0]
+
+    def completer() -> None:
+        conn = Conn(server.port)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    location = pending.pop()
+                while time.monotonic() < deadline:
+                    status, _, _ = conn.request("GET", location)
+                    if status == 200:
+                        with lock:
+                            done[0] += 1
+                        break
+                    if status != 202:
+                        raise RuntimeError(f"poll answered {status}")
+                    time.sleep(0.01)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    sample = threading.Thread(target=sampler, daemon=True)
+    sample.start()
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=submitter, daemon=True) for _ in range(clients)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout)
+    submitted = time.perf_counter() - t0
+    pending.extend(locations)
+    workers = [threading.Thread(target=completer, daemon=True) for _ in range(clients)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout)
+    finished = time.perf_counter() - t0
+    stop.set()
+    sample.join(5)
+    final = server.threads()
+    if errors:
+        raise RuntimeError(f"burst against {server.kind} failed: {errors[0]!r}") from errors[0]
+    return {
+        "submitted": len(locations),
+        "completed": done[0],
+        "all_complete": done[0] == total,
+        "submit_s": submitted,
+        "all_done_s": finished,
+        "peak_threads": peak["threads"],
+        "peak_os_threads": peak["os_threads"],
+        "idle_threads": baseline["threads"],
+        "rss_before_kib": baseline["rss_kib"],
+        "peak_rss_kib": final["hwm_kib"],
+    }
+
+
+def burst(cfg: Config) -> dict:
+    with Servers("async", "naive") as servers:
+        for kind in ("async", "naive"):
+            _warm(servers[kind].port, "/hello")
+        res = {
+            "asyncwsgi": _burst_one(servers["async"], cfg.burst),
+            "naive": _burst_one(servers["naive"], cfg.burst),
+        }
+    a, n = res["asyncwsgi"], res["naive"]
+    label = f"{cfg.burst:,} x 10 ms"
+    return {
+        "burst": res,
+        "rows": [
+            row("5 burst " + label, "peak live threads", a["peak_threads"], "naive",
+                n["peak_threads"], higher=False),
+            row("5 burst " + label, "peak RSS MiB", a["peak_rss_kib"] / 1024, "naive",
+                n["peak_rss_kib"] / 1024, higher=False),
+            row("5 burst " + label, "all complete (done/submitted)", a["completed"], "naive",
+                n["completed"], target=1.0),
+            row("5 burst " + label, "s until all done", a["all_done_s"], "naive",
+                n["all_done_s"], higher=False),
+        ],
+    }  # fmt: skip

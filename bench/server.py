@@ -1,0 +1,92 @@
+"""A gunicorn server (gthread, 1 worker, 8 threads) on 127.0.0.1, started and stopped by handle."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        env = dict(os.environ, BENCH_APP=kind)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "1",
+             "-b", f"127.0.0.1:{self.port}", "--keep-alive", "60", "--log-level", "warning",
+             "bench.apps:app"],
+            cwd=ROOT,
+            env=env,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn ({self.kind}) exited with {self.proc.returncode}")
+            try:
+                self.threads()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gunicorn ({self.kind}) did not answer within {timeout} s")
+
+    def threads(self) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/_threads")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Servers:
+    """Start several servers at once; stop them all at the end."""
+
+    def __init__(self, *kinds: str) -> None:
+        self.servers: list[Server] = []
+        try:
+            for kind in kinds:
+                self.servers.append(Server(kind))
+            for server in self.servers:
+                server.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __getitem__(self, kind: str) -> Server:
+        return next(s for s in self.servers if s.kind == kind)
+
+    def __enter__(self) -> Servers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
