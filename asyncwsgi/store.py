@@ -146,7 +146,8 @@ class Store(abc.ABC):
 
 def open_store(store: Store | str | None, **options: Any) -> Store:
     """A store from a Store, a URL (``memory:``, ``sqlite:///tasks.db``,
-    ``sqlite:////abs/path/tasks.db``) or None (a new in-process store)."""
+    ``sqlite:////abs/path/tasks.db``, ``redis://host:port/db``, ``rediss://``,
+    ``unix:///path/redis.sock``) or None (a new in-process store)."""
     if isinstance(store, Store):
         return store
     if store is None or store in ("memory:", "memory://"):
@@ -160,5 +161,10 @@ def open_store(store: Store | str | None, **options: Any) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore.from_url(store, **options)
-    # redis:// and rediss:// (RedisStore.from_url) go here.
-    raise ValueError(f"unknown store URL {store!r}: use memory:, sqlite:///path.db")
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisStore
+
+        return RedisStore.from_url(store, **options)
+    raise ValueError(
+        f"unknown store URL {store!r}: use memory:, sqlite:///path.db, redis://host:port/db"
+    )

@@ -4,6 +4,8 @@ import logging
 
 import pytest
 
+from tests.redis_fixture import redis_url  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def _quiet_asyncwsgi_errors(caplog: pytest.LogCaptureFixture) -> None:

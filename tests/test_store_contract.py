@@ -20,7 +20,7 @@ from asyncwsgi.results import error_result
 from asyncwsgi.sqlite import SQLiteStore
 from asyncwsgi.store import Result, Store, TaskRecord, open_store
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "redis"]
 
 
 def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **options: Any) -> Store:
@@ -30,6 +30,16 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **opti
         return MemoryStore(**options)
     if kind == "sqlite":
         return SQLiteStore(str(tmp_path / "tasks.db"), **options)
+    if kind == "redis":
+        from asyncwsgi.redis import RedisStore
+
+        url = request.getfixturevalue("redis_url")
+        store = RedisStore.from_url(url, **options)
+        # The stores of one test share the db; it is emptied before the first.
+        if not getattr(request.node, "_redis_flushed", False):
+            request.node._redis_flushed = True
+            store.client.flushdb()
+        return store
     raise ValueError(f"unknown store kind {kind!r}")
 
 

@@ -1,0 +1,515 @@
+"""The Redis store: one task table shared by every process and machine that
+opens the same Redis.
+
+Needs redis-py (``pip install redis``) and Redis 6.2 or later.
+
+Layout, under ``prefix`` (``asyncwsgi:`` by default):
+
+``task:<id>``
+    a hash: the record, the result's status, headers (JSON) and body (bytes).
+    Kept without expiry while the task is queued or running; from its finish
+    on it expires after the record's ``ttl``.
+``tomb:<id>``
+    the tombstone (its value is the owner hash): written at the finish,
+    it outlives ``task:<id>`` by ``tombstone_ttl`` seconds, so a poll after the
+    result expired gets 410 rather than 404.
+``active`` / ``leases`` / ``tombs``
+    sorted sets: queued and running ids (by creation), running ids (by lease
+    end), finished ids (by expiry, to bound the tombstones to ``max_tombstones``).
+``key:<key>``
+    an idempotency key: an empty string while reserved (it expires after
+    ``key_reservation_ttl``), then ``[task id, fingerprint]`` as JSON; a bound
+    key expires with its task.
+``done:<id>``
+    a list pushed to when the task finishes or is deleted; :meth:`RedisStore.wait`
+    blocks on it (``BLMOVE`` of the list onto itself, so every waiter wakes).
+
+Every change of state is one Lua script, so it is atomic across processes.
+Times are the clients' clocks (``time.time()``), like every other store: keep
+the machines' clocks in sync. In Redis Cluster, use a prefix with a hash tag
+(``{asyncwsgi}:``) so that every key lives in one slot.
+
+>>> store = RedisStore.from_url("redis://localhost:6379/0")
+>>> app = AsyncMiddleware(app, paths=["/reports/*"], store=store)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, cast
+
+import redis
+
+from .results import lost_result
+from .store import KeyEntry, Progress, Result, Store, TaskRecord
+
+__all__ = ["RedisStore"]
+
+# Shared Lua: KEYS are the main keys of a call; every other key is derived from
+# the prefix (ARGV[1]) inside the script.
+_LIB = """
+local prefix = ARGV[1]
+local tombstone_ms = tonumber(ARGV[2])
+local max_tombstones = tonumber(ARGV[3])
+
+local function ms(seconds)
+  local n = math.ceil(seconds * 1000)
+  if n < 1 then n = 1 end
+  return string.format('%d', n)
+end
+
+local function trim_tombstones(now)
+  local tombs = prefix .. 'tombs'
+  redis.call('ZREMRANGEBYSCORE', tombs, '-inf', now - tombstone_ms / 1000)
+  local excess = redis.call('ZCOUNT', tombs, '-inf', now) - max_tombstones
+  if excess > 0 then
+    local ids = redis.call('ZRANGEBYSCORE', tombs, '-inf', now, 'LIMIT', 0, excess)
+    for _, id in ipairs(ids) do
+      if redis.call('EXISTS', prefix .. 'task:' .. id) == 0 then
+        redis.call('DEL', prefix .. 'tomb:' .. id)
+        redis.call('ZREM', tombs, id)
+      end
+    end
+  end
+end
+
+local function wake(id)
+  local done = prefix .. 'done:' .. id
+  redis.call('LPUSH', done, '1')
+  redis.call('PEXPIRE', done, '60000')
+end
+
+-- Completes a queued or running task (the caller checked the state).
+local function finish(id, now, status, headers, body)
+  local task = prefix .. 'task:' .. id
+  redis.call('HSET', task, 'state', 'done', 'finished', now,
+             'status', status, 'headers', headers, 'body', body)
+  redis.call('HDEL', task, 'lease_until')
+  redis.call('ZREM', prefix .. 'active', id)
+  redis.call('ZREM', prefix .. 'leases', id)
+  local ttl = tonumber(redis.call('HGET', task, 'ttl') or '0')
+  local keep = ms(ttl)
+  redis.call('PEXPIRE', task, keep)
+  local owner = redis.call('HGET', task, 'owner') or ''
+  redis.call('SET', prefix .. 'tomb:' .. id, owner, 'PX', ms(ttl + tombstone_ms / 1000))
+  redis.call('ZADD', prefix .. 'tombs', tonumber(now) + ttl, id)
+  local key = redis.call('HGET', task, 'key')
+  if key then
+    redis.call('PEXPIRE', prefix .. 'key:' .. key, keep)
+  end
+  wake(id)
+  trim_tombstones(tonumber(now))
+end
+
+-- Completes running tasks whose lease ended before now as lost.
+local function reclaim(ids, now, status, headers, body)
+  for _, id in ipairs(ids) do
+    local task = prefix .. 'task:' .. id
+    local fields = redis.call('HMGET', task, 'state', 'lease_until')
+    if fields[1] == 'running' and fields[2] and tonumber(fields[2]) < tonumber(now) then
+      finish(id, now, status, headers, body)
+    elseif fields[1] ~= 'running' then
+      redis.call('ZREM', prefix .. 'leases', id)
+    end
+  end
+end
+"""
+
+# KEYS[1] task. ARGV[4] id, ARGV[5] limit (-1: none), ARGV[6] now, ARGV[7..9]
+# the lost result, ARGV[10] created, ARGV[11] key ('' if none), ARGV[12] key
+# value, ARGV[13..] field/value pairs.
+_CREATE = (
+    _LIB
+    + """
+local id = ARGV[4]
+local limit = tonumber(ARGV[5])
+local active = prefix .. 'active'
+trim_tombstones(tonumber(ARGV[6]))
+if limit >= 0 and redis.call('ZCARD', active) >= limit then
+  local lost = redis.call('ZRANGEBYSCORE', prefix .. 'leases', '-inf', '(' .. ARGV[6],
+                          'LIMIT', 0, 100)
+  reclaim(lost, ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+  if redis.call('ZCARD', active) >= limit then
+    return 0
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('ZADD', active, ARGV[10], id)
+if ARGV[11] ~= '' then
+  redis.call('SET', prefix .. 'key:' .. ARGV[11], ARGV[12])
+  redis.call('HSET', KEYS[1], 'key', ARGV[11])
+end
+return 1
+"""
+)
+
+# KEYS[1] task, KEYS[2] tomb. ARGV[4] id, ARGV[5] now, ARGV[6..8] lost result.
+# Answers {0}, {1, field, value, ...} or {2, owner}.
+_GET = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local fields = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
+  if fields[1] == 'running' and fields[2] and tonumber(fields[2]) < tonumber(ARGV[5]) then
+    finish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+  end
+  local answer = redis.call('HGETALL', KEYS[1])
+  table.insert(answer, 1, 1)
+  return answer
+end
+trim_tombstones(tonumber(ARGV[5]))
+local owner = redis.call('GET', KEYS[2])
+if owner then
+  return {2, owner}
+end
+return {0}
+"""
+)
+
+# KEYS[1] task. ARGV[4] id, ARGV[5] now, ARGV[6] lease_until.
+_START = (
+    _LIB
+    + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[5], 'lease_until', ARGV[6])
+redis.call('ZADD', prefix .. 'leases', ARGV[6], ARGV[4])
+return 1
+"""
+)
+
+# ARGV[4] lease_until, ARGV[5..] ids.
+_HEARTBEAT = (
+    _LIB
+    + """
+for i = 5, #ARGV do
+  local task = prefix .. 'task:' .. ARGV[i]
+  if redis.call('HGET', task, 'state') == 'running' then
+    redis.call('HSET', task, 'lease_until', ARGV[4])
+    redis.call('ZADD', prefix .. 'leases', ARGV[4], ARGV[i])
+  end
+end
+return 0
+"""
+)
+
+# KEYS[1] task. ARGV[4] progress (JSON).
+_PROGRESS = (
+    _LIB
+    + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'progress', ARGV[4])
+return 1
+"""
+)
+
+# KEYS[1] task. ARGV[4] id, ARGV[5] now, ARGV[6..8] the result.
+_FINISH = (
+    _LIB
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then
+  return 0
+end
+finish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+return 1
+"""
+)
+
+# KEYS[1] task. ARGV[4] id.
+_DELETE = (
+    _LIB
+    + """
+local id = ARGV[4]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local key = redis.call('HGET', KEYS[1], 'key')
+if key then
+  redis.call('DEL', prefix .. 'key:' .. key)
+end
+redis.call('DEL', KEYS[1], prefix .. 'tomb:' .. id)
+redis.call('ZREM', prefix .. 'active', id)
+redis.call('ZREM', prefix .. 'leases', id)
+redis.call('ZREM', prefix .. 'tombs', id)
+wake(id)
+return 1
+"""
+)
+
+# KEYS[1] key. ARGV[4] reservation ms. Answers nil (reserved now) or the value.
+_RESERVE = (
+    _LIB
+    + """
+local held = redis.call('GET', KEYS[1])
+if held then
+  return held
+end
+redis.call('SET', KEYS[1], '', 'PX', ARGV[4])
+return false
+"""
+)
+
+# KEYS[1] key.
+_RELEASE = (
+    _LIB
+    + """
+if redis.call('GET', KEYS[1]) == '' then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def _str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class RedisStore(Store):
+    """Tasks in Redis, shared by every process that opens the same URL.
+
+    ``client_or_url`` is a ``redis.Redis`` client (made with
+    ``decode_responses=False``; the caller keeps closing it) or a URL
+    (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
+    ``unix:///path/to/redis.sock?db=0``), for which the store makes and closes
+    its own client.
+
+    A finished task's keys expire through Redis TTLs after the record's
+    ``ttl``; a tombstone then answers 410 for ``tombstone_ttl`` seconds, at
+    most ``max_tombstones`` of them kept.
+
+    >>> store = RedisStore.from_url("redis://localhost:6379/0")
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str,
+        *,
+        prefix: str = "asyncwsgi:",
+        max_tombstones: int = 10_000,
+        tombstone_ttl: float = 3600.0,
+        key_reservation_ttl: float = 60.0,
+    ) -> None:
+        if isinstance(client_or_url, str):
+            self.url = client_or_url
+            self.client: redis.Redis = redis.Redis.from_url(client_or_url, decode_responses=False)
+            self._owns_client = True
+        else:
+            kwargs = client_or_url.connection_pool.connection_kwargs
+            if kwargs.get("decode_responses"):
+                raise ValueError("RedisStore needs a client with decode_responses=False")
+            self.url = None
+            self.client = client_or_url
+            self._owns_client = False
+        self.prefix = prefix
+        self.max_tombstones = max_tombstones
+        self.tombstone_ttl = tombstone_ttl
+        self.key_reservation_ttl = key_reservation_ttl
+        self._lib_args: list[str] = [prefix, _num(tombstone_ttl * 1000), str(int(max_tombstones))]
+        lost = lost_result()
+        self._lost: list[str | bytes] = [lost.status, _headers(lost.headers), lost.body]
+        register = self.client.register_script
+        self._create = register(_CREATE)
+        self._get = register(_GET)
+        self._start = register(_START)
+        self._heartbeat = register(_HEARTBEAT)
+        self._progress = register(_PROGRESS)
+        self._finish = register(_FINISH)
+        self._delete = register(_DELETE)
+        self._reserve = register(_RESERVE)
+        self._release = register(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """A store on its own client for ``redis://``, ``rediss://`` or
+        ``unix://`` URLs; ``options`` are the store's keyword arguments."""
+        return cls(url, **options)
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{kind}:{name}"
+
+    # -- the table ---------------------------------------------------------
+
+    def create(
+        self,
+        record: TaskRecord,
+        *,
+        key: str | None = None,
+        fingerprint: str | None = None,
+        limit: int | None = None,
+    ) -> bool:
+        fields: list[str | bytes] = [
+            "state",
+            record.state,
+            "created",
+            _num(record.created),
+            "ttl",
+            _num(record.ttl),
+        ]
+        if record.owner is not None:
+            fields += ["owner", record.owner]
+        if record.started is not None:
+            fields += ["started", _num(record.started)]
+        if record.lease_until is not None:
+            fields += ["lease_until", _num(record.lease_until)]
+        if record.progress is not None:
+            fields += ["progress", json.dumps(record.progress)]
+        key_value = json.dumps([record.id, fingerprint]) if key is not None else ""
+        created = self._create(
+            keys=[self._key("task", record.id)],
+            args=[
+                *self._lib_args,
+                record.id,
+                -1 if limit is None else int(limit),
+                _num(time.time()),
+                *self._lost,
+                _num(record.created),
+                key or "",
+                key_value,
+                *fields,
+            ],
+        )
+        return bool(created)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        answer = cast(
+            "list[Any]",
+            self._get(
+                keys=[self._key("task", task_id), self._key("tomb", task_id)],
+                args=[*self._lib_args, task_id, _num(time.time()), *self._lost],
+            ),
+        )
+        kind = int(answer[0])
+        if kind == 0:
+            return None
+        if kind == 2:
+            return TaskRecord(task_id, state="expired", owner=_str(answer[1]) or None)
+        raw = answer[1:]
+        return _record(task_id, {_str(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)})
+
+    def start(self, task_id: str, lease_until: float) -> bool:
+        started = self._start(
+            keys=[self._key("task", task_id)],
+            args=[*self._lib_args, task_id, _num(time.time()), _num(lease_until)],
+        )
+        return bool(started)
+
+    def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
+        if task_ids:
+            self._heartbeat(args=[*self._lib_args, _num(lease_until), *task_ids])
+
+    def set_progress(self, task_id: str, progress: Progress) -> None:
+        self._progress(
+            keys=[self._key("task", task_id)],
+            args=[*self._lib_args, json.dumps(progress)],
+        )
+
+    def finish(self, task_id: str, result: Result) -> bool:
+        finished = self._finish(
+            keys=[self._key("task", task_id)],
+            args=[
+                *self._lib_args,
+                task_id,
+                _num(time.time()),
+                result.status,
+                _headers(result.headers),
+                bytes(result.body),
+            ],
+        )
+        return bool(finished)
+
+    def delete(self, task_id: str) -> bool:
+        deleted = self._delete(keys=[self._key("task", task_id)], args=[*self._lib_args, task_id])
+        return bool(deleted)
+
+    def is_cancelled(self, task_id: str) -> bool:
+        state = self.client.hget(self._key("task", task_id), "state")
+        return state != b"running"
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        record = self.get(task_id)
+        if record is None or record.state not in ("queued", "running"):
+            return record
+        done = self._key("done", task_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            # Whole milliseconds: Redis reads a timeout under 1 ms as "forever".
+            remaining = round(deadline - time.monotonic(), 3)
+            if remaining < 0.001:
+                break
+            # Rotating the list onto itself leaves it in place for the other
+            # waiters: every one of them wakes.
+            # (Redis takes a fractional timeout; redis-py's annotation says int.)
+            moved = self.client.blmove(done, done, remaining, "RIGHT", "LEFT")  # type: ignore[arg-type]
+            if moved is not None:
+                break
+        return self.get(task_id)
+
+    # -- idempotency keys ----------------------------------------------------
+
+    def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
+        reservation = max(1, int(min(ttl, self.key_reservation_ttl) * 1000))
+        held = self._reserve(keys=[self._key("key", key)], args=[*self._lib_args, reservation])
+        if held is None:
+            return None
+        if held == b"":
+            return KeyEntry(None, None)
+        task_id, fingerprint = json.loads(held)
+        return KeyEntry(task_id, fingerprint)
+
+    def release_key(self, key: str) -> None:
+        self._release(keys=[self._key("key", key)], args=list(self._lib_args))
+
+    def count_active(self) -> int:
+        return int(self.client.zcard(self.prefix + "active"))
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisStore prefix={self.prefix!r}>"
+
+
+def _headers(headers: list[tuple[str, str]]) -> str:
+    return json.dumps([[name, value] for name, value in headers])
+
+
+def _record(task_id: str, fields: dict[str, Any]) -> TaskRecord:
+    def number(name: str) -> float | None:
+        value = fields.get(name)
+        return None if value is None else float(value)
+
+    result: Result | None = None
+    if "status" in fields:
+        result = Result(
+            _str(fields["status"]),
+            [(name, value) for name, value in json.loads(fields["headers"])],
+            bytes(fields["body"]),
+        )
+    progress = fields.get("progress")
+    owner = fields.get("owner")
+    return TaskRecord(
+        task_id,
+        state=cast(Any, _str(fields["state"])),
+        created=number("created") or 0.0,
+        started=number("started"),
+        finished=number("finished"),
+        progress=None if progress is None else json.loads(progress),
+        result=result,
+        owner=None if owner is None else _str(owner),
+        lease_until=number("lease_until"),
+        ttl=float(fields.get("ttl", 300.0)),
+    )
