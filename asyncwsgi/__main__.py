@@ -1,0 +1,8 @@
+"""python -m asyncwsgi: the asyncwsgi command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

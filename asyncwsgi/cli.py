@@ -1,0 +1,239 @@
+"""The ``asyncwsgi`` command: ``get`` a task's result, ``serve`` an app, run the ``demo``.
+
+asyncwsgi get http://127.0.0.1:8000/reports/q3 -X POST -d '{}'
+asyncwsgi serve examples.demo_app:app --path '/reports/*'
+asyncwsgi demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from .client import Progress, TaskTimeout, fetch
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asyncwsgi", description="Background tasks for WSGI apps: client, server, demo."
+    )
+    commands = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
+
+    get = commands.add_parser("get", help="send a request and follow its task to the result")
+    get.add_argument("url")
+    get.add_argument("-X", "--method", default=None, help="HTTP method (POST with -d)")
+    get.add_argument("-d", "--data", default=None, help="request body")
+    get.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'K: V'", help="a request header"
+    )
+    get.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
+    get.set_defaults(command=_get)
+
+    serve = commands.add_parser("serve", help="serve a WSGI app wrapped in AsyncMiddleware")
+    serve.add_argument("app", metavar="MODULE:APP")
+    serve.add_argument("--path", action="append", default=[], help="a path pattern to mark")
+    serve.add_argument(
+        "--prefer-path", action="append", default=[], help="marked only with respond-async"
+    )
+    serve.add_argument("--status-path", default="/status/")
+    serve.add_argument("--store", default=None, help="memory://, sqlite:///FILE, redis://...")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-workers", type=int, default=8)
+    serve.set_defaults(command=_serve)
+
+    demo = commands.add_parser("demo", help="serve examples.demo_app and fetch a report")
+    demo.add_argument("--port", type=int, default=0)
+    demo.set_defaults(command=_demo)
+    return parser
+
+
+# -- get -----------------------------------------------------------------
+
+
+class _ProgressDisplay:
+    """A tqdm bar on a terminal; plain ``progress:`` lines otherwise."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.bar: Any = None
+        self.plain = True
+        if stream.isatty():
+            try:
+                import tqdm
+            except ImportError:
+                pass
+            else:
+                self.plain = False
+                self._tqdm = tqdm.tqdm
+
+    def __call__(self, progress: Progress) -> None:
+        done, total = progress.get("done"), progress.get("total")
+        message = progress.get("message") or ""
+        if self.plain:
+            count = f"{done}/{total}" if total is not None else f"{done}"
+            line = f"progress: {count} {message}".rstrip()
+            print(line, file=self.stream, flush=True)
+            return
+        if self.bar is None:
+            self.bar = self._tqdm(total=total, file=self.stream, leave=False)
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        if isinstance(done, (int, float)):
+            self.bar.n = done
+        self.bar.set_description_str(str(message))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _get(args: argparse.Namespace) -> int:
+    headers: dict[str, str] = {}
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep:
+            print(f"asyncwsgi: bad header {header!r}, expected 'Name: value'", file=sys.stderr)
+            return 2
+        headers[name.strip()] = value.strip()
+    method = args.method or ("POST" if args.data is not None else "GET")
+    display = _ProgressDisplay(sys.stderr)
+    try:
+        response = fetch(
+            args.url,
+            method=method,
+            data=args.data,
+            headers=headers,
+            timeout=args.timeout,
+            on_progress=display,
+        )
+    except TaskTimeout as exc:
+        display.close()
+        print(f"asyncwsgi: timed out: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        display.close()
+        print(f"asyncwsgi: {exc}", file=sys.stderr)
+        return 1
+    display.close()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(response.body)
+    sys.stdout.buffer.flush()
+    if not response.ok:
+        print(f"asyncwsgi: {response.status} from {response.url}", file=sys.stderr)
+    return 0 if response.ok else 1
+
+
+# -- serve ---------------------------------------------------------------
+
+
+def _load(spec: str) -> Any:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise SystemExit(f"asyncwsgi: expected MODULE:APP, got {spec!r}")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like python -m: the current directory is importable
+    module = importlib.import_module(module_name)
+    target: Any = module
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from werkzeug.serving import make_server
+
+    from .middleware import AsyncMiddleware
+
+    if not args.path and not args.prefer_path:
+        print("asyncwsgi: give at least one --path or --prefer-path", file=sys.stderr)
+        return 2
+    app = _load(args.app)
+    application = AsyncMiddleware(
+        app,
+        paths=args.path,
+        prefer_paths=args.prefer_path,
+        status_path=args.status_path,
+        store=args.store,
+        max_workers=args.max_workers,
+    )
+    server = make_server(args.host, args.port, application, threaded=True)
+    print(f"serving {args.app} on http://{args.host}:{server.port}/", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        application.close()
+    return 0
+
+
+# -- demo ----------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from werkzeug.serving import make_server
+
+    from .middleware import AsyncMiddleware
+
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        from examples.demo_app import app
+    except ImportError:
+        print(
+            "asyncwsgi: the demo needs the examples package: run it from the root of "
+            "the asyncwsgi source tree",
+            file=sys.stderr,
+        )
+        return 1
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log in the demo
+    application = AsyncMiddleware(app, paths=["/reports/*"])
+    server = make_server("127.0.0.1", args.port, application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.port}"
+    print(f"serving examples.demo_app on {base} with /reports/* marked", flush=True)
+    print(f"POST {base}/reports/q3", flush=True)
+    display = _ProgressDisplay(sys.stderr)
+    try:
+        # No Prefer: wait and short polls, so that the progress shows.
+        response = fetch(
+            base + "/reports/q3",
+            method="POST",
+            data=b"{}",
+            timeout=60,
+            on_progress=display,
+            wait=0,
+            max_interval=0.2,
+        )
+        display.close()
+        print(response.status, response.headers.get("Content-Type", ""), flush=True)
+        sys.stdout.buffer.write(response.body + b"\n")
+        sys.stdout.buffer.flush()
+        return 0 if response.ok else 1
+    finally:
+        display.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        application.close()
