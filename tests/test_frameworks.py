@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 import time
@@ -378,3 +379,51 @@ def test_falcon_under_waitress():
         server.close()
         thread.join(5)
         app.close(timeout=5)
+
+
+# -- the examples ------------------------------------------------------------
+
+PYRAMID_INI = """\
+[app:report_app]
+use = call:examples.pyramid_app:main
+step_seconds = 0
+
+[filter:asyncwsgi]
+use = egg:asyncwsgi
+paths = /reports/*
+methods = POST
+
+[pipeline:main]
+pipeline = asyncwsgi report_app
+"""
+
+
+def load_example(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
+    if name == "pyramid":
+        from paste.deploy import loadapp
+
+        ini = tmp_path / "pyramid.ini"
+        ini.write_text(PYRAMID_INI)
+        return loadapp(f"config:{ini}")
+    module = importlib.import_module(f"examples.{name}_app")
+    monkeypatch.setattr(module, "STEP_SECONDS", 0)
+    return module.app
+
+
+# WebOb 1.8, under Pyramid, imports the stdlib's deprecated cgi module.
+webob_cgi = pytest.mark.filterwarnings("ignore:'cgi' is deprecated:DeprecationWarning")
+
+
+@pytest.mark.parametrize(
+    "name", ["flask", pytest.param("pyramid", marks=webob_cgi), "falcon", "bottle"]
+)
+def test_example_apps_run_their_long_task(name, monkeypatch, tmp_path):
+    app = load_example(name, monkeypatch, tmp_path)
+    client = Client(app)
+    try:
+        done = submit_and_wait(client, "POST", "/reports/q3")
+        assert done.status_code == 200
+        assert done.json == {"report": "q3", "rows": 42}
+        assert b"in the background" in client.get("/reports/q3").data
+    finally:
+        (app.extensions["asyncwsgi"].get() if name == "flask" else app).close(timeout=5)
