@@ -1,0 +1,396 @@
+"""What only the Redis store has to show: real TTLs on its keys, atomic Lua
+steps under contention, waits woken by Redis, URLs, and the middleware on it.
+
+The behaviour every store shares is in test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from werkzeug.test import Client
+
+from asyncwsgi import AsyncMiddleware
+from asyncwsgi.redis import RedisStore
+from asyncwsgi.store import Result, TaskRecord, open_store
+from tests.helpers import wait_done
+
+_ids = iter(range(10**9))
+
+
+def new_record(ttl: float = 300.0, owner: str | None = None) -> TaskRecord:
+    return TaskRecord(
+        f"r-{next(_ids)}-{time.monotonic_ns()}", created=time.time(), owner=owner, ttl=ttl
+    )
+
+
+def ok(body: bytes = b"hello") -> Result:
+    return Result("200 OK", [("Content-Type", "text/plain")], body)
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[RedisStore]:
+    store = RedisStore.from_url(redis_url)
+    store.client.flushdb()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def pttl(store: RedisStore, kind: str, name: str) -> int:
+    return int(store.client.pttl(f"{store.prefix}{kind}:{name}"))
+
+
+# -- atomicity -------------------------------------------------------------
+
+
+def _race(threads: int, call: Any, *args: Any) -> list[Any]:
+    """Call ``call(n, *args)`` from ``threads`` threads released at once."""
+    barrier = threading.Barrier(threads)
+    answers: list[Any] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        barrier.wait()
+        answer = call(n, *args)
+        with lock:
+            answers.append(answer)
+
+    started = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    return answers
+
+
+def test_finish_from_20_threads_exactly_one_wins(store: RedisStore) -> None:
+    def finish(n: int, task_id: str) -> tuple[int, bool]:
+        return n, store.finish(task_id, ok(str(n).encode()))
+
+    for _ in range(5):
+        record = new_record()
+        assert store.create(record)
+        assert store.start(record.id, time.time() + 30)
+        answers = _race(20, finish, record.id)
+        winners = [n for n, won in answers if won]
+        assert len(answers) == 20 and len(winners) == 1
+        got = store.get(record.id)
+        assert got is not None and got.result == ok(str(winners[0]).encode())
+        assert store.count_active() == 0
+
+
+def test_start_from_20_threads_exactly_one_wins(store: RedisStore) -> None:
+    record = new_record()
+    assert store.create(record)
+    answers = _race(20, lambda n: store.start(record.id, time.time() + 30))
+    assert answers.count(True) == 1
+
+
+def test_late_lost_verdict_and_late_finish_race(store: RedisStore) -> None:
+    # A get judging the lease lost and the worker finishing at the same moment:
+    # exactly one result is kept, and it never changes afterwards.
+    for _ in range(10):
+        record = new_record()
+        assert store.create(record)
+        assert store.start(record.id, time.time() + 0.02)
+        time.sleep(0.03)
+        answers = _race(2, lambda n, task_id: (n, _get_or_finish(store, n, task_id)), record.id)
+        finished = [answer for n, answer in answers if n == 1]
+        first = store.get(record.id)
+        assert first is not None and first.state == "done" and first.result is not None
+        assert (first.result == ok(b"late")) == finished[0]
+        assert not store.finish(record.id, ok(b"later"))
+        again = store.get(record.id)
+        assert again is not None and again.result == first.result
+
+
+def _get_or_finish(store: RedisStore, n: int, task_id: str) -> bool:
+    if n == 0:
+        store.get(task_id)
+        return False
+    return store.finish(task_id, ok(b"late"))
+
+
+def test_full_table_reclaims_lost_workers(store: RedisStore) -> None:
+    # A process that died with running tasks does not hold the limit forever.
+    lost = new_record()
+    assert store.create(lost, limit=1)
+    assert store.start(lost.id, time.time() + 0.05)
+    assert not store.create(new_record(), limit=1)
+    time.sleep(0.1)
+    assert store.create(new_record(), limit=1)
+    got = store.get(lost.id)
+    assert got is not None and got.state == "done"
+    assert got.result is not None and got.result.status.startswith("500")
+
+
+# -- wait --------------------------------------------------------------------
+
+
+def test_wait_woken_promptly_for_every_waiter(store: RedisStore) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 30)
+    woken: list[float] = []
+    lock = threading.Lock()
+
+    def waiter() -> None:
+        got = store.wait(record.id, 20.0)
+        assert got is not None and got.state == "done"
+        with lock:
+            woken.append(time.monotonic())
+
+    threads = [threading.Thread(target=waiter) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # all of them blocked in BLMOVE by now
+    finished_at = time.monotonic()
+    assert store.finish(record.id, ok(b"done"))
+    for thread in threads:
+        thread.join(20)
+    assert len(woken) == 5
+    assert max(woken) - finished_at < 1.0  # far below the 20 s timeout
+
+
+def test_wait_woken_by_another_store(store: RedisStore, redis_url: str) -> None:
+    # Another client (as another process would be) finishes the task.
+    other = RedisStore.from_url(redis_url)
+    try:
+        record = new_record()
+        assert store.create(record)
+        timer = threading.Timer(0.2, other.finish, args=(record.id, ok(b"there")))
+        began = time.monotonic()
+        timer.start()
+        try:
+            got = store.wait(record.id, 20.0)
+        finally:
+            timer.join()
+        assert got is not None and got.result == ok(b"there")
+        assert time.monotonic() - began < 2.0
+    finally:
+        other.close()
+
+
+def test_wait_with_tiny_or_no_timeout_does_not_block(store: RedisStore) -> None:
+    record = new_record()
+    assert store.create(record)
+    began = time.monotonic()
+    for timeout in (0.0, 0.0004, -1.0):
+        got = store.wait(record.id, timeout)
+        assert got is not None and got.state == "queued"
+    assert time.monotonic() - began < 0.5
+
+
+def _finish_elsewhere(url: str, task_id: str) -> None:
+    store = RedisStore.from_url(url)
+    try:
+        time.sleep(0.3)
+        assert store.start(task_id, time.time() + 30)
+        assert store.finish(task_id, ok(b"from another process"))
+    finally:
+        store.close()
+
+
+def test_wait_woken_from_another_process(store: RedisStore, redis_url: str) -> None:
+    record = new_record()
+    assert store.create(record)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_finish_elsewhere, args=(redis_url, record.id)
+    )
+    process.start()
+    try:
+        got = store.wait(record.id, 30.0)
+    finally:
+        process.join(30)
+    assert process.exitcode == 0
+    assert got is not None and got.result == ok(b"from another process")
+
+
+# -- expiry through Redis TTLs ---------------------------------------------------
+
+
+def test_keys_expire_with_redis_ttls(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, tombstone_ttl=100.0)
+    try:
+        store.client.flushdb()
+        record = new_record(ttl=30.0, owner="owner-hash")
+        assert store.reserve_key("k", 300) is None
+        assert store.create(record, key="k", fingerprint="fp")
+        # Nothing of a live task expires.
+        assert pttl(store, "task", record.id) == -1
+        assert pttl(store, "key", "k") == -1
+        assert store.start(record.id, time.time() + 30)
+        assert store.finish(record.id, ok())
+        task_ttl = pttl(store, "task", record.id)
+        assert 29_000 < task_ttl <= 30_000
+        assert 29_000 < pttl(store, "key", "k") <= 30_000
+        assert 129_000 < pttl(store, "tomb", record.id) <= 130_000
+        assert 0 < pttl(store, "done", record.id) <= 60_000
+        assert store.client.zcard(store.prefix + "active") == 0
+        assert store.client.zcard(store.prefix + "leases") == 0
+        # Redis drops the task; the tombstone answers with its owner.
+        store.client.delete(f"{store.prefix}task:{record.id}")
+        got = store.get(record.id)
+        assert got is not None and got.state == "expired" and got.owner == "owner-hash"
+        store.client.delete(f"{store.prefix}tomb:{record.id}")
+        assert store.get(record.id) is None
+    finally:
+        store.close()
+
+
+def test_expiry_needs_no_calls(redis_url: str) -> None:
+    # Expiry is Redis's own: after the TTLs nothing of the task is left.
+    store = RedisStore.from_url(redis_url, tombstone_ttl=0.2)
+    try:
+        store.client.flushdb()
+        record = new_record(ttl=0.1)
+        assert store.create(record, key="k", fingerprint="fp")
+        assert store.finish(record.id, ok())
+        time.sleep(0.5)
+        remaining = [
+            key for key in store.client.keys(store.prefix + "*") if not key.endswith(b"tombs")
+        ]
+        assert remaining == [f"{store.prefix}done:{record.id}".encode()]
+    finally:
+        store.close()
+
+
+# -- idempotency keys -----------------------------------------------------------
+
+
+def test_reservation_is_set_nx_with_expiry(store: RedisStore) -> None:
+    assert store.reserve_key("k", 300) is None
+    assert 59_000 < pttl(store, "key", "k") <= 60_000  # key_reservation_ttl
+    held = store.reserve_key("k", 300)
+    assert held is not None and held.task_id is None
+    assert store.reserve_key("short", 2) is None
+    assert 1_000 < pttl(store, "key", "short") <= 2_000
+    # release drops a reservation, never a bound key.
+    record = new_record()
+    assert store.create(record, key="k", fingerprint="fp")
+    store.release_key("k")
+    held = store.reserve_key("k", 300)
+    assert held is not None and (held.task_id, held.fingerprint) == (record.id, "fp")
+    store.release_key("short")
+    assert store.client.exists(store.prefix + "key:short") == 0
+
+
+def test_reserve_from_20_threads_exactly_one_holds(store: RedisStore) -> None:
+    answers = _race(20, lambda n: store.reserve_key("contended", 60) is None)
+    assert answers.count(True) == 1
+
+
+# -- clients, URLs, prefixes ------------------------------------------------------
+
+
+def test_url_forms() -> None:
+    # No connection is made until a command runs.
+    for url, connection in [
+        ("redis://localhost:6379/2", "Connection"),
+        ("rediss://user:secret@example.invalid:6380/0", "SSLConnection"),
+        ("unix:///run/redis/redis.sock?db=3", "UnixDomainSocketConnection"),
+    ]:
+        store = open_store(url, tombstone_ttl=5.0)
+        try:
+            assert isinstance(store, RedisStore)
+            assert store.url == url and store.shared
+            assert store.tombstone_ttl == 5.0
+            pool = store.client.connection_pool
+            assert pool.connection_class.__name__ == connection
+        finally:
+            store.close()
+
+
+def test_given_client_is_the_callers(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        store = RedisStore(client, prefix="{other}:")
+        assert store.url is None
+        record = new_record()
+        assert store.create(record)
+        store.close()
+        assert client.exists("{other}:task:" + record.id) == 1  # still usable
+        client.delete("{other}:task:" + record.id, "{other}:active")
+    finally:
+        client.close()
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with pytest.raises(ValueError, match="decode_responses"):
+            RedisStore(decoding)
+    finally:
+        decoding.close()
+
+
+def test_prefixes_are_separate_tables(store: RedisStore, redis_url: str) -> None:
+    other = RedisStore.from_url(redis_url, prefix="elsewhere:")
+    try:
+        record = new_record()
+        assert store.create(record)
+        assert other.get(record.id) is None
+        assert other.count_active() == 0 and store.count_active() == 1
+    finally:
+        other.close()
+
+
+# -- the middleware on Redis ---------------------------------------------------
+
+
+def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    time.sleep(0.2)
+    body = b"report " + environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-App", "yes")])
+    return [body]
+
+
+def test_middleware_end_to_end(redis_url: str) -> None:
+    middleware = AsyncMiddleware(_app, paths=["/reports/*"], store=redis_url)
+    try:
+        assert isinstance(middleware.store, RedisStore)
+        middleware.store.client.flushdb()
+        client = Client(middleware)
+
+        response = client.post("/reports/q3", data=b"x")
+        assert response.status_code == 202
+        location = response.headers["Location"]
+        assert location.startswith("/status/")
+        done = wait_done(client, location)
+        assert done.status_code == 200
+        assert done.get_data() == b"report /reports/q3"
+        assert done.headers["X-App"] == "yes"
+
+        # A second middleware on the same Redis (another process) answers too.
+        other = AsyncMiddleware(_app, paths=["/reports/*"], store=redis_url)
+        try:
+            again = Client(other).get(location)
+            assert again.status_code == 200 and again.get_data() == b"report /reports/q3"
+        finally:
+            other.close()
+            other.store.close()
+
+        began = time.monotonic()
+        direct = client.post("/reports/q4", headers={"Prefer": "wait=5"})
+        assert direct.status_code == 200
+        assert direct.get_data() == b"report /reports/q4"
+        assert time.monotonic() - began < 3.0
+
+        # Long-poll of a status URL, woken by the finish.
+        accepted = client.post("/reports/q5")
+        assert accepted.status_code == 202
+        polled = client.get(accepted.headers["Location"], headers={"Prefer": "wait=5"})
+        assert polled.status_code == 200 and polled.get_data() == b"report /reports/q5"
+
+        gone = client.delete(accepted.headers["Location"])
+        assert gone.status_code == 204
+        assert client.get(accepted.headers["Location"]).status_code == 404
+        assert middleware.store.count_active() == 0
+    finally:
+        middleware.close()
+        middleware.store.close()
