@@ -29,6 +29,8 @@ TASKS_PER_VARIANT = 250
 VARIANTS = {
     "sync": ["-w", "4"],
     "gthread": ["-w", "4", "-k", "gthread", "--threads", "4"],
+    # The store is opened in the master, then used by forked workers.
+    "sync-preload": ["-w", "4", "--preload"],
 }
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -199,3 +201,14 @@ def test_killed_worker_answers_500_within_lease(tmp_path: Path) -> None:
         assert call(port, "GET", quick_headers["Location"])[::2] == (200, b"/work/quick||before")
         status, _, body = call(port, "GET", location)
         assert status == 500 and b"lost" in body
+
+
+def test_control_in_process_store_answers_404_here(tmp_path: Path) -> None:
+    # The same load with the in-process store: polls that land on another
+    # worker get 404. Shows that the test above can see the failure it rules out.
+    with gunicorn(tmp_path, "memory:", VARIANTS["sync"]) as (port, _):
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(lambda i: submit_and_wait(port, i), range(60)))
+    not_found = sum(outcome[4] for outcome in outcomes)
+    print(f"\n[control, memory store] submitted {len(outcomes)}, 404s {not_found}")
+    assert not_found > 0
