@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(report.table([]), flush=True)
     if only & {1, 2, 3}:
-        with Servers("bare", "async", "naive") as servers:
+        with Servers("bare", "async", "naive", "bare:control") as servers:
             if 1 in only:
                 done("pass_through", scenarios.pass_through(servers, cfg))
             if 2 in only:

@@ -124,4 +124,5 @@ def alternate(
     for name, results in runs.items():
         out[name] = {key: statistics.median(res[key] for res in results) for key in results[0]}
         out[name]["rounds"] = len(results)
+        out[name]["runs_per_s"] = [res["per_s"] for res in results]
     return out

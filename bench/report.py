@@ -46,7 +46,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
     cols = 4
     lines = math.ceil(n / cols)
     fig, axes = plt.subplots(lines, cols, figsize=(4 * cols, 3.2 * lines), squeeze=False)
-    for ax, r in zip(axes.flat, rows):
+    for ax, r in zip(axes.flat, rows, strict=False):
         values = [r["asyncwsgi"] or 0, r["baseline_value"] or 0]
         bars = ax.bar(["asyncwsgi", r["baseline"]], values, color=["tab:blue", "tab:gray"])
         ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=8)

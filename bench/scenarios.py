@@ -72,12 +72,15 @@ def _warm(port: int, path: str, headers=None, expect: int = 200) -> None:
 
 def pass_through(servers: Servers, cfg: Config) -> dict:
     a, b = servers["async"].port, servers["bare"].port
-    _warm(a, "/hello")
-    _warm(b, "/hello")
+    # A second bare server: the A/A spread shows how much two identical servers differ here.
+    c = servers["bare:control"].port
+    for port in (a, b, c):
+        _warm(port, "/hello")
     res = alternate(
         {
             "asyncwsgi": lambda: run_load(a, get("/hello"), cfg.clients, cfg.duration),
             "bare": lambda: run_load(b, get("/hello"), cfg.clients, cfg.duration),
+            "bare (A/A control)": lambda: run_load(c, get("/hello"), cfg.clients, cfg.duration),
         },
         cfg.rounds,
     )
@@ -103,8 +106,10 @@ def pass_through(servers: Servers, cfg: Config) -> dict:
         "rows": [
             row("1 pass-through", "req/s", res["asyncwsgi"]["per_s"], "bare",
                 res["bare"]["per_s"], target=0.98),
-            row("1 pass-through", "ns/call in-process (added)", mw_ns, "empty wrapper",
-                empty_ns, ratio=None),
+            row("1 pass-through", "req/s, A/A control (noise)", res["bare (A/A control)"]["per_s"],
+                "bare", res["bare"]["per_s"]),
+            row("1 pass-through", f"ns/call in-process (+{mw_ns - empty_ns:.0f} ns)", mw_ns,
+                "empty wrapper", empty_ns),
         ],
     }  # fmt: skip
 
@@ -187,9 +192,7 @@ def _fill(n: int, keep: int = 200) -> tuple[AsyncMiddleware, list[str]]:
     )
     ids: list[str] = []
     for i in range(n):
-        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": f"/t/{i}", "SCRIPT_NAME": "",
-                   "wsgi.input": _EMPTY, "CONTENT_LENGTH": "0", "SERVER_NAME": "127.0.0.1",
-                   "SERVER_PORT": "80", "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}  # fmt: skip
+        environ = dict(_SUBMIT_ENVIRON, PATH_INFO=f"/t/{i}")
         status, headers = _call(mw, environ)
         if not status.startswith("202"):
             raise RuntimeError(f"submit {i} answered {status}")
@@ -208,6 +211,16 @@ class _Empty:
 
 
 _EMPTY = _Empty()
+_SUBMIT_ENVIRON = {
+    "REQUEST_METHOD": "POST",
+    "SCRIPT_NAME": "",
+    "wsgi.input": _EMPTY,
+    "CONTENT_LENGTH": "0",
+    "SERVER_NAME": "127.0.0.1",
+    "SERVER_PORT": "80",
+    "wsgi.url_scheme": "http",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+}
 
 
 def many_tasks(cfg: Config) -> dict:

@@ -21,8 +21,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    """``name`` is ``kind`` or ``kind:label`` (a second server of the same kind)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.kind = kind = name.split(":", 1)[0]
         self.port = free_port()
         env = dict(os.environ, BENCH_APP=kind)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -67,19 +70,19 @@ class Server:
 class Servers:
     """Start several servers at once; stop them all at the end."""
 
-    def __init__(self, *kinds: str) -> None:
+    def __init__(self, *names: str) -> None:
         self.servers: list[Server] = []
         try:
-            for kind in kinds:
-                self.servers.append(Server(kind))
+            for name in names:
+                self.servers.append(Server(name))
             for server in self.servers:
                 server.wait_ready()
         except BaseException:
             self.stop()
             raise
 
-    def __getitem__(self, kind: str) -> Server:
-        return next(s for s in self.servers if s.kind == kind)
+    def __getitem__(self, name: str) -> Server:
+        return next(s for s in self.servers if s.name == name)
 
     def __enter__(self) -> Servers:
         return self

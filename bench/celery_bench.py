@@ -1,0 +1,237 @@
+"""Completed tasks per second with 1 and with 2 Celery worker processes.
+
+    python -m bench.celery_bench [--tasks 100] [--rounds 3] [--cpu-ms 20]
+
+Starts its own redis-server (broker on db 0, task store on db 1) and three
+Celery workers with ``--concurrency 1``: one consumes the queue ``one``, two
+consume the queue ``two``. Each round submits the same N tasks (each burns
+``--cpu-ms`` of CPU in the app) through an AsyncMiddleware with a
+CeleryExecutor, first to one queue then to the other (alternating which goes
+first), and times from the first submission until the store has no task
+queued or running. Prints medians and the ratio; writes
+``bench/results/celery.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from werkzeug.test import Client
+
+from asyncwsgi import AsyncMiddleware
+from asyncwsgi.celery import CeleryExecutor
+from asyncwsgi.store import open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "celery.json"
+
+celery_app = Celery("celery_bench", broker=os.environ.get("BENCH_CELERY_BROKER"))
+celery_app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+)
+
+
+def work(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """Burn ``cpu_ms`` (query string) of CPU, then answer."""
+    cpu_ms = float(environ.get("QUERY_STRING", "") or 20)
+    end = time.thread_time() + cpu_ms / 1000
+    n = 0
+    while time.thread_time() < end:
+        n += 1
+    body = f"{os.getpid()} {n}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+# Registered at import, so that the workers (-A bench.celery_bench) know the task.
+_EXECUTORS = {
+    queue: CeleryExecutor(celery_app, "bench.celery_bench:work", queue=queue)
+    for queue in ("one", "two")
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _run_round(middleware: AsyncMiddleware, store: Any, tasks: int, cpu_ms: float) -> float:
+    client = Client(middleware)
+    started = time.perf_counter()
+    for _ in range(tasks):
+        response = client.post(f"/work?{cpu_ms}")
+        assert response.status_code == 202, response.status_code
+    while store.count_active():
+        time.sleep(0.005)
+    return tasks / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cpu-ms", type=float, default=20.0)
+    args = parser.parse_args()
+
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        redis_server = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            _wait_port(port)
+            broker = f"redis://127.0.0.1:{port}/0"
+            store_url = f"redis://127.0.0.1:{port}/1"
+            celery_app.conf.broker_url = broker
+            env = {**os.environ, "BENCH_CELERY_BROKER": broker, "PYTHONPATH": str(ROOT)}
+            for name, queue in (("one", "one"), ("twoa", "two"), ("twob", "two")):
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "bench.celery_bench:celery_app",
+                            "worker",
+                            "--concurrency",
+                            "1",
+                            "-Q",
+                            queue,
+                            "-n",
+                            f"{name}@%h",
+                            "--loglevel",
+                            "warning",
+                            "--without-gossip",
+                            "--without-mingle",
+                            "--without-heartbeat",
+                        ],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+            store = open_store(store_url)
+            middlewares = {
+                queue: AsyncMiddleware(
+                    work, paths=["/work"], store=store, executor=executor, max_pending=100_000
+                )
+                for queue, executor in _EXECUTORS.items()
+            }
+            deadline = time.monotonic() + 60
+            while len(celery_app.control.ping(timeout=0.5) or []) < 3:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Celery workers did not start")
+            for middleware in middlewares.values():  # warm up: imports, connections
+                _run_round(middleware, store, 10, args.cpu_ms)
+
+            load_before = os.getloadavg()[0]
+            rates: dict[str, list[float]] = {"one": [], "two": []}
+            for index in range(args.rounds):
+                order = ("one", "two") if index % 2 == 0 else ("two", "one")
+                for queue in order:
+                    rates[queue].append(
+                        _run_round(middlewares[queue], store, args.tasks, args.cpu_ms)
+                    )
+            load_after = os.getloadavg()[0]
+        finally:
+            for proc in procs:
+                _stop_group(proc)
+            redis_server.terminate()
+            redis_server.wait()
+
+    one, two = statistics.median(rates["one"]), statistics.median(rates["two"])
+    ideal = 1000 / args.cpu_ms
+    print(
+        f"{args.tasks} tasks of {args.cpu_ms:g} ms CPU, {args.rounds} rounds, alternating; "
+        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after"
+    )
+    print("| Celery workers | tasks/s (median) | rounds | ideal |")
+    print("|---|---|---|---|")
+    print(
+        f"| 1 x --concurrency 1 | {one:.1f} | "
+        f"{', '.join(f'{r:.1f}' for r in rates['one'])} | {ideal:.0f} |"
+    )
+    print(
+        f"| 2 x --concurrency 1 | {two:.1f} | "
+        f"{', '.join(f'{r:.1f}' for r in rates['two'])} | {2 * ideal:.0f} |"
+    )
+    print(f"ratio 2/1: {two / one:.2f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "tasks": args.tasks,
+                "rounds": args.rounds,
+                "cpu_ms": args.cpu_ms,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "tasks_per_second": rates,
+                "median": {"one": one, "two": two},
+                "ratio": two / one,
+                "load_average": {"before": load_before, "after": load_after},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
