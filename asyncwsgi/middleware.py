@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import json
@@ -9,6 +10,7 @@ import logging
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -37,6 +39,10 @@ _ID_BYTES = 24
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{32}")
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 _STATUS_METHODS = ("GET", "HEAD", "DELETE")
+# How long a process exiting normally (a server's graceful stop) waits for its
+# running tasks before it fails them, so that a shared store never keeps them
+# "running" until their lease runs out.
+_EXIT_GRACE = 10.0
 _ALLOW = ", ".join(_STATUS_METHODS)
 
 
@@ -111,6 +117,8 @@ class AsyncMiddleware:
         self._match = compile_patterns(self.paths)
         self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
         self._warned_multiprocess = False
+        if self.store.shared:
+            atexit.register(_close_at_exit, weakref.ref(self))
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -332,6 +340,12 @@ class AsyncMiddleware:
             self.runner.fail_running("the server shut down before the task finished")
         self.runner.stop()
         return finished
+
+
+def _close_at_exit(ref: weakref.ref[AsyncMiddleware]) -> None:
+    middleware = ref()
+    if middleware is not None and not middleware.closed:
+        middleware.close(timeout=_EXIT_GRACE)
 
 
 def _fingerprint(environ: WSGIEnvironment, body: bytes) -> str:
