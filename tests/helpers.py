@@ -13,11 +13,17 @@ from werkzeug.test import Client, TestResponse
 
 
 def wait_done(client: Client, location: str, timeout: float = 10.0, **kw: Any) -> TestResponse:
-    """Poll a status URL until it answers something other than 202."""
+    """Poll a status URL until it answers the task's result.
+
+    The middleware's own 202 always points ``Location`` at the status URL; a
+    202 without that is the app's result (an app may answer 202 itself).
+    """
     deadline = time.monotonic() + timeout
     while True:
         response = client.get(location, **kw)
-        if response.status_code != 202:
+        if response.status_code != 202 or not response.headers.get("Location", "").endswith(
+            location
+        ):
             return response
         if time.monotonic() > deadline:
             raise AssertionError(f"task at {location} still 202 after {timeout}s")
