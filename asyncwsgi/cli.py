@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -75,7 +76,7 @@ class _ProgressDisplay:
         self.stream = stream
         self.bar: Any = None
         self.plain = True
-        if stream.isatty():
+        if stream.isatty() and _columns(stream) > 0:
             try:
                 import tqdm
             except ImportError:
@@ -93,17 +94,29 @@ class _ProgressDisplay:
             print(line, file=self.stream, flush=True)
             return
         if self.bar is None:
-            self.bar = self._tqdm(total=total, file=self.stream, leave=False)
+            self.bar = self._tqdm(
+                total=total,
+                file=self.stream,
+                leave=False,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
+            )
         if total is not None and self.bar.total != total:
             self.bar.total = total
         if isinstance(done, (int, float)):
             self.bar.n = done
-        self.bar.set_description_str(str(message))
+        self.bar.set_description_str(str(message), refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _columns(stream: IO[str]) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return 0
 
 
 def _get(args: argparse.Namespace) -> int:
