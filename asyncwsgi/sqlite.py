@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS keys (
     expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS keys_task_id ON keys (task_id) WHERE task_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS keys_reserved ON keys (expires_at) WHERE task_id IS NULL;
 """
 
 _COLUMNS = (
@@ -111,9 +112,12 @@ class SQLiteStore(Store):
         self.timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()
-        # Every connection this store opened, with the pid that opened it, so
-        # that close() can close those of this process from any thread.
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._pid = os.getpid()
+        # Every connection this store opened, with the pid and the thread that
+        # opened it: close() closes those of this process from any thread, and
+        # a connection whose thread has ended is closed when another opens (a
+        # server that starts a thread per request must not leak them).
+        self._connections: list[tuple[int, threading.Thread, sqlite3.Connection]] = []
         self._closed = False
         self._setup()
 
@@ -147,6 +151,11 @@ class SQLiteStore(Store):
         # parent's locks).
         if self._closed:
             raise RuntimeError("SQLiteStore is closed")
+        if self._pid != pid:
+            # A forked child: the parent's lock may have been held by a thread
+            # that does not exist here.
+            self._lock = threading.Lock()
+            self._pid = pid
         conn = sqlite3.connect(
             self.path,
             timeout=self.timeout,
@@ -158,7 +167,15 @@ class SQLiteStore(Store):
         local.conn = conn
         local.pid = pid
         with self._lock:
-            self._connections.append((pid, conn))
+            ended = [
+                entry for entry in self._connections if entry[0] == pid and not entry[1].is_alive()
+            ]
+            self._connections = [
+                entry for entry in self._connections if entry[0] != pid or entry[1].is_alive()
+            ]
+            self._connections.append((pid, threading.current_thread(), conn))
+        for _, _, old in ended:
+            old.close()
         return conn
 
     def _setup(self) -> None:
@@ -197,8 +214,8 @@ class SQLiteStore(Store):
         pid = os.getpid()
         with self._lock:
             self._closed = True
-            mine = [conn for owner, conn in self._connections if owner == pid]
-            self._connections = [(o, c) for o, c in self._connections if o != pid]
+            mine = [conn for owner, _, conn in self._connections if owner == pid]
+            self._connections = [entry for entry in self._connections if entry[0] != pid]
         for conn in mine:
             conn.close()
         if getattr(self._local, "pid", None) == pid:
@@ -421,7 +438,8 @@ class SQLiteStore(Store):
     def _expire(self, conn: sqlite3.Connection, now: float, task_id: str | None = None) -> None:
         """Inside a write transaction: move at most a batch of expired tasks
         (and ``task_id`` if it is one) to the tombstones, drop their keys, and
-        forget tombstones past their time or beyond the bound."""
+        forget tombstones past their time or beyond the bound, and key
+        reservations that lapsed."""
         rows = conn.execute(
             "SELECT id, owner FROM tasks WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
             (now, _EXPIRE_BATCH),
@@ -442,6 +460,11 @@ class SQLiteStore(Store):
         conn.execute(
             "DELETE FROM tombstones WHERE id IN "
             "(SELECT id FROM tombstones WHERE expires_at <= ? LIMIT ?)",
+            (now, _EXPIRE_BATCH),
+        )
+        conn.execute(
+            "DELETE FROM keys WHERE key IN (SELECT key FROM keys"
+            " WHERE task_id IS NULL AND expires_at <= ? LIMIT ?)",
             (now, _EXPIRE_BATCH),
         )
         if rows:

@@ -7,8 +7,10 @@ A new store joins by adding its id to ``STORES`` and a branch to
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -575,5 +577,46 @@ def test_sqlite_two_processes(tmp_path: Path) -> None:
         assert there is not None and there.state == "done" and there.owner == "there"
         assert there.result == ok(b"from the other process")
         assert store.count_active() == 0
+    finally:
+        store.close()
+
+
+def test_sqlite_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "tasks.db"))
+    try:
+        for _ in range(20):  # a server that starts a thread per request
+            thread = threading.Thread(target=store.count_active)
+            thread.start()
+            thread.join()
+        store.count_active()
+        assert len(store._connections) <= 2
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sqlite_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "tasks.db"))
+    try:
+        record = new_record()
+        assert store.create(record)  # the parent's connection is open now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # the child: uses the inherited store object
+            code = 1
+            try:
+                if store.start(record.id, time.time() + 30) and store.finish(
+                    record.id, ok(b"forked")
+                ):
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        got = store.get(record.id)
+        assert got is not None and got.result == ok(b"forked")
+        # The parent's connection still works after the child exited.
+        assert store.create(new_record())
     finally:
         store.close()
