@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -171,6 +172,10 @@ def _load(spec: str) -> Any:
     return target
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _serve(args: argparse.Namespace) -> int:
     from werkzeug.serving import make_server
 
@@ -190,6 +195,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = make_server(args.host, args.port, application, threaded=True)
     print(f"serving {args.app} on http://{args.host}:{server.port}/", flush=True)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a process manager's stop) ends the server like Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -209,8 +209,15 @@ def test_cli_serve() -> None:
         # An unmarked path goes straight to the app.
         with urllib.request.urlopen(base + "/fast", timeout=10) as plain:
             assert plain.status == 200 and plain.read() == b"fast\n"
-    finally:
+        # SIGTERM stops it like Ctrl-C; close() lets the task just submitted finish.
+        urllib.request.urlopen(
+            urllib.request.Request(base + "/slow/4", method="POST"), timeout=10
+        ).close()
         process.terminate()
-        process.wait(timeout=10)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
