@@ -312,8 +312,8 @@ def test_wait_returns_when_deleted(store: Store) -> None:
 
 
 def test_ttl_leaves_tombstone_then_forgets(store_factory: StoreFactory) -> None:
-    store = store_factory(tombstone_ttl=0.4)
-    record = new_record(ttl=0.2, owner="owner-hash")
+    store = store_factory(tombstone_ttl=0.8)
+    record = new_record(ttl=0.5, owner="owner-hash")
     assert store.create(record, key="k", fingerprint="f")
     assert store.start(record.id, time.time() + 30)
     assert store.finish(record.id, ok())
@@ -322,7 +322,7 @@ def test_ttl_leaves_tombstone_then_forgets(store_factory: StoreFactory) -> None:
     # The bound key is held while the result lives...
     held = store.reserve_key("k", 60)
     assert held is not None and held.task_id == record.id
-    time.sleep(0.3)
+    time.sleep(0.6)
     got = store.get(record.id)
     assert got is not None
     assert got.state == "expired"
@@ -332,7 +332,7 @@ def test_ttl_leaves_tombstone_then_forgets(store_factory: StoreFactory) -> None:
     assert store.reserve_key("k", 60) is None
     assert not store.finish(record.id, ok())
     assert not store.delete(record.id)
-    time.sleep(0.5)
+    time.sleep(0.9)
     assert store.get(record.id) is None
 
 
