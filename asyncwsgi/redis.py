@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -267,6 +268,21 @@ return 0
 )
 
 
+_DEFAULT_PREFIX = "asyncwsgi:"
+
+
+def _split_prefix(url: str) -> tuple[str, str | None]:
+    """The URL without its ``prefix=`` query parameter (ours, not redis-py's),
+    and that prefix."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    if not prefixes:
+        return url, None
+    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefixes[-1]
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
@@ -282,7 +298,9 @@ class RedisStore(Store):
     ``decode_responses=False``; the caller keeps closing it) or a URL
     (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
     ``unix:///path/to/redis.sock?db=0``), for which the store makes and closes
-    its own client.
+    its own client. A ``prefix=`` query parameter in the URL sets ``prefix``;
+    :attr:`url` carries a non-default prefix that way, so a process that
+    opens the store by its URL (a Celery worker) finds the same table.
 
     A finished task's keys expire through Redis TTLs after the record's
     ``ttl``; a tombstone then answers 410 for ``tombstone_ttl`` seconds, at
@@ -297,14 +315,23 @@ class RedisStore(Store):
         self,
         client_or_url: redis.Redis | str,
         *,
-        prefix: str = "asyncwsgi:",
+        prefix: str = _DEFAULT_PREFIX,
         max_tombstones: int = 10_000,
         tombstone_ttl: float = 3600.0,
         key_reservation_ttl: float = 60.0,
     ) -> None:
         if isinstance(client_or_url, str):
+            connect_url, url_prefix = _split_prefix(client_or_url)
+            if url_prefix is not None:
+                if prefix not in (_DEFAULT_PREFIX, url_prefix):
+                    raise ValueError("the URL's prefix= and the prefix keyword differ")
+                prefix = url_prefix
+            # The URL another process (a Celery worker) opens the same table by.
             self.url = client_or_url
-            self.client: redis.Redis = redis.Redis.from_url(client_or_url, decode_responses=False)
+            if url_prefix is None and prefix != _DEFAULT_PREFIX:
+                separator = "&" if urlsplit(client_or_url).query else "?"
+                self.url = f"{client_or_url}{separator}{urlencode({'prefix': prefix})}"
+            self.client: redis.Redis = redis.Redis.from_url(connect_url, decode_responses=False)
             self._owns_client = True
         else:
             kwargs = client_or_url.connection_pool.connection_kwargs
@@ -313,6 +340,13 @@ class RedisStore(Store):
             self.url = None
             self.client = client_or_url
             self._owns_client = False
+        # A client with a socket timeout would give up on a longer BLMOVE (and
+        # Redis ends a block up to a tick, 100 ms, late).
+        socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._block_limit: float | None = None
+        if socket_timeout:
+            timeout = float(socket_timeout)
+            self._block_limit = round(max(timeout / 2, timeout - 0.25, 0.001), 3)
         self.prefix = prefix
         self.max_tombstones = max_tombstones
         self.tombstone_ttl = tombstone_ttl
@@ -451,8 +485,13 @@ class RedisStore(Store):
                 break
             # Rotating the list onto itself leaves it in place for the other
             # waiters: every one of them wakes.
+            if self._block_limit is not None:
+                remaining = min(remaining, self._block_limit)
             # (Redis takes a fractional timeout; redis-py's annotation says int.)
-            moved = self.client.blmove(done, done, remaining, "RIGHT", "LEFT")  # type: ignore[arg-type]
+            try:
+                moved = self.client.blmove(done, done, remaining, "RIGHT", "LEFT")  # type: ignore[arg-type]
+            except redis.TimeoutError:
+                continue  # the socket's timeout, not the wait's: block again
             if moved is not None:
                 break
         return self.get(task_id)

@@ -255,9 +255,8 @@ def test_expiry_needs_no_calls(redis_url: str) -> None:
         assert store.create(record, key="k", fingerprint="fp")
         assert store.finish(record.id, ok())
         time.sleep(0.5)
-        remaining = [
-            key for key in store.client.keys(store.prefix + "*") if not key.endswith(b"tombs")
-        ]
+        keys = [bytes(key) for key in store.client.keys(store.prefix + "*")]  # type: ignore[arg-type]
+        remaining = [key for key in keys if not key.endswith(b"tombs")]
         assert remaining == [f"{store.prefix}done:{record.id}".encode()]
     finally:
         store.close()
@@ -307,6 +306,43 @@ def test_url_forms() -> None:
             assert pool.connection_class.__name__ == connection
         finally:
             store.close()
+
+
+def test_prefix_travels_in_the_url(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix="app1:")
+    reopened = open_store(store.url or "")
+    try:
+        assert store.url == redis_url + "?prefix=app1%3A"
+        assert isinstance(reopened, RedisStore) and reopened.prefix == "app1:"
+        assert reopened.url == store.url
+        record = new_record()
+        assert store.create(record)
+        assert reopened.get(record.id) is not None
+        assert reopened.delete(record.id)
+        with pytest.raises(ValueError, match="prefix"):
+            RedisStore.from_url(redis_url + "?prefix=a:", prefix="b:")
+    finally:
+        store.close()
+        reopened.close()
+
+
+def test_wait_longer_than_the_clients_socket_timeout(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.3)
+    store = RedisStore(client)
+    try:
+        record = new_record()
+        assert store.create(record)
+        timer = threading.Timer(0.8, store.finish, args=(record.id, ok(b"late")))
+        timer.start()
+        try:
+            got = store.wait(record.id, 5.0)
+        finally:
+            timer.join()
+        assert got is not None and got.result == ok(b"late")
+        assert store.delete(record.id)
+    finally:
+        store.close()
+        client.close()
 
 
 def test_given_client_is_the_callers(redis_url: str) -> None:
