@@ -7,14 +7,13 @@ import http.client
 import json
 from typing import Any
 
+import httpbin
 import pytest
 from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 
 from .helpers import serving, wait_done
-
-httpbin = pytest.importorskip("httpbin")
 
 CASES = [
     pytest.param("GET", "/get?a=1&a=2", None, id="get-query"),
