@@ -47,6 +47,7 @@ def site() -> Iterator[str]:
 
 def test_button_shows_progress_then_result(chromium: str, site: str) -> None:
     from playwright import sync_api  # in the test extra: missing is a failure
+
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
