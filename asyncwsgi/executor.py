@@ -121,7 +121,10 @@ class ThreadExecutor(Executor):
             finally:
                 with cond:
                     self._busy -= 1
-                    cond.notify_all()
+                    if self._stopping:
+                        # only shutdown() waits for the pool to drain; waking
+                        # every idle worker after each job costs throughput
+                        cond.notify_all()
 
     def shutdown(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -90,6 +90,7 @@ class AsyncMiddleware:
         max_wait: float = 30.0,
         owner: Callable[[WSGIEnvironment], str | None] | None = None,
         lease: float = 30.0,
+        timeout: float | None = None,
         executor: Executor | None = None,
     ) -> None:
         if not (status_path.startswith("/") and status_path.endswith("/")):
@@ -110,8 +111,11 @@ class AsyncMiddleware:
         self.max_wait = max_wait
         self.owner = owner
         self.lease = lease
+        self.timeout = timeout
         self.executor = executor if executor is not None else ThreadExecutor(max_workers)
-        self.runner = TaskRunner(app, self.store, max_result=max_result, lease=lease)
+        self.runner = TaskRunner(
+            app, self.store, max_result=max_result, lease=lease, timeout=timeout
+        )
         self.executor.bind(self.runner)
         self.closed = False
         self._match = compile_patterns(self.paths)
@@ -188,6 +192,7 @@ class AsyncMiddleware:
             return self._unavailable("too many pending tasks")(environ, start_response)
         try:
             self.executor.submit(Job(record.id, snapshot(environ), body))
+            self.runner.watch(record.id)
         except Exception:
             logger.exception("asyncwsgi: could not queue task %s", record.id)
             self.store.delete(record.id)

@@ -6,6 +6,7 @@ behaves the same wherever it runs.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -32,16 +33,29 @@ class TaskRunner:
 
     While tasks run, one heartbeat thread (only for shared stores, where
     another process may judge a lease) extends their leases every third of
-    ``lease``.
+    ``lease``. With a ``timeout``, one watchdog thread ends as 504 a task not
+    done that long after it was accepted (see :meth:`watch`), queued or
+    running; the app's thread cannot be stopped and finishes on its own, its
+    late result dropped, and the pool never grows past its size.
     """
 
     def __init__(
-        self, app: WSGIApplication, store: Store, *, max_result: int, lease: float
+        self,
+        app: WSGIApplication,
+        store: Store,
+        *,
+        max_result: int,
+        lease: float,
+        timeout: float | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.max_result = max_result
         self.lease = lease
+        self.timeout = timeout
+        self._deadlines: list[tuple[float, str]] = []
+        self._watchdog: threading.Thread | None = None
+        self._wake = threading.Condition(threading.Lock())
         self._running: set[str] = set()
         self._lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
@@ -60,6 +74,7 @@ class TaskRunner:
             self._running.add(task_id)
         if self.store.shared and self._heartbeat is None:
             self._start_heartbeat()
+
         result: Result = error_result(500)
         try:
             environ = task_environ(job.environ, job.body)
@@ -102,5 +117,37 @@ class TaskRunner:
                 except Exception:
                     logger.exception("asyncwsgi: heartbeat failed")
 
+    def watch(self, task_id: str) -> None:
+        """Start the ``timeout`` clock of an accepted task."""
+        if self.timeout is None:
+            return
+        deadline = time.monotonic() + self.timeout
+        with self._wake:
+            heapq.heappush(self._deadlines, (deadline, task_id))
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._expire_overdue, name="asyncwsgi-watchdog", daemon=True
+                )
+                self._watchdog.start()
+            self._wake.notify()
+
+    def _expire_overdue(self) -> None:
+        deadlines = self._deadlines
+        while not self._stop.is_set():
+            with self._wake:
+                now = time.monotonic()
+                due = []
+                while deadlines and deadlines[0][0] <= now:
+                    due.append(heapq.heappop(deadlines)[1])
+                if not due:
+                    self._wake.wait(deadlines[0][0] - now if deadlines else 1.0)
+                    continue
+            for task_id in due:
+                # finish() is a no-op for tasks already done or deleted
+                if self.store.finish(task_id, error_result(504, "the task ran past its timeout")):
+                    logger.error("asyncwsgi: task %s ran past its timeout", task_id)
+
     def stop(self) -> None:
         self._stop.set()
+        with self._wake:
+            self._wake.notify()

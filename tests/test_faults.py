@@ -1,0 +1,113 @@
+"""Faults the app can throw at the middleware: hangs, leaks, hostile requests."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.test import Client
+
+from asyncwsgi import AsyncMiddleware
+
+from .helpers import wait_done
+
+
+def test_app_that_blocks_forever_ends_as_504_and_threads_stay_bounded(caplog):
+    release = threading.Event()
+
+    def hang(environ, start_response):
+        release.wait(30)
+        start_response("200 OK", [])
+        return [b"too late"]
+
+    mw = AsyncMiddleware(hang, paths=["/work/*"], max_workers=2, timeout=0.3)
+    try:
+        client = Client(mw)
+        before = threading.active_count()
+        locations = [client.post("/work/x").headers["Location"] for _ in range(6)]
+        for location in locations:
+            done = wait_done(client, location, timeout=5)
+            assert done.status_code == 504  # running and queued ones alike
+        # two stuck pool threads plus the watchdog, however many tasks
+        assert threading.active_count() <= before + 2 + 1
+        assert any("timeout" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()
+        mw.close(timeout=5)
+    assert client.get(locations[0]).status_code == 504  # the late result is dropped
+
+
+def test_fast_tasks_are_unaffected_by_timeout():
+    def quick(environ, start_response):
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mw = AsyncMiddleware(quick, paths=["/work/*"], timeout=5)
+    try:
+        client = Client(mw)
+        assert wait_done(client, client.post("/work/1").headers["Location"]).data == b"ok"
+    finally:
+        mw.close(timeout=5)
+
+
+def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [body]
+
+
+_text = st.text(st.characters(min_codepoint=0, max_codepoint=255), max_size=40)
+
+
+@pytest.fixture(scope="module")
+def fuzz_target():
+    mw = AsyncMiddleware(
+        echo,
+        paths=["/work/*", "/export/<int:id>"],
+        prefer_paths=["/maybe"],
+        max_wait=0.01,
+        max_body=64,
+    )
+    yield mw
+    mw.close(timeout=10)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "BREW"]),
+    path=st.one_of(
+        st.sampled_from(["/work/a", "/export/7", "/maybe", "/status/", "/status/" + "A" * 32]),
+        _text.map(lambda t: "/" + t),
+        _text.map(lambda t: "/status/" + t),
+    ),
+    script_name=st.sampled_from(["", "/mount", "/a/b"]),
+    prefer=st.one_of(st.none(), _text, st.sampled_from(["wait=0", "respond-async, wait=1"])),
+    key=st.one_of(st.none(), _text),
+    content_length=st.one_of(
+        st.none(), st.sampled_from(["-1", "abc", "99999999999", "3", "1e2", " 5", ""]), _text
+    ),
+    body=st.binary(max_size=80),
+    chunked=st.booleans(),
+)
+def test_hostile_requests_get_a_clean_answer(
+    fuzz_target, method, path, script_name, prefer, key, content_length, body, chunked
+):
+    overrides: dict[str, Any] = {"REQUEST_METHOD": method, "SCRIPT_NAME": script_name}
+    overrides["PATH_INFO"] = path
+    if prefer is not None:
+        overrides["HTTP_PREFER"] = prefer
+    if key is not None:
+        overrides["HTTP_IDEMPOTENCY_KEY"] = key
+    if content_length is not None:
+        overrides["CONTENT_LENGTH"] = content_length
+    if chunked:
+        overrides["HTTP_TRANSFER_ENCODING"] = "chunked"
+    client = Client(fuzz_target)
+    response = client.open("/", data=body, environ_overrides=overrides)
+    assert response.status_code in (200, 202, 204, 400, 404, 405, 409, 410, 411, 413, 422, 503)
+    assert b"Traceback" not in response.data
