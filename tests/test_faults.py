@@ -111,3 +111,25 @@ def test_hostile_requests_get_a_clean_answer(
     response = client.open("/", data=body, environ_overrides=overrides)
     assert response.status_code in (200, 202, 204, 400, 404, 405, 409, 410, 411, 413, 422, 503)
     assert b"Traceback" not in response.data
+
+
+def test_logs_carry_no_bodies_and_no_auth_headers(caplog):
+    def failing(environ, start_response):
+        environ["wsgi.input"].read()
+        raise RuntimeError("the app failed")
+
+    mw = AsyncMiddleware(failing, paths=["/work/*"], owner=lambda e: e.get("HTTP_AUTHORIZATION"))
+    try:
+        client = Client(mw)
+        location = client.post(
+            "/work/1", data=b"secret-body-bytes", headers={"Authorization": "Bearer s3cr3t"}
+        ).headers["Location"]
+        assert (
+            wait_done(client, location, headers={"Authorization": "Bearer s3cr3t"}).status_code
+            == 500
+        )
+    finally:
+        mw.close(timeout=5)
+    logged = caplog.text
+    assert "the app failed" in logged  # the fault itself is logged, with its traceback
+    assert "secret-body-bytes" not in logged and "s3cr3t" not in logged
