@@ -1,4 +1,5 @@
-"""End to end under gunicorn with several worker processes and an SQLite store.
+"""End to end under gunicorn with several worker processes and a shared store
+(SQLite and Redis).
 
 Every poll goes on a fresh connection, so it lands on whichever worker
 accepts it: with a shared store none of them may answer 404.
@@ -34,6 +35,21 @@ VARIANTS = {
 }
 
 Answer = tuple[int, dict[str, str], bytes]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "tasks.db")
+    import redis
+
+    url: str = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
 
 
 def free_port() -> int:
@@ -133,8 +149,9 @@ def submit_and_wait(port: int, i: int) -> tuple[str, bytes, Answer, int, int]:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_many_tasks_no_404_and_results_survive_restart(tmp_path: Path, variant: str) -> None:
-    store_url = "sqlite:///" + str(tmp_path / "tasks.db")
+def test_many_tasks_no_404_and_results_survive_restart(
+    tmp_path: Path, store_url: str, variant: str
+) -> None:
     args = VARIANTS[variant]
     with gunicorn(tmp_path, store_url, args) as (port, _):
         with ThreadPoolExecutor(16) as pool:
@@ -144,7 +161,8 @@ def test_many_tasks_no_404_and_results_survive_restart(tmp_path: Path, variant: 
     wrong = [o[0] for o in outcomes if o[2][0] != 200 or o[2][2] != o[1]]
     worker_pids = {o[2][1].get("X-Worker-Pid") for o in outcomes}
     print(
-        f"\n[{variant}] submitted {len(outcomes)}, polls {polls}, 404s {not_found}, "
+        f"\n[{variant}, {store_url.partition(':')[0]}] submitted {len(outcomes)}, "
+        f"polls {polls}, 404s {not_found}, "
         f"wrong bodies {len(wrong)}, tasks ran in {len(worker_pids)} worker processes"
     )
     assert not_found == 0
@@ -159,9 +177,8 @@ def test_many_tasks_no_404_and_results_survive_restart(tmp_path: Path, variant: 
             assert (status, body) == (200, expected)
 
 
-def test_killed_worker_answers_500_within_lease(tmp_path: Path) -> None:
+def test_killed_worker_answers_500_within_lease(tmp_path: Path, store_url: str) -> None:
     lease = 2.0
-    store_url = "sqlite:///" + str(tmp_path / "tasks.db")
     with gunicorn(tmp_path, store_url, VARIANTS["sync"], lease=lease) as (port, master):
         status, headers, _ = call(port, "POST", "/work/slow?seconds=60")
         assert status == 202
