@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from asyncwsgi import AsyncMiddleware, MemoryStore
+from asyncwsgi import MemoryStore
 
 from .helpers import wait_done
 
@@ -30,23 +30,8 @@ def gate() -> threading.Event:
     return threading.Event()
 
 
-@pytest.fixture
-def mw_factory():
-    made: list[AsyncMiddleware] = []
-
-    def make(app: Any, **options: Any) -> AsyncMiddleware:
-        options.setdefault("paths", ["/work/*"])
-        mw = AsyncMiddleware(app, **options)
-        made.append(mw)
-        return mw
-
-    yield make
-    for mw in made:
-        mw.close(timeout=5)
-
-
-def test_marked_post_is_answered_202_then_replayed_exactly(mw_factory):
-    client = Client(mw_factory(echo))
+def test_marked_post_is_answered_202_then_replayed_exactly(wrap):
+    client = Client(wrap(echo))
     submitted = client.post("/work/1", data=b"payload")
     assert submitted.status_code == 202
     assert submitted.headers["Content-Type"] == "application/json"
@@ -67,7 +52,7 @@ def test_marked_post_is_answered_202_then_replayed_exactly(mw_factory):
     assert client.get(location).data == b"POST:payload"
 
 
-def test_unmarked_paths_and_head_options_go_straight_to_the_app(mw_factory):
+def test_unmarked_paths_and_head_options_go_straight_to_the_app(wrap):
     seen: list[Any] = []
 
     def app(environ, start_response):
@@ -75,7 +60,7 @@ def test_unmarked_paths_and_head_options_go_straight_to_the_app(mw_factory):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"direct"]
 
-    mw = mw_factory(app)
+    mw = wrap(app)
     sentinel_calls = []
 
     def start_response(status, headers, exc_info=None):
@@ -89,8 +74,8 @@ def test_unmarked_paths_and_head_options_go_straight_to_the_app(mw_factory):
         assert seen[-1] == (method, start_response)
 
 
-def test_mount_under_script_name_gives_location_with_it(mw_factory):
-    client = Client(mw_factory(echo))
+def test_mount_under_script_name_gives_location_with_it(wrap):
+    client = Client(wrap(echo))
     api = "http://localhost/api"
     submitted = client.post("/work/1", data=b"x", base_url=api)
     location = submitted.headers["Location"]
@@ -112,8 +97,8 @@ def test_mount_under_script_name_gives_location_with_it(mw_factory):
         pytest.param(re.compile(r"/jobs/\d+"), "/jobs/42x", False, id="regex-fullmatch"),
     ],
 )
-def test_path_patterns(mw_factory, pattern, path, marked):
-    client = Client(mw_factory(echo, paths=[pattern]))
+def test_path_patterns(wrap, pattern, path, marked):
+    client = Client(wrap(echo, paths=[pattern]))
     response = client.post(path, data=b"")
     assert (response.status_code == 202) is marked
 
@@ -127,13 +112,13 @@ def test_hundred_patterns_compile_into_one_matcher():
     assert not match("/r7/x", "POST") and not match("/nothing", "GET")
 
 
-def test_methods_option_limits_what_becomes_a_task(mw_factory):
-    client = Client(mw_factory(echo, methods=["POST"]))
+def test_methods_option_limits_what_becomes_a_task(wrap):
+    client = Client(wrap(echo, methods=["POST"]))
     assert client.post("/work/1").status_code == 202
     assert client.put("/work/1").status_code == 201
 
 
-def test_app_sees_copied_environ(mw_factory):
+def test_app_sees_copied_environ(wrap):
     seen: dict[str, Any] = {}
     marker = object()
 
@@ -143,7 +128,7 @@ def test_app_sees_copied_environ(mw_factory):
         start_response("200 OK", [])
         return []
 
-    client = Client(mw_factory(app))
+    client = Client(wrap(app))
     response = client.post(
         "/work/1?q=1",
         data=b"abc",
@@ -159,7 +144,7 @@ def test_app_sees_copied_environ(mw_factory):
     assert seen["asyncwsgi.task"].id == response.json["id"]
 
 
-def test_content_length_stays_absent_when_request_had_none(mw_factory):
+def test_content_length_stays_absent_when_request_had_none(wrap):
     seen: dict[str, Any] = {}
 
     def app(environ, start_response):
@@ -167,21 +152,21 @@ def test_content_length_stays_absent_when_request_had_none(mw_factory):
         start_response("200 OK", [])
         return []
 
-    mw = mw_factory(app)
+    mw = wrap(app)
     client = Client(mw)
     response = client.get("/work/1")
     wait_done(client, response.headers["Location"])
     assert "CONTENT_LENGTH" not in seen
 
 
-def test_progress_is_shown_in_status_json(mw_factory, gate):
+def test_progress_is_shown_in_status_json(wrap, gate):
     def app(environ, start_response):
         environ["asyncwsgi.task"].set_progress(3, 10, "step 3")
         gate.wait(5)
         start_response("200 OK", [])
         return [b"ok"]
 
-    client = Client(mw_factory(app))
+    client = Client(wrap(app))
     location = client.post("/work/1").headers["Location"]
     deadline = time.monotonic() + 5
     while True:
@@ -196,8 +181,8 @@ def test_progress_is_shown_in_status_json(mw_factory, gate):
     assert wait_done(client, location).data == b"ok"
 
 
-def test_head_on_status_gives_headers_without_body(mw_factory):
-    client = Client(mw_factory(echo))
+def test_head_on_status_gives_headers_without_body(wrap):
+    client = Client(wrap(echo))
     location = client.post("/work/1", data=b"x").headers["Location"]
     wait_done(client, location)
     head = client.head(location)
@@ -206,8 +191,8 @@ def test_head_on_status_gives_headers_without_body(mw_factory):
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "OPTIONS"])
-def test_other_methods_on_status_url_are_405_with_allow(mw_factory, method):
-    client = Client(mw_factory(echo))
+def test_other_methods_on_status_url_are_405_with_allow(wrap, method):
+    client = Client(wrap(echo))
     location = client.post("/work/1").headers["Location"]
     response = client.open(location, method=method)
     assert response.status_code == 405
@@ -223,7 +208,7 @@ def test_other_methods_on_status_url_are_405_with_allow(mw_factory, method):
         pytest.param("A" * 32 + "/x", id="extra-segment"),
     ],
 )
-def test_unknown_or_malformed_ids_are_404(mw_factory, suffix):
+def test_unknown_or_malformed_ids_are_404(wrap, suffix):
     calls: list[str] = []
     store = MemoryStore()
     original_get = store.get
@@ -233,13 +218,13 @@ def test_unknown_or_malformed_ids_are_404(mw_factory, suffix):
         return original_get(task_id)
 
     store.get = spy_get  # type: ignore[method-assign]
-    client = Client(mw_factory(echo, store=store))
+    client = Client(wrap(echo, store=store))
     assert client.get("/status/" + suffix).status_code == 404
     if len(suffix) != 32:
         assert calls == []  # malformed ids never reach the store
 
 
-def test_delete_queued_task_never_runs(mw_factory, gate):
+def test_delete_queued_task_never_runs(wrap, gate):
     ran: list[str] = []
 
     def app(environ, start_response):
@@ -248,7 +233,7 @@ def test_delete_queued_task_never_runs(mw_factory, gate):
         start_response("200 OK", [])
         return [b""]
 
-    client = Client(mw_factory(app, max_workers=1))
+    client = Client(wrap(app, max_workers=1))
     first = client.post("/work/first").headers["Location"]
     second = client.post("/work/second").headers["Location"]
     assert client.delete(second).status_code == 204
@@ -259,7 +244,7 @@ def test_delete_queued_task_never_runs(mw_factory, gate):
     assert ran == ["/work/first"]
 
 
-def test_delete_running_task_sets_cancelled_and_drops_result(mw_factory):
+def test_delete_running_task_sets_cancelled_and_drops_result(wrap):
     started = threading.Event()
     observed: list[bool] = []
 
@@ -273,7 +258,7 @@ def test_delete_running_task_sets_cancelled_and_drops_result(mw_factory):
         start_response("200 OK", [])
         return [b"late"]
 
-    mw = mw_factory(app)
+    mw = wrap(app)
     client = Client(mw)
     location = client.post("/work/1").headers["Location"]
     assert started.wait(5)
@@ -283,8 +268,8 @@ def test_delete_running_task_sets_cancelled_and_drops_result(mw_factory):
     assert client.get(location).status_code == 404
 
 
-def test_body_over_max_body_is_413_and_no_task(mw_factory):
-    mw = mw_factory(echo, max_body=10)
+def test_body_over_max_body_is_413_and_no_task(wrap):
+    mw = wrap(echo, max_body=10)
     client = Client(mw)
     assert client.post("/work/1", data=b"x" * 11).status_code == 413
     assert mw.store.count_active() == 0
@@ -292,19 +277,19 @@ def test_body_over_max_body_is_413_and_no_task(mw_factory):
 
 
 @pytest.mark.parametrize("length", ["abc", "-1", "1e3"])
-def test_bad_content_length_is_400(mw_factory, length):
-    client = Client(mw_factory(echo))
+def test_bad_content_length_is_400(wrap, length):
+    client = Client(wrap(echo))
     response = client.post("/work/1", data=b"abc", environ_overrides={"CONTENT_LENGTH": length})
     assert response.status_code == 400
 
 
-def test_max_pending_gives_503_then_recovers(mw_factory, gate):
+def test_max_pending_gives_503_then_recovers(wrap, gate):
     def app(environ, start_response):
         gate.wait(5)
         start_response("200 OK", [])
         return [b"ok"]
 
-    mw = mw_factory(app, max_workers=1, max_pending=2)
+    mw = wrap(app, max_workers=1, max_pending=2)
     client = Client(mw)
     locations = [client.post("/work/1").headers["Location"] for _ in range(2)]
     refused = client.post("/work/1")
@@ -316,9 +301,9 @@ def test_max_pending_gives_503_then_recovers(mw_factory, gate):
     assert client.post("/work/1").status_code == 202
 
 
-def test_result_expires_to_410_then_404(mw_factory):
+def test_result_expires_to_410_then_404(wrap):
     store = MemoryStore(max_tombstones=1)
-    client = Client(mw_factory(echo, store=store, result_ttl=0.2))
+    client = Client(wrap(echo, store=store, result_ttl=0.2))
     first = client.post("/work/1").headers["Location"]
     wait_done(client, first)
     time.sleep(0.3)
@@ -330,13 +315,13 @@ def test_result_expires_to_410_then_404(mw_factory):
     assert client.get(first).status_code == 404  # its tombstone was pushed out
 
 
-def test_close_drains_queued_and_running_tasks_and_refuses_new(mw_factory):
+def test_close_drains_queued_and_running_tasks_and_refuses_new(wrap):
     def app(environ, start_response):
         time.sleep(0.05)
         start_response("200 OK", [])
         return [environ["PATH_INFO"].encode()]
 
-    mw = mw_factory(app, max_workers=2)
+    mw = wrap(app, max_workers=2)
     client = Client(mw)
     locations = [client.post(f"/work/{i}").headers["Location"] for i in range(10)]
     assert mw.close() is True
@@ -345,13 +330,13 @@ def test_close_drains_queued_and_running_tasks_and_refuses_new(mw_factory):
     assert bodies == [f"/work/{i}".encode() for i in range(10)]
 
 
-def test_close_with_timeout_ends_unfinished_tasks_explicitly(mw_factory, gate):
+def test_close_with_timeout_ends_unfinished_tasks_explicitly(wrap, gate):
     def app(environ, start_response):
         gate.wait(5)
         start_response("200 OK", [])
         return [b"ok"]
 
-    mw = mw_factory(app, max_workers=1)
+    mw = wrap(app, max_workers=1)
     client = Client(mw)
     running = client.post("/work/1").headers["Location"]
     queued = client.post("/work/2").headers["Location"]
@@ -362,21 +347,21 @@ def test_close_with_timeout_ends_unfinished_tasks_explicitly(mw_factory, gate):
     gate.set()
 
 
-def test_multiprocess_server_with_memory_store_warns_once(mw_factory, caplog):
-    client = Client(mw_factory(echo))
+def test_multiprocess_server_with_memory_store_warns_once(wrap, caplog):
+    client = Client(wrap(echo))
     for _ in range(3):
         client.post("/work/1", environ_overrides={"wsgi.multiprocess": True})
     warnings = [r for r in caplog.records if "shared store" in r.getMessage()]
     assert len(warnings) == 1
 
 
-def test_status_json_is_valid_json_with_documented_fields(mw_factory, gate):
+def test_status_json_is_valid_json_with_documented_fields(wrap, gate):
     def app(environ, start_response):
         gate.wait(5)
         start_response("200 OK", [])
         return []
 
-    client = Client(mw_factory(app))
+    client = Client(wrap(app))
     response = client.post("/work/1")
     status = json.loads(client.get(response.headers["Location"]).data)
     assert set(status) == {"id", "state", "status_url", "created", "started", "progress"}

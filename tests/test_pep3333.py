@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 from wsgiref.validate import validator
 
 import pytest
@@ -16,21 +15,6 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 
 from .helpers import wait_done
-
-
-@pytest.fixture
-def wrap():
-    made: list[AsyncMiddleware] = []
-
-    def make(app: Any, **options: Any) -> AsyncMiddleware:
-        options.setdefault("paths", ["/work/*"])
-        mw = AsyncMiddleware(app, **options)
-        made.append(mw)
-        return mw
-
-    yield make
-    for mw in made:
-        mw.close(timeout=5)
 
 
 def plain(environ, start_response):

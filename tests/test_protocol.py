@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,21 +15,6 @@ from asyncwsgi.owner import by_cookie, by_header, by_remote_user
 from asyncwsgi.prefer import parse_prefer, wait_seconds
 
 from .helpers import wait_done
-
-
-@pytest.fixture
-def wrap():
-    made: list[AsyncMiddleware] = []
-
-    def make(app: Any, **options: Any) -> AsyncMiddleware:
-        options.setdefault("paths", ["/work/*"])
-        mw = AsyncMiddleware(app, **options)
-        made.append(mw)
-        return mw
-
-    yield make
-    for mw in made:
-        mw.close(timeout=10)
 
 
 def sleepy(seconds: float):
