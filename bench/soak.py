@@ -1,0 +1,268 @@
+"""A bounded soak: many tasks through gunicorn and a shared store, with client
+retries and a worker killed in the middle.
+
+    python -m bench.soak [--tasks 100000] [--clients 16] [--store sqlite|redis]
+
+Every task carries its own ``Idempotency-Key``, so a client that retries after
+a dropped connection never starts the work twice. The app appends each run to
+a journal (one line per run, ``O_APPEND``), which tells runs apart from
+answers. Printed at the end, and written to ``bench/results/soak.json``:
+tasks, completed with the right body, ended as 500 "worker lost" (the tasks on
+the killed worker), lost (none may be), run twice (none may be), and RSS and
+open file descriptors of the workers that lived through the whole soak,
+measured after a warm-up and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASE = 3.0
+
+
+def app_factory() -> object:
+    """The soak's app (imported by gunicorn as ``bench.soak:application``)."""
+    from asyncwsgi import AsyncMiddleware
+
+    journal = os.environ["SOAK_JOURNAL"]
+
+    def inner(environ: dict[str, object], start_response: object) -> list[bytes]:
+        path = str(environ["PATH_INFO"])
+        if path == "/_stats":
+            fds = len(os.listdir("/proc/self/fd"))
+            with open("/proc/self/statm") as statm:
+                rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            body = json.dumps({"pid": os.getpid(), "rss": rss, "fds": fds}).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])  # type: ignore[operator]
+            return [body]
+        name = path.rsplit("/", 1)[-1]
+        fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{name} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        if name.endswith("-slow"):
+            time.sleep(30)
+        body = f"done {name}".encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        return [body]
+
+    return AsyncMiddleware(
+        inner, paths=["/work/*"], store=os.environ["SOAK_STORE"], lease=LEASE, max_pending=10_000
+    )
+
+
+if os.environ.get("SOAK_JOURNAL"):
+    application = app_factory()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Client:
+    """One keep-alive connection that reconnects on failure."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+        self.retries = 0
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        for attempt in range(50):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                self.conn.request(method, path, headers=headers)
+                response = self.conn.getresponse()
+                return response.status, dict(response.getheaders()), response.read()
+            except (OSError, http.client.HTTPException):
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                self.retries += 1
+                time.sleep(min(1.0, 0.02 * (attempt + 1)))
+        raise RuntimeError(f"{method} {path}: no answer after 50 tries")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def stats(port: int, samples: int = 40) -> dict[int, dict[str, int]]:
+    """Ask fresh connections until every worker answered (they land anywhere)."""
+    seen: dict[int, dict[str, int]] = {}
+    for _ in range(samples):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/_stats", headers={"Connection": "close"})
+            answer = json.loads(conn.getresponse().read())
+            seen[answer["pid"]] = answer
+        finally:
+            conn.close()
+    return seen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="asyncwsgi-soak-"))
+    journal = workdir / "journal"
+    port = free_port()
+    env = dict(os.environ, SOAK_JOURNAL=str(journal), SOAK_STORE=f"sqlite:///{workdir}/tasks.db")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-k", "gthread",
+         "--threads", "8", "-b", f"127.0.0.1:{port}", "--log-level", "error",
+         "bench.soak:application"],
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("gunicorn did not start") from None
+                time.sleep(0.1)
+        return soak(args, port, journal, server)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def soak(
+    args: argparse.Namespace, port: int, journal: Path, server: subprocess.Popen[bytes]
+) -> int:
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    progress = tqdm(total=args.tasks, unit="task", file=sys.stderr, mininterval=1.0)
+    next_task = iter(range(args.tasks))
+    warm = args.tasks // 10
+    killed: list[int] = []
+    before: dict[int, dict[str, int]] = {}
+    clients: list[Client] = []
+
+    def run() -> None:
+        client = Client(port)
+        clients.append(client)
+        while True:
+            with lock:
+                number = next(next_task, None)
+            if number is None:
+                return
+            name = f"t{number}" + ("-slow" if number == args.tasks // 2 else "")
+            headers = {"Idempotency-Key": name, "Prefer": "wait=10"}
+            status, answer_headers, body = client.request("POST", f"/work/{name}", headers)
+            give_up = time.monotonic() + 120
+            while status == 202 and answer_headers.get("Location", "").startswith("/status/"):
+                if time.monotonic() > give_up:
+                    status = -1  # still 202 after two minutes: stuck
+                    break
+                location = answer_headers["Location"]
+                status, answer_headers, body = client.request(
+                    "GET", location, {"Prefer": "wait=10"}
+                )
+            if status == 200 and body == f"done {name}".encode():
+                outcome = "completed"
+            elif status == 500 and b"lost" in body:
+                outcome = "worker_lost"
+            elif status == -1:
+                outcome = "stuck"
+            else:
+                outcome = f"wrong:{status}"
+            with lock:
+                outcomes[outcome] += 1
+            progress.update(1)
+
+    def chaos() -> None:
+        # After the warm-up, measure; halfway, kill the worker running the slow task.
+        while progress.n < warm:
+            time.sleep(0.2)
+        before.update(stats(port))
+        while progress.n < args.tasks // 2 + args.clients:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        for line in journal.read_text().splitlines()[::-1]:
+            name, pid = line.split()
+            if name.endswith("-slow"):
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                break
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run) for _ in range(args.clients)]
+    threads.append(threading.Thread(target=chaos, daemon=True))
+    for thread in threads:
+        thread.start()
+    for thread in threads[:-1]:
+        thread.join()
+    elapsed = time.monotonic() - started
+    progress.close()
+    after = stats(port)
+    for client in clients:
+        client.close()
+
+    runs = Counter(line.split()[0] for line in journal.read_text().splitlines())
+    survivors = sorted(set(before) & set(after))
+    result = {
+        "tasks": args.tasks,
+        "seconds": round(elapsed, 1),
+        "tasks_per_second": round(args.tasks / elapsed, 1),
+        "completed": outcomes["completed"],
+        "worker_lost_500": outcomes["worker_lost"],
+        "wrong": {k: v for k, v in outcomes.items() if k.startswith("wrong")},
+        "stuck_at_202": outcomes["stuck"],
+        "lost": args.tasks - sum(outcomes.values()),
+        "never_ran": args.tasks - len(runs),
+        "ran_twice": sum(1 for count in runs.values() if count > 1),
+        "client_retries": sum(client.retries for client in clients),
+        "killed_worker_pids": killed,
+        "workers_measured": len(survivors),
+        "rss_mib_before": round(sum(before[p]["rss"] for p in survivors) / 2**20, 1),
+        "rss_mib_after": round(sum(after[p]["rss"] for p in survivors) / 2**20, 1),
+        "fds_before": sum(before[p]["fds"] for p in survivors),
+        "fds_after": sum(after[p]["fds"] for p in survivors),
+        "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
+    }
+    print(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    ok = (
+        result["lost"] == 0
+        and result["ran_twice"] == 0
+        and not result["wrong"]
+        and result["stuck_at_202"] == 0
+        and server.poll() is None
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
