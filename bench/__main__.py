@@ -21,11 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every scenario in a second or two")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
     parser.add_argument(
-        "--only", type=int, nargs="*", choices=range(1, 6), help="run these scenarios only"
+        "--only", type=int, nargs="*", choices=range(1, 8), help="run these scenarios only"
     )
     args = parser.parse_args(argv)
     cfg = scenarios.Config.make(args.quick)
-    only = set(args.only or range(1, 6))
+    only = set(args.only or range(1, 8))
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         done("many_tasks", scenarios.many_tasks(cfg))
     if 5 in only:
         done("burst", scenarios.burst(cfg))
+    if 6 in only:
+        done("shared_stores", scenarios.shared_stores(cfg))
+    if 7 in only:
+        done("celery", scenarios.celery(cfg))
 
     rows = [r for result in results.values() for r in result["rows"]]
     elapsed = time.perf_counter() - started
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(args.out / "latest.json", document)
     title = (
         f"asyncwsgi benchmark ({mode}; {machine['nproc']} CPUs, Python {machine['python']}; "
-        "gunicorn gthread 1x8; medians of alternating rounds)"
+        "gunicorn gthread 8 threads, -w 1 unless said; medians of alternating rounds)"
     )
     report.plot(args.out / "latest.png", rows, title)
     missed = [r for r in rows if r["met"] is False]

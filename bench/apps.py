@@ -1,7 +1,8 @@
 """The apps the benchmark serves: one Flask app, bare, wrapped and naive.
 
 gunicorn loads ``bench.apps:app``; ``BENCH_APP`` picks the variant
-(``bare``, ``async`` or ``naive``).
+(``bare``, ``async`` or ``naive``); ``BENCH_STORE`` (a store URL) gives the
+``async`` variant a shared store instead of its own ``MemoryStore``.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _select():
     if kind == "bare":
         return make_flask()
     if kind == "async":
-        return make_async()
+        store = os.environ.get("BENCH_STORE")
+        return make_async(store=store) if store else make_async()
     if kind == "naive":
         return make_naive()
     raise ValueError(f"unknown BENCH_APP {kind!r}")

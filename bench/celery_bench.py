@@ -107,13 +107,9 @@ def _run_round(middleware: AsyncMiddleware, store: Any, tasks: int, cpu_ms: floa
     return tasks / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cpu-ms", type=float, default=20.0)
-    args = parser.parse_args()
-
+def measure(tasks: int = 100, rounds: int = 5, cpu_ms: float = 20.0) -> dict[str, Any]:
+    """Start redis-server and the workers, run ``rounds`` alternating rounds of
+    ``tasks`` tasks on one and on two workers, stop everything; the figures."""
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
@@ -138,7 +134,9 @@ def main() -> None:
             broker = f"redis://127.0.0.1:{port}/0"
             store_url = f"redis://127.0.0.1:{port}/1"
             celery_app.conf.broker_url = broker
+            # PYTHONWARNINGS: no "running as root" SecurityWarning in the output.
             env = {**os.environ, "BENCH_CELERY_BROKER": broker, "PYTHONPATH": str(ROOT)}
+            env["PYTHONWARNINGS"] = "ignore"
             for name, queue in (("one", "one"), ("twoa", "two"), ("twob", "two")):
                 procs.append(
                     subprocess.Popen(
@@ -179,16 +177,14 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the Celery workers did not start")
             for middleware in middlewares.values():  # warm up: imports, connections
-                _run_round(middleware, store, 10, args.cpu_ms)
+                _run_round(middleware, store, 10, cpu_ms)
 
             load_before = os.getloadavg()[0]
             rates: dict[str, list[float]] = {"one": [], "two": []}
-            for index in range(args.rounds):
+            for index in range(rounds):
                 order = ("one", "two") if index % 2 == 0 else ("two", "one")
                 for queue in order:
-                    rates[queue].append(
-                        _run_round(middlewares[queue], store, args.tasks, args.cpu_ms)
-                    )
+                    rates[queue].append(_run_round(middlewares[queue], store, tasks, cpu_ms))
             load_after = os.getloadavg()[0]
         finally:
             for proc in procs:
@@ -197,10 +193,35 @@ def main() -> None:
             redis_server.wait()
 
     one, two = statistics.median(rates["one"]), statistics.median(rates["two"])
+    return {
+        "tasks": tasks,
+        "rounds": rounds,
+        "cpu_ms": cpu_ms,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "tasks_per_second": rates,
+        "median": {"one": one, "two": two},
+        "ratio": two / one,
+        "load_average": {"before": load_before, "after": load_after},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cpu-ms", type=float, default=20.0)
+    args = parser.parse_args()
+
+    result = measure(args.tasks, args.rounds, args.cpu_ms)
+    rates = result["tasks_per_second"]
+    one, two = result["median"]["one"], result["median"]["two"]
+    load = result["load_average"]
     ideal = 1000 / args.cpu_ms
     print(
         f"{args.tasks} tasks of {args.cpu_ms:g} ms CPU, {args.rounds} rounds, alternating; "
-        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after"
+        f"{os.cpu_count()} CPUs, load average {load['before']:.1f} before, "
+        f"{load['after']:.1f} after"
     )
     print("| Celery workers | tasks/s (median) | rounds | ideal |")
     print("|---|---|---|---|")
@@ -214,23 +235,7 @@ def main() -> None:
     )
     print(f"ratio 2/1: {two / one:.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "tasks": args.tasks,
-                "rounds": args.rounds,
-                "cpu_ms": args.cpu_ms,
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "tasks_per_second": rates,
-                "median": {"one": one, "two": two},
-                "ratio": two / one,
-                "load_average": {"before": load_before, "after": load_after},
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -126,3 +126,66 @@ def alternate(
         out[name]["rounds"] = len(results)
         out[name]["runs_per_s"] = [res["per_s"] for res in results]
     return out
+
+
+class Tally:
+    """Thread-safe counts of how full cycles ended."""
+
+    KEYS = ("completed", "not_found", "wrong_body", "other_status", "stuck")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts = dict.fromkeys(self.KEYS, 0)
+
+    def add(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] += 1
+
+    @property
+    def lost(self) -> int:
+        return sum(v for k, v in self.counts.items() if k != "completed")
+
+
+def _fresh(port: int, method: str, path: str) -> tuple[int, http.client.HTTPResponse, bytes]:
+    """One request on a new connection, closed after the answer (``Connection: close``)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request(method, path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response, response.read()
+    finally:
+        conn.close()
+
+
+def checked_cycle(
+    path: str,
+    tally: Tally,
+    body: bytes = b"ok",
+    poll_interval: float = 0.002,
+    give_up: float = 30.0,
+):
+    """Like ``full_cycle``, but every request on a fresh connection (so that with
+    ``gunicorn -w N`` submit and polls land on any worker), and a task that ends
+    in a 404, another status, a wrong body or no answer within ``give_up``
+    seconds is counted in ``tally`` instead of raising."""
+
+    def unit(conn: Conn) -> None:
+        status, response, _ = _fresh(conn.port, "GET", path)
+        if status != 202:
+            tally.add("other_status")
+            return
+        location = response.getheader("Location")
+        deadline = time.monotonic() + give_up
+        while time.monotonic() < deadline:
+            time.sleep(poll_interval)
+            status, _, answer = _fresh(conn.port, "GET", location)
+            if status == 202:
+                continue
+            if status == 200:
+                tally.add("completed" if answer == body else "wrong_body")
+            else:
+                tally.add("not_found" if status == 404 else "other_status")
+            return
+        tally.add("stuck")
+
+    return unit

@@ -1,9 +1,13 @@
-"""The five scenarios. Each returns a dict with its figures and table rows."""
+"""The seven scenarios. Each returns a dict with its figures and table rows."""
 
 from __future__ import annotations
 
 import gc
+import shutil
+import socket
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
 import timeit
@@ -14,8 +18,8 @@ from asyncwsgi import AsyncMiddleware
 from asyncwsgi.memory import MemoryStore
 
 from . import apps
-from .client import Conn, alternate, full_cycle, get, run_load
-from .server import Server, Servers
+from .client import Conn, Tally, alternate, checked_cycle, full_cycle, get, run_load
+from .server import Server, Servers, free_port
 
 
 @dataclass
@@ -27,11 +31,15 @@ class Config:
     timeit_number: int = 100_000
     many_tasks: int = 100_000
     burst: int = 10_000
+    celery_tasks: int = 100
+    celery_rounds: int = 5
+    celery_cpu_ms: float = 20.0
 
     @classmethod
     def make(cls, quick: bool) -> Config:
         if quick:
-            return cls(True, 0.4, 2, timeit_number=20_000, many_tasks=10_000, burst=1_000)
+            return cls(True, 0.4, 2, timeit_number=20_000, many_tasks=10_000, burst=1_000,
+                       celery_tasks=20, celery_rounds=2)  # fmt: skip
         return cls(False, 3.0, 5)
 
 
@@ -392,3 +400,135 @@ def burst(cfg: Config) -> dict:
                 n["all_done_s"], higher=False),
         ],
     }  # fmt: skip
+
+
+# -- (6) shared stores ----------------------------------------------------------
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port (no persistence), stopped by its handle."""
+
+    def __init__(self, directory: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", directory],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait_port(self.port, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _checked_load(port: int, tally: Tally, cfg: Config) -> dict[str, float]:
+    before = dict(tally.counts)
+    res = run_load(port, checked_cycle(apps.TASK_PATH, tally), cfg.clients, cfg.duration)
+    completed = tally.counts["completed"] - before["completed"]
+    elapsed = res["count"] / res["per_s"] if res["per_s"] else float("nan")
+    # run_load counts every cycle; only the completed ones count as tasks/s.
+    return dict(res, per_s=completed / elapsed, cycles=res["count"])
+
+
+def shared_stores(cfg: Config) -> dict:
+    names = ["memory -w 1", "SQLite -w 4"]
+    skipped = None
+    if shutil.which("redis-server") is None:
+        skipped = "redis-server is not installed: the RedisStore run was skipped"
+        print(f"scenario 6: {skipped}", flush=True)
+    else:
+        names.append("Redis -w 4")
+    tallies = {name: Tally() for name in names}
+    with tempfile.TemporaryDirectory(prefix="bench-stores-") as tmp:
+        redis = RedisServer(tmp) if "Redis -w 4" in names else None
+        try:
+            options = {
+                "async:memory": {"workers": 1},
+                "async:sqlite": {"workers": 4, "store": f"sqlite:///{tmp}/tasks.db"},
+            }
+            if redis is not None:
+                options["async:redis"] = {
+                    "workers": 4, "store": f"redis://127.0.0.1:{redis.port}/0"
+                }  # fmt: skip
+            with Servers(*options, options=options) as servers:
+                ports = dict(zip(names, (servers[n].port for n in options), strict=True))
+                for port in ports.values():  # warm up every worker; not counted
+                    run_load(port, checked_cycle(apps.TASK_PATH, Tally()), cfg.clients, 0.5)
+                res = alternate(
+                    {
+                        name: lambda port=port, tally=tallies[name]: _checked_load(port, tally, cfg)
+                        for name, port in ports.items()
+                    },
+                    cfg.rounds,
+                )
+        finally:
+            if redis is not None:
+                redis.stop()
+    base = res["memory -w 1"]
+    rows = []
+    for name in names[1:]:
+        rows.append(row("6 shared stores", f"tasks/s, {name}", res[name]["per_s"],
+                        "memory -w 1", base["per_s"]))  # fmt: skip
+    base_lost = tallies["memory -w 1"].lost
+    for name in names[1:]:
+        lost = tallies[name].lost
+        total = lost + tallies[name].counts["completed"]
+        r = row("6 shared stores", f"lost of {total:,} (404, wrong body, other), {name}", lost,
+                "memory -w 1", base_lost)  # fmt: skip
+        r.update(ratio=None, target=0, target_kind="==", met=lost == 0 and base_lost == 0)
+        rows.append(r)
+    return {
+        "http": res,
+        "client": "fresh connection per request (Connection: close), poll every 2 ms",
+        "outcomes": {name: dict(t.counts) for name, t in tallies.items()},
+        "skipped": skipped,
+        "rows": rows,
+    }
+
+
+# -- (7) Celery -------------------------------------------------------------------
+
+
+def celery(cfg: Config) -> dict:
+    try:
+        from . import celery_bench
+    except ImportError as exc:
+        print(f"scenario 7 skipped: {exc}", flush=True)
+        return {"skipped": str(exc), "rows": []}
+    if shutil.which("redis-server") is None:
+        print("scenario 7 skipped: redis-server is not installed", flush=True)
+        return {"skipped": "redis-server is not installed", "rows": []}
+    res = celery_bench.measure(cfg.celery_tasks, cfg.celery_rounds, cfg.celery_cpu_ms)
+    one, two = res["median"]["one"], res["median"]["two"]
+    label = f"{cfg.celery_tasks} x {cfg.celery_cpu_ms:g} ms CPU"
+    return {
+        "celery": res,
+        "rows": [
+            row("7 Celery " + label, "tasks/s, 2 workers vs 1", two, "1 worker", one),
+        ],
+    }

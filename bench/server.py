@@ -1,4 +1,4 @@
-"""A gunicorn server (gthread, 1 worker, 8 threads) on 127.0.0.1, started and stopped by handle."""
+"""A gunicorn server (gthread, 1 worker unless told, 8 threads) on 127.0.0.1, stopped by handle."""
 
 from __future__ import annotations
 
@@ -21,18 +21,24 @@ def free_port() -> int:
 
 
 class Server:
-    """``name`` is ``kind`` or ``kind:label`` (a second server of the same kind)."""
+    """``name`` is ``kind`` or ``kind:label`` (a second server of the same kind).
 
-    def __init__(self, name: str) -> None:
+    ``workers`` is gunicorn's ``-w``; ``store`` (a store URL) is passed to the
+    ``async`` app as ``BENCH_STORE``."""
+
+    def __init__(self, name: str, workers: int = 1, store: str | None = None) -> None:
         self.name = name
         self.kind = kind = name.split(":", 1)[0]
         self.port = free_port()
         env = dict(os.environ, BENCH_APP=kind)
+        env.pop("BENCH_STORE", None)
+        if store:
+            env["BENCH_STORE"] = store
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "1",
-             "-b", f"127.0.0.1:{self.port}", "--keep-alive", "60", "--log-level", "warning",
-             "bench.apps:app"],
+            [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8",
+             "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--keep-alive", "60",
+             "--log-level", "warning", "bench.apps:app"],
             cwd=ROOT,
             env=env,
         )  # fmt: skip
@@ -70,11 +76,13 @@ class Server:
 class Servers:
     """Start several servers at once; stop them all at the end."""
 
-    def __init__(self, *names: str) -> None:
+    def __init__(self, *names: str, options: dict[str, dict] | None = None) -> None:
+        """``options`` maps a name to keyword arguments for its ``Server``."""
         self.servers: list[Server] = []
+        options = options or {}
         try:
             for name in names:
-                self.servers.append(Server(name))
+                self.servers.append(Server(name, **options.get(name, {})))
             for server in self.servers:
                 server.wait_ready()
         except BaseException:
