@@ -36,6 +36,9 @@ class Executor(abc.ABC):
     """
 
     runner: TaskRunner | None = None
+    #: Whether queued jobs wait in this process (so its heartbeat must keep
+    #: them alive, and they die with it) rather than in a broker.
+    queues_locally: bool = False
 
     def bind(self, runner: TaskRunner) -> None:
         self.runner = runner
@@ -63,6 +66,8 @@ class ThreadExecutor(Executor):
     Threads start as work arrives, never more than ``max_workers``, and stay
     for the next job. A job that fails is logged; the thread goes on.
     """
+
+    queues_locally = True
 
     def __init__(self, max_workers: int = 8) -> None:
         if max_workers < 1:

@@ -76,7 +76,7 @@ class MemoryStore(Store):
                 if tombstone is not None:
                     return TaskRecord(task_id, state="expired", owner=tombstone[1])
                 return None
-            if record.state == "running" and record.lease_until is not None:
+            if record.state in ("queued", "running") and record.lease_until is not None:
                 if record.lease_until < now:
                     self._finish(record, lost_result(), now)
             return record
@@ -95,7 +95,7 @@ class MemoryStore(Store):
         with self._lock:
             for task_id in task_ids:
                 record = self._tasks.get(task_id)
-                if record is not None and record.state == "running":
+                if record is not None and record.state in ("queued", "running"):
                     record.lease_until = lease_until
 
     def set_progress(self, task_id: str, progress: Progress) -> None:

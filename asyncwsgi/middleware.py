@@ -185,12 +185,17 @@ class AsyncMiddleware:
         record = TaskRecord(
             secrets.token_urlsafe(_ID_BYTES), created=now, owner=owner, ttl=self.result_ttl
         )
+        leased = self.store.shared and self.executor.queues_locally
+        if leased:
+            record.lease_until = now + self.lease
         fingerprint = _fingerprint(environ, body) if key is not None else None
         if not self.store.create(record, key=key, fingerprint=fingerprint, limit=self.max_pending):
             if key is not None:
                 self.store.release_key(key)
             return self._unavailable("too many pending tasks")(environ, start_response)
         try:
+            if leased:
+                self.runner.hold(record.id)
             self.executor.submit(Job(record.id, snapshot(environ), body))
             self.runner.watch(record.id)
         except Exception:

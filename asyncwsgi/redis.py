@@ -103,14 +103,15 @@ local function finish(id, now, status, headers, body)
   trim_tombstones(tonumber(now))
 end
 
--- Completes running tasks whose lease ended before now as lost.
+-- Completes queued or running tasks whose lease ended before now as lost.
 local function reclaim(ids, now, status, headers, body)
   for _, id in ipairs(ids) do
     local task = prefix .. 'task:' .. id
     local fields = redis.call('HMGET', task, 'state', 'lease_until')
-    if fields[1] == 'running' and fields[2] and tonumber(fields[2]) < tonumber(now) then
+    local active = fields[1] == 'running' or fields[1] == 'queued'
+    if active and fields[2] and tonumber(fields[2]) < tonumber(now) then
       finish(id, now, status, headers, body)
-    elseif fields[1] ~= 'running' then
+    elseif not active then
       redis.call('ZREM', prefix .. 'leases', id)
     end
   end
@@ -138,6 +139,10 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 redis.call('ZADD', active, ARGV[10], id)
+local lease_until = redis.call('HGET', KEYS[1], 'lease_until')
+if lease_until then
+  redis.call('ZADD', prefix .. 'leases', lease_until, id)
+end
 if ARGV[11] ~= '' then
   redis.call('SET', prefix .. 'key:' .. ARGV[11], ARGV[12])
   redis.call('HSET', KEYS[1], 'key', ARGV[11])
@@ -153,7 +158,8 @@ _GET = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local fields = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
-  if fields[1] == 'running' and fields[2] and tonumber(fields[2]) < tonumber(ARGV[5]) then
+  local active = fields[1] == 'running' or fields[1] == 'queued'
+  if active and fields[2] and tonumber(fields[2]) < tonumber(ARGV[5]) then
     finish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
   end
   local answer = redis.call('HGETALL', KEYS[1])
@@ -188,7 +194,8 @@ _HEARTBEAT = (
     + """
 for i = 5, #ARGV do
   local task = prefix .. 'task:' .. ARGV[i]
-  if redis.call('HGET', task, 'state') == 'running' then
+  local state = redis.call('HGET', task, 'state')
+  if state == 'running' or state == 'queued' then
     redis.call('HSET', task, 'lease_until', ARGV[4])
     redis.call('ZADD', prefix .. 'leases', ARGV[4], ARGV[i])
   end

@@ -66,9 +66,22 @@ class TaskRunner:
         with self._lock:
             return list(self._running)
 
+    def hold(self, task_id: str) -> None:
+        """Keep the lease of a task queued in this process's pool alive, so that
+        it dies with the process (and is then answered as lost) rather than
+        staying queued for ever."""
+        with self._lock:
+            self._running.add(task_id)
+        if self._heartbeat is None:
+            self._start_heartbeat()
+
     def run(self, job: Job) -> None:
         task_id = job.task_id
-        if not self.store.start(task_id, time.time() + self.lease):
+        # An in-process store dies with the process: nothing to lease there.
+        lease_until = time.time() + self.lease if self.store.shared else float("inf")
+        if not self.store.start(task_id, lease_until):
+            with self._lock:
+                self._running.discard(task_id)
             return  # deleted while queued: it never runs
         with self._lock:
             self._running.add(task_id)

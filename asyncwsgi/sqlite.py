@@ -280,9 +280,9 @@ class SQLiteStore(Store):
                 return TaskRecord(task_id, state="expired", owner=tomb[0])
             return None
         record = _record(row)
-        if record.state == "running" and record.lease_until is not None:
+        if record.state in ("queued", "running") and record.lease_until is not None:
             if record.lease_until < now:
-                # The process running it stopped heartbeating: end it as lost,
+                # The process holding it stopped heartbeating: end it as lost,
                 # unless it finished (or was deleted) since we read it.
                 self._finish(task_id, lost_result(), now, lost_before=now)
                 row = conn.execute(
@@ -308,7 +308,8 @@ class SQLiteStore(Store):
                 chunk = task_ids[i : i + _ID_CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 conn.execute(
-                    f"UPDATE tasks SET lease_until = ? WHERE state = 'running' AND id IN ({marks})",
+                    f"UPDATE tasks SET lease_until = ? WHERE state IN ('queued', 'running') "
+                    f"AND id IN ({marks})",
                     (lease_until, *chunk),
                 )
 
@@ -343,7 +344,7 @@ class SQLiteStore(Store):
         if lost_before is None:
             query += " AND state IN ('queued', 'running')"
         else:
-            query += " AND state = 'running' AND lease_until < ?"
+            query += " AND state IN ('queued', 'running') AND lease_until < ?"
             params += (lost_before,)
         with self._write() as conn:
             return conn.execute(query, params).rowcount == 1
@@ -376,7 +377,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None or row[0] not in ("queued", "running"):
                 break
-            if row[0] == "running" and row[1] is not None and row[1] < now:
+            if row[1] is not None and row[1] < now:
                 break  # lease lost: get() below ends it
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -33,8 +33,10 @@ class TaskRecord:
     """One row of the task table.
 
     ``owner`` is a hash of the submitter's owner value (never the value itself).
-    ``lease_until`` is when the running task is presumed lost unless its
-    process heartbeats again. ``state == "expired"`` is a tombstone: the result
+    ``lease_until`` is when the task (running, or queued in a process's own
+    pool) is presumed lost unless that process heartbeats again; a task
+    queued elsewhere (a Celery broker) has none until it starts.
+    ``state == "expired"`` is a tombstone: the result
     was dropped after its TTL and only the fact remains, so a poll gets 410.
     """
 
@@ -87,8 +89,8 @@ class Store(abc.ABC):
     def get(self, task_id: str) -> TaskRecord | None:
         """The record, a tombstone (``state == "expired"``), or None.
 
-        A running task whose lease has passed is completed here as a 500
-        ("worker lost") before it is returned.
+        A queued or running task whose lease has passed is completed here as
+        a 500 ("worker lost") before it is returned.
         """
 
     @abc.abstractmethod
@@ -97,7 +99,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
-        """Extend the lease of running tasks."""
+        """Extend the lease of queued and running tasks."""
 
     @abc.abstractmethod
     def set_progress(self, task_id: str, progress: Progress) -> None:

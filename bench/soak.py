@@ -45,9 +45,17 @@ def app_factory() -> object:
         path = str(environ["PATH_INFO"])
         if path == "/_stats":
             fds = len(os.listdir("/proc/self/fd"))
+            kinds = Counter(
+                os.readlink(f"/proc/self/fd/{fd}").split(":")[0].rsplit("/", 1)[-1]
+                for fd in os.listdir("/proc/self/fd")
+                if os.path.islink(f"/proc/self/fd/{fd}")
+            )
             with open("/proc/self/statm") as statm:
                 rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            body = json.dumps({"pid": os.getpid(), "rss": rss, "fds": fds}).encode()
+            body = json.dumps(
+                {"pid": os.getpid(), "rss": rss, "fds": fds, "threads": threading.active_count(),
+                 "kinds": kinds}
+            ).encode()  # fmt: skip
             start_response("200 OK", [("Content-Type", "application/json")])  # type: ignore[operator]
             return [body]
         name = path.rsplit("/", 1)[-1]
@@ -189,6 +197,14 @@ def soak(
                 status, answer_headers, body = client.request(
                     "GET", location, {"Prefer": "wait=10"}
                 )
+            while status == 409:
+                # the first try's reservation outlived its process: it lapses
+                time.sleep(float(answer_headers.get("Retry-After", "1")))
+                status, answer_headers, body = client.request("POST", f"/work/{name}", headers)
+                while status == 202 and answer_headers.get("Location", "").startswith("/status/"):
+                    status, answer_headers, body = client.request(
+                        "GET", answer_headers["Location"], {"Prefer": "wait=10"}
+                    )
             if status == 200 and body == f"done {name}".encode():
                 outcome = "completed"
             elif status == 500 and b"lost" in body:

@@ -392,6 +392,30 @@ def test_lease_expiry_finishes_as_worker_lost(store: Store) -> None:
     assert again is not None and again.result == got.result
 
 
+def test_queued_task_with_a_lapsed_lease_is_lost_too(store: Store) -> None:
+    # Queued in a process's own pool, which died before running it.
+    record = new_record()
+    record.lease_until = time.time() + 0.1
+    assert store.create(record)
+    time.sleep(0.2)
+    got = store.get(record.id)
+    assert got is not None and got.state == "done"
+    assert got.result is not None and b"lost" in got.result.body
+    assert not store.start(record.id, time.time() + 30)  # never runs afterwards
+    assert store.count_active() == 0
+
+
+def test_heartbeat_keeps_a_queued_task_alive(store: Store) -> None:
+    record = new_record()
+    record.lease_until = time.time() + 0.2
+    assert store.create(record)
+    store.heartbeat([record.id], time.time() + 30)
+    time.sleep(0.3)
+    got = store.get(record.id)
+    assert got is not None and got.state == "queued"
+    assert store.start(record.id, time.time() + 30)
+
+
 def test_lease_expiry_seen_by_wait(store: Store) -> None:
     record = new_record()
     assert store.create(record)
