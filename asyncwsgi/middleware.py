@@ -222,9 +222,9 @@ class AsyncMiddleware:
         fingerprint: str | None,
     ) -> Iterable[bytes]:
         if task_id is None:
-            return _text(409, "a request with this Idempotency-Key is still being accepted")(
-                environ, start_response
-            )
+            busy = _text(409, "a request with this Idempotency-Key is still being accepted")
+            busy.headers["Retry-After"] = str(self.retry_after)
+            return busy(environ, start_response)
         try:
             body = read_body(environ, self.max_body)
         except HTTPException as exc:

@@ -153,6 +153,7 @@ def test_key_whose_first_request_is_still_being_accepted_is_409(wrap):
     client = Client(mw)
     response = client.post("/work/1", data=b"a", headers={"Idempotency-Key": "slow-upload"})
     assert response.status_code == 409
+    assert response.headers["Retry-After"] == "1"
 
 
 def test_idempotency_keys_are_bounded_and_scoped_per_owner(wrap):
