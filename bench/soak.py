@@ -175,6 +175,7 @@ def soak(
     warm = args.tasks // 10
     killed: list[int] = []
     before: dict[int, dict[str, int]] = {}
+    samples: list[tuple[int, dict[int, dict[str, int]]]] = []
     clients: list[Client] = []
 
     def run() -> None:
@@ -231,6 +232,12 @@ def soak(
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(int(pid))
                 break
+        # Samples of the survivors' descriptors and memory: a leak grows with
+        # every task, a per-thread connection stops growing.
+        for share in (0.7, 0.9):
+            while progress.n < args.tasks * share:
+                time.sleep(0.2)
+            samples.append((progress.n, stats(port)))
 
     started = time.monotonic()
     threads = [threading.Thread(target=run) for _ in range(args.clients)]
@@ -265,6 +272,23 @@ def soak(
         "rss_mib_after": round(sum(after[p]["rss"] for p in survivors) / 2**20, 1),
         "fds_before": sum(before[p]["fds"] for p in survivors),
         "fds_after": sum(after[p]["fds"] for p in survivors),
+        "samples": [
+            {
+                "after_tasks": done,
+                "rss_mib": round(sum(seen[p]["rss"] for p in survivors if p in seen) / 2**20, 1),
+                "fds": sum(seen[p]["fds"] for p in survivors if p in seen),
+                "threads": sum(seen[p]["threads"] for p in survivors if p in seen),
+            }
+            for done, seen in samples
+        ]
+        + [
+            {
+                "after_tasks": args.tasks,
+                "rss_mib": round(sum(after[p]["rss"] for p in survivors) / 2**20, 1),
+                "fds": sum(after[p]["fds"] for p in survivors),
+                "threads": sum(after[p]["threads"] for p in survivors),
+            }
+        ],
         "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
     }
     print(json.dumps(result, indent=2))
