@@ -133,3 +133,48 @@ def test_logs_carry_no_bodies_and_no_auth_headers(caplog):
     logged = caplog.text
     assert "the app failed" in logged  # the fault itself is logged, with its traceback
     assert "secret-body-bytes" not in logged and "s3cr3t" not in logged
+
+
+def test_the_middleware_keeps_nothing_per_finished_task():
+    import gc
+    import tracemalloc
+
+    from asyncwsgi import MemoryStore
+
+    def app(environ, start_response):
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"x" * 100]
+
+    # Results expire at once and tombstones are capped, so whatever stays
+    # behind per task would be the middleware's own leak.
+    mw = AsyncMiddleware(
+        app, paths=["/work/*"], result_ttl=0.0, store=MemoryStore(max_tombstones=10)
+    )
+    try:
+        client = Client(mw)
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                location = client.post("/work/1", data=b"b" * 1000).headers["Location"]
+                assert wait_done(client, location).status_code in (200, 410)
+
+        # Only what the package's own code allocated counts (the test client's
+        # responses are garbage in cycles until a collection). A first batch
+        # fills what is bounded (caches, the last responses the client holds).
+        mine = [tracemalloc.Filter(True, "*/asyncwsgi/*")]
+        tracemalloc.start()
+        try:
+            run(2000)
+            gc.collect()
+            start = tracemalloc.take_snapshot().filter_traces(mine)
+            run(2000)
+            gc.collect()
+            end = tracemalloc.take_snapshot().filter_traces(mine)
+        finally:
+            tracemalloc.stop()
+        # A leak per task leaves at least one object per task.
+        kept = sum(stat.count_diff for stat in end.compare_to(start, "filename"))
+        assert kept < 2000 // 10, f"{kept} objects kept after 2000 more tasks"
+    finally:
+        mw.close(timeout=5)
