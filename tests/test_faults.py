@@ -178,3 +178,30 @@ def test_the_middleware_keeps_nothing_per_finished_task():
         assert kept < 2000 // 10, f"{kept} objects kept after 2000 more tasks"
     finally:
         mw.close(timeout=5)
+
+
+def test_an_app_that_leaks_in_one_task_hurts_no_other_task():
+    hoard: list[bytes] = []
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/work/leak":
+            hoard.append(bytes(32 * 2**20))  # kept for ever: the app's own leak
+        start_response("200 OK", [])
+        return [environ["PATH_INFO"].encode()]
+
+    mw = AsyncMiddleware(app, paths=["/work/*"], max_workers=2)
+    try:
+        client = Client(mw)
+        leak = client.post("/work/leak").headers["Location"]
+        others = [client.post(f"/work/{i}").headers["Location"] for i in range(20)]
+        assert wait_done(client, leak).data == b"/work/leak"
+        assert [wait_done(client, o).data for o in others] == [
+            f"/work/{i}".encode() for i in range(20)
+        ]
+        # the middleware holds none of it: the result is the small body only
+        record = mw.store.get(leak.rsplit("/", 1)[-1])
+        assert record is not None and record.result is not None
+        assert len(record.result.body) == len(b"/work/leak")
+    finally:
+        mw.close(timeout=5)
+        hoard.clear()
