@@ -97,11 +97,6 @@ class ThreadExecutor(Executor):
                 self._cond.notify()
 
     @property
-    def pending(self) -> int:
-        """Queued plus running jobs."""
-        return len(self._queue) + self._busy
-
-    @property
     def threads(self) -> int:
         return len(self._threads)
 

@@ -56,22 +56,23 @@ class TaskRunner:
         self._deadlines: list[tuple[float, str]] = []
         self._watchdog: threading.Thread | None = None
         self._wake = threading.Condition(threading.Lock())
-        self._running: set[str] = set()
+        self._held: set[str] = set()
         self._lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
         self._stop = threading.Event()
 
     @property
-    def running(self) -> list[str]:
+    def held(self) -> list[str]:
+        """Tasks this process runs, or holds queued in its pool."""
         with self._lock:
-            return list(self._running)
+            return list(self._held)
 
     def hold(self, task_id: str) -> None:
         """Keep the lease of a task queued in this process's pool alive, so that
         it dies with the process (and is then answered as lost) rather than
         staying queued for ever."""
         with self._lock:
-            self._running.add(task_id)
+            self._held.add(task_id)
         if self._heartbeat is None:
             self._start_heartbeat()
 
@@ -81,10 +82,10 @@ class TaskRunner:
         lease_until = time.time() + self.lease if self.store.shared else float("inf")
         if not self.store.start(task_id, lease_until):
             with self._lock:
-                self._running.discard(task_id)
+                self._held.discard(task_id)
             return  # deleted while queued: it never runs
         with self._lock:
-            self._running.add(task_id)
+            self._held.add(task_id)
         if self.store.shared and self._heartbeat is None:
             self._start_heartbeat()
 
@@ -103,12 +104,12 @@ class TaskRunner:
                 self.store.finish(task_id, result)
             finally:
                 with self._lock:
-                    self._running.discard(task_id)
+                    self._held.discard(task_id)
 
     def fail_running(self, message: str) -> None:
-        """End every task this process still runs as a 500 (a shutdown that
+        """End every task this process still holds as a 500 (a shutdown that
         cannot wait for them)."""
-        for task_id in self.running:
+        for task_id in self.held:
             self.store.finish(task_id, error_result(500, message))
 
     def _start_heartbeat(self) -> None:
@@ -123,7 +124,7 @@ class TaskRunner:
     def _beat(self) -> None:
         interval = max(0.05, self.lease / 3)
         while not self._stop.wait(interval):
-            running = self.running
+            running = self.held
             if running:
                 try:
                     self.store.heartbeat(running, time.time() + self.lease)
