@@ -61,11 +61,11 @@ def read_body(environ: WSGIEnvironment, max_body: int) -> bytes:
     if length:
         if not length.isascii() or not length.strip().isdigit():
             raise BadRequest("Content-Length is not a non-negative integer")
-    elif (
-        not environ.get("wsgi.input_terminated")
-        and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    ):
-        raise LengthRequired()
+    elif not environ.get("wsgi.input_terminated"):
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            raise LengthRequired()
+        # No length and no terminated stream: PEP 3333 says there is no body.
+        return b""
     stream = get_input_stream(environ, max_content_length=max_body)
     body = stream.read()
     if len(body) > max_body:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import abc
 import logging
+import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -73,28 +73,34 @@ class ThreadExecutor(Executor):
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self.max_workers = max_workers
-        self._queue: deque[Job] = deque()
-        self._cond = threading.Condition()
+        # A C queue: a job handed to an idle thread costs one put() and the
+        # thread's wake-up, with no Python-level condition in between.
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._cond = threading.Condition(threading.Lock())
         self._threads: list[threading.Thread] = []
-        self._idle = 0
-        self._busy = 0
+        self._queued = 0  # jobs put and not yet taken
+        self._waiting = 0  # threads blocked on the queue
+        self._unfinished = 0  # jobs put and not yet done
         self._stopping = False
 
     def submit(self, job: Job) -> None:
+        thread: threading.Thread | None = None
         with self._cond:
             if self._stopping:
                 raise RuntimeError("executor is shut down")
-            self._queue.append(job)
-            if self._idle == 0 and len(self._threads) < self.max_workers:
+            # Put under the lock: a shutdown's stop marks must come after it.
+            self._queue.put(job)
+            self._queued += 1
+            self._unfinished += 1
+            if self._queued > self._waiting and len(self._threads) < self.max_workers:
                 thread = threading.Thread(
                     target=self._work,
                     name=f"asyncwsgi-worker-{len(self._threads) + 1}",
                     daemon=True,
                 )
                 self._threads.append(thread)
-                thread.start()
-            else:
-                self._cond.notify()
+        if thread is not None:
+            thread.start()
 
     @property
     def threads(self) -> int:
@@ -104,34 +110,35 @@ class ThreadExecutor(Executor):
         runner = self.runner
         assert runner is not None, "ThreadExecutor used before bind()"
         cond = self._cond
+        get = self._queue.get
         while True:
             with cond:
-                self._idle += 1
-                while not self._queue and not self._stopping:
-                    cond.wait()
-                self._idle -= 1
-                if not self._queue:
+                self._waiting += 1
+            job = get()
+            with cond:
+                self._waiting -= 1
+                if job is None:
                     return
-                job = self._queue.popleft()
-                self._busy += 1
+                self._queued -= 1
             try:
                 runner.run(job)
             except Exception:
                 logger.exception("asyncwsgi: task %s failed outside the app", job.task_id)
             finally:
                 with cond:
-                    self._busy -= 1
-                    if self._stopping:
-                        # only shutdown() waits for the pool to drain; waking
-                        # every idle worker after each job costs throughput
+                    self._unfinished -= 1
+                    if self._stopping and not self._unfinished:
                         cond.notify_all()
 
     def shutdown(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            while self._queue or self._busy:
+            if not self._stopping:
+                self._stopping = True
+                # After the jobs already queued: one stop mark per thread.
+                for _ in self._threads:
+                    self._queue.put(None)
+            while self._unfinished:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -141,7 +148,20 @@ class ThreadExecutor(Executor):
         return True
 
     def abandon(self) -> list[Job]:
+        jobs: list[Job] = []
         with self._cond:
-            jobs = list(self._queue)
-            self._queue.clear()
-            return jobs
+            marks = 0
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    marks += 1
+                else:
+                    jobs.append(item)
+            self._queued -= len(jobs)
+            self._unfinished -= len(jobs)
+            for _ in range(marks):
+                self._queue.put(None)
+        return jobs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import heapq
 import threading
 import time
@@ -44,7 +45,11 @@ class MemoryStore(Store):
         self._tombstones: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._keys: dict[str, tuple[KeyEntry, float]] = {}
         self._key_of: dict[str, str] = {}
-        self._waiters: dict[str, threading.Event] = {}
+        # A task's waiters block on one lock taken when the first of them
+        # came; finishing or deleting the task releases it, and each waiter
+        # releases it again as it wakes, so that the next one wakes too.
+        # Cheaper than an Event on the path of every ``Prefer: wait``.
+        self._waiters: dict[str, _thread.LockType] = {}
         self._active = 0
 
     def create(
@@ -120,9 +125,9 @@ class MemoryStore(Store):
         record.lease_until = None
         self._active -= 1
         heapq.heappush(self._deadlines, (now + record.ttl, record.id))
-        event = self._waiters.pop(record.id, None)
-        if event is not None:
-            event.set()
+        gate = self._waiters.pop(record.id, None)
+        if gate is not None:
+            gate.release()
 
     def delete(self, task_id: str) -> bool:
         with self._lock:
@@ -132,9 +137,9 @@ class MemoryStore(Store):
             if record.state in ("queued", "running"):
                 self._active -= 1
             self._drop_key(task_id)
-            event = self._waiters.pop(task_id, None)
-            if event is not None:
-                event.set()
+            gate = self._waiters.pop(task_id, None)
+            if gate is not None:
+                gate.release()
             return True
 
     def is_cancelled(self, task_id: str) -> bool:
@@ -145,13 +150,14 @@ class MemoryStore(Store):
         with self._lock:
             record = self._tasks.get(task_id)
             if record is None or record.state not in ("queued", "running"):
-                event = None
+                gate = None
             else:
-                event = self._waiters.get(task_id)
-                if event is None:
-                    event = self._waiters[task_id] = threading.Event()
-        if event is not None:
-            event.wait(timeout)
+                gate = self._waiters.get(task_id)
+                if gate is None:
+                    gate = self._waiters[task_id] = _thread.allocate_lock()
+                    gate.acquire()
+        if gate is not None and gate.acquire(timeout=max(0.0, timeout)):
+            gate.release()
         return self.get(task_id)
 
     def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:

@@ -44,6 +44,8 @@ _STATUS_METHODS = ("GET", "HEAD", "DELETE")
 # "running" until their lease runs out.
 _EXIT_GRACE = 10.0
 _ALLOW = ", ".join(_STATUS_METHODS)
+# One encoder for every 202: json.dumps() with options builds a new one per call.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -302,7 +304,7 @@ class AsyncMiddleware:
             "started": _iso(record.started),
             "progress": record.progress,
         }
-        body = json.dumps(document, separators=(",", ":")).encode()
+        body = _encode_json(document).encode()
         # Written directly rather than through a Response object: every 202
         # of a busy service goes through here.
         headers = [

@@ -89,7 +89,7 @@ class TaskRunner:
         if self.store.shared and self._heartbeat is None:
             self._start_heartbeat()
 
-        result: Result = error_result(500)
+        result: Result | None = None
         try:
             environ = task_environ(job.environ, job.body)
             environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
@@ -101,7 +101,7 @@ class TaskRunner:
         finally:
             # Also on BaseException (SystemExit in the app): never left running.
             try:
-                self.store.finish(task_id, result)
+                self.store.finish(task_id, result if result is not None else error_result(500))
             finally:
                 with self._lock:
                     self._held.discard(task_id)

@@ -13,6 +13,7 @@ from werkzeug.middleware.lint import LintMiddleware
 from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
+from asyncwsgi.capture import ProtocolError, capture
 
 from .helpers import wait_done
 
@@ -90,6 +91,39 @@ def test_random_responses_come_back_byte_for_byte(response):
         assert done.data == written + yielded
     finally:
         mw.close(timeout=5)
+
+
+def _header_is_valid(name: str, value: str) -> bool:
+    # PEP 3333 with RFC 9110: a name is non-empty ASCII without ':' or line
+    # breaks, a value is latin-1 without line breaks.
+    return (
+        bool(name)
+        and name.isascii()
+        and not any(c in name for c in "\r\n:")
+        and all(ord(c) < 256 for c in value)
+        and "\r" not in value
+        and "\n" not in value
+    )
+
+
+_header_text = st.text(
+    alphabet=st.sampled_from("aZ-_: \t\r\n\x00\x7f\xe9\u0100\u20ac"), max_size=6
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_header_text, value=_header_text)
+def test_capture_accepts_exactly_the_headers_a_server_may_send(name, value):
+    def app(environ, start_response):
+        start_response("200 OK", [(name, value)])
+        return [b"body"]
+
+    if _header_is_valid(name, value):
+        result = capture(app, {}, max_result=100)
+        assert result.headers == [(name, value)]
+    else:
+        with pytest.raises(ProtocolError):
+            capture(app, {}, max_result=100)
 
 
 class ClosingBody:
