@@ -106,9 +106,7 @@ def _header_is_valid(name: str, value: str) -> bool:
     )
 
 
-_header_text = st.text(
-    alphabet=st.sampled_from("aZ-_: \t\r\n\x00\x7f\xe9\u0100\u20ac"), max_size=6
-)
+_header_text = st.text(alphabet=st.sampled_from("aZ-_: \t\r\n\x00\x7f\xe9\u0100\u20ac"), max_size=6)
 
 
 @settings(max_examples=300, deadline=None)
