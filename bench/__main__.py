@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import report, scenarios
+from . import pinning, report, scenarios
 from .server import Servers
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(report.table([]), flush=True)
     if only & {1, 2, 3}:
-        with Servers("bare", "async", "naive", "bare:control") as servers:
+        client_cpus, server_cpus = pinning.split() or (None, None)
+        names = ("bare", "async", "naive", "bare:control")
+        options = {name: {"cpus": server_cpus} for name in names}
+        with Servers(*names, options=options) as servers, pinning.client_on(client_cpus):
             if 1 in only:
                 done("pass_through", scenarios.pass_through(servers, cfg))
             if 2 in only:
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "implementation": platform.python_implementation(),
         "system": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
+        "pinning": _describe(pinning.split()) if only & {1, 2, 3} else None,
     }
     mode = "quick" if args.quick else "full"
     document = {
@@ -82,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{mode} run in {elapsed:.1f} s; {len(missed)} target(s) missed; "
           f"results in {args.out / 'latest.json'} and latest.png")  # fmt: skip
     return 0
+
+
+def _describe(split: tuple[set[int], set[int]] | None) -> str:
+    if split is None:
+        return "none (fewer than 2 CPUs)"
+    client, server = split
+    return f"one-worker servers on CPU {sorted(server)}, load client on CPUs {sorted(client)}"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import pinning
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,21 +26,29 @@ class Server:
     """``name`` is ``kind`` or ``kind:label`` (a second server of the same kind).
 
     ``workers`` is gunicorn's ``-w``; ``store`` (a store URL) is passed to the
-    ``async`` app as ``BENCH_STORE``."""
+    ``async`` app as ``BENCH_STORE``; ``cpus`` pins the server (see ``pinning``)."""
 
-    def __init__(self, name: str, workers: int = 1, store: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        workers: int = 1,
+        store: str | None = None,
+        cpus: set[int] | None = None,
+    ) -> None:
         self.name = name
         self.kind = kind = name.split(":", 1)[0]
         self.port = free_port()
         env = dict(os.environ, BENCH_APP=kind)
         env.pop("BENCH_STORE", None)
+        env.pop(pinning.ENV, None)
+        env.update(pinning.server_env(cpus))
         if store:
             env["BENCH_STORE"] = store
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8",
              "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--keep-alive", "60",
-             "--log-level", "warning", "bench.apps:app"],
+             "--log-level", "warning", "-c", "python:bench.gunicorn_conf", "bench.apps:app"],
             cwd=ROOT,
             env=env,
         )  # fmt: skip
