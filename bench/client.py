@@ -111,6 +111,22 @@ def full_cycle(path: str, poll_interval: float = 0.002):
     return unit
 
 
+def floor_cycle(submit_path: str, poll_path: str, poll_interval: float = 0.002):
+    """What ``full_cycle`` would cost if the middleware cost nothing: the same
+    two requests per task (the view, then after the same sleep one more cheap
+    GET) against the bare app."""
+
+    def unit(conn: Conn) -> None:
+        for path in (submit_path, poll_path):
+            status, _, _ = conn.request("GET", path)
+            if status != 200:
+                raise RuntimeError(f"GET {path} answered {status}")
+            if path == submit_path:
+                time.sleep(poll_interval)
+
+    return unit
+
+
 def alternate(
     configs: dict[str, Callable[[], dict[str, float]]], rounds: int
 ) -> dict[str, dict[str, float]]:

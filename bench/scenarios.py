@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import queue
 import shutil
 import socket
 import statistics
@@ -15,10 +16,20 @@ import tracemalloc
 from dataclasses import dataclass
 
 from asyncwsgi import AsyncMiddleware
+from asyncwsgi.executor import Executor, Job
 from asyncwsgi.memory import MemoryStore
 
 from . import apps
-from .client import Conn, Tally, alternate, checked_cycle, full_cycle, get, run_load
+from .client import (
+    Conn,
+    Tally,
+    alternate,
+    checked_cycle,
+    floor_cycle,
+    full_cycle,
+    get,
+    run_load,
+)
 from .server import Server, Servers, free_port
 
 
@@ -126,13 +137,19 @@ def pass_through(servers: Servers, cfg: Config) -> dict:
 
 
 def full_cycle_scenario(servers: Servers, cfg: Config) -> dict:
-    a, n = servers["async"].port, servers["naive"].port
-    run_load(a, full_cycle(apps.TASK_PATH), 2, 0.2)
-    run_load(n, full_cycle(apps.TASK_PATH), 2, 0.2)
+    a, n, b = servers["async"].port, servers["naive"].port, servers["bare"].port
+    cycle = full_cycle(apps.TASK_PATH)
+    # The floor: the bare app answering the same two requests per task, with
+    # the same sleep between them; no middleware can do better on this server.
+    floor = floor_cycle(apps.TASK_PATH, "/hello")
+    run_load(a, cycle, 2, 0.2)
+    run_load(n, cycle, 2, 0.2)
+    run_load(b, floor, 2, 0.2)
     res = alternate(
         {
-            "asyncwsgi": lambda: run_load(a, full_cycle(apps.TASK_PATH), cfg.clients, cfg.duration),
-            "naive": lambda: run_load(n, full_cycle(apps.TASK_PATH), cfg.clients, cfg.duration),
+            "asyncwsgi": lambda: run_load(a, cycle, cfg.clients, cfg.duration),
+            "naive": lambda: run_load(n, cycle, cfg.clients, cfg.duration),
+            "floor": lambda: run_load(b, floor, cfg.clients, cfg.duration),
         },
         cfg.rounds,
     )
@@ -143,6 +160,8 @@ def full_cycle_scenario(servers: Servers, cfg: Config) -> dict:
                 res["naive"]["per_s"], target=1.5),
             row("2 full cycle", "p50 ms/task", res["asyncwsgi"]["p50_ms"], "naive",
                 res["naive"]["p50_ms"], target=None, higher=False),
+            row("2 full cycle", "tasks/s, floor: 2 bare requests per task (vs naive)",
+                res["floor"]["per_s"], "naive", res["naive"]["per_s"]),
         ],
     }  # fmt: skip
 
@@ -164,15 +183,81 @@ def prefer_wait(servers: Servers, cfg: Config) -> dict:
         },
         cfg.rounds,
     )
+    cost = _prefer_wait_in_process(cfg)
     return {
         "http": res,
+        "inprocess_us": cost,
         "rows": [
             row("3 Prefer: wait=5", "req/s", res["asyncwsgi"]["per_s"], "bare",
                 res["bare"]["per_s"], target=0.85),
             row("3 Prefer: wait=5", "p50 ms/req", res["asyncwsgi"]["p50_ms"], "bare",
                 res["bare"]["p50_ms"], higher=False),
+            row("3 Prefer: wait=5", "us/req in-process, through the pool", cost["pool"],
+                "app alone", cost["app"]),
+            row("3 Prefer: wait=5", "us/req in-process, run inline (no hand-off)", cost["inline"],
+                "app alone", cost["app"]),
+            row("3 Prefer: wait=5", "us, thread ping-pong (2 hand-offs)", cost["ping_pong"],
+                "-", None),
         ],
     }  # fmt: skip
+
+
+class _Inline(Executor):
+    """Runs each job in the submitting thread: the middleware's bookkeeping
+    without the hand-off to a pool thread (for the breakdown only)."""
+
+    def submit(self, job: Job) -> None:
+        assert self.runner is not None
+        self.runner.run(job)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        return True
+
+
+def _prefer_wait_in_process(cfg: Config) -> dict[str, float]:
+    """Microseconds per fast task, one caller, direct WSGI calls: the Flask app
+    alone, through the middleware and its pool, through the middleware with
+    the job run inline; and a round trip between two threads (two hand-offs,
+    what the pool adds per task)."""
+    flask_app = apps.make_flask()
+    pooled = apps.make_async()
+    inline = apps.make_async(executor=_Inline())
+    environ = dict(_SUBMIT_ENVIRON, REQUEST_METHOD="GET", PATH_INFO=apps.TASK_PATH,
+                   HTTP_PREFER="wait=5")  # fmt: skip
+    environ.pop("CONTENT_LENGTH")
+    n = cfg.timeit_number // 10
+
+    def per_call(app) -> float:
+        def once() -> None:
+            status, _ = _call(app, dict(environ))
+            if not status.startswith("200"):
+                raise RuntimeError(f"{status} from a fast task with Prefer: wait=5")
+
+        for _ in range(200):
+            once()
+        return statistics.median(timeit.repeat(once, number=n, repeat=5)) / n * 1e6
+
+    there, back = queue.SimpleQueue(), queue.SimpleQueue()
+
+    def echo() -> None:
+        while (item := there.get()) is not None:
+            back.put(item)
+
+    echoer = threading.Thread(target=echo, daemon=True)
+    echoer.start()
+    ping = (
+        statistics.median(timeit.repeat(lambda: (there.put(1), back.get()), number=n, repeat=5))
+        / n
+        * 1e6
+    )
+    there.put(None)
+    echoer.join()
+    try:
+        return {"app": per_call(flask_app), "pool": per_call(pooled),
+                "inline": per_call(inline), "ping_pong": ping}  # fmt: skip
+    finally:
+        pooled.close()
+        inline.close()
 
 
 # -- (4) many tasks (in process) ---------------------------------------------
