@@ -61,6 +61,6 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title
     fig.savefig(path, dpi=90)
     plt.close(fig)
