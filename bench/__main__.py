@@ -23,8 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", type=int, nargs="*", choices=range(1, 8), help="run these scenarios only"
     )
+    parser.add_argument(
+        "--rounds", type=int, help="alternating rounds per HTTP comparison (default 5; 2 quick)"
+    )
     args = parser.parse_args(argv)
     cfg = scenarios.Config.make(args.quick)
+    if args.rounds:
+        cfg.rounds = args.rounds
     only = set(args.only or range(1, 8))
     args.out.mkdir(parents=True, exist_ok=True)
 

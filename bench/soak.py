@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-k", "gthread",
          "--threads", "8", "-b", f"127.0.0.1:{port}", "--log-level", "error",
-         "bench.soak:application"],
+         "-c", "python:bench.gunicorn_conf", "bench.soak:application"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     try:

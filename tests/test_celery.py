@@ -231,6 +231,8 @@ def services(redis_url: str) -> Iterator[Services]:
             "2",
             "-b",
             f"127.0.0.1:{port}",
+            "-c",
+            "python:tests.gunicorn_conf",
             "tests.apps.celery_web:application",
         ],
         cwd=ROOT,

@@ -92,6 +92,8 @@ def gunicorn(
         "60",
         "--log-level",
         "warning",
+        "-c",
+        "python:tests.gunicorn_conf",
         APP,
     ]
     with open(tmp_path / f"gunicorn-{port}.log", "wb") as log:
