@@ -17,7 +17,8 @@ worker that dies leaves its task failing as 500 once the lease passes) and
 
 What crosses the broker is JSON (never pickle): the task id, the store URL,
 the JSON-safe part of the environ (its ``str`` values, ``wsgi.url_scheme`` and
-``wsgi.multiprocess``), the body in base64, ``max_result`` and ``lease``.
+``wsgi.multiprocess``), the body in base64, ``max_result``, ``lease`` and
+the ``timeout`` deadline.
 Objects an outer middleware put in the environ stay behind.
 """
 
@@ -27,6 +28,7 @@ import base64
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -62,16 +64,25 @@ class CeleryExecutor(Executor):
     again. ``queue`` routes the tasks to a named Celery queue (start the
     worker with ``-Q <queue>``).
 
+    With the middleware's ``timeout`` set, the worker too ends a task as
+    ``504`` when its time is up (counted from acceptance), whichever process
+    accepted it and whether or not that process still runs; and Celery's hard
+    ``time_limit`` of ``timeout + kill_after`` seconds stops the worker
+    process of an app that never returns, so its slot is not lost for good.
+
     The middleware's store must be shared and have a URL (``redis://...``):
     the worker opens it from that URL. A memory store is refused at bind time.
     """
 
-    def __init__(self, celery_app: Any, app: str, *, queue: str | None = None) -> None:
+    def __init__(
+        self, celery_app: Any, app: str, *, queue: str | None = None, kill_after: float = 5.0
+    ) -> None:
         if not isinstance(app, str) or not app:
             raise TypeError("app must be the import string of a WSGI application")
         self.celery_app = celery_app
         self.app = app
         self.queue = queue
+        self.kill_after = kill_after
         self._task = _register(celery_app, app)
 
     def bind(self, runner: TaskRunner) -> None:
@@ -91,6 +102,14 @@ class CeleryExecutor(Executor):
         options: dict[str, Any] = {"task_id": job.task_id, "serializer": "json"}
         if self.queue is not None:
             options["queue"] = self.queue
+        deadline = None
+        if runner.timeout is not None:
+            # The worker ends the task as 504 at the same moment this process
+            # would, so the timeout holds even when this process is gone; and
+            # Celery's hard limit frees the worker's slot from an app that
+            # never returns (prefork pool: the child is replaced).
+            deadline = time.time() + runner.timeout
+            options["time_limit"] = runner.timeout + self.kill_after
         self._task.apply_async(
             args=(
                 job.task_id,
@@ -99,6 +118,7 @@ class CeleryExecutor(Executor):
                 base64.b64encode(job.body).decode("ascii"),
                 runner.max_result,
                 runner.lease,
+                deadline,
             ),
             **options,
         )
@@ -147,8 +167,11 @@ def _register(celery_app: Any, app: str) -> Any:
             body: str,
             max_result: int,
             lease: float,
+            deadline: float | None = None,  # absent from messages of 0.1.0
         ) -> None:
             runner = _worker_runner(app, store_url, max_result, lease)
+            if deadline is not None:
+                runner.watch(task_id, within=deadline - time.time())
             runner.run(Job(task_id, environ, base64.b64decode(body)))
 
         task = celery_app.task(name=TASK_NAME, serializer="json", ignore_result=True, shared=False)(

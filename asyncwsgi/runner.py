@@ -131,11 +131,13 @@ class TaskRunner:
                 except Exception:
                     logger.exception("asyncwsgi: heartbeat failed")
 
-    def watch(self, task_id: str) -> None:
-        """Start the ``timeout`` clock of an accepted task."""
-        if self.timeout is None:
+    def watch(self, task_id: str, within: float | None = None) -> None:
+        """Start the clock of an accepted task: ``within`` seconds from now, or
+        ``timeout`` when not given (nothing when neither is set)."""
+        seconds = self.timeout if within is None else within
+        if seconds is None:
             return
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + max(0.0, seconds)
         with self._wake:
             heapq.heappush(self._deadlines, (deadline, task_id))
             if self._watchdog is None:

@@ -160,10 +160,13 @@ class Web:
 
 
 class Services:
-    def __init__(self, web: Web, worker: subprocess.Popen[bytes], records: Any) -> None:
+    def __init__(
+        self, web: Web, worker: subprocess.Popen[bytes], records: Any, env: dict[str, str]
+    ) -> None:
         self.web = web
         self.worker = worker
         self.records = records
+        self.env = env
 
     def runs(self) -> list[str]:
         return [item.decode() for item in self.records.lrange("asyncwsgi-test:runs", 0, -1)]
@@ -254,7 +257,7 @@ def services(redis_url: str) -> Iterator[Services]:
         # The worker consumes: a first task completes.
         status, _ = web.wait(web.submit("/task/echo?marker=warmup"), timeout=30)
         assert status == 200
-        yield Services(web, worker, records)
+        yield Services(web, worker, records, env)
     finally:
         gunicorn.terminate()
         try:
@@ -367,3 +370,54 @@ def test_killed_worker_fails_its_task_within_the_lease(services: Services) -> No
     assert elapsed <= LEASE + 3, elapsed
     # The worker replaced its child and goes on.
     assert web.wait(web.submit("/task/echo?marker=k2"))[0] == 200
+
+
+# Accepts one hanging task with a timeout, then dies at once (no close(), no
+# atexit): its own watchdog goes with it, so only the worker can end the task.
+_ACCEPT_AND_VANISH = """
+import os, sys
+from werkzeug.test import Client
+from asyncwsgi import AsyncMiddleware
+from asyncwsgi.celery import CeleryExecutor
+from tests.apps import celery_web as web
+
+timeout, kill_after, marker = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+executor = CeleryExecutor(web.celery_app, "tests.apps.celery_web:application",
+                          kill_after=kill_after)
+accepting = AsyncMiddleware(web.app, paths=["/task/*"], store=web.STORE, lease=web.LEASE,
+                            timeout=timeout, executor=executor)
+response = Client(accepting).post("/task/hang?marker=" + marker)
+print(response.status_code, response.headers["Location"], flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_timeout_is_kept_by_the_worker_when_the_accepting_process_is_gone(
+    services: Services,
+) -> None:
+    timeout, kill_after = 1.0, 2.0
+    accepted = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", _ACCEPT_AND_VANISH, str(timeout), str(kill_after), "t1"],
+        cwd=ROOT, env=services.env, capture_output=True, check=True, timeout=30,
+    ).stdout.decode().split()  # fmt: skip
+    assert out[0] == "202", out
+    location = out[1]
+
+    status, body = services.web.wait(location, timeout=timeout + 10)
+    assert status == 504, (status, body)
+    assert b"timeout" in body
+    assert time.monotonic() - accepted <= timeout + 5
+
+    # The app never returns by itself (it sleeps 60 s): Celery's hard limit
+    # ends the worker's child that runs it, and the worker goes on.
+    pid = services.records.get("asyncwsgi-test:pid:t1")
+    assert pid is not None
+    stat = Path(f"/proc/{int(pid)}/stat")
+    deadline = time.monotonic() + timeout + kill_after + 10
+    while stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the hanging worker child was not stopped"
+        time.sleep(0.1)
+    assert services.web.wait(services.web.submit("/task/echo?marker=t2"))[0] == 200
+    assert services.web.request("GET", location)[0] == 504
