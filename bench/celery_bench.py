@@ -18,12 +18,9 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,6 +32,8 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.celery import CeleryExecutor
 from asyncwsgi.store import open_store
+
+from .services import RedisServer, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "celery.json"
@@ -67,35 +66,6 @@ _EXECUTORS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def _run_round(middleware: AsyncMiddleware, store: Any, tasks: int, cpu_ms: float) -> float:
     client = Client(middleware)
     started = time.perf_counter()
@@ -111,28 +81,10 @@ def measure(tasks: int = 100, rounds: int = 5, cpu_ms: float = 20.0) -> dict[str
     """Start redis-server and the workers, run ``rounds`` alternating rounds of
     ``tasks`` tasks on one and on two workers, stop everything; the figures."""
     procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
-        redis_server = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+    with RedisServer() as redis_server:
         try:
-            _wait_port(port)
-            broker = f"redis://127.0.0.1:{port}/0"
-            store_url = f"redis://127.0.0.1:{port}/1"
+            broker = redis_server.url(0)
+            store_url = redis_server.url(1)
             celery_app.conf.broker_url = broker
             # PYTHONWARNINGS: no "running as root" SecurityWarning in the output.
             env = {**os.environ, "BENCH_CELERY_BROKER": broker, "PYTHONPATH": str(ROOT)}
@@ -188,9 +140,7 @@ def measure(tasks: int = 100, rounds: int = 5, cpu_ms: float = 20.0) -> dict[str
             load_after = os.getloadavg()[0]
         finally:
             for proc in procs:
-                _stop_group(proc)
-            redis_server.terminate()
-            redis_server.wait()
+                stop_group(proc)
 
     one, two = statistics.median(rates["one"]), statistics.median(rates["two"])
     return {

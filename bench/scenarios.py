@@ -5,9 +5,7 @@ from __future__ import annotations
 import gc
 import queue
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,7 +28,8 @@ from .client import (
     get,
     run_load,
 )
-from .server import Server, Servers, free_port
+from .server import Server, Servers
+from .services import RedisServer
 
 
 @dataclass
@@ -491,47 +490,6 @@ def burst(cfg: Config) -> dict:
 # -- (6) shared stores ----------------------------------------------------------
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {proc.returncode}") from None
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-class RedisServer:
-    """A throwaway redis-server on a free port (no persistence), stopped by its handle."""
-
-    def __init__(self, directory: str) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", directory],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            _wait_port(self.port, self.proc)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def _checked_load(port: int, tally: Tally, cfg: Config) -> dict[str, float]:
     before = dict(tally.counts)
     res = run_load(port, checked_cycle(apps.TASK_PATH, tally), cfg.clients, cfg.duration)
@@ -551,7 +509,7 @@ def shared_stores(cfg: Config) -> dict:
         names.append("Redis -w 4")
     tallies = {name: Tally() for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-stores-") as tmp:
-        redis = RedisServer(tmp) if "Redis -w 4" in names else None
+        redis = RedisServer() if "Redis -w 4" in names else None
         try:
             options = {
                 "async:memory": {"workers": 1},
@@ -559,7 +517,7 @@ def shared_stores(cfg: Config) -> dict:
             }
             if redis is not None:
                 options["async:redis"] = {
-                    "workers": 4, "store": f"redis://127.0.0.1:{redis.port}/0"
+                    "workers": 4, "store": redis.url(0)
                 }  # fmt: skip
             with Servers(*options, options=options) as servers:
                 ports = dict(zip(names, (servers[n].port for n in options), strict=True))

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from asyncwsgi import AsyncMiddleware
+from bench.services import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 2.0
@@ -110,13 +110,6 @@ def test_only_json_safe_environ_crosses() -> None:
 # -- end to end ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _db(url: str, db: int) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
@@ -172,21 +165,6 @@ class Services:
         return [item.decode() for item in self.records.lrange("asyncwsgi-test:runs", 0, -1)]
 
 
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    else:  # the leader is gone; make sure its children are too
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture(scope="module")
 def services(redis_url: str) -> Iterator[Services]:
     _need("celery")
@@ -224,7 +202,7 @@ def services(redis_url: str) -> Iterator[Services]:
         env=env,
         start_new_session=True,
     )
-    port = _free_port()
+    port = free_port()
     gunicorn = subprocess.Popen(
         [
             sys.executable,
@@ -265,7 +243,7 @@ def services(redis_url: str) -> Iterator[Services]:
         except subprocess.TimeoutExpired:
             gunicorn.kill()
             gunicorn.wait()
-        _stop_group(worker)
+        stop_group(worker)
         records.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.client import TaskTimeout, fetch
+from bench.services import free_port
 from tests.helpers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,15 +172,8 @@ def test_cli_demo() -> None:
     assert b"progress: " in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_cli_serve() -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

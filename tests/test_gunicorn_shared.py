@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.services import free_port
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,13 +52,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     finally:
         client.close()
     return url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def call(port: int, method: str, path: str, body: bytes | None = None) -> Answer:
