@@ -26,8 +26,10 @@ Layout, under ``prefix`` (``asyncwsgi:`` by default):
 
 Every change of state is one Lua script, so it is atomic across processes.
 Times are the clients' clocks (``time.time()``), like every other store: keep
-the machines' clocks in sync. In Redis Cluster, use a prefix with a hash tag
-(``{asyncwsgi}:``) so that every key lives in one slot.
+the machines' clocks in sync. On a Redis Cluster (a ``RedisCluster`` client,
+or a ``redis+cluster://`` URL) the prefix must carry a hash tag
+(``{asyncwsgi}:``), so that every key of the table lives in one slot and each
+script runs on one node; a prefix without one is refused.
 
 >>> store = RedisStore.from_url("redis://localhost:6379/0")
 >>> app = AsyncMiddleware(app, paths=["/reports/*"], store=store)
@@ -41,6 +43,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
 
 from .results import lost_result
 from .store import KeyEntry, Progress, Result, Store, TaskRecord
@@ -290,6 +293,25 @@ def _split_prefix(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), prefixes[-1]
 
 
+def _connection_kwargs(client: redis.Redis | RedisCluster) -> dict[str, Any]:
+    if isinstance(client, RedisCluster):
+        kwargs: dict[str, Any] = client.nodes_manager.connection_kwargs
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+    return kwargs
+
+
+def _check_cluster_prefix(prefix: str) -> None:
+    # Redis hashes only what is between the first '{' and the next '}', when
+    # that is not empty (the cluster specification's hash tags).
+    start = prefix.find("{")
+    if start < 0 or prefix.find("}", start + 1) <= start + 1:
+        raise ValueError(
+            f"in Redis Cluster the prefix needs a hash tag, such as '{{asyncwsgi}}:', so "
+            f"that every key of the table lives in one slot; {prefix!r} has none"
+        )
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
@@ -301,11 +323,12 @@ def _str(value: Any) -> str:
 class RedisStore(Store):
     """Tasks in Redis, shared by every process that opens the same URL.
 
-    ``client_or_url`` is a ``redis.Redis`` client (made with
-    ``decode_responses=False``; the caller keeps closing it) or a URL
-    (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
-    ``unix:///path/to/redis.sock?db=0``), for which the store makes and closes
-    its own client. A ``prefix=`` query parameter in the URL sets ``prefix``;
+    ``client_or_url`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster``
+    client (made with ``decode_responses=False``; the caller keeps closing it)
+    or a URL (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for
+    TLS, ``unix:///path/to/redis.sock?db=0``, ``redis+cluster://host:port/``
+    or ``rediss+cluster://`` naming any node of a cluster), for which the
+    store makes and closes its own client. A ``prefix=`` query parameter in the URL sets ``prefix``;
     :attr:`url` carries a non-default prefix that way, so a process that
     opens the store by its URL (a Celery worker) finds the same table.
 
@@ -327,6 +350,7 @@ class RedisStore(Store):
         tombstone_ttl: float = 3600.0,
         key_reservation_ttl: float = 60.0,
     ) -> None:
+        self.client: redis.Redis | RedisCluster
         if isinstance(client_or_url, str):
             connect_url, url_prefix = _split_prefix(client_or_url)
             if url_prefix is not None:
@@ -338,18 +362,26 @@ class RedisStore(Store):
             if url_prefix is None and prefix != _DEFAULT_PREFIX:
                 separator = "&" if urlsplit(client_or_url).query else "?"
                 self.url = f"{client_or_url}{separator}{urlencode({'prefix': prefix})}"
-            self.client: redis.Redis = redis.Redis.from_url(connect_url, decode_responses=False)
+            scheme, _, rest = connect_url.partition(":")
+            if scheme.lower().endswith("+cluster"):
+                _check_cluster_prefix(prefix)  # before a client exists to be closed
+                self.client = RedisCluster.from_url(
+                    scheme[: -len("+cluster")] + ":" + rest, decode_responses=False
+                )
+            else:
+                self.client = redis.Redis.from_url(connect_url, decode_responses=False)
             self._owns_client = True
         else:
-            kwargs = client_or_url.connection_pool.connection_kwargs
-            if kwargs.get("decode_responses"):
+            if _connection_kwargs(client_or_url).get("decode_responses"):
                 raise ValueError("RedisStore needs a client with decode_responses=False")
             self.url = None
             self.client = client_or_url
             self._owns_client = False
+        if isinstance(self.client, RedisCluster):
+            _check_cluster_prefix(prefix)
         # A client with a socket timeout would give up on a longer BLMOVE (and
         # Redis ends a block up to a tick, 100 ms, late).
-        socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = _connection_kwargs(self.client).get("socket_timeout")
         self._block_limit: float | None = None
         if socket_timeout:
             timeout = float(socket_timeout)
@@ -449,7 +481,10 @@ class RedisStore(Store):
 
     def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
         if task_ids:
-            self._heartbeat(args=[*self._lib_args, _num(lease_until), *task_ids])
+            # The key is not read by the script: it routes the call in a cluster.
+            self._heartbeat(
+                keys=[self.prefix + "leases"], args=[*self._lib_args, _num(lease_until), *task_ids]
+            )
 
     def set_progress(self, task_id: str, progress: Progress) -> None:
         self._progress(

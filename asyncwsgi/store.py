@@ -149,7 +149,8 @@ class Store(abc.ABC):
 def open_store(store: Store | str | None, **options: Any) -> Store:
     """A store from a Store, a URL (``memory:``, ``sqlite:///tasks.db``,
     ``sqlite:////abs/path/tasks.db``, ``redis://host:port/db``, ``rediss://``,
-    ``unix:///path/redis.sock``) or None (a new in-process store)."""
+    ``unix:///path/redis.sock``, ``redis+cluster://host:port/?prefix=...``
+    for Redis Cluster) or None (a new in-process store)."""
     if isinstance(store, Store):
         return store
     if store is None or store in ("memory:", "memory://"):
@@ -163,7 +164,7 @@ def open_store(store: Store | str | None, **options: Any) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore.from_url(store, **options)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from .redis import RedisStore
 
         return RedisStore.from_url(store, **options)

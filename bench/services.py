@@ -15,7 +15,14 @@ import tempfile
 import time
 from types import TracebackType
 
-__all__ = ["RedisServer", "free_port", "stop_group", "terminate", "wait_port"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisServer",
+    "free_port",
+    "stop_group",
+    "terminate",
+    "wait_port",
+]
 
 
 def free_port() -> int:
@@ -80,12 +87,13 @@ class RedisServer:
     ...     store = open_store(redis.url(1))
     """
 
-    def __init__(self, executable: str = "redis-server") -> None:
+    def __init__(self, executable: str = "redis-server", *options: str) -> None:
+        """``options`` are more of redis-server's command line."""
         self._directory = tempfile.TemporaryDirectory(prefix="asyncwsgi-redis-")
         self.port = free_port()
         self.proc = subprocess.Popen(
             [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._directory.name],
+             "--appendonly", "no", "--dir", self._directory.name, *options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -103,6 +111,76 @@ class RedisServer:
         self._directory.cleanup()
 
     def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` redis-servers (no replicas, no
+    persistence) on free ports, each in its own temporary directory, its slots
+    assigned by ``redis-cli --cluster create``; stopped by :meth:`stop` or at
+    the end of a ``with`` block."""
+
+    def __init__(
+        self,
+        masters: int = 3,
+        executable: str = "redis-server",
+        cli: str = "redis-cli",
+        timeout: float = 30.0,
+    ) -> None:
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters):
+                # The bus port by name: the default (port + 10000) may not exist.
+                self.nodes.append(
+                    RedisServer(
+                        executable,
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        str(free_port()),
+                        "--cluster-node-timeout",
+                        "5000",
+                    )  # fmt: skip
+                )
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            subprocess.run(
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                 "--cluster-yes"],
+                check=True, capture_output=True, timeout=timeout,
+            )  # fmt: skip
+            deadline = time.monotonic() + timeout
+            while not all(self._ready(cli, node.port) for node in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster was not ready within {timeout} s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _ready(cli: str, port: int) -> bool:
+        info = subprocess.run(
+            [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=5
+        ).stdout
+        return "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
         return self
 
     def __exit__(

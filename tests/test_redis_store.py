@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -386,7 +387,13 @@ def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [body]
 
 
-def test_middleware_end_to_end(redis_url: str) -> None:
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_middleware_end_to_end(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+    else:
+        # Every key of the table in one slot: the prefix carries a hash tag.
+        redis_url = request.getfixturevalue("redis_cluster_url") + "?prefix=" + quote("{e2e}:")
     middleware = AsyncMiddleware(_app, paths=["/reports/*"], store=redis_url)
     try:
         assert isinstance(middleware.store, RedisStore)
@@ -430,3 +437,18 @@ def test_middleware_end_to_end(redis_url: str) -> None:
     finally:
         middleware.close()
         middleware.store.close()
+
+
+def test_a_cluster_table_needs_a_hash_tagged_prefix(redis_cluster_url: str) -> None:
+    with pytest.raises(ValueError, match="hash tag"):
+        RedisStore.from_url(redis_cluster_url)
+    with pytest.raises(ValueError, match="hash tag"):
+        RedisStore.from_url(redis_cluster_url, prefix="{}:")  # empty: Redis ignores it
+    store = RedisStore.from_url(redis_cluster_url, prefix="app:{tasks}:")
+    try:
+        assert store.url is not None and "prefix=app%3A%7Btasks%7D%3A" in store.url
+        reopened = open_store(store.url)
+        assert isinstance(reopened, RedisStore) and reopened.prefix == "app:{tasks}:"
+        reopened.close()
+    finally:
+        store.close()

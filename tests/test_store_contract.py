@@ -22,7 +22,7 @@ from asyncwsgi.results import error_result
 from asyncwsgi.sqlite import SQLiteStore
 from asyncwsgi.store import Result, Store, TaskRecord, open_store
 
-STORES = ["memory", "sqlite", "redis"]
+STORES = ["memory", "sqlite", "redis", "redis-cluster"]
 
 
 def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **options: Any) -> Store:
@@ -32,11 +32,14 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **opti
         return MemoryStore(**options)
     if kind == "sqlite":
         return SQLiteStore(str(tmp_path / "tasks.db"), **options)
-    if kind == "redis":
+    if kind in ("redis", "redis-cluster"):
         from asyncwsgi.redis import RedisStore
 
-        url = request.getfixturevalue("redis_url")
-        store = RedisStore.from_url(url, **options)
+        if kind == "redis":
+            store = RedisStore.from_url(request.getfixturevalue("redis_url"), **options)
+        else:
+            url = request.getfixturevalue("redis_cluster_url")
+            store = RedisStore.from_url(url, prefix="{asyncwsgi-test}:", **options)
         # The stores of one test share the db; it is emptied before the first.
         if not getattr(request.node, "_redis_flushed", False):
             request.node._redis_flushed = True
