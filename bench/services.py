@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from types import TracebackType
+from typing import TypeVar
 
 __all__ = [
     "RedisClusterServers",
@@ -79,7 +80,28 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     proc.wait()
 
 
-class RedisServer:
+class _Service:
+    """Stopped by :meth:`stop`, or at the end of a ``with`` block."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+_S = TypeVar("_S", bound=_Service)
+
+
+class RedisServer(_Service):
     """A redis-server on a free port with no persistence, in its own temporary
     directory, stopped by :meth:`stop` or at the end of a ``with`` block.
 
@@ -110,19 +132,8 @@ class RedisServer:
         terminate(self.proc)
         self._directory.cleanup()
 
-    def __enter__(self) -> RedisServer:
-        return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class RedisClusterServers:
+class RedisClusterServers(_Service):
     """A Redis Cluster of ``masters`` redis-servers (no replicas, no
     persistence) on free ports, each in its own temporary directory, its slots
     assigned by ``redis-cli --cluster create``; stopped by :meth:`stop` or at
@@ -179,14 +190,3 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> RedisClusterServers:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
