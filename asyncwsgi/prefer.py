@@ -23,12 +23,19 @@ def parse_prefer(header: str | None) -> Mapping[str, str]:
     """
     if not header:
         return _NONE
+    if len(header) > _CACHED_LENGTH:
+        return _parse.__wrapped__(header)
     return _parse(header)
 
 
-# Clients send the same few headers ("wait=5", "respond-async") over and
-# over; parsing one costs microseconds on the path of every such request.
-# The answers are read-only, so one can be handed to every caller.
+# Clients send the same few short headers ("wait=5", "respond-async") over
+# and over; parsing one costs microseconds on the path of every such request.
+# The answers are read-only, so one can be handed to every caller. Only short
+# headers are kept, so that what the cache holds stays small whatever clients
+# send.
+_CACHED_LENGTH = 100
+
+
 @lru_cache(maxsize=512)
 def _parse(header: str) -> Mapping[str, str]:
     preferences: dict[str, str] = {}
