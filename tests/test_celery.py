@@ -174,7 +174,8 @@ def services(redis_url: str) -> Iterator[Services]:
     broker, store = _db(redis_url, 12), _db(redis_url, 13)
     records = redis.Redis.from_url(broker)
     records.flushdb()
-    redis.Redis.from_url(store).flushdb()
+    with redis.Redis.from_url(store) as flushing:
+        flushing.flushdb()
     env = {
         **os.environ,
         "ASYNCWSGI_TEST_BROKER": broker,
