@@ -163,7 +163,14 @@ class TaskRunner:
                 if self.store.finish(task_id, error_result(504, "the task ran past its timeout")):
                     logger.error("asyncwsgi: task %s ran past its timeout", task_id)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the heartbeat and the watchdog, and wait (up to ``timeout``
+        seconds) for a call of theirs already under way: once this returns,
+        neither touches the store again, so it may be closed."""
         self._stop.set()
         with self._wake:
             self._wake.notify()
+        current = threading.current_thread()
+        for thread in (self._heartbeat, self._watchdog):
+            if thread is not None and thread is not current:
+                thread.join(timeout)

@@ -12,6 +12,7 @@ import pytest
 from werkzeug.test import Client
 
 from asyncwsgi import MemoryStore
+from asyncwsgi.sqlite import SQLiteStore
 
 from .helpers import wait_done
 
@@ -345,6 +346,45 @@ def test_close_with_timeout_ends_unfinished_tasks_explicitly(wrap, gate):
     assert client.get(running).status_code == 500
     assert client.get(queued).status_code == 503
     gate.set()
+
+
+class SlowHeartbeatStore(SQLiteStore):
+    """A shared store whose heartbeats take a while and are logged."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.began: list[float] = []
+        self.beats: list[tuple[float, float]] = []
+
+    def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
+        began = time.monotonic()
+        self.began.append(began)
+        time.sleep(0.2)
+        super().heartbeat(task_ids, lease_until)
+        self.beats.append((began, time.monotonic()))
+
+
+def test_after_close_no_thread_of_the_middleware_touches_the_store(wrap, gate, tmp_path):
+    def app(environ, start_response):
+        gate.wait(5)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    store = SlowHeartbeatStore(str(tmp_path / "tasks.db"))
+    mw = wrap(app, store=store, lease=0.15)  # a heartbeat every 0.05 s
+    location = Client(mw).post("/work/1").headers["Location"]
+    deadline = time.monotonic() + 5
+    while len(store.began) < 2:  # the second heartbeat is under way
+        assert time.monotonic() < deadline, "no heartbeat"
+        time.sleep(0.01)
+    gate.set()
+    assert mw.close() is True
+    closed = time.monotonic()
+    time.sleep(0.4)
+    assert all(ended <= closed for _, ended in store.beats), (closed, store.beats[-3:])
+    assert not [t for t in threading.enumerate() if t.name.startswith("asyncwsgi-heartbeat")]
+    assert Client(mw).get(location).status_code == 200  # results stay readable
+    store.close()  # safe now: nothing of the middleware runs any more
 
 
 def test_multiprocess_server_with_memory_store_warns_once(wrap, caplog):
