@@ -559,6 +559,12 @@ class RedisStore(Store):
     def close(self) -> None:
         if self._owns_client:
             self.client.close()
+            if isinstance(self.client, RedisCluster):
+                # RedisCluster.close() leaves its nodes' connection pools open
+                # (the node clients do not own their pools): close them too.
+                for node in list(self.client.nodes_manager.nodes_cache.values()):
+                    if node.redis_connection is not None:
+                        node.redis_connection.connection_pool.disconnect()
 
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.prefix!r}>"

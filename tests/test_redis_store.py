@@ -452,3 +452,31 @@ def test_a_cluster_table_needs_a_hash_tagged_prefix(redis_cluster_url: str) -> N
         reopened.close()
     finally:
         store.close()
+
+
+def test_closing_a_cluster_store_closes_its_connections_on_every_node(
+    redis_cluster_url: str,
+) -> None:
+    from redis.cluster import RedisCluster
+
+    named = redis_cluster_url + "?client_name=closing-test&prefix=" + quote("{closing}:")
+    store = RedisStore.from_url(named)
+    records = [new_record() for _ in range(16)]
+    threads = [threading.Thread(target=store.create, args=(r,)) for r in records]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.count_active() == 16
+
+    def ours() -> int:
+        with RedisCluster.from_url(redis_cluster_url.replace("redis+cluster", "redis")) as admin:
+            return sum(
+                info.get("name") == "closing-test"
+                for node in admin.get_nodes()
+                for info in admin.client_list(target_nodes=node)
+            )
+
+    assert ours() > 0
+    store.close()
+    assert ours() == 0
