@@ -1,11 +1,9 @@
 """Turn long WSGI requests into background tasks: 202 Accepted and a status URL."""
 
 from .executor import Executor, ThreadExecutor
-from .memory import MemoryStore
 from .middleware import AsyncMiddleware
-from .sqlite import SQLiteStore
-from .store import Result, Store, TaskRecord
-from .task import TaskHandle
+from .stores import MemoryStore, SQLiteStore, Store, open_store
+from .task import Result, TaskHandle, TaskRecord
 
 __all__ = [
     "AsyncMiddleware",
@@ -17,4 +15,5 @@ __all__ = [
     "TaskHandle",
     "TaskRecord",
     "ThreadExecutor",
+    "open_store",
 ]

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .store import Result
+from .task import Result
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo

@@ -7,24 +7,15 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .runner import TaskRunner
+    from .task import Job
 
-__all__ = ["Executor", "Job", "ThreadExecutor"]
+__all__ = ["Executor", "ThreadExecutor"]
 
 logger = logging.getLogger("asyncwsgi")
-
-
-@dataclass(slots=True)
-class Job:
-    """A task to run: its id, the environ snapshot and the request body."""
-
-    task_id: str
-    environ: dict[str, Any]
-    body: bytes
 
 
 class Executor(abc.ABC):

@@ -19,13 +19,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from .environ import read_body, snapshot
-from .executor import Executor, Job, ThreadExecutor
+from .executor import Executor, ThreadExecutor
 from .owner import owner_hash
 from .patterns import Pattern, compile_patterns
 from .prefer import parse_prefer, wait_seconds
 from .results import error_result
 from .runner import TaskRunner
-from .store import Result, Store, TaskRecord, open_store
+from .stores import Store, open_store
+from .task import Job, Result, TaskRecord
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .store import Result
+from .task import Result
 
 __all__ = ["error_result", "lost_result"]
 

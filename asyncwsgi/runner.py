@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 from .capture import ResponseTooLarge, capture
 from .environ import task_environ
 from .results import error_result
-from .store import Result, Store
-from .task import TaskHandle
+from .stores.base import Store
+from .task import Result, TaskHandle
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-    from .executor import Job
+    from .task import Job
 
 __all__ = ["TaskRunner"]
 

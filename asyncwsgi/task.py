@@ -1,12 +1,70 @@
-"""``environ["asyncwsgi.task"]``: what the app sees of its own task."""
+"""A task's data: its record in the store, its captured result, the job a worker
+runs, and ``environ["asyncwsgi.task"]``, what the app sees of its own task."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-from .store import Store
+if TYPE_CHECKING:
+    from .stores.base import Store
 
-__all__ = ["TaskHandle"]
+__all__ = ["Job", "KeyEntry", "Progress", "Result", "State", "TaskHandle", "TaskRecord"]
+
+State = Literal["queued", "running", "done", "expired"]
+Progress = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Result:
+    """A captured WSGI response: what a server would have sent, exactly."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """One row of the task table.
+
+    ``owner`` is a hash of the submitter's owner value (never the value itself).
+    ``lease_until`` is when the task (running, or queued in a process's own
+    pool) is presumed lost unless that process heartbeats again; a task
+    queued elsewhere (a Celery broker) has none until it starts.
+    ``state == "expired"`` is a tombstone: the result
+    was dropped after its TTL and only the fact remains, so a poll gets 410.
+    """
+
+    id: str
+    state: State = "queued"
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    progress: Progress | None = None
+    result: Result | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    ttl: float = 300.0
+
+
+@dataclass(slots=True)
+class KeyEntry:
+    """What an ``Idempotency-Key`` is bound to; ``task_id`` is None while the
+    first request with that key is still being accepted."""
+
+    task_id: str | None
+    fingerprint: str | None
+
+
+@dataclass(slots=True)
+class Job:
+    """A task to run: its id, the environ snapshot and the request body."""
+
+    task_id: str
+    environ: dict[str, Any]
+    body: bytes
 
 
 class TaskHandle:

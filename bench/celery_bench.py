@@ -30,8 +30,8 @@ from celery import Celery
 from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.celery import CeleryExecutor
-from asyncwsgi.store import open_store
+from asyncwsgi.contrib.celery import CeleryExecutor
+from asyncwsgi.stores import open_store
 
 from .services import RedisServer, stop_group
 

@@ -14,8 +14,9 @@ import tracemalloc
 from dataclasses import dataclass
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.executor import Executor, Job
-from asyncwsgi.memory import MemoryStore
+from asyncwsgi.executor import Executor
+from asyncwsgi.stores.memory import MemoryStore
+from asyncwsgi.task import Job
 
 from . import apps
 from .client import (

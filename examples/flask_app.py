@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from asyncwsgi.flask import AsyncWSGI
+from asyncwsgi.contrib.flask import AsyncWSGI
 
 STEP_SECONDS = 1.0
 

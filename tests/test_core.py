@@ -12,7 +12,7 @@ import pytest
 from werkzeug.test import Client
 
 from asyncwsgi import MemoryStore
-from asyncwsgi.sqlite import SQLiteStore
+from asyncwsgi.stores.sqlite import SQLiteStore
 
 from .helpers import wait_done
 

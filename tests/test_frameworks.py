@@ -62,7 +62,7 @@ def flask_ext() -> Iterator[Any]:
 
 @pytest.mark.parametrize("before_init", [True, False], ids=["decorated-first", "init-first"])
 def test_flask_background_marks_exactly_the_decorated_view(flask_ext, before_init):
-    from asyncwsgi.flask import AsyncWSGI
+    from asyncwsgi.contrib.flask import AsyncWSGI
 
     app, write_report = make_flask()
     aw = AsyncWSGI()
@@ -90,7 +90,7 @@ def test_flask_background_marks_exactly_the_decorated_view(flask_ext, before_ini
 
 
 def test_flask_reads_config_and_keywords_win(flask_ext):
-    from asyncwsgi.flask import AsyncWSGI
+    from asyncwsgi.contrib.flask import AsyncWSGI
 
     app, _ = make_flask(
         ASYNCWSGI_PATHS=["/plain"],
@@ -178,7 +178,7 @@ def django_settings(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def django_app(django_settings, monkeypatch) -> Iterator[tuple[AsyncMiddleware, list[str]]]:
     from django.db import connections
 
-    from asyncwsgi.django import get_wsgi_application
+    from asyncwsgi.contrib.django import get_wsgi_application
 
     closed_in: list[str] = []
     close_all = connections.close_all
@@ -290,7 +290,7 @@ def test_paste_pipeline_from_an_ini_file(tmp_path):
     ],
 )
 def test_paste_rejects_bad_options(conf, message):
-    from asyncwsgi.paste import convert_options
+    from asyncwsgi.contrib.paste import convert_options
 
     with pytest.raises(ValueError, match=message):
         convert_options(conf)

@@ -18,8 +18,9 @@ import redis
 from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.redis import RedisStore
-from asyncwsgi.store import Result, TaskRecord, open_store
+from asyncwsgi.stores import open_store
+from asyncwsgi.stores.redis import RedisStore
+from asyncwsgi.task import Result, TaskRecord
 from tests.helpers import wait_done
 
 _ids = iter(range(10**9))

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from asyncwsgi.memory import MemoryStore
 from asyncwsgi.results import error_result
-from asyncwsgi.sqlite import SQLiteStore
-from asyncwsgi.store import Result, Store, TaskRecord, open_store
+from asyncwsgi.stores import Store, open_store
+from asyncwsgi.stores.memory import MemoryStore
+from asyncwsgi.stores.sqlite import SQLiteStore
+from asyncwsgi.task import Result, TaskRecord
 
 STORES = ["memory", "sqlite", "redis", "redis-cluster"]
 
@@ -33,7 +34,7 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **opti
     if kind == "sqlite":
         return SQLiteStore(str(tmp_path / "tasks.db"), **options)
     if kind in ("redis", "redis-cluster"):
-        from asyncwsgi.redis import RedisStore
+        from asyncwsgi.stores.redis import RedisStore
 
         if kind == "redis":
             store = RedisStore.from_url(request.getfixturevalue("redis_url"), **options)

@@ -7,7 +7,7 @@ Try it:    curl -i -X POST http://127.0.0.1:8000/reports/q3
 
 import os
 
-from asyncwsgi.django import get_wsgi_application
+from asyncwsgi.contrib.django import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_project.settings")
 

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .results import lost_result
-from .store import KeyEntry, Progress, Result, Store, TaskRecord
+from ..results import lost_result
+from ..task import KeyEntry, Progress, Result, TaskRecord
+from .base import Store
 
 __all__ = ["SQLiteStore"]
 
@@ -81,7 +82,7 @@ _COLUMNS = (
 class SQLiteStore(Store):
     """Tasks in an SQLite database file, shared by every process that opens it.
 
-    Semantics are those of :class:`~asyncwsgi.memory.MemoryStore`: results are
+    Semantics are those of :class:`~asyncwsgi.stores.memory.MemoryStore`: results are
     kept ``ttl`` seconds after they finish, then leave a tombstone (410 Gone)
     for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them. An
     unused key reservation lapses after ``key_reservation_ttl`` seconds.

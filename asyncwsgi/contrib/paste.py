@@ -26,7 +26,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .middleware import AsyncMiddleware
+from ..middleware import AsyncMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

@@ -2,7 +2,7 @@
 
 In ``wsgi.py``::
 
-    from asyncwsgi.django import get_wsgi_application
+    from asyncwsgi.contrib.django import get_wsgi_application
     application = get_wsgi_application()
 
 with the options of :class:`~asyncwsgi.AsyncMiddleware` in settings::
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .middleware import AsyncMiddleware
+from ..middleware import AsyncMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -1,6 +1,6 @@
-"""The task table: what a store keeps and the narrow interface every store offers.
+"""The task table: the narrow interface every store offers.
 
-A store holds one :class:`TaskRecord` per task. The middleware writes the record
+A store holds one :class:`~asyncwsgi.task.TaskRecord` per task. The middleware writes the record
 before it answers ``202``; the process that runs the task moves it from
 ``queued`` to ``running`` to ``done``; any process answers the status URL from
 it. Every method is safe to call from several threads at once, and a shared
@@ -10,55 +10,23 @@ store (SQLite, Redis) from several processes too.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Any, Literal
 
-__all__ = ["KeyEntry", "Result", "Store", "TaskRecord", "open_store"]
+from ..task import KeyEntry, Progress, Result, TaskRecord
 
-State = Literal["queued", "running", "done", "expired"]
-Progress = dict[str, Any]
+__all__ = ["Store", "StoreFull", "StoreUnavailable"]
 
 
-@dataclass(slots=True)
-class Result:
-    """A captured WSGI response: what a server would have sent, exactly."""
-
-    status: str
-    headers: list[tuple[str, str]]
-    body: bytes
+class StoreUnavailable(Exception):
+    """The store cannot be reached or cannot take a write right now (a server
+    down, a lock held past the busy timeout, a full disk). Every store raises
+    this, and only this, for such faults: the middleware answers ``503`` with
+    ``Retry-After`` to a client, and the runner retries a finished result."""
 
 
-@dataclass(slots=True)
-class TaskRecord:
-    """One row of the task table.
-
-    ``owner`` is a hash of the submitter's owner value (never the value itself).
-    ``lease_until`` is when the task (running, or queued in a process's own
-    pool) is presumed lost unless that process heartbeats again; a task
-    queued elsewhere (a Celery broker) has none until it starts.
-    ``state == "expired"`` is a tombstone: the result
-    was dropped after its TTL and only the fact remains, so a poll gets 410.
-    """
-
-    id: str
-    state: State = "queued"
-    created: float = 0.0
-    started: float | None = None
-    finished: float | None = None
-    progress: Progress | None = None
-    result: Result | None = None
-    owner: str | None = None
-    lease_until: float | None = None
-    ttl: float = 300.0
-
-
-@dataclass(slots=True)
-class KeyEntry:
-    """What an ``Idempotency-Key`` is bound to; ``task_id`` is None while the
-    first request with that key is still being accepted."""
-
-    task_id: str | None
-    fingerprint: str | None
+class StoreFull(StoreUnavailable):
+    """The store is up but has no room for this write (a full disk, a byte
+    budget spent). New work is refused with ``503``; a result that cannot be
+    stored is replaced by a short error result rather than retried for ever."""
 
 
 class Store(abc.ABC):
@@ -144,30 +112,3 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections; the store is not used afterwards."""
-
-
-def open_store(store: Store | str | None, **options: Any) -> Store:
-    """A store from a Store, a URL (``memory:``, ``sqlite:///tasks.db``,
-    ``sqlite:////abs/path/tasks.db``, ``redis://host:port/db``, ``rediss://``,
-    ``unix:///path/redis.sock``, ``redis+cluster://host:port/?prefix=...``
-    for Redis Cluster) or None (a new in-process store)."""
-    if isinstance(store, Store):
-        return store
-    if store is None or store in ("memory:", "memory://"):
-        from .memory import MemoryStore
-
-        return MemoryStore(**options)
-    if not isinstance(store, str):
-        raise TypeError(f"store must be a Store, a URL or None, not {type(store).__name__}")
-    scheme = store.partition(":")[0].lower()
-    if scheme == "sqlite":
-        from .sqlite import SQLiteStore
-
-        return SQLiteStore.from_url(store, **options)
-    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-        from .redis import RedisStore
-
-        return RedisStore.from_url(store, **options)
-    raise ValueError(
-        f"unknown store URL {store!r}: use memory:, sqlite:///path.db, redis://host:port/db"
-    )

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.utils import import_string
 
-from .executor import Executor, Job
-from .runner import TaskRunner
-from .store import Store, open_store
+from ..executor import Executor
+from ..runner import TaskRunner
+from ..stores import Store, open_store
+from ..task import Job
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -193,7 +194,7 @@ _runners: dict[tuple[str, str, int, float], TaskRunner] = {}
 def load_app(import_name: str) -> WSGIApplication:
     """The WSGI application ``import_name`` names, unwrapped of any
     :class:`~asyncwsgi.AsyncMiddleware` around it."""
-    from .middleware import AsyncMiddleware
+    from ..middleware import AsyncMiddleware
 
     app: Any = import_string(import_name)
     while isinstance(app, AsyncMiddleware):

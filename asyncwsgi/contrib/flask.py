@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from werkzeug.routing import Rule
 
-from .middleware import AsyncMiddleware
-from .patterns import Pattern
+from ..middleware import AsyncMiddleware
+from ..patterns import Pattern
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -8,8 +8,9 @@ import threading
 import time
 from collections import OrderedDict
 
-from .results import lost_result
-from .store import KeyEntry, Progress, Result, Store, TaskRecord
+from ..results import lost_result
+from ..task import KeyEntry, Progress, Result, TaskRecord
+from .base import Store
 
 __all__ = ["MemoryStore"]
 

@@ -45,8 +45,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 from redis.cluster import RedisCluster
 
-from .results import lost_result
-from .store import KeyEntry, Progress, Result, Store, TaskRecord
+from ..results import lost_result
+from ..task import KeyEntry, Progress, Result, TaskRecord
+from .base import Store
 
 __all__ = ["RedisStore"]
 
