@@ -648,3 +648,43 @@ def test_sqlite_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
         assert store.create(new_record())
     finally:
         store.close()
+
+
+def test_a_lapsed_lease_is_reclaimed_on_submit(store: Store) -> None:
+    # A worker SIGKILLed with one task queued in its pool and one running: no
+    # poll ever reads them, yet a full table must take new work once their
+    # leases have passed.
+    queued, running = new_record(), new_record()
+    queued.lease_until = time.time() + 0.2
+    assert store.create(queued, limit=2)
+    assert store.create(running, limit=2)
+    assert store.start(running.id, time.time() + 0.2)
+    assert not store.create(new_record(), limit=2)  # full while the leases hold
+    time.sleep(0.3)
+    fresh = new_record()
+    assert store.create(fresh, limit=2)
+    for record in (queued, running):
+        got = store.get(record.id)
+        assert got is not None and got.state == "done"
+        assert got.result is not None and b"lost" in got.result.body
+    assert store.count_active() == 1
+
+
+def test_count_active_applies_the_lease_rule(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 0.1)
+    time.sleep(0.2)
+    assert store.count_active() == 0  # no read of the task in between
+
+
+def test_records_are_snapshots(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    seen = store.get(record.id)
+    assert seen is not None
+    assert store.start(record.id, time.time() + 30)
+    assert store.finish(record.id, ok())
+    # Neither the record given to create nor one read back changes afterwards.
+    assert record.state == "queued" and record.result is None
+    assert seen.state == "queued" and seen.result is None

@@ -1,19 +1,41 @@
-"""The task table: the narrow interface every store offers.
+"""The task table: the interface every store offers, and the rules they share.
 
 A store holds one :class:`~asyncwsgi.task.TaskRecord` per task. The middleware writes the record
 before it answers ``202``; the process that runs the task moves it from
 ``queued`` to ``running`` to ``done``; any process answers the status URL from
 it. Every method is safe to call from several threads at once, and a shared
 store (SQLite, Redis) from several processes too.
+
+The rules live here, once: the lease rule (a queued or running task whose
+lease has passed is lost, and is finished as such by whichever call meets it
+first), retention (a result is kept for its record's ``ttl``, then leaves a
+tombstone for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them;
+an idempotency key lives as long as its task), what "cancelled" means and how
+a wait ends. A store supplies only the primitives (the ``_`` methods below),
+written in its own language (Python, SQL, Lua).
 """
 
 from __future__ import annotations
 
 import abc
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from ..results import lost_result
 from ..task import KeyEntry, Progress, Result, TaskRecord
 
-__all__ = ["Store", "StoreFull", "StoreUnavailable"]
+__all__ = ["ACTIVE", "Store", "StoreFull", "StoreUnavailable", "lapsed"]
+
+# The states of a task that is not finished yet.
+ACTIVE = ("queued", "running")
+# How many lapsed tasks one call reclaims at most (the rest on the next call).
+RECLAIM_BATCH = 100
+# The generic wait() reads again after a sleep that grows from the first to
+# the last value: a short task answers at once, a long wait costs at most ten
+# cheap reads a second.
+_POLL_FIRST = 0.005
+_POLL_LAST = 0.1
 
 
 class StoreUnavailable(Exception):
@@ -29,6 +51,12 @@ class StoreFull(StoreUnavailable):
     stored is replaced by a short error result rather than retried for ever."""
 
 
+def lapsed(record: TaskRecord, now: float) -> bool:
+    """The lease rule: a queued or running task whose lease has passed is lost
+    (the process that held it stopped heartbeating)."""
+    return record.state in ACTIVE and record.lease_until is not None and record.lease_until < now
+
+
 class Store(abc.ABC):
     """The interface of a task table.
 
@@ -40,7 +68,16 @@ class Store(abc.ABC):
     shared: bool = False
     url: str | None = None
 
-    @abc.abstractmethod
+    def __init__(self, *, max_tombstones: int = 10_000, tombstone_ttl: float = 3600.0) -> None:
+        if max_tombstones < 0:
+            raise ValueError("max_tombstones must be 0 or more")
+        if tombstone_ttl < 0:
+            raise ValueError("tombstone_ttl must be 0 or more seconds")
+        self.max_tombstones = max_tombstones
+        self.tombstone_ttl = tombstone_ttl
+
+    # -- the interface ---------------------------------------------------
+
     def create(
         self,
         record: TaskRecord,
@@ -51,43 +88,166 @@ class Store(abc.ABC):
     ) -> bool:
         """Insert a new queued task and bind ``key`` (if given) to it, unless
         ``limit`` tasks are already queued or running: then nothing is written
-        and the answer is False. Check and insert are one atomic step."""
+        and the answer is False. Check and insert are one atomic step; tasks
+        whose lease has lapsed do not count (they are finished as lost)."""
+        with self._faults():
+            if self._insert(record, key, fingerprint, limit):
+                return True
+            if limit is None or not self._reclaim(time.time()):
+                return False
+            return self._insert(record, key, fingerprint, limit)
 
-    @abc.abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
-        """The record, a tombstone (``state == "expired"``), or None.
+        """A snapshot of the record, a tombstone (``state == "expired"``), or
+        None. A task found lapsed is finished as lost before it is returned."""
+        with self._faults():
+            record = self._read(task_id)
+            now = time.time()
+            if record is not None and lapsed(record, now):
+                self._finish(task_id, lost_result(), now, lapsed_before=now)
+                record = self._read(task_id)
+            return record
 
-        A queued or running task whose lease has passed is completed here as
-        a 500 ("worker lost") before it is returned.
-        """
-
-    @abc.abstractmethod
     def start(self, task_id: str, lease_until: float) -> bool:
-        """Move a queued task to running. False if it is gone (deleted)."""
+        """Move a queued task to running. False if it is not queued (deleted,
+        finished, or already started)."""
+        with self._faults():
+            return self._start(task_id, time.time(), lease_until)
 
-    @abc.abstractmethod
     def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
         """Extend the lease of queued and running tasks."""
+        if task_ids:
+            with self._faults():
+                self._heartbeat(task_ids, lease_until)
 
-    @abc.abstractmethod
     def set_progress(self, task_id: str, progress: Progress) -> None:
         """Record the progress of a running task."""
+        with self._faults():
+            self._set_progress(task_id, progress)
 
-    @abc.abstractmethod
     def finish(self, task_id: str, result: Result) -> bool:
         """Store the result of a queued or running task, kept for the
-        record's ``ttl`` seconds. False (and nothing written) if the task was deleted or has
-        already finished: a finished result is never overwritten."""
+        record's ``ttl`` seconds. False (and nothing written) if the task was
+        deleted or has already finished: a finished result is never
+        overwritten."""
+        with self._faults():
+            return self._finish(task_id, result, time.time(), lapsed_before=None)
 
-    @abc.abstractmethod
     def delete(self, task_id: str) -> bool:
-        """Forget a task. A running task sees itself cancelled."""
+        """Forget a task (and its key). A running task sees itself cancelled."""
+        with self._faults():
+            return self._delete(task_id)
 
-    @abc.abstractmethod
+    def is_cancelled(self, task_id: str) -> bool:
+        """Whether a task should stop: it is no longer running (deleted,
+        finished, or lost)."""
+        record = self.get(task_id)
+        return record is None or record.state != "running"
+
+    def count_active(self) -> int:
+        """Queued plus running tasks in the whole table (lapsed ones finished
+        as lost first)."""
+        with self._faults():
+            self._reclaim(time.time())
+            return self._count()
+
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Block until the task is done (or gone), at most ``timeout``
-        seconds; return the record as it is then. Woken by the finish, not by
-        polling, where the store can."""
+        seconds; return the record as it is then. A lease that lapses during
+        the wait ends it with the lost verdict. Woken by the finish where the
+        store can (:meth:`_block`), by reading again where it cannot."""
+        deadline = time.monotonic() + timeout
+        poll = _POLL_FIRST
+        while True:
+            record = self.get(task_id)
+            if record is None or record.state not in ACTIVE:
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            if record.lease_until is not None:
+                # Wake when the lease passes, to give its verdict then.
+                remaining = min(remaining, max(0.001, record.lease_until - time.time() + 0.001))
+            with self._faults():
+                self._block(task_id, remaining, poll)
+            poll = min(poll * 1.5, _POLL_LAST)
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release connections; the store is not used afterwards."""
+
+    # -- the rules' helpers ------------------------------------------------
+
+    def _reclaim(self, now: float) -> int:
+        """Finish as lost (a batch of) the tasks whose lease has lapsed; how
+        many were finished."""
+        lost = lost_result()
+        return sum(
+            self._finish(task_id, lost, now, lapsed_before=now)
+            for task_id in self._lapsed(now, RECLAIM_BATCH)
+        )
+
+    def _tombstone(self, task_id: str, owner: str | None) -> TaskRecord:
+        """What a read answers for a task whose result has expired."""
+        return TaskRecord(task_id, state="expired", owner=owner)
+
+    # -- what each store supplies ------------------------------------------
+
+    @contextmanager
+    def _faults(self) -> Iterator[None]:
+        """Turn the backend's own errors for an unreachable, locked or full
+        store into :class:`StoreUnavailable` / :class:`StoreFull`."""
+        yield
+
+    @abc.abstractmethod
+    def _insert(
+        self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
+    ) -> bool:
+        """Atomically: unless ``limit`` tasks are active, insert ``record``
+        (a copy of it) and bind ``key``; False if refused."""
+
+    @abc.abstractmethod
+    def _read(self, task_id: str) -> TaskRecord | None:
+        """A snapshot of the record or its tombstone, as stored (results past
+        their ``ttl`` already turned into tombstones)."""
+
+    @abc.abstractmethod
+    def _start(self, task_id: str, now: float, lease_until: float) -> bool:
+        """Queued -> running, with ``started = now`` and the lease."""
+
+    @abc.abstractmethod
+    def _heartbeat(self, task_ids: list[str], lease_until: float) -> None:
+        """Set the lease of those of ``task_ids`` that are active."""
+
+    @abc.abstractmethod
+    def _set_progress(self, task_id: str, progress: Progress) -> None:
+        """Set the progress of a running task."""
+
+    @abc.abstractmethod
+    def _finish(
+        self, task_id: str, result: Result, now: float, *, lapsed_before: float | None
+    ) -> bool:
+        """Atomically: if the task is active (and, with ``lapsed_before``, its
+        lease ended before then), make it done with ``result`` and start its
+        retention; wake its waiters."""
+
+    @abc.abstractmethod
+    def _delete(self, task_id: str) -> bool:
+        """Remove a task, its key and its tombstone; wake its waiters."""
+
+    @abc.abstractmethod
+    def _lapsed(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` ids of active tasks whose lease ended before ``now``."""
+
+    @abc.abstractmethod
+    def _count(self) -> int:
+        """Active tasks in the table."""
+
+    def _block(self, task_id: str, timeout: float, poll: float) -> None:
+        """Sleep until the task may have finished, at most ``timeout``
+        seconds. Without a way to be woken, a store just sleeps ``poll``."""
+        time.sleep(min(poll, timeout))
+
+    # -- idempotency keys (reservations; to be folded into create) ---------
 
     @abc.abstractmethod
     def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
@@ -101,14 +261,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def release_key(self, key: str) -> None:
         """Drop a reservation whose request was refused."""
-
-    @abc.abstractmethod
-    def count_active(self) -> int:
-        """Queued plus running tasks in the whole table."""
-
-    def is_cancelled(self, task_id: str) -> bool:
-        record = self.get(task_id)
-        return record is None or record.state != "running"
-
-    def close(self) -> None:  # noqa: B027 (optional hook)
-        """Release connections; the store is not used afterwards."""

@@ -7,10 +7,10 @@ import heapq
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 
-from ..results import lost_result
 from ..task import KeyEntry, Progress, Result, TaskRecord
-from .base import Store
+from .base import ACTIVE, Store, lapsed
 
 __all__ = ["MemoryStore"]
 
@@ -22,7 +22,8 @@ class MemoryStore(Store):
     on the calls that touch the table; no sweeper thread, no full scan.
     An expired task leaves a tombstone (a poll gets 410 Gone) for
     ``tombstone_ttl`` seconds; ``max_tombstones`` bounds how many are kept,
-    the oldest forgotten first. A forgotten id answers 404.
+    the oldest forgotten first. A forgotten id answers 404. Reads return
+    copies: a record handed out never changes under its reader.
 
     >>> store = MemoryStore()
     >>> app = AsyncMiddleware(app, paths=["/reports/*"], store=store)
@@ -37,11 +38,11 @@ class MemoryStore(Store):
         tombstone_ttl: float = 3600.0,
         key_reservation_ttl: float = 60.0,
     ) -> None:
-        self.max_tombstones = max_tombstones
-        self.tombstone_ttl = tombstone_ttl
+        super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
         self.key_reservation_ttl = key_reservation_ttl
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskRecord] = {}
+        self._active: set[str] = set()
         self._deadlines: list[tuple[float, str]] = []
         self._tombstones: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._keys: dict[str, tuple[KeyEntry, float]] = {}
@@ -51,115 +52,107 @@ class MemoryStore(Store):
         # releases it again as it wakes, so that the next one wakes too.
         # Cheaper than an Event on the path of every ``Prefer: wait``.
         self._waiters: dict[str, _thread.LockType] = {}
-        self._active = 0
 
-    def create(
-        self,
-        record: TaskRecord,
-        *,
-        key: str | None = None,
-        fingerprint: str | None = None,
-        limit: int | None = None,
+    def _insert(
+        self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
     ) -> bool:
         with self._lock:
             self._expire(time.time())
-            if limit is not None and self._active >= limit:
+            if limit is not None and len(self._active) >= limit:
                 return False
-            self._tasks[record.id] = record
-            self._active += 1
+            self._tasks[record.id] = replace(record)
+            self._active.add(record.id)
             if key is not None:
                 self._keys[key] = (KeyEntry(record.id, fingerprint), float("inf"))
                 self._key_of[record.id] = key
             return True
 
-    def get(self, task_id: str) -> TaskRecord | None:
-        now = time.time()
+    def _read(self, task_id: str) -> TaskRecord | None:
         with self._lock:
-            self._expire(now)
+            self._expire(time.time())
             record = self._tasks.get(task_id)
-            if record is None:
-                tombstone = self._tombstones.get(task_id)
-                if tombstone is not None:
-                    return TaskRecord(task_id, state="expired", owner=tombstone[1])
-                return None
-            if record.state in ("queued", "running") and record.lease_until is not None:
-                if record.lease_until < now:
-                    self._finish(record, lost_result(), now)
-            return record
+            if record is not None:
+                return replace(record)
+            tombstone = self._tombstones.get(task_id)
+            return None if tombstone is None else self._tombstone(task_id, tombstone[1])
 
-    def start(self, task_id: str, lease_until: float) -> bool:
+    def _start(self, task_id: str, now: float, lease_until: float) -> bool:
         with self._lock:
             record = self._tasks.get(task_id)
             if record is None or record.state != "queued":
                 return False
             record.state = "running"
-            record.started = time.time()
+            record.started = now
             record.lease_until = lease_until
             return True
 
-    def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
+    def _heartbeat(self, task_ids: list[str], lease_until: float) -> None:
         with self._lock:
             for task_id in task_ids:
-                record = self._tasks.get(task_id)
-                if record is not None and record.state in ("queued", "running"):
-                    record.lease_until = lease_until
+                if task_id in self._active:
+                    self._tasks[task_id].lease_until = lease_until
 
-    def set_progress(self, task_id: str, progress: Progress) -> None:
+    def _set_progress(self, task_id: str, progress: Progress) -> None:
         with self._lock:
             record = self._tasks.get(task_id)
             if record is not None and record.state == "running":
                 record.progress = progress
 
-    def finish(self, task_id: str, result: Result) -> bool:
-        now = time.time()
+    def _finish(
+        self, task_id: str, result: Result, now: float, *, lapsed_before: float | None
+    ) -> bool:
         with self._lock:
             record = self._tasks.get(task_id)
-            if record is None or record.state not in ("queued", "running"):
+            if record is None or record.state not in ACTIVE:
                 return False
-            self._finish(record, result, now)
+            if lapsed_before is not None and not lapsed(record, lapsed_before):
+                return False
+            record.state = "done"
+            record.finished = now
+            record.result = result
+            record.lease_until = None
+            self._active.discard(task_id)
+            heapq.heappush(self._deadlines, (now + record.ttl, task_id))
+            self._wake(task_id)
             return True
 
-    def _finish(self, record: TaskRecord, result: Result, now: float) -> None:
-        record.state = "done"
-        record.finished = now
-        record.result = result
-        record.lease_until = None
-        self._active -= 1
-        heapq.heappush(self._deadlines, (now + record.ttl, record.id))
-        gate = self._waiters.pop(record.id, None)
+    def _delete(self, task_id: str) -> bool:
+        with self._lock:
+            if self._tasks.pop(task_id, None) is None:
+                return False
+            self._active.discard(task_id)
+            self._drop_key(task_id)
+            self._wake(task_id)
+            return True
+
+    def _lapsed(self, now: float, limit: int) -> list[str]:
+        with self._lock:
+            found = []
+            for task_id in self._active:
+                if lapsed(self._tasks[task_id], now):
+                    found.append(task_id)
+                    if len(found) >= limit:
+                        break
+            return found
+
+    def _count(self) -> int:
+        return len(self._active)
+
+    def _block(self, task_id: str, timeout: float, poll: float) -> None:
+        with self._lock:
+            if task_id not in self._active:
+                return
+            gate = self._waiters.get(task_id)
+            if gate is None:
+                gate = self._waiters[task_id] = _thread.allocate_lock()
+                gate.acquire()
+        if gate.acquire(timeout=max(0.0, timeout)):
+            gate.release()
+
+    def _wake(self, task_id: str) -> None:
+        gate = self._waiters.pop(task_id, None)
         if gate is not None:
             gate.release()
-
-    def delete(self, task_id: str) -> bool:
-        with self._lock:
-            record = self._tasks.pop(task_id, None)
-            if record is None:
-                return False
-            if record.state in ("queued", "running"):
-                self._active -= 1
-            self._drop_key(task_id)
-            gate = self._waiters.pop(task_id, None)
-            if gate is not None:
-                gate.release()
-            return True
-
-    def is_cancelled(self, task_id: str) -> bool:
-        record = self._tasks.get(task_id)
-        return record is None or record.state != "running"
-
-    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
-        with self._lock:
-            record = self._tasks.get(task_id)
-            if record is None or record.state not in ("queued", "running"):
-                gate = None
-            else:
-                gate = self._waiters.get(task_id)
-                if gate is None:
-                    gate = self._waiters[task_id] = _thread.allocate_lock()
-                    gate.acquire()
-        if gate is not None and gate.acquire(timeout=max(0.0, timeout)):
-            gate.release()
-        return self.get(task_id)
 
     def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
         now = time.time()
@@ -176,9 +169,6 @@ class MemoryStore(Store):
             held = self._keys.get(key)
             if held is not None and held[0].task_id is None:
                 del self._keys[key]
-
-    def count_active(self) -> int:
-        return self._active
 
     def _drop_key(self, task_id: str) -> None:
         key = self._key_of.pop(task_id, None)

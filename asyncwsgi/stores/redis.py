@@ -45,7 +45,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 from redis.cluster import RedisCluster
 
-from ..results import lost_result
 from ..task import KeyEntry, Progress, Result, TaskRecord
 from .base import Store
 
@@ -106,25 +105,11 @@ local function finish(id, now, status, headers, body)
   wake(id)
   trim_tombstones(tonumber(now))
 end
-
--- Completes queued or running tasks whose lease ended before now as lost.
-local function reclaim(ids, now, status, headers, body)
-  for _, id in ipairs(ids) do
-    local task = prefix .. 'task:' .. id
-    local fields = redis.call('HMGET', task, 'state', 'lease_until')
-    local active = fields[1] == 'running' or fields[1] == 'queued'
-    if active and fields[2] and tonumber(fields[2]) < tonumber(now) then
-      finish(id, now, status, headers, body)
-    elseif not active then
-      redis.call('ZREM', prefix .. 'leases', id)
-    end
-  end
-end
 """
 
-# KEYS[1] task. ARGV[4] id, ARGV[5] limit (-1: none), ARGV[6] now, ARGV[7..9]
-# the lost result, ARGV[10] created, ARGV[11] key ('' if none), ARGV[12] key
-# value, ARGV[13..] field/value pairs.
+# KEYS[1] task. ARGV[4] id, ARGV[5] limit (-1: none), ARGV[6] now, ARGV[7]
+# created, ARGV[8] key ('' if none), ARGV[9] key value, ARGV[10..] field/value
+# pairs.
 _CREATE = (
     _LIB
     + """
@@ -133,44 +118,34 @@ local limit = tonumber(ARGV[5])
 local active = prefix .. 'active'
 trim_tombstones(tonumber(ARGV[6]))
 if limit >= 0 and redis.call('ZCARD', active) >= limit then
-  local lost = redis.call('ZRANGEBYSCORE', prefix .. 'leases', '-inf', '(' .. ARGV[6],
-                          'LIMIT', 0, 100)
-  reclaim(lost, ARGV[6], ARGV[7], ARGV[8], ARGV[9])
-  if redis.call('ZCARD', active) >= limit then
-    return 0
-  end
+  return 0
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
-redis.call('ZADD', active, ARGV[10], id)
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('ZADD', active, ARGV[7], id)
 local lease_until = redis.call('HGET', KEYS[1], 'lease_until')
 if lease_until then
   redis.call('ZADD', prefix .. 'leases', lease_until, id)
 end
-if ARGV[11] ~= '' then
-  redis.call('SET', prefix .. 'key:' .. ARGV[11], ARGV[12])
-  redis.call('HSET', KEYS[1], 'key', ARGV[11])
+if ARGV[8] ~= '' then
+  redis.call('SET', prefix .. 'key:' .. ARGV[8], ARGV[9])
+  redis.call('HSET', KEYS[1], 'key', ARGV[8])
 end
 return 1
 """
 )
 
-# KEYS[1] task, KEYS[2] tomb. ARGV[4] id, ARGV[5] now, ARGV[6..8] lost result.
+# KEYS[1] task, KEYS[2] tomb. ARGV[4] now.
 # Answers {0}, {1, field, value, ...} or {2, owner}.
-_GET = (
+_READ = (
     _LIB
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local fields = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
-  local active = fields[1] == 'running' or fields[1] == 'queued'
-  if active and fields[2] and tonumber(fields[2]) < tonumber(ARGV[5]) then
-    finish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
-  end
   local answer = redis.call('HGETALL', KEYS[1])
   table.insert(answer, 1, 1)
   return answer
 end
-trim_tombstones(tonumber(ARGV[5]))
+trim_tombstones(tonumber(ARGV[4]))
 local owner = redis.call('GET', KEYS[2])
 if owner then
   return {2, owner}
@@ -220,12 +195,17 @@ return 1
 """
 )
 
-# KEYS[1] task. ARGV[4] id, ARGV[5] now, ARGV[6..8] the result.
+# KEYS[1] task. ARGV[4] id, ARGV[5] now, ARGV[6..8] the result, ARGV[9] finish
+# only if the lease ended before this time ('': whatever the lease).
 _FINISH = (
     _LIB
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then
+local fields = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
+if fields[1] ~= 'queued' and fields[1] ~= 'running' then
+  redis.call('ZREM', prefix .. 'leases', ARGV[4])
+  return 0
+end
+if ARGV[9] ~= '' and not (fields[2] and tonumber(fields[2]) < tonumber(ARGV[9])) then
   return 0
 end
 finish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
@@ -388,20 +368,17 @@ class RedisStore(Store):
             timeout = float(socket_timeout)
             self._block_limit = round(max(timeout / 2, timeout - 0.25, 0.001), 3)
         self.prefix = prefix
-        self.max_tombstones = max_tombstones
-        self.tombstone_ttl = tombstone_ttl
+        super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
         self.key_reservation_ttl = key_reservation_ttl
         self._lib_args: list[str] = [prefix, _num(tombstone_ttl * 1000), str(int(max_tombstones))]
-        lost = lost_result()
-        self._lost: list[str | bytes] = [lost.status, _headers(lost.headers), lost.body]
         register = self.client.register_script
         self._create = register(_CREATE)
-        self._get = register(_GET)
-        self._start = register(_START)
-        self._heartbeat = register(_HEARTBEAT)
+        self._read_script = register(_READ)
+        self._start_script = register(_START)
+        self._heartbeat_script = register(_HEARTBEAT)
         self._progress = register(_PROGRESS)
-        self._finish = register(_FINISH)
-        self._delete = register(_DELETE)
+        self._finish_script = register(_FINISH)
+        self._delete_script = register(_DELETE)
         self._reserve = register(_RESERVE)
         self._release = register(_RELEASE)
 
@@ -414,15 +391,10 @@ class RedisStore(Store):
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
 
-    # -- the table ---------------------------------------------------------
+    # -- the primitives --------------------------------------------------
 
-    def create(
-        self,
-        record: TaskRecord,
-        *,
-        key: str | None = None,
-        fingerprint: str | None = None,
-        limit: int | None = None,
+    def _insert(
+        self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
     ) -> bool:
         fields: list[str | bytes] = [
             "state",
@@ -448,7 +420,6 @@ class RedisStore(Store):
                 record.id,
                 -1 if limit is None else int(limit),
                 _num(time.time()),
-                *self._lost,
                 _num(record.created),
                 key or "",
                 key_value,
@@ -457,87 +428,87 @@ class RedisStore(Store):
         )
         return bool(created)
 
-    def get(self, task_id: str) -> TaskRecord | None:
+    def _read(self, task_id: str) -> TaskRecord | None:
         answer = cast(
             "list[Any]",
-            self._get(
+            self._read_script(
                 keys=[self._key("task", task_id), self._key("tomb", task_id)],
-                args=[*self._lib_args, task_id, _num(time.time()), *self._lost],
+                args=[*self._lib_args, _num(time.time())],
             ),
         )
         kind = int(answer[0])
         if kind == 0:
             return None
         if kind == 2:
-            return TaskRecord(task_id, state="expired", owner=_str(answer[1]) or None)
+            return self._tombstone(task_id, _str(answer[1]) or None)
         raw = answer[1:]
         return _record(task_id, {_str(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)})
 
-    def start(self, task_id: str, lease_until: float) -> bool:
-        started = self._start(
+    def _start(self, task_id: str, now: float, lease_until: float) -> bool:
+        started = self._start_script(
             keys=[self._key("task", task_id)],
-            args=[*self._lib_args, task_id, _num(time.time()), _num(lease_until)],
+            args=[*self._lib_args, task_id, _num(now), _num(lease_until)],
         )
         return bool(started)
 
-    def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
-        if task_ids:
-            # The key is not read by the script: it routes the call in a cluster.
-            self._heartbeat(
-                keys=[self.prefix + "leases"], args=[*self._lib_args, _num(lease_until), *task_ids]
-            )
+    def _heartbeat(self, task_ids: list[str], lease_until: float) -> None:
+        # The key is not read by the script: it routes the call in a cluster.
+        self._heartbeat_script(
+            keys=[self.prefix + "leases"], args=[*self._lib_args, _num(lease_until), *task_ids]
+        )
 
-    def set_progress(self, task_id: str, progress: Progress) -> None:
+    def _set_progress(self, task_id: str, progress: Progress) -> None:
         self._progress(
             keys=[self._key("task", task_id)],
             args=[*self._lib_args, json.dumps(progress)],
         )
 
-    def finish(self, task_id: str, result: Result) -> bool:
-        finished = self._finish(
+    def _finish(
+        self, task_id: str, result: Result, now: float, *, lapsed_before: float | None
+    ) -> bool:
+        finished = self._finish_script(
             keys=[self._key("task", task_id)],
             args=[
                 *self._lib_args,
                 task_id,
-                _num(time.time()),
+                _num(now),
                 result.status,
                 _headers(result.headers),
                 bytes(result.body),
+                "" if lapsed_before is None else _num(lapsed_before),
             ],
         )
         return bool(finished)
 
-    def delete(self, task_id: str) -> bool:
-        deleted = self._delete(keys=[self._key("task", task_id)], args=[*self._lib_args, task_id])
+    def _delete(self, task_id: str) -> bool:
+        deleted = self._delete_script(
+            keys=[self._key("task", task_id)], args=[*self._lib_args, task_id]
+        )
         return bool(deleted)
 
-    def is_cancelled(self, task_id: str) -> bool:
-        state = self.client.hget(self._key("task", task_id), "state")
-        return state != b"running"
+    def _lapsed(self, now: float, limit: int) -> list[str]:
+        ids = self.client.zrangebyscore(
+            self.prefix + "leases", "-inf", f"({_num(now)}", start=0, num=limit
+        )
+        return [_str(task_id) for task_id in ids]
 
-    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
-        record = self.get(task_id)
-        if record is None or record.state not in ("queued", "running"):
-            return record
+    def _count(self) -> int:
+        return int(self.client.zcard(self.prefix + "active"))
+
+    def _block(self, task_id: str, timeout: float, poll: float) -> None:
+        # Whole milliseconds: Redis reads a timeout under 1 ms as "forever".
+        # A finish pushes to done:<id> (kept a minute), so a finish that came
+        # before this call is seen at once. Rotating the list onto itself
+        # leaves it in place for the other waiters: every one of them wakes.
+        seconds = max(0.001, round(timeout, 3))
+        if self._block_limit is not None:
+            seconds = min(seconds, self._block_limit)
         done = self._key("done", task_id)
-        deadline = time.monotonic() + timeout
-        while True:
-            # Whole milliseconds: Redis reads a timeout under 1 ms as "forever".
-            remaining = round(deadline - time.monotonic(), 3)
-            if remaining < 0.001:
-                break
-            # Rotating the list onto itself leaves it in place for the other
-            # waiters: every one of them wakes.
-            if self._block_limit is not None:
-                remaining = min(remaining, self._block_limit)
+        try:
             # (Redis takes a fractional timeout; redis-py's annotation says int.)
-            try:
-                moved = self.client.blmove(done, done, remaining, "RIGHT", "LEFT")  # type: ignore[arg-type]
-            except redis.TimeoutError:
-                continue  # the socket's timeout, not the wait's: block again
-            if moved is not None:
-                break
-        return self.get(task_id)
+            self.client.blmove(done, done, seconds, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        except redis.TimeoutError:
+            pass  # the socket's timeout, not the wait's: the caller reads again
 
     # -- idempotency keys ----------------------------------------------------
 
@@ -553,9 +524,6 @@ class RedisStore(Store):
 
     def release_key(self, key: str) -> None:
         self._release(keys=[self._key("key", key)], args=list(self._lib_args))
-
-    def count_active(self) -> int:
-        return int(self.client.zcard(self.prefix + "active"))
 
     def close(self) -> None:
         if self._owns_client:

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..results import lost_result
 from ..task import KeyEntry, Progress, Result, TaskRecord
 from .base import Store
 
@@ -33,9 +32,6 @@ _SCHEME = "sqlite:///"
 _EXPIRE_BATCH = 100
 # Ids per statement in heartbeat() (SQLite bounds the number of parameters).
 _ID_CHUNK = 500
-# wait() polls with a sleep that grows from the first to the last value.
-_POLL_FIRST = 0.005
-_POLL_LAST = 0.1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -107,8 +103,7 @@ class SQLiteStore(Store):
             raise ValueError("SQLiteStore needs the path of a database file")
         self.path = os.path.abspath(path)
         self.url = _SCHEME + self.path
-        self.max_tombstones = max_tombstones
-        self.tombstone_ttl = tombstone_ttl
+        super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
         self.key_reservation_ttl = key_reservation_ttl
         self.timeout = timeout
         self._local = threading.local()
@@ -222,20 +217,14 @@ class SQLiteStore(Store):
         if getattr(self._local, "pid", None) == pid:
             self._local.conn = None
 
-    # -- the interface -------------------------------------------------------
+    # -- the primitives ------------------------------------------------------
 
-    def create(
-        self,
-        record: TaskRecord,
-        *,
-        key: str | None = None,
-        fingerprint: str | None = None,
-        limit: int | None = None,
+    def _insert(
+        self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
     ) -> bool:
-        now = time.time()
         with self._write() as conn:
-            self._expire(conn, now)
-            if limit is not None and self._count_active(conn) >= limit:
+            self._expire(conn, time.time())
+            if limit is not None and self._count_in(conn) >= limit:
                 return False
             result = record.result
             conn.execute(
@@ -266,44 +255,30 @@ class SQLiteStore(Store):
                 )
             return True
 
-    def get(self, task_id: str) -> TaskRecord | None:
+    def _read(self, task_id: str) -> TaskRecord | None:
         now = time.time()
         conn = self._conn()
         if self._expiry_due(conn, now):
             with self._write() as conn:
                 self._expire(conn, now, task_id)
         row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if row is None:
-            tomb = conn.execute(
-                "SELECT owner FROM tombstones WHERE id = ? AND expires_at > ?", (task_id, now)
-            ).fetchone()
-            if tomb is not None:
-                return TaskRecord(task_id, state="expired", owner=tomb[0])
-            return None
-        record = _record(row)
-        if record.state in ("queued", "running") and record.lease_until is not None:
-            if record.lease_until < now:
-                # The process holding it stopped heartbeating: end it as lost,
-                # unless it finished (or was deleted) since we read it.
-                self._finish(task_id, lost_result(), now, lost_before=now)
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
-                ).fetchone()
-                return None if row is None else _record(row)
-        return record
+        if row is not None:
+            return _record(row)
+        tomb = conn.execute(
+            "SELECT owner FROM tombstones WHERE id = ? AND expires_at > ?", (task_id, now)
+        ).fetchone()
+        return None if tomb is None else self._tombstone(task_id, tomb[0])
 
-    def start(self, task_id: str, lease_until: float) -> bool:
+    def _start(self, task_id: str, now: float, lease_until: float) -> bool:
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE tasks SET state = 'running', started = ?, lease_until = ? "
                 "WHERE id = ? AND state = 'queued'",
-                (time.time(), lease_until, task_id),
+                (now, lease_until, task_id),
             )
             return cursor.rowcount == 1
 
-    def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
-        if not task_ids:
-            return
+    def _heartbeat(self, task_ids: list[str], lease_until: float) -> None:
         with self._write() as conn:
             for i in range(0, len(task_ids), _ID_CHUNK):
                 chunk = task_ids[i : i + _ID_CHUNK]
@@ -314,18 +289,15 @@ class SQLiteStore(Store):
                     (lease_until, *chunk),
                 )
 
-    def set_progress(self, task_id: str, progress: Progress) -> None:
+    def _set_progress(self, task_id: str, progress: Progress) -> None:
         with self._write() as conn:
             conn.execute(
                 "UPDATE tasks SET progress = ? WHERE id = ? AND state = 'running'",
                 (json.dumps(progress), task_id),
             )
 
-    def finish(self, task_id: str, result: Result) -> bool:
-        return self._finish(task_id, result, time.time())
-
     def _finish(
-        self, task_id: str, result: Result, now: float, *, lost_before: float | None = None
+        self, task_id: str, result: Result, now: float, *, lapsed_before: float | None
     ) -> bool:
         # One conditional UPDATE: only a queued or running task is finished,
         # so a finished result is never overwritten (a late finish after the
@@ -333,6 +305,7 @@ class SQLiteStore(Store):
         query = (
             "UPDATE tasks SET state = 'done', finished = ?, status = ?, headers = ?, body = ?,"
             " lease_until = NULL, expires_at = ? + ttl WHERE id = ?"
+            " AND state IN ('queued', 'running')"
         )
         params: tuple[Any, ...] = (
             now,
@@ -342,50 +315,37 @@ class SQLiteStore(Store):
             now,
             task_id,
         )
-        if lost_before is None:
-            query += " AND state IN ('queued', 'running')"
-        else:
-            query += " AND state IN ('queued', 'running') AND lease_until < ?"
-            params += (lost_before,)
+        if lapsed_before is not None:
+            query += " AND lease_until < ?"
+            params += (lapsed_before,)
         with self._write() as conn:
             return conn.execute(query, params).rowcount == 1
 
-    def delete(self, task_id: str) -> bool:
+    def _delete(self, task_id: str) -> bool:
         with self._write() as conn:
             if conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
                 return False
             conn.execute("DELETE FROM keys WHERE task_id = ?", (task_id,))
             return True
 
-    def is_cancelled(self, task_id: str) -> bool:
-        row = self._conn().execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return row is None or row[0] != "running"
+    def _lapsed(self, now: float, limit: int) -> list[str]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id FROM tasks WHERE state IN ('queued', 'running') AND lease_until < ?"
+                " LIMIT ?",
+                (now, limit),
+            )
+            .fetchall()
+        )
+        return [row[0] for row in rows]
 
-    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
-        # SQLite cannot tell another process that a row changed (no
-        # LISTEN/NOTIFY, and update hooks see only this connection's writes),
-        # so a finish in another worker can only be seen by reading again. The
-        # read is one indexed lookup; the sleep between reads starts at 5 ms
-        # (a short task answers at once) and grows to 100 ms (a long wait costs
-        # at most ten cheap reads a second).
-        deadline = time.monotonic() + timeout
-        delay = _POLL_FIRST
-        conn = self._conn()
-        while True:
-            now = time.time()
-            row = conn.execute(
-                "SELECT state, lease_until FROM tasks WHERE id = ?", (task_id,)
-            ).fetchone()
-            if row is None or row[0] not in ("queued", "running"):
-                break
-            if row[1] is not None and row[1] < now:
-                break  # lease lost: get() below ends it
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, _POLL_LAST)
-        return self.get(task_id)
+    def _count(self) -> int:
+        return self._count_in(self._conn())
+
+    # SQLite cannot tell another process that a row changed (no LISTEN/NOTIFY,
+    # and update hooks see only this connection's writes): the base's polling
+    # wait, one indexed read each time, is what it has.
 
     def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
         now = time.time()
@@ -416,13 +376,10 @@ class SQLiteStore(Store):
         with self._write() as conn:
             conn.execute("DELETE FROM keys WHERE key = ? AND task_id IS NULL", (key,))
 
-    def count_active(self) -> int:
-        return self._count_active(self._conn())
-
     # -- expiry --------------------------------------------------------------
 
     @staticmethod
-    def _count_active(conn: sqlite3.Connection) -> int:
+    def _count_in(conn: sqlite3.Connection) -> int:
         row = conn.execute(
             "SELECT COUNT(*) FROM tasks WHERE state IN ('queued', 'running')"
         ).fetchone()
