@@ -5,6 +5,8 @@ from .middleware import AsyncMiddleware
 from .stores import MemoryStore, SQLiteStore, Store, open_store
 from .task import Result, TaskHandle, TaskRecord
 
+__version__ = "0.1.0"
+
 __all__ = [
     "AsyncMiddleware",
     "Executor",
@@ -15,5 +17,6 @@ __all__ = [
     "TaskHandle",
     "TaskRecord",
     "ThreadExecutor",
+    "__version__",
     "open_store",
 ]

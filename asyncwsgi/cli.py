@@ -8,7 +8,6 @@ asyncwsgi demo
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
@@ -17,7 +16,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+from werkzeug.utils import import_string
+
+from . import __version__
 from .client import Progress, TaskTimeout, fetch
+from .options import OPTIONS, Option
 
 __all__ = ["main"]
 
@@ -36,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asyncwsgi", description="Background tasks for WSGI apps: client, server, demo."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
 
     get = commands.add_parser("get", help="send a request and follow its task to the result")
@@ -50,21 +54,35 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a WSGI app wrapped in AsyncMiddleware")
     serve.add_argument("app", metavar="MODULE:APP")
-    serve.add_argument("--path", action="append", default=[], help="a path pattern to mark")
-    serve.add_argument(
-        "--prefer-path", action="append", default=[], help="marked only with respond-async"
-    )
-    serve.add_argument("--status-path", default="/status/")
-    serve.add_argument("--store", default=None, help="memory://, sqlite:///FILE, redis://...")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-workers", type=int, default=8)
+    for option in OPTIONS:
+        _add_flag(serve, option)
     serve.set_defaults(command=_serve)
 
     demo = commands.add_parser("demo", help="serve examples.demo_app and fetch a report")
     demo.add_argument("--port", type=int, default=0)
     demo.set_defaults(command=_demo)
     return parser
+
+
+def _add_flag(parser: argparse.ArgumentParser, option: Option) -> None:
+    """``--max-pending N`` for ``max_pending``; a list option (``paths``) is
+    repeatable and also answers to its singular (``--path``)."""
+    flags = ["--" + option.name.replace("_", "-")]
+    if option.listed:
+        flags.append(flags[0].removesuffix("s"))
+        kwargs: dict[str, Any] = {"action": "extend", "metavar": "WORD"}
+    else:
+        kwargs = {"metavar": option.name.upper()}
+    parser.add_argument(
+        *flags,
+        dest=option.name,
+        type=option.convert,
+        default=argparse.SUPPRESS,
+        help=f"{option.help} (default: {option.default!r})",
+        **kwargs,
+    )
 
 
 # -- get -----------------------------------------------------------------
@@ -160,16 +178,11 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _load(spec: str) -> Any:
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
+    if ":" not in spec:
         raise SystemExit(f"asyncwsgi: expected MODULE:APP, got {spec!r}")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like python -m: the current directory is importable
-    module = importlib.import_module(module_name)
-    target: Any = module
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    return target
+    return import_string(spec)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -181,18 +194,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .middleware import AsyncMiddleware
 
-    if not args.path and not args.prefer_path:
+    options = {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
+    if not options.get("paths") and not options.get("prefer_paths"):
         print("asyncwsgi: give at least one --path or --prefer-path", file=sys.stderr)
         return 2
     app = _load(args.app)
-    application = AsyncMiddleware(
-        app,
-        paths=args.path,
-        prefer_paths=args.prefer_path,
-        status_path=args.status_path,
-        store=args.store,
-        max_workers=args.max_workers,
-    )
+    try:
+        application = AsyncMiddleware(app, **options)
+    except (TypeError, ValueError) as exc:
+        print(f"asyncwsgi: {exc}", file=sys.stderr)
+        return 2
     server = make_server(args.host, args.port, application, threaded=True)
     print(f"serving {args.app} on http://{args.host}:{server.port}/", flush=True)
     if threading.current_thread() is threading.main_thread():

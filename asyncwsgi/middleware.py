@@ -20,6 +20,7 @@ from werkzeug.wrappers import Response
 
 from .environ import read_body, snapshot
 from .executor import Executor, ThreadExecutor
+from .options import check_options
 from .owner import owner_hash
 from .patterns import Pattern, compile_patterns
 from .prefer import parse_prefer, wait_seconds
@@ -45,6 +46,8 @@ _STATUS_METHODS = ("GET", "HEAD", "DELETE")
 # "running" until their lease runs out.
 _EXIT_GRACE = 10.0
 _ALLOW = ", ".join(_STATUS_METHODS)
+# Threads of the default pool when max_workers is not given.
+_POOL_SIZE = 8
 # One encoder for every 202: json.dumps() with options builds a new one per call.
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -71,7 +74,7 @@ class AsyncMiddleware:
     >>> # GET  /status/<id>     -> 202 while running, then the app's response
 
     ``close()`` stops accepting new tasks (503) and waits for the accepted
-    ones; status URLs are answered all along.
+    ones; status URLs are answered while it waits.
     """
 
     def __init__(
@@ -82,7 +85,7 @@ class AsyncMiddleware:
         methods: Iterable[str] = ("GET", "POST", "PUT", "PATCH", "DELETE"),
         status_path: str = "/status/",
         store: Store | str | None = None,
-        max_workers: int = 8,
+        max_workers: int | None = None,
         max_pending: int = 1000,
         result_ttl: float = 300.0,
         max_body: int = 10 * 2**20,
@@ -96,33 +99,45 @@ class AsyncMiddleware:
         timeout: float | None = None,
         executor: Executor | None = None,
     ) -> None:
-        if not (status_path.startswith("/") and status_path.endswith("/")):
-            raise ValueError("status_path must start and end with '/'")
+        # Every option is checked by its rule in options.OPTIONS (one line
+        # there for each keyword argument here: a test holds them together).
+        given = check_options(locals())
+        if executor is not None and max_workers is not None:
+            raise ValueError(
+                "max_workers sizes the default thread pool; with executor= give the "
+                "executor its own size (ThreadExecutor(max_workers=...))"
+            )
         self.app = app
-        self.paths = list(paths)
-        self.methods = frozenset(m.upper() for m in methods) - {"HEAD", "OPTIONS"}
+        self.paths: list[Pattern] = given["paths"]
+        self.methods: frozenset[str] = given["methods"]
         self.status_path = status_path
+        self.prefer_paths: list[Pattern] = given["prefer_paths"]
+        self._match = compile_patterns(self.paths)
+        self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
+        self._refuse_overlap(self.paths, "paths")
+        self._refuse_overlap(self.prefer_paths, "prefer_paths")
+        # A store opened here from a URL is this middleware's to close.
+        self._owns_store = not isinstance(store, Store)
         self.store = open_store(store)
-        self.max_workers = max_workers
+        self.max_workers = _POOL_SIZE if max_workers is None and executor is None else max_workers
         self.max_pending = max_pending
         self.result_ttl = result_ttl
         self.max_body = max_body
         self.max_result = max_result
         self.retry_after = retry_after
         self.max_retry_after = max(max_retry_after, retry_after)
-        self.prefer_paths = list(prefer_paths)
         self.max_wait = max_wait
         self.owner = owner
         self.lease = lease
         self.timeout = timeout
-        self.executor = executor if executor is not None else ThreadExecutor(max_workers)
+        self.executor = (
+            executor if executor is not None else ThreadExecutor(self.max_workers or _POOL_SIZE)
+        )
         self.runner = TaskRunner(
             app, self.store, max_result=max_result, lease=lease, timeout=timeout
         )
         self.executor.bind(self.runner)
         self.closed = False
-        self._match = compile_patterns(self.paths)
-        self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
         self._warned_multiprocess = False
         if self.store.shared:
             atexit.register(_close_at_exit, weakref.ref(self))
@@ -320,6 +335,21 @@ class AsyncMiddleware:
         start_response("202 Accepted", headers)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
 
+    def _refuse_overlap(self, patterns: list[Pattern], name: str) -> None:
+        """A pattern that matches status URLs would mark requests that never
+        reach the app (the status path answers them first): refuse it."""
+        probe = self.status_path + "A" * 32
+        for pattern in patterns:
+            match = compile_patterns([pattern])
+            if (isinstance(pattern, str) and pattern.startswith(self.status_path)) or any(
+                match(probe, method) for method in self.methods or ("GET",)
+            ):
+                raise ValueError(
+                    f"{name}: pattern {pattern!r} overlaps status_path {self.status_path!r}; "
+                    "requests there are status requests and never reach the app: narrow "
+                    "the pattern or choose another status_path"
+                )
+
     def retry_after_for(self, age: float) -> int:
         """Seconds a client should wait before the next poll of a task this old:
         ``retry_after`` while the task is young, then a tenth of its age,
@@ -345,8 +375,10 @@ class AsyncMiddleware:
     def close(self, timeout: float | None = None) -> bool:
         """Stop accepting tasks (new submissions get 503), then wait until the
         queued and running ones are done, at most ``timeout`` seconds. Tasks
-        still unfinished then are ended as 500, never left running. Results
-        stay readable. True if every task finished by itself."""
+        still unfinished then are ended as 500, never left running. True if
+        every task finished by itself; then a store this middleware opened
+        from a URL is closed too (call this once the server stops serving).
+        Results stay in the store for another process or middleware to read."""
         self.closed = True
         finished = self.executor.shutdown(timeout)
         if not finished:
@@ -354,6 +386,10 @@ class AsyncMiddleware:
                 self.store.finish(job.task_id, error_result(503, "server shut down"))
             self.runner.fail_running("the server shut down before the task finished")
         self.runner.stop()
+        if finished and self._owns_store:
+            # Opened here from a URL, so closed here; after a timeout an app
+            # may still be running and write its late result, so it stays open.
+            self.store.close()
         return finished
 
 

@@ -285,7 +285,7 @@ def test_paste_pipeline_from_an_ini_file(tmp_path):
     [
         pytest.param({"max_workers": "many"}, "max_workers", id="not-a-number"),
         pytest.param({"colour": "blue"}, "unknown", id="unknown-option"),
-        pytest.param({"owner": "tests.test_frameworks"}, "module:attribute", id="no-attribute"),
+        pytest.param({"owner": "no_such_module:owner"}, "owner", id="no-module"),
         pytest.param({"owner": "tests.test_frameworks:nothing"}, "owner", id="missing-attr"),
     ],
 )

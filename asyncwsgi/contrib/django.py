@@ -9,6 +9,9 @@ with the options of :class:`~asyncwsgi.AsyncMiddleware` in settings::
 
     ASYNCWSGI = {"paths": ["/reports/*"], "store": "sqlite:///tasks.db"}
 
+(Python values, checked like the keyword arguments; a key that names no
+option is an error.)
+
 A view reads its task as ``request.environ.get("asyncwsgi.task")``.
 
 Tasks run on the middleware's worker threads, which outlive the request;
@@ -22,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..middleware import AsyncMiddleware
+from ..options import option
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -35,13 +39,15 @@ def get_wsgi_application(settings: Any = None, **options: Any) -> AsyncMiddlewar
     ``django.conf.settings``."""
     from django.core.wsgi import get_wsgi_application as django_application
 
-    inner = django_application()  # runs django.setup()
     if settings is None:
         from django.conf import settings as django_settings
 
         settings = django_settings
     merged = dict(getattr(settings, "ASYNCWSGI", None) or {})
+    for name in merged:
+        option(name, "settings.ASYNCWSGI")
     merged.update(options)
+    inner = django_application()  # runs django.setup()
     return AsyncMiddleware(ClosingConnections(inner), **merged)
 
 

@@ -9,8 +9,9 @@
 
 Options are the keyword arguments of :class:`~asyncwsgi.AsyncMiddleware`,
 read from ``app.config["ASYNCWSGI_<OPTION>"]`` (``ASYNCWSGI_PATHS``,
-``ASYNCWSGI_STATUS_PATH``, ``ASYNCWSGI_STORE``, ...); keyword arguments given
-to ``AsyncWSGI`` win over the config.
+``ASYNCWSGI_STATUS_PATH``, ``ASYNCWSGI_STORE``, ...) as Python values;
+keyword arguments given to ``AsyncWSGI`` win over the config. A config key
+that starts with ``ASYNCWSGI_`` and names no option is an error.
 
 ``@aw.background`` marks the URL rules of that view, with the methods those
 rules route to that view; other views on the same URL stay synchronous.
@@ -22,7 +23,6 @@ applied before or after ``init_app``. Rules added after that are not marked.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from werkzeug.routing import Rule
 
 from ..middleware import AsyncMiddleware
+from ..options import option
 from ..patterns import Pattern
 
 if TYPE_CHECKING:
@@ -40,11 +41,7 @@ __all__ = ["AsyncWSGI"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-OPTIONS = tuple(
-    name
-    for name, parameter in inspect.signature(AsyncMiddleware).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-)
+_PREFIX = "ASYNCWSGI_"
 _IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
 
 
@@ -58,9 +55,11 @@ class AsyncWSGI:
     """
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown AsyncMiddleware options: {', '.join(sorted(unknown))}")
+        for name in options:
+            try:
+                option(name, "the arguments of AsyncWSGI")
+            except ValueError as exc:
+                raise TypeError(str(exc)) from None  # as for any unexpected keyword
         self.options = options
         self.views: set[Callable[..., Any]] = set()
         self.app = app
@@ -74,11 +73,11 @@ class AsyncWSGI:
         return view
 
     def init_app(self, app: Flask) -> None:
-        options: dict[str, Any] = {
-            name: app.config[f"ASYNCWSGI_{name.upper()}"]
-            for name in OPTIONS
-            if f"ASYNCWSGI_{name.upper()}" in app.config
-        }
+        options: dict[str, Any] = {}
+        for key, value in app.config.items():
+            if key.startswith(_PREFIX):
+                name = key[len(_PREFIX) :].lower()
+                options[option(name, f"Flask config key {key}").name] = value
         options.update(self.options)
         lazy = _LazyMiddleware(self, app, app.wsgi_app, options)
         app.wsgi_app = lazy  # type: ignore[method-assign]

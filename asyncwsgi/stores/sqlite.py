@@ -102,6 +102,12 @@ class SQLiteStore(Store):
         if not path or path == ":memory:" or path.startswith("file:"):
             raise ValueError("SQLiteStore needs the path of a database file")
         self.path = os.path.abspath(path)
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise ValueError(
+                f"SQLiteStore: the directory {directory} of {self.path} does not exist "
+                "(the store creates its file, not the directories above it)"
+            )
         self.url = _SCHEME + self.path
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
         self.key_reservation_ttl = key_reservation_ttl

@@ -1,0 +1,259 @@
+"""The options of :class:`~asyncwsgi.AsyncMiddleware`, in one table.
+
+Each option has a name (the keyword argument and the attribute), a converter
+from a string (an ini file, a command-line flag), a default, a check of the
+Python value, and one line of help. Every edge is derived from this table:
+the constructor's checks (:func:`check_options`), the PasteDeploy filter,
+the ``asyncwsgi serve`` flags, Flask's ``ASYNCWSGI_<OPTION>`` config and
+Django's ``ASYNCWSGI`` setting; a test holds the README's table and the
+constructor's signature to it.
+
+To add an option: one line in ``OPTIONS`` below, and the same name and
+default as a keyword-only argument of ``AsyncMiddleware.__init__``
+(``tests/test_options.py`` fails until both agree).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.routing import Rule
+from werkzeug.utils import import_string
+
+__all__ = ["OPTIONS", "Option", "check_options", "convert_options", "option"]
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    #: From a string (ini, command line) to the Python value.
+    convert: Callable[[str], Any]
+    default: Any
+    #: The Python value checked (a ValueError/TypeError that says what is
+    #: expected) and normalized as the middleware stores it.
+    check: Callable[[str, Any], Any]
+    help: str
+
+    @property
+    def listed(self) -> bool:
+        """A list, given as words (one per line or separated by spaces)."""
+        return self.convert is _words
+
+
+# -- converters from strings -------------------------------------------------
+
+
+def _words(value: str) -> list[str]:
+    """One per line or separated by spaces."""
+    return value.split()
+
+
+def _text(value: str) -> str:
+    return value.strip()
+
+
+def _optional_text(value: str) -> str | None:
+    value = value.strip()
+    return None if value.lower() in ("", "none") else value
+
+
+def _optional_float(value: str) -> float | None:
+    value = value.strip()
+    return None if value.lower() in ("", "none") else float(value)
+
+
+def _optional_int(value: str) -> int | None:
+    value = value.strip()
+    return None if value.lower() in ("", "none") else int(value)
+
+
+def _flag(value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {value!r}")
+
+
+def _imported(value: str) -> Any:
+    """``package.module:attribute`` (or ``package.module.attribute``)."""
+    value = value.strip()
+    if value.lower() in ("", "none"):
+        return None
+    return import_string(value)
+
+
+def _made(value: str) -> Any:
+    """An object named as ``package.module:attribute``, called with no
+    arguments to make one unless it already is an instance."""
+    from .executor import Executor
+
+    target = _imported(value)
+    if target is None or isinstance(target, Executor):
+        return target
+    return target()
+
+
+# -- checks of Python values -------------------------------------------------
+
+
+def _patterns(name: str, value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes, Rule, re.Pattern)):
+        raise TypeError(
+            f"{name} must be a list of path patterns, not one {type(value).__name__}: "
+            f"write {name}=[{value!r}]"
+        )
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of path patterns, not {value!r}")
+    return list(value)
+
+
+def _methods(name: str, value: Any) -> frozenset[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of HTTP methods, not {value!r}: write {name}=[...]")
+    methods = list(value)
+    for method in methods:
+        if not isinstance(method, str) or not method.isalpha():
+            raise ValueError(f"{name}: {method!r} is not an HTTP method")
+    return frozenset(m.upper() for m in methods) - {"HEAD", "OPTIONS"}
+
+
+def _status_path(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not (value.startswith("/") and value.endswith("/")):
+        raise ValueError(f"{name} must be a path that starts and ends with '/', not {value!r}")
+    return value
+
+
+def _count(minimum: int, optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be a whole number >= {minimum}, not {value!r}")
+        return value
+
+    return check
+
+
+def _seconds(positive: bool = True, optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < 0
+            or (positive and value == 0)
+        ):
+            bound = "> 0" if positive else ">= 0"
+            raise ValueError(f"{name} must be a number of seconds {bound}, not {value!r}")
+        return value
+
+    return check
+
+
+def _store(name: str, value: Any) -> Any:
+    from .stores import Store
+
+    if value is not None and not isinstance(value, (str, Store)):
+        raise TypeError(f"{name} must be a Store, a store URL or None, not {value!r}")
+    return value
+
+
+def _callable(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a callable or None, not {value!r}")
+    return value
+
+
+def _executor(name: str, value: Any) -> Any:
+    from .executor import Executor
+
+    if value is not None and not isinstance(value, Executor):
+        raise TypeError(f"{name} must be an asyncwsgi Executor or None, not {value!r}")
+    return value
+
+
+def _any(name: str, value: Any) -> Any:
+    return value
+
+
+# -- the table -----------------------------------------------------------------
+
+MiB = 2**20
+
+# fmt: off
+OPTIONS: tuple[Option, ...] = (
+    Option("paths", _words, (), _patterns,
+           "path patterns whose requests become tasks"),
+    Option("methods", _words, ("GET", "POST", "PUT", "PATCH", "DELETE"), _methods,
+           "methods that become tasks on marked paths (never HEAD or OPTIONS)"),
+    Option("status_path", _text, "/status/", _status_path,
+           "prefix of the status URLs"),
+    Option("store", _optional_text, None, _store,
+           "a Store or store URL: memory:, sqlite:///tasks.db, redis://host:6379/0"),
+    Option("max_workers", _optional_int, None, _count(1, optional=True),
+           "threads of the default thread pool (8); not with executor"),
+    Option("max_pending", int, 1000, _count(1),
+           "queued plus running tasks; beyond it submissions get 503"),
+    Option("result_ttl", float, 300.0, _seconds(),
+           "seconds a finished result is kept"),
+    Option("max_body", int, 10 * MiB, _count(0),
+           "request body bytes; beyond it 413"),
+    Option("max_result", int, 64 * MiB, _count(0),
+           "captured response bytes; beyond it the task fails as 500"),
+    Option("retry_after", int, 1, _count(0),
+           "seconds of Retry-After sent with a 202 (the starting value)"),
+    Option("max_retry_after", int, 30, _count(0),
+           "cap of the adaptive Retry-After"),
+    Option("prefer_paths", _words, (), _patterns,
+           "path patterns that become tasks only with Prefer: respond-async"),
+    Option("max_wait", float, 30.0, _seconds(positive=False),
+           "cap in seconds of any Prefer: wait=N"),
+    Option("owner", _imported, None, _callable,
+           "owner(environ) -> str or None: binds each task to its submitter"),
+    Option("lease", float, 30.0, _seconds(),
+           "seconds a shared store's task may miss its heartbeat before it is lost"),
+    Option("timeout", _optional_float, None, _seconds(optional=True),
+           "seconds from acceptance after which an unfinished task ends as 504"),
+    Option("executor", _made, None, _executor,
+           "where tasks run; None: the thread pool of max_workers"),
+)
+# fmt: on
+
+_BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def option(name: str, where: str = "") -> Option:
+    """The option called ``name``; an unknown name is a ValueError naming it
+    (and ``where`` it was found: an ini section, a config key)."""
+    found = _BY_NAME.get(name)
+    if found is None:
+        place = f" (in {where})" if where else ""
+        raise ValueError(
+            f"unknown asyncwsgi option {name!r}{place}; the options are: "
+            + ", ".join(o.name for o in OPTIONS)
+        )
+    return found
+
+
+def convert_options(strings: Mapping[str, str], where: str = "") -> dict[str, Any]:
+    """Keyword arguments of ``AsyncMiddleware`` from strings (an ini section)."""
+    values: dict[str, Any] = {}
+    for name, text in strings.items():
+        converter = option(name, where).convert
+        try:
+            values[name] = converter(text)
+        except (ValueError, ImportError, AttributeError, TypeError) as exc:
+            raise ValueError(f"asyncwsgi option {name} = {text!r}: {exc}") from exc
+    return values
+
+
+def check_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option's value from ``values`` (the constructor's ``locals()``),
+    checked and normalized; the first mistake is raised with what is expected."""
+    return {o.name: o.check(o.name, values[o.name]) for o in OPTIONS}

@@ -1,0 +1,248 @@
+"""One table of options (asyncwsgi.options) drives every edge: the constructor,
+PasteDeploy, ``asyncwsgi serve``, Flask, Django and the README's table.
+Each test fails when an edge misses an option; mistakes fail at construction."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncwsgi import AsyncMiddleware, MemoryStore
+from asyncwsgi.options import OPTIONS, convert_options
+
+NAMES = [o.name for o in OPTIONS]
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _app(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+# -- every edge has every option -------------------------------------------
+
+
+def test_constructor_takes_exactly_the_table_with_its_defaults():
+    parameters = inspect.signature(AsyncMiddleware).parameters
+    keyword_only = {name: p.default for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert list(keyword_only) == NAMES, "options.OPTIONS and AsyncMiddleware.__init__ differ"
+    for option in OPTIONS:
+        assert keyword_only[option.name] == option.default, option.name
+
+
+def test_constructor_stores_every_option_as_an_attribute():
+    mw = AsyncMiddleware(_app)
+    try:
+        for name in NAMES:
+            assert hasattr(mw, name), name
+    finally:
+        mw.close()
+
+
+def test_every_option_is_a_serve_flag():
+    from asyncwsgi.cli import _parser
+
+    parser = _parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    dests = {action.dest for action in serve._actions}
+    assert set(NAMES) <= dests, set(NAMES) - dests
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_option_is_known_to_paste(name):
+    try:
+        convert_options({name: "1"})
+    except ValueError as exc:
+        assert "unknown" not in str(exc)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_option_is_read_from_flask_config(name):
+    flask = pytest.importorskip("flask")
+    from asyncwsgi.contrib.flask import AsyncWSGI
+
+    option = next(o for o in OPTIONS if o.name == name)
+    app = flask.Flask(__name__)
+    app.config[f"ASYNCWSGI_{name.upper()}"] = option.default
+    aw = AsyncWSGI(app)
+    try:
+        assert aw._lazy is not None and name in aw._lazy.options
+    finally:
+        aw.middleware.close()
+
+
+def test_the_readme_table_lists_exactly_the_options():
+    text = README.read_text()
+    section = text.split("\n## Options\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE)
+    assert rows == NAMES, "README's options table and options.OPTIONS differ"
+
+
+# -- serve: the flags reach the middleware ---------------------------------
+
+
+def test_serve_flags_convert_like_the_ini(monkeypatch):
+    from asyncwsgi import cli
+
+    made: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(app: Any, **options: Any) -> Any:
+        made.update(options)
+        raise Stop
+
+    monkeypatch.setattr("asyncwsgi.middleware.AsyncMiddleware", capture)
+    with pytest.raises(Stop):
+        cli.main(
+            [
+                "serve",
+                "tests.test_options:_app",
+                "--path",
+                "/a/*",
+                "--paths",
+                "/b /c",
+                "--methods",
+                "POST",
+                "--max-pending",
+                "7",
+                "--timeout",
+                "2.5",
+            ]
+        )
+    assert made == {
+        "paths": ["/a/*", "/b", "/c"],
+        "methods": ["POST"],
+        "max_pending": 7,
+        "timeout": 2.5,
+    }
+
+
+def test_version(capsys):
+    from asyncwsgi import __version__, cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"asyncwsgi {__version__}"
+
+
+# -- unknown keys name themselves ------------------------------------------
+
+
+def test_unknown_ini_key_is_named(tmp_path):
+    from paste.deploy import loadapp
+
+    ini = tmp_path / "app.ini"
+    ini.write_text(
+        "[pipeline:main]\npipeline = asyncwsgi inner\n\n"
+        "[filter:asyncwsgi]\nuse = egg:asyncwsgi\npaths = /r/*\nmax_worker = 2\n\n"
+        "[app:inner]\nuse = call:tests.test_options:make_app\n"
+    )
+    with pytest.raises(ValueError, match="unknown asyncwsgi option 'max_worker'"):
+        loadapp(f"config:{ini}")
+
+
+def make_app(global_conf: dict[str, str], **settings: str) -> Any:
+    return _app
+
+
+def test_unknown_flask_config_key_is_named():
+    flask = pytest.importorskip("flask")
+    from asyncwsgi.contrib.flask import AsyncWSGI
+
+    app = flask.Flask(__name__)
+    app.config["ASYNCWSGI_MAX_WORKER"] = 2
+    with pytest.raises(ValueError, match="'max_worker'.*ASYNCWSGI_MAX_WORKER"):
+        AsyncWSGI(app)
+
+
+def test_unknown_django_setting_is_named():
+    pytest.importorskip("django")
+    from asyncwsgi.contrib.django import get_wsgi_application
+
+    class Settings:
+        ASYNCWSGI = {"paths": ["/r/*"], "max_worker": 2}
+
+    with pytest.raises(ValueError, match="'max_worker'.*settings.ASYNCWSGI"):
+        get_wsgi_application(Settings())
+
+
+# -- mistakes fail loudly at construction ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            {"methods": "POST"}, r"methods must be a list.*write methods=", id="methods-str"
+        ),
+        pytest.param(
+            {"paths": "/reports/*"}, r"paths must be a list.*\['/reports/\*'\]", id="paths-str"
+        ),
+        pytest.param({"prefer_paths": "/r/*"}, "prefer_paths must be a list", id="prefer-str"),
+        pytest.param({"methods": ["POST", 1]}, "not an HTTP method", id="method-not-str"),
+        pytest.param({"paths": ["/*"]}, r"'/\*' overlaps status_path", id="glob-over-status"),
+        pytest.param({"paths": ["/status/<id>"]}, "overlaps status_path", id="rule-over-status"),
+        pytest.param({"paths": ["/status/x"]}, "overlaps status_path", id="exact-under-status"),
+        pytest.param(
+            {"paths": ["/jobs/*"], "status_path": "/jobs/"}, "overlaps", id="custom-status-path"
+        ),
+        pytest.param(
+            {"prefer_paths": ["/<path:p>"]}, "prefer_paths.*overlaps", id="prefer-over-status"
+        ),
+        pytest.param({"status_path": "status"}, "status_path must be a path", id="status-path"),
+        pytest.param({"max_pending": 0}, "max_pending must be a whole number >= 1", id="zero"),
+        pytest.param({"max_body": "10"}, "max_body must be a whole number", id="str-number"),
+        pytest.param({"result_ttl": -1}, "result_ttl must be a number of seconds", id="ttl"),
+        pytest.param({"timeout": True}, "timeout must be a number", id="bool-timeout"),
+        pytest.param({"owner": "by_header"}, "owner must be a callable", id="owner-str"),
+        pytest.param({"store": 3}, "store must be a Store", id="store-type"),
+        pytest.param({"executor": object()}, "executor must be an asyncwsgi Executor", id="exec"),
+    ],
+)
+def test_mistakes_fail_at_construction(options, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        AsyncMiddleware(_app, **options)
+
+
+def test_max_workers_with_an_executor_is_an_error():
+    from asyncwsgi import ThreadExecutor
+
+    with pytest.raises(ValueError, match="max_workers sizes the default thread pool"):
+        AsyncMiddleware(_app, executor=ThreadExecutor(2), max_workers=4)
+    mw = AsyncMiddleware(_app, executor=ThreadExecutor(2))
+    try:
+        assert mw.max_workers is None
+    finally:
+        mw.close()
+    mw = AsyncMiddleware(_app)
+    try:
+        assert mw.max_workers == 8
+    finally:
+        mw.close()
+
+
+def test_store_url_in_a_missing_directory_names_it(tmp_path):
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(ValueError, match=re.escape(str(missing))):
+        AsyncMiddleware(_app, store=f"sqlite:///{missing}/tasks.db")
+
+
+def test_close_closes_a_store_opened_from_a_url(tmp_path):
+    mw = AsyncMiddleware(_app, paths=["/r/*"], store=f"sqlite:///{tmp_path}/tasks.db")
+    assert mw.close() is True
+    with pytest.raises(RuntimeError, match="closed"):
+        mw.store.get("x" * 32)
+
+
+def test_close_leaves_a_store_given_as_an_object_open():
+    store = MemoryStore()
+    mw = AsyncMiddleware(_app, paths=["/r/*"], store=store)
+    mw.close()
+    assert store.get("x" * 32) is None
