@@ -336,13 +336,16 @@ class AsyncMiddleware:
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
 
     def _refuse_overlap(self, patterns: list[Pattern], name: str) -> None:
-        """A pattern that matches status URLs would mark requests that never
-        reach the app (the status path answers them first): refuse it."""
-        probe = self.status_path + "A" * 32
+        """A pattern meant for paths under status_path would mark requests that
+        never reach the app (status URLs are answered first): refuse it. A
+        pattern for every path (``/*``) is fine: it means everything else."""
+        under = self.status_path + "A" * 32
+        elsewhere = "/" + "A" * 32
+        methods = self.methods or frozenset({"GET"})
         for pattern in patterns:
             match = compile_patterns([pattern])
             if (isinstance(pattern, str) and pattern.startswith(self.status_path)) or any(
-                match(probe, method) for method in self.methods or ("GET",)
+                match(under, method) and not match(elsewhere, method) for method in methods
             ):
                 raise ValueError(
                     f"{name}: pattern {pattern!r} overlaps status_path {self.status_path!r}; "

@@ -187,14 +187,18 @@ def test_unknown_django_setting_is_named():
         ),
         pytest.param({"prefer_paths": "/r/*"}, "prefer_paths must be a list", id="prefer-str"),
         pytest.param({"methods": ["POST", 1]}, "not an HTTP method", id="method-not-str"),
-        pytest.param({"paths": ["/*"]}, r"'/\*' overlaps status_path", id="glob-over-status"),
+        pytest.param(
+            {"paths": ["/status/*"]}, r"'/status/\*' overlaps status_path", id="glob-over-status"
+        ),
         pytest.param({"paths": ["/status/<id>"]}, "overlaps status_path", id="rule-over-status"),
         pytest.param({"paths": ["/status/x"]}, "overlaps status_path", id="exact-under-status"),
         pytest.param(
             {"paths": ["/jobs/*"], "status_path": "/jobs/"}, "overlaps", id="custom-status-path"
         ),
         pytest.param(
-            {"prefer_paths": ["/<path:p>"]}, "prefer_paths.*overlaps", id="prefer-over-status"
+            {"prefer_paths": [re.compile("/status/.*")]},
+            "prefer_paths.*overlaps",
+            id="prefer-over-status",
         ),
         pytest.param({"status_path": "status"}, "status_path must be a path", id="status-path"),
         pytest.param({"max_pending": 0}, "max_pending must be a whole number >= 1", id="zero"),
@@ -209,6 +213,11 @@ def test_unknown_django_setting_is_named():
 def test_mistakes_fail_at_construction(options, message):
     with pytest.raises((TypeError, ValueError), match=message):
         AsyncMiddleware(_app, **options)
+
+
+@pytest.mark.parametrize("pattern", ["/*", "/<path:p>"])
+def test_a_pattern_for_every_path_does_not_overlap(pattern):
+    AsyncMiddleware(_app, paths=[pattern]).close()
 
 
 def test_max_workers_with_an_executor_is_an_error():
