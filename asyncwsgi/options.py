@@ -200,7 +200,7 @@ OPTIONS: tuple[Option, ...] = (
            "threads of the default thread pool (8); not with executor"),
     Option("max_pending", int, 1000, _count(1),
            "queued plus running tasks; beyond it submissions get 503"),
-    Option("result_ttl", float, 300.0, _seconds(),
+    Option("result_ttl", float, 300.0, _seconds(positive=False),
            "seconds a finished result is kept"),
     Option("max_body", int, 10 * MiB, _count(0),
            "request body bytes; beyond it 413"),

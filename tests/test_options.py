@@ -203,7 +203,7 @@ def test_unknown_django_setting_is_named():
         pytest.param({"status_path": "status"}, "status_path must be a path", id="status-path"),
         pytest.param({"max_pending": 0}, "max_pending must be a whole number >= 1", id="zero"),
         pytest.param({"max_body": "10"}, "max_body must be a whole number", id="str-number"),
-        pytest.param({"result_ttl": -1}, "result_ttl must be a number of seconds", id="ttl"),
+        pytest.param({"result_ttl": -1.0}, "result_ttl must be a number of seconds", id="ttl"),
         pytest.param({"timeout": True}, "timeout must be a number", id="bool-timeout"),
         pytest.param({"owner": "by_header"}, "owner must be a callable", id="owner-str"),
         pytest.param({"store": 3}, "store must be a Store", id="store-type"),
