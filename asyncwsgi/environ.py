@@ -33,7 +33,7 @@ from werkzeug.wsgi import get_input_stream
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-__all__ = ["read_body", "snapshot", "task_environ"]
+__all__ = ["json_environ", "read_body", "snapshot", "task_environ"]
 
 _DROPPED = frozenset(
     {"wsgi.input", "wsgi.errors", "wsgi.file_wrapper", "werkzeug.socket", "asyncwsgi.task"}
@@ -86,6 +86,20 @@ def snapshot(environ: WSGIEnvironment) -> dict[str, Any]:
         else:
             copied[key] = value
     return copied
+
+
+def json_environ(environ: dict[str, Any]) -> dict[str, Any]:
+    """The part of a :func:`snapshot` that crosses to a worker in another
+    process (a JSON message on Celery, RQ or Django Tasks): its ``str``
+    values and ``wsgi.multiprocess``. Objects an outer middleware put in the
+    environ stay behind."""
+    sent: dict[str, Any] = {
+        key: value for key, value in environ.items() if type(value) is str and type(key) is str
+    }
+    multiprocess = environ.get("wsgi.multiprocess")
+    if isinstance(multiprocess, bool):
+        sent["wsgi.multiprocess"] = multiprocess
+    return sent
 
 
 def task_environ(base: dict[str, Any], body: bytes) -> dict[str, Any]:

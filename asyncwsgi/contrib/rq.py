@@ -1,0 +1,109 @@
+"""Run tasks on RQ workers (Redis Queue) instead of threads of the web process.
+
+>>> from redis import Redis
+>>> from rq import Queue
+>>> application = AsyncMiddleware(
+...     app,
+...     paths=["/reports/*"],
+...     store="redis://localhost:6379/1",
+...     executor=RQExecutor(Queue("reports", connection=Redis()), "proj.web:application"),
+... )
+
+The web processes answer 202 and the status URLs; ``rq worker reports``
+runs the tasks (``-u redis://...`` naming the queue's Redis). Both sides
+share the task store, which must be a shared store with a URL, so a task
+behaves as it does on threads: progress, ``cancelled``, leases kept alive by
+heartbeats (a work horse that dies leaves its task failing as 500 once the
+lease passes) and ``max_result``.
+
+The job calls :func:`run` with the application's import string and the
+message of :func:`asyncwsgi.remote.job_message` (JSON-safe, whatever the
+queue's serializer); its description names the task id only, so the request
+is nowhere else in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus
+
+from ..remote import RemoteExecutor, job_message, run_message
+
+if TYPE_CHECKING:
+    from rq import Queue
+
+    from ..task import Job
+
+__all__ = ["RQExecutor", "run"]
+
+logger = logging.getLogger("asyncwsgi")
+
+# What RQ calls: this module's run(), found by the worker by name.
+_FUNC = f"{__name__}.run"
+# Jobs RQ may still take out of the queue: a DELETE cancels these.
+_WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+
+
+class RQExecutor(RemoteExecutor):
+    """Put tasks on an RQ queue.
+
+    ``queue`` is the :class:`rq.Queue` the workers consume (its connection,
+    name and serializer are used as they are); ``app`` is the import string
+    of the WSGI application the worker calls, which may name the
+    :class:`~asyncwsgi.AsyncMiddleware` itself (the worker unwraps it). The
+    job's id is the task's id.
+
+    ``DELETE`` of a task still in the queue cancels its job (RQ's
+    ``Job.cancel()``: out of the queue, into the canceled registry); of a
+    running one, the app sees ``task.cancelled`` and its result is dropped.
+
+    With the middleware's ``timeout`` set, the worker ends a task as ``504``
+    when its time is up (counted from acceptance, whichever process accepted
+    it), and the job's RQ timeout is ``timeout + kill_after`` seconds, after
+    which RQ stops the work horse of an app that never returns. Without
+    ``timeout`` the job has no RQ timeout (RQ's default of 180 seconds would
+    end long tasks).
+    """
+
+    def __init__(self, queue: Queue, app: str, *, kill_after: float = 5.0) -> None:
+        super().__init__(app)
+        self.queue = queue
+        self.kill_after = kill_after
+
+    def submit(self, job: Job) -> None:
+        runner = self.bound_runner()
+        # RQ counts whole seconds (SIGALRM); -1 is RQ's "no timeout".
+        job_timeout = -1 if runner.timeout is None else math.ceil(runner.timeout + self.kill_after)
+        self.queue.enqueue_call(
+            _FUNC,
+            args=(self.app, job_message(runner, job)),
+            job_id=job.task_id,
+            timeout=job_timeout,
+            # The result lives in the task store: RQ keeps nothing once the job ran.
+            result_ttl=0,
+            description=f"asyncwsgi task {job.task_id}",
+        )
+
+    def cancel(self, task_id: str) -> None:
+        """Cancel the job if RQ has not started it; the worker skips it anyway
+        if it does, as the task is gone from the store."""
+        try:
+            job = RQJob.fetch(
+                task_id, connection=self.queue.connection, serializer=self.queue.serializer
+            )
+            if job.get_status() in _WAITING:
+                job.cancel()
+        except (NoSuchJobError, InvalidJobOperation):
+            pass  # already gone, started or canceled
+        except Exception:
+            logger.exception("asyncwsgi: could not cancel RQ job %s", task_id)
+
+
+def run(app: str, message: dict[str, Any]) -> None:
+    """The job: run the task described by ``message`` against ``app``."""
+    run_message(app, message)

@@ -1,0 +1,150 @@
+"""Executors whose workers are other processes (Celery, RQ, Django Tasks).
+
+The web process puts a JSON-safe message on the engine's queue; a worker
+process opens the shared store from its URL, imports the WSGI application
+and runs the task with the same :class:`~asyncwsgi.runner.TaskRunner` as the
+thread pool, so a task behaves the same on every engine: progress,
+``cancelled``, leases kept alive by heartbeats, ``max_result`` and the
+``timeout`` deadline.
+
+What the message holds (:func:`job_message`): the task id, the store URL, the
+JSON-safe part of the environ (:func:`~asyncwsgi.environ.json_environ`), the
+body in base64, ``max_result``, ``lease`` and the ``timeout`` deadline. The
+engine itself is told nothing else of the request.
+
+Only the standard library and the core here: an engine's package is imported
+by its own module (``asyncwsgi.contrib.rq``, ...), never by this one.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.utils import import_string
+
+from .environ import json_environ
+from .executor import Executor
+from .runner import TaskRunner
+from .stores import Store, open_store
+from .task import Job
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+__all__ = ["RemoteExecutor", "job_message", "load_app", "run_message", "worker_runner"]
+
+
+class RemoteExecutor(Executor):
+    """Base of the executors that hand tasks to workers in other processes.
+
+    ``app`` is the import string (``"module:attr"`` or ``"module.attr"``) of
+    the WSGI application the worker calls; it may name the
+    :class:`~asyncwsgi.AsyncMiddleware` itself, which the worker unwraps, so
+    that a replayed request never becomes a task again. The middleware's
+    store must be shared and have a URL (the worker opens it from that URL):
+    a memory store is refused at bind time.
+    """
+
+    def __init__(self, app: str) -> None:
+        if not isinstance(app, str) or not app:
+            raise TypeError("app must be the import string of a WSGI application")
+        self.app = app
+
+    def bind(self, runner: TaskRunner) -> None:
+        store = runner.store
+        if not store.shared or store.url is None:
+            name = type(self).__name__
+            raise ValueError(
+                f"{name} needs a shared store that workers can open from its URL "
+                f"(store='redis://...' or 'sqlite:///...'), not {type(store).__name__}: "
+                f"an in-process store is invisible to the workers"
+            )
+        super().bind(runner)
+
+    def bound_runner(self) -> TaskRunner:
+        if self.runner is None:
+            raise RuntimeError(f"{type(self).__name__} used before bind()")
+        return self.runner
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Returns True at once: tasks run in the engine's workers, not in
+        this process, and go on after it stops."""
+        return True
+
+
+def job_message(runner: TaskRunner, job: Job) -> dict[str, Any]:
+    """What a worker needs to run ``job`` (JSON-safe), and nothing more.
+
+    With the middleware's ``timeout`` set, ``deadline`` is when the worker
+    ends the task as 504: the same moment the accepting process would, so
+    that the timeout holds even when that process is gone.
+    """
+    return {
+        "id": job.task_id,
+        "store": runner.store.url,
+        "environ": json_environ(job.environ),
+        "body": base64.b64encode(job.body).decode("ascii"),
+        "max_result": runner.max_result,
+        "lease": runner.lease,
+        "deadline": None if runner.timeout is None else time.time() + runner.timeout,
+    }
+
+
+def run_message(app: str, message: dict[str, Any]) -> None:
+    """The worker side of :func:`job_message`: run the task against ``app``
+    (an import string), with this process's runner for that app and store."""
+    runner = worker_runner(app, message["store"], message["max_result"], message["lease"])
+    deadline = message.get("deadline")
+    if deadline is not None:
+        runner.watch(message["id"], within=deadline - time.time())
+    runner.run(Job(message["id"], message["environ"], base64.b64decode(message["body"])))
+
+
+def load_app(import_name: str) -> WSGIApplication:
+    """The WSGI application ``import_name`` names, unwrapped of any
+    :class:`~asyncwsgi.AsyncMiddleware` around it."""
+    from .middleware import AsyncMiddleware
+
+    app: Any = import_string(import_name)
+    while isinstance(app, AsyncMiddleware):
+        app = app.app
+    if not callable(app):
+        raise TypeError(f"{import_name!r} is not a WSGI application")
+    result: WSGIApplication = app
+    return result
+
+
+_cache_lock = threading.Lock()
+_cache_pid: int | None = None
+_apps: dict[str, WSGIApplication] = {}
+_stores: dict[str, Store] = {}
+_runners: dict[tuple[str, str, int, float], TaskRunner] = {}
+
+
+def worker_runner(app: str, store_url: str, max_result: int, lease: float) -> TaskRunner:
+    """One runner per process (and per app, store, limits): the app is
+    imported and the store opened once, after the worker forked."""
+    global _cache_pid
+    key = (app, store_url, max_result, lease)
+    with _cache_lock:
+        pid = os.getpid()
+        if _cache_pid != pid:
+            # Forked from a process that had its own: start afresh.
+            _cache_pid = pid
+            _apps.clear()
+            _stores.clear()
+            _runners.clear()
+        runner = _runners.get(key)
+        if runner is None:
+            wsgi_app = _apps.get(app)
+            if wsgi_app is None:
+                wsgi_app = _apps[app] = load_app(app)
+            store = _stores.get(store_url)
+            if store is None:
+                store = _stores[store_url] = open_store(store_url)
+            runner = _runners[key] = TaskRunner(wsgi_app, store, max_result=max_result, lease=lease)
+        return runner
