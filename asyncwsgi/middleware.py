@@ -27,6 +27,7 @@ from .prefer import parse_prefer, wait_seconds
 from .results import error_result
 from .runner import TaskRunner
 from .stores import Store, open_store
+from .stores.base import ACTIVE
 from .task import Job, Result, TaskRecord
 
 if TYPE_CHECKING:
@@ -188,15 +189,13 @@ class AsyncMiddleware:
                     environ, start_response
                 )
             key = hashlib.sha256(f"{owner or ''}\x00{raw_key}".encode()).hexdigest()
-            held = self.store.reserve_key(key, self.result_ttl)
-            if held is not None:
-                return self._retried(environ, start_response, held.task_id, held.fingerprint)
 
+        # The whole body first: the key is bound only together with the task,
+        # in one atomic create, so however slow the upload, a retry either
+        # finds the task or creates it, never a second one.
         try:
             body = read_body(environ, self.max_body)
         except HTTPException as exc:
-            if key is not None:
-                self.store.release_key(key)
             return exc(environ, start_response)
 
         now = time.time()
@@ -207,9 +206,17 @@ class AsyncMiddleware:
         if leased:
             record.lease_until = now + self.lease
         fingerprint = _fingerprint(environ, body) if key is not None else None
-        if not self.store.create(record, key=key, fingerprint=fingerprint, limit=self.max_pending):
-            if key is not None:
-                self.store.release_key(key)
+        outcome = self.store.create(
+            record, key=key, fingerprint=fingerprint, limit=self.max_pending
+        )
+        if outcome.existing is not None:
+            bound = outcome.existing.fingerprint
+            if fingerprint is None or bound is None or not hmac.compare_digest(bound, fingerprint):
+                return _text(422, "this Idempotency-Key was used with a different request")(
+                    environ, start_response
+                )
+            return self._status(environ, start_response, outcome.existing.task_id, retried=True)
+        if not outcome.created:
             return self._unavailable("too many pending tasks")(environ, start_response)
         try:
             if leased:
@@ -230,28 +237,9 @@ class AsyncMiddleware:
             applied = f"wait={int(waited)}" if not applied else f"{applied}, wait={int(waited)}"
             if record.state == "done" and record.result is not None:
                 return _replay(environ, start_response, record.result, applied)
+            if record.state not in ACTIVE:  # expired already: a 202 never says so
+                return self._status(environ, start_response, record.id, retried=True)
         return self._accepted(environ, start_response, record, applied)
-
-    def _retried(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        task_id: str | None,
-        fingerprint: str | None,
-    ) -> Iterable[bytes]:
-        if task_id is None:
-            busy = _text(409, "a request with this Idempotency-Key is still being accepted")
-            busy.headers["Retry-After"] = str(self.retry_after)
-            return busy(environ, start_response)
-        try:
-            body = read_body(environ, self.max_body)
-        except HTTPException as exc:
-            return exc(environ, start_response)
-        if fingerprint is None or not hmac.compare_digest(fingerprint, _fingerprint(environ, body)):
-            return _text(422, "this Idempotency-Key was used with a different request")(
-                environ, start_response
-            )
-        return self._status(environ, start_response, task_id, retried=True)
 
     # -- the status URL --------------------------------------------------
 

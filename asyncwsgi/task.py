@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from .stores.base import Store
 
-__all__ = ["Job", "KeyEntry", "Progress", "Result", "State", "TaskHandle", "TaskRecord"]
+__all__ = ["Created", "Job", "KeyEntry", "Progress", "Result", "State", "TaskHandle", "TaskRecord"]
 
 State = Literal["queued", "running", "done", "expired"]
 Progress = dict[str, Any]
@@ -49,13 +49,29 @@ class TaskRecord:
     ttl: float = 300.0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class KeyEntry:
-    """What an ``Idempotency-Key`` is bound to; ``task_id`` is None while the
-    first request with that key is still being accepted."""
+    """What an ``Idempotency-Key`` is bound to: the task created with it, and
+    the fingerprint of the request that created it."""
 
-    task_id: str | None
+    task_id: str
     fingerprint: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class Created:
+    """What :meth:`Store.create <asyncwsgi.stores.base.Store.create>` did.
+
+    ``created``: the record was written. Otherwise either the key was already
+    bound (``existing`` names that task; nothing was written) or the table was
+    full (``existing`` is None). True in a boolean context only when created.
+    """
+
+    created: bool
+    existing: KeyEntry | None = None
+
+    def __bool__(self) -> bool:
+        return self.created
 
 
 @dataclass(slots=True)

@@ -224,7 +224,6 @@ def test_keys_expire_with_redis_ttls(redis_url: str) -> None:
     try:
         store.client.flushdb()
         record = new_record(ttl=30.0, owner="owner-hash")
-        assert store.reserve_key("k", 300) is None
         assert store.create(record, key="k", fingerprint="fp")
         # Nothing of a live task expires.
         assert pttl(store, "task", record.id) == -1
@@ -267,26 +266,12 @@ def test_expiry_needs_no_calls(redis_url: str) -> None:
 # -- idempotency keys -----------------------------------------------------------
 
 
-def test_reservation_is_set_nx_with_expiry(store: RedisStore) -> None:
-    assert store.reserve_key("k", 300) is None
-    assert 59_000 < pttl(store, "key", "k") <= 60_000  # key_reservation_ttl
-    held = store.reserve_key("k", 300)
-    assert held is not None and held.task_id is None
-    assert store.reserve_key("short", 2) is None
-    assert 1_000 < pttl(store, "key", "short") <= 2_000
-    # release drops a reservation, never a bound key.
-    record = new_record()
-    assert store.create(record, key="k", fingerprint="fp")
-    store.release_key("k")
-    held = store.reserve_key("k", 300)
-    assert held is not None and (held.task_id, held.fingerprint) == (record.id, "fp")
-    store.release_key("short")
-    assert store.client.exists(store.prefix + "key:short") == 0
-
-
-def test_reserve_from_20_threads_exactly_one_holds(store: RedisStore) -> None:
-    answers = _race(20, lambda n: store.reserve_key("contended", 60) is None)
-    assert answers.count(True) == 1
+def test_a_key_from_20_threads_creates_exactly_one_task(store: RedisStore) -> None:
+    answers = _race(20, lambda n: store.create(new_record(), key="contended", fingerprint=str(n)))
+    created = [answer for answer in answers if answer.created]
+    assert len(created) == 1
+    bound = {answer.existing.task_id for answer in answers if answer.existing is not None}
+    assert len(bound) == 1 and store.count_active() == 1
 
 
 # -- clients, URLs, prefixes ------------------------------------------------------

@@ -6,6 +6,7 @@ A new store joins by adding its id to ``STORES`` and a branch to
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import threading
@@ -28,7 +29,7 @@ STORES = ["memory", "sqlite", "redis", "redis-cluster"]
 
 def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **options: Any) -> Store:
     """A new, empty store of ``kind`` with ``options`` (the MemoryStore
-    keywords: max_tombstones, tombstone_ttl, key_reservation_ttl)."""
+    keywords: max_tombstones, tombstone_ttl)."""
     if kind == "memory":
         return MemoryStore(**options)
     if kind == "sqlite":
@@ -114,7 +115,7 @@ def test_limit_refusal_writes_nothing(store: Store) -> None:
     assert store.get(second.id) is None
     assert store.count_active() == 1
     # The key was not bound by the refused create.
-    assert store.reserve_key("k", 60) is None
+    assert not store.create(new_record(), key="k", fingerprint="f", limit=1).existing
     # A finished task does not count against the limit.
     assert store.start(first.id, time.time() + 30)
     assert store.finish(first.id, ok())
@@ -127,7 +128,7 @@ def test_limit_is_atomic_across_threads(store: Store) -> None:
 
     def submit() -> None:
         for _ in range(10):
-            done = store.create(new_record(), limit=25)
+            done = bool(store.create(new_record(), limit=25))
             with lock:
                 accepted.append(done)
 
@@ -219,7 +220,9 @@ def test_delete(store: Store) -> None:
     assert store.count_active() == 0
     assert not store.delete(record.id)
     # Its key went with it, and a late finish writes nothing.
-    assert store.reserve_key("k", 60) is None
+    again = new_record()
+    assert store.create(again, key="k", fingerprint="f")
+    assert store.delete(again.id)
     assert not store.finish(record.id, ok())
     assert store.get(record.id) is None
 
@@ -324,7 +327,7 @@ def test_ttl_leaves_tombstone_then_forgets(store_factory: StoreFactory) -> None:
     got = store.get(record.id)
     assert got is not None and got.state == "done"
     # The bound key is held while the result lives...
-    held = store.reserve_key("k", 60)
+    held = store.create(new_record(), key="k", fingerprint="f").existing
     assert held is not None and held.task_id == record.id
     time.sleep(0.6)
     got = store.get(record.id)
@@ -333,7 +336,7 @@ def test_ttl_leaves_tombstone_then_forgets(store_factory: StoreFactory) -> None:
     assert got.owner == "owner-hash"
     assert got.result is None
     # ...and vanishes with its task's expiry.
-    assert store.reserve_key("k", 60) is None
+    assert store.create(new_record(), key="k", fingerprint="f")
     assert not store.finish(record.id, ok())
     assert not store.delete(record.id)
     time.sleep(0.9)
@@ -444,43 +447,49 @@ def test_finished_result_is_never_replaced_by_lost(store: Store) -> None:
 # -- idempotency keys ----------------------------------------------------------
 
 
-def test_reserve_and_release_key(store: Store) -> None:
-    assert store.reserve_key("k", 60) is None
-    held = store.reserve_key("k", 60)
-    assert held is not None and held.task_id is None and held.fingerprint is None
-    store.release_key("k")
-    assert store.reserve_key("k", 60) is None
-    store.release_key("never-reserved")
-
-
-def test_reservation_lapses(store_factory: StoreFactory) -> None:
-    store = store_factory(key_reservation_ttl=0.2)
-    assert store.reserve_key("k", 60) is None
-    assert store.reserve_key("k", 60) is not None
-    time.sleep(0.3)
-    assert store.reserve_key("k", 60) is None
-    # The caller's ttl may be shorter than the store's.
-    assert store.reserve_key("short", 0.1) is None
-    time.sleep(0.2)
-    assert store.reserve_key("short", 60) is None
-
-
-def test_bound_key(store: Store) -> None:
-    assert store.reserve_key("k", 60) is None
+def test_create_with_a_key_is_one_atomic_step(store: Store) -> None:
     record = new_record()
-    assert store.create(record, key="k", fingerprint="fp")
-    held = store.reserve_key("k", 60)
-    assert held is not None
-    assert held.task_id == record.id and held.fingerprint == "fp"
-    # release_key drops reservations only, never a bound key.
-    store.release_key("k")
-    held = store.reserve_key("k", 60)
-    assert held is not None and held.task_id == record.id
-    # A bound key does not lapse like a reservation does.
+    outcome = store.create(record, key="k", fingerprint="fp")
+    assert outcome.created and outcome.existing is None
+    # The same key again: nothing written, the bound task answered.
+    other = new_record()
+    again = store.create(other, key="k", fingerprint="other-fp")
+    assert not again.created
+    assert again.existing is not None
+    assert (again.existing.task_id, again.existing.fingerprint) == (record.id, "fp")
+    assert store.get(other.id) is None
+    # A bound key is answered even when the table is full (a retry is no new work)...
+    assert store.create(new_record(), key="k", limit=1).existing is not None
+    # ...and outlives its task's finish, for as long as the result is kept.
     assert store.start(record.id, time.time() + 30)
     assert store.finish(record.id, ok())
-    held = store.reserve_key("k", 60)
+    held = store.create(new_record(), key="k").existing
     assert held is not None and held.task_id == record.id
+    # Keys are distinct; a full table refuses a new one.
+    assert store.create(new_record(), key="k2", limit=1)
+    full = store.create(new_record(), key="k3", limit=1)
+    assert not full.created and full.existing is None
+
+
+def test_a_key_from_many_threads_creates_one_task(store: Store) -> None:
+    answers = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def submit(n: int) -> None:
+        barrier.wait()
+        answer = store.create(new_record(), key="contended", fingerprint=str(n))
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(answer.created for answer in answers) == 1
+    assert len({answer.existing.task_id for answer in answers if answer.existing}) == 1
+    assert store.count_active() == 1
 
 
 def test_count_active(store: Store) -> None:
@@ -688,3 +697,73 @@ def test_records_are_snapshots(store: Store) -> None:
     # Neither the record given to create nor one read back changes afterwards.
     assert record.state == "queued" and record.result is None
     assert seen.state == "queued" and seen.result is None
+
+
+# -- idempotency through the middleware --------------------------------------
+
+
+class _SlowUpload:
+    """A request body that arrives in two parts, the second only once
+    ``release`` is set: an upload slower than anything else going on."""
+
+    def __init__(self, first: bytes, rest: bytes, release: threading.Event) -> None:
+        self.parts = [first, rest]
+        self.release = release
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.parts:
+            return b""
+        if len(self.parts) == 1:
+            assert self.release.wait(30)
+        return self.parts.pop(0)
+
+
+def test_a_slow_upload_with_a_key_cannot_run_the_work_twice(store: Store) -> None:
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    from asyncwsgi import AsyncMiddleware
+
+    runs: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read()
+        runs.append(body)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ran:" + body]
+
+    middleware = AsyncMiddleware(app, paths=["/work/*"], store=store)
+
+    def post(stream: Any) -> tuple[str, bytes]:
+        environ = EnvironBuilder(
+            path="/work/1",
+            method="POST",
+            headers={"Idempotency-Key": "order-7"},
+            content_length=10,
+        ).get_environ()
+        environ["wsgi.input"] = stream
+        iterable, status, _ = run_wsgi_app(middleware, environ, buffered=True)
+        return status, b"".join(iterable)
+
+    release = threading.Event()
+    answers: list[tuple[str, bytes]] = []
+    slow = threading.Thread(
+        target=lambda: answers.append(post(_SlowUpload(b"hello", b"world", release)))
+    )
+    try:
+        slow.start()
+        time.sleep(0.3)  # the first upload is under way
+        # The client gave up waiting and retried; this copy arrives whole.
+        fast_status, fast_body = post(_SlowUpload(b"helloworld", b"", threading.Event()))
+        release.set()
+        slow.join(30)
+        assert fast_status.startswith("202"), fast_body
+        ((slow_status, slow_body),) = answers
+        assert slow_status[:3] in ("200", "202"), slow_body
+        if slow_status.startswith("202"):
+            assert json.loads(slow_body)["id"] == json.loads(fast_body)["id"]
+        assert middleware.close(10)
+    finally:
+        release.set()
+        slow.join(30)
+        middleware.close(10)
+    assert runs == [b"helloworld"]

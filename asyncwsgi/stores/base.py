@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..results import lost_result
-from ..task import KeyEntry, Progress, Result, TaskRecord
+from ..task import Created, Progress, Result, TaskRecord
 
 __all__ = ["ACTIVE", "Store", "StoreFull", "StoreUnavailable", "lapsed"]
 
@@ -85,16 +85,24 @@ class Store(abc.ABC):
         key: str | None = None,
         fingerprint: str | None = None,
         limit: int | None = None,
-    ) -> bool:
-        """Insert a new queued task and bind ``key`` (if given) to it, unless
-        ``limit`` tasks are already queued or running: then nothing is written
-        and the answer is False. Check and insert are one atomic step; tasks
-        whose lease has lapsed do not count (they are finished as lost)."""
+    ) -> Created:
+        """Insert a new queued task and bind the idempotency ``key`` (if
+        given) to it, in one atomic step, unless
+
+        - ``key`` is already bound to a task that still exists: nothing is
+          written and that task is returned (``existing``), whatever the limit;
+        - ``limit`` tasks are already queued or running: nothing is written.
+
+        Tasks whose lease has lapsed do not count (they are finished as lost
+        first). A key lives as long as its task: deleted with it, forgotten
+        when its result expires.
+        """
         with self._faults():
-            if self._insert(record, key, fingerprint, limit):
-                return True
-            if limit is None or not self._reclaim(time.time()):
-                return False
+            outcome = self._insert(record, key, fingerprint, limit)
+            if outcome or outcome.existing is not None or limit is None:
+                return outcome
+            if not self._reclaim(time.time()):
+                return outcome
             return self._insert(record, key, fingerprint, limit)
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -201,9 +209,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _insert(
         self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
-    ) -> bool:
-        """Atomically: unless ``limit`` tasks are active, insert ``record``
-        (a copy of it) and bind ``key``; False if refused."""
+    ) -> Created:
+        """Atomically: the task ``key`` is bound to, if any; else, unless
+        ``limit`` tasks are active, insert ``record`` (a copy of it) and bind
+        ``key`` to it."""
 
     @abc.abstractmethod
     def _read(self, task_id: str) -> TaskRecord | None:
@@ -246,18 +255,3 @@ class Store(abc.ABC):
         """Sleep until the task may have finished, at most ``timeout``
         seconds. Without a way to be woken, a store just sleeps ``poll``."""
         time.sleep(min(poll, timeout))
-
-    # -- idempotency keys (reservations; to be folded into create) ---------
-
-    @abc.abstractmethod
-    def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
-        """Reserve an idempotency key for a request being accepted.
-
-        None means the key was free and is now held by the caller, who must
-        then :meth:`create` with it or :meth:`release_key`. Otherwise the
-        entry it is bound to is returned and nothing changes.
-        """
-
-    @abc.abstractmethod
-    def release_key(self, key: str) -> None:
-        """Drop a reservation whose request was refused."""

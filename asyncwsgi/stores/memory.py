@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 
-from ..task import KeyEntry, Progress, Result, TaskRecord
+from ..task import Created, KeyEntry, Progress, Result, TaskRecord
 from .base import ACTIVE, Store, lapsed
 
 __all__ = ["MemoryStore"]
@@ -36,16 +36,14 @@ class MemoryStore(Store):
         *,
         max_tombstones: int = 10_000,
         tombstone_ttl: float = 3600.0,
-        key_reservation_ttl: float = 60.0,
     ) -> None:
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
-        self.key_reservation_ttl = key_reservation_ttl
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskRecord] = {}
         self._active: set[str] = set()
         self._deadlines: list[tuple[float, str]] = []
         self._tombstones: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
-        self._keys: dict[str, tuple[KeyEntry, float]] = {}
+        self._keys: dict[str, KeyEntry] = {}
         self._key_of: dict[str, str] = {}
         # A task's waiters block on one lock taken when the first of them
         # came; finishing or deleting the task releases it, and each waiter
@@ -55,17 +53,21 @@ class MemoryStore(Store):
 
     def _insert(
         self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
-    ) -> bool:
+    ) -> Created:
         with self._lock:
             self._expire(time.time())
+            if key is not None:
+                existing = self._keys.get(key)
+                if existing is not None:
+                    return Created(False, existing)
             if limit is not None and len(self._active) >= limit:
-                return False
+                return Created(False)
             self._tasks[record.id] = replace(record)
             self._active.add(record.id)
             if key is not None:
-                self._keys[key] = (KeyEntry(record.id, fingerprint), float("inf"))
+                self._keys[key] = KeyEntry(record.id, fingerprint)
                 self._key_of[record.id] = key
-            return True
+            return Created(True)
 
     def _read(self, task_id: str) -> TaskRecord | None:
         with self._lock:
@@ -153,22 +155,6 @@ class MemoryStore(Store):
         gate = self._waiters.pop(task_id, None)
         if gate is not None:
             gate.release()
-
-    def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
-        now = time.time()
-        with self._lock:
-            self._expire(now)
-            held = self._keys.get(key)
-            if held is not None and held[1] > now:
-                return held[0]
-            self._keys[key] = (KeyEntry(None, None), now + min(ttl, self.key_reservation_ttl))
-            return None
-
-    def release_key(self, key: str) -> None:
-        with self._lock:
-            held = self._keys.get(key)
-            if held is not None and held[0].task_id is None:
-                del self._keys[key]
 
     def _drop_key(self, task_id: str) -> None:
         key = self._key_of.pop(task_id, None)

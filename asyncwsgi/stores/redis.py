@@ -17,9 +17,8 @@ Layout, under ``prefix`` (``asyncwsgi:`` by default):
     sorted sets: queued and running ids (by creation), running ids (by lease
     end), finished ids (by expiry, to bound the tombstones to ``max_tombstones``).
 ``key:<key>``
-    an idempotency key: an empty string while reserved (it expires after
-    ``key_reservation_ttl``), then ``[task id, fingerprint]`` as JSON; a bound
-    key expires with its task.
+    an idempotency key: ``[task id, fingerprint]`` as JSON, bound when the
+    task is created; it expires with its task.
 ``done:<id>``
     a list pushed to when the task finishes or is deleted; :meth:`RedisStore.wait`
     blocks on it (``BLMOVE`` of the list onto itself, so every waiter wakes).
@@ -45,7 +44,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 from redis.cluster import RedisCluster
 
-from ..task import KeyEntry, Progress, Result, TaskRecord
+from ..task import Created, KeyEntry, Progress, Result, TaskRecord
 from .base import Store
 
 __all__ = ["RedisStore"]
@@ -109,7 +108,8 @@ end
 
 # KEYS[1] task. ARGV[4] id, ARGV[5] limit (-1: none), ARGV[6] now, ARGV[7]
 # created, ARGV[8] key ('' if none), ARGV[9] key value, ARGV[10..] field/value
-# pairs.
+# pairs. Answers 1 (created), 0 (full) or the value of a key already bound to
+# a task that exists.
 _CREATE = (
     _LIB
     + """
@@ -117,6 +117,15 @@ local id = ARGV[4]
 local limit = tonumber(ARGV[5])
 local active = prefix .. 'active'
 trim_tombstones(tonumber(ARGV[6]))
+if ARGV[8] ~= '' then
+  local held = redis.call('GET', prefix .. 'key:' .. ARGV[8])
+  if held and held ~= '' then
+    local bound = cjson.decode(held)[1]
+    if redis.call('EXISTS', prefix .. 'task:' .. bound) == 1 then
+      return held
+    end
+  end
+end
 if limit >= 0 and redis.call('ZCARD', active) >= limit then
   return 0
 end
@@ -234,31 +243,6 @@ return 1
 """
 )
 
-# KEYS[1] key. ARGV[4] reservation ms. Answers nil (reserved now) or the value.
-_RESERVE = (
-    _LIB
-    + """
-local held = redis.call('GET', KEYS[1])
-if held then
-  return held
-end
-redis.call('SET', KEYS[1], '', 'PX', ARGV[4])
-return false
-"""
-)
-
-# KEYS[1] key.
-_RELEASE = (
-    _LIB
-    + """
-if redis.call('GET', KEYS[1]) == '' then
-  redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-)
-
-
 _DEFAULT_PREFIX = "asyncwsgi:"
 
 
@@ -329,7 +313,6 @@ class RedisStore(Store):
         prefix: str = _DEFAULT_PREFIX,
         max_tombstones: int = 10_000,
         tombstone_ttl: float = 3600.0,
-        key_reservation_ttl: float = 60.0,
     ) -> None:
         self.client: redis.Redis | RedisCluster
         if isinstance(client_or_url, str):
@@ -369,7 +352,6 @@ class RedisStore(Store):
             self._block_limit = round(max(timeout / 2, timeout - 0.25, 0.001), 3)
         self.prefix = prefix
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
-        self.key_reservation_ttl = key_reservation_ttl
         self._lib_args: list[str] = [prefix, _num(tombstone_ttl * 1000), str(int(max_tombstones))]
         register = self.client.register_script
         self._create = register(_CREATE)
@@ -379,8 +361,6 @@ class RedisStore(Store):
         self._progress = register(_PROGRESS)
         self._finish_script = register(_FINISH)
         self._delete_script = register(_DELETE)
-        self._reserve = register(_RESERVE)
-        self._release = register(_RELEASE)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -395,7 +375,7 @@ class RedisStore(Store):
 
     def _insert(
         self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
-    ) -> bool:
+    ) -> Created:
         fields: list[str | bytes] = [
             "state",
             record.state,
@@ -413,7 +393,7 @@ class RedisStore(Store):
         if record.progress is not None:
             fields += ["progress", json.dumps(record.progress)]
         key_value = json.dumps([record.id, fingerprint]) if key is not None else ""
-        created = self._create(
+        answer = self._create(
             keys=[self._key("task", record.id)],
             args=[
                 *self._lib_args,
@@ -426,7 +406,10 @@ class RedisStore(Store):
                 *fields,
             ],
         )
-        return bool(created)
+        if isinstance(answer, bytes):
+            task_id, bound_fingerprint = json.loads(answer)
+            return Created(False, KeyEntry(task_id, bound_fingerprint))
+        return Created(bool(answer))
 
     def _read(self, task_id: str) -> TaskRecord | None:
         answer = cast(
@@ -509,21 +492,6 @@ class RedisStore(Store):
             self.client.blmove(done, done, seconds, "RIGHT", "LEFT")  # type: ignore[arg-type]
         except redis.TimeoutError:
             pass  # the socket's timeout, not the wait's: the caller reads again
-
-    # -- idempotency keys ----------------------------------------------------
-
-    def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
-        reservation = max(1, int(min(ttl, self.key_reservation_ttl) * 1000))
-        held = self._reserve(keys=[self._key("key", key)], args=[*self._lib_args, reservation])
-        if held is None:
-            return None
-        if held == b"":
-            return KeyEntry(None, None)
-        task_id, fingerprint = json.loads(held)
-        return KeyEntry(task_id, fingerprint)
-
-    def release_key(self, key: str) -> None:
-        self._release(keys=[self._key("key", key)], args=list(self._lib_args))
 
     def close(self) -> None:
         if self._owns_client:

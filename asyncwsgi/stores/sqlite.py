@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..task import KeyEntry, Progress, Result, TaskRecord
+from ..task import Created, KeyEntry, Progress, Result, TaskRecord
 from .base import Store
 
 __all__ = ["SQLiteStore"]
@@ -61,12 +61,10 @@ CREATE TABLE IF NOT EXISTS tombstones (
 CREATE INDEX IF NOT EXISTS tombstones_expires_at ON tombstones (expires_at);
 CREATE TABLE IF NOT EXISTS keys (
     key TEXT PRIMARY KEY,
-    task_id TEXT,
-    fingerprint TEXT,
-    expires_at REAL
+    task_id TEXT NOT NULL,
+    fingerprint TEXT
 );
-CREATE INDEX IF NOT EXISTS keys_task_id ON keys (task_id) WHERE task_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS keys_reserved ON keys (expires_at) WHERE task_id IS NULL;
+CREATE INDEX IF NOT EXISTS keys_task_id ON keys (task_id);
 """
 
 _COLUMNS = (
@@ -80,8 +78,7 @@ class SQLiteStore(Store):
 
     Semantics are those of :class:`~asyncwsgi.stores.memory.MemoryStore`: results are
     kept ``ttl`` seconds after they finish, then leave a tombstone (410 Gone)
-    for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them. An
-    unused key reservation lapses after ``key_reservation_ttl`` seconds.
+    for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them.
     ``timeout`` is how long a call waits for another process's write lock.
 
     The file must be on a local disk: SQLite's locks are not reliable over
@@ -96,7 +93,6 @@ class SQLiteStore(Store):
         *,
         max_tombstones: int = 10_000,
         tombstone_ttl: float = 3600.0,
-        key_reservation_ttl: float = 60.0,
         timeout: float = 30.0,
     ) -> None:
         if not path or path == ":memory:" or path.startswith("file:"):
@@ -110,7 +106,6 @@ class SQLiteStore(Store):
             )
         self.url = _SCHEME + self.path
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
-        self.key_reservation_ttl = key_reservation_ttl
         self.timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -227,11 +222,21 @@ class SQLiteStore(Store):
 
     def _insert(
         self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
-    ) -> bool:
+    ) -> Created:
+        now = time.time()
         with self._write() as conn:
-            self._expire(conn, time.time())
+            self._expire(conn, now)
+            if key is not None:
+                row = conn.execute(
+                    "SELECT k.task_id, k.fingerprint FROM keys AS k JOIN tasks AS t"
+                    " ON t.id = k.task_id WHERE k.key = ? AND (t.expires_at IS NULL"
+                    " OR t.expires_at > ?)",
+                    (key, now),
+                ).fetchone()
+                if row is not None:
+                    return Created(False, KeyEntry(row[0], row[1]))
             if limit is not None and self._count_in(conn) >= limit:
-                return False
+                return Created(False)
             result = record.result
             conn.execute(
                 f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
@@ -255,11 +260,10 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM tombstones WHERE id = ?", (record.id,))
             if key is not None:
                 conn.execute(
-                    "INSERT OR REPLACE INTO keys (key, task_id, fingerprint, expires_at) "
-                    "VALUES (?, ?, ?, NULL)",
+                    "INSERT OR REPLACE INTO keys (key, task_id, fingerprint) VALUES (?, ?, ?)",
                     (key, record.id, fingerprint),
                 )
-            return True
+            return Created(True)
 
     def _read(self, task_id: str) -> TaskRecord | None:
         now = time.time()
@@ -353,35 +357,6 @@ class SQLiteStore(Store):
     # and update hooks see only this connection's writes): the base's polling
     # wait, one indexed read each time, is what it has.
 
-    def reserve_key(self, key: str, ttl: float) -> KeyEntry | None:
-        now = time.time()
-        with self._write() as conn:
-            self._expire(conn, now)
-            row = conn.execute(
-                "SELECT k.task_id, k.fingerprint, k.expires_at, t.id, t.expires_at "
-                "FROM keys AS k LEFT JOIN tasks AS t ON t.id = k.task_id WHERE k.key = ?",
-                (key,),
-            ).fetchone()
-            if row is not None:
-                task_id, fingerprint, key_expires, task_row, task_expires = row
-                if task_id is None:
-                    held = key_expires is None or key_expires > now
-                else:
-                    # Bound: held while its task lives (it goes with its expiry).
-                    held = task_row is not None and (task_expires is None or task_expires > now)
-                if held:
-                    return KeyEntry(task_id, fingerprint)
-            conn.execute(
-                "INSERT OR REPLACE INTO keys (key, task_id, fingerprint, expires_at) "
-                "VALUES (?, NULL, NULL, ?)",
-                (key, now + min(ttl, self.key_reservation_ttl)),
-            )
-            return None
-
-    def release_key(self, key: str) -> None:
-        with self._write() as conn:
-            conn.execute("DELETE FROM keys WHERE key = ? AND task_id IS NULL", (key,))
-
     # -- expiry --------------------------------------------------------------
 
     @staticmethod
@@ -403,8 +378,7 @@ class SQLiteStore(Store):
     def _expire(self, conn: sqlite3.Connection, now: float, task_id: str | None = None) -> None:
         """Inside a write transaction: move at most a batch of expired tasks
         (and ``task_id`` if it is one) to the tombstones, drop their keys, and
-        forget tombstones past their time or beyond the bound, and key
-        reservations that lapsed."""
+        forget tombstones past their time or beyond the bound."""
         rows = conn.execute(
             "SELECT id, owner FROM tasks WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
             (now, _EXPIRE_BATCH),
@@ -425,11 +399,6 @@ class SQLiteStore(Store):
         conn.execute(
             "DELETE FROM tombstones WHERE id IN "
             "(SELECT id FROM tombstones WHERE expires_at <= ? LIMIT ?)",
-            (now, _EXPIRE_BATCH),
-        )
-        conn.execute(
-            "DELETE FROM keys WHERE key IN (SELECT key FROM keys"
-            " WHERE task_id IS NULL AND expires_at <= ? LIMIT ?)",
             (now, _EXPIRE_BATCH),
         )
         if rows:
