@@ -27,7 +27,7 @@ from .prefer import parse_prefer, wait_seconds
 from .results import error_result
 from .runner import TaskRunner
 from .stores import Store, open_store
-from .stores.base import ACTIVE
+from .stores.base import ACTIVE, StoreUnavailable
 from .task import Job, Result, TaskRecord
 
 if TYPE_CHECKING:
@@ -145,18 +145,23 @@ class AsyncMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path.startswith(self.status_path):
-            return self._status(environ, start_response, path[len(self.status_path) :])
         method = environ["REQUEST_METHOD"]
-        if method in self.methods:
-            if self._match(path, method):
-                return self._submit(environ, start_response, "")
-            if (
-                self._prefer_match is not None
-                and self._prefer_match(path, method)
-                and "respond-async" in parse_prefer(environ.get("HTTP_PREFER"))
-            ):
-                return self._submit(environ, start_response, "respond-async")
+        try:
+            if path.startswith(self.status_path):
+                return self._status(environ, start_response, path[len(self.status_path) :])
+            if method in self.methods:
+                if self._match(path, method):
+                    return self._submit(environ, start_response, "")
+                if (
+                    self._prefer_match is not None
+                    and self._prefer_match(path, method)
+                    and "respond-async" in parse_prefer(environ.get("HTTP_PREFER"))
+                ):
+                    return self._submit(environ, start_response, "respond-async")
+        except StoreUnavailable as exc:
+            # Every store call comes before start_response: nothing was sent.
+            logger.warning("asyncwsgi: %s %s: the task store is unavailable: %s", method, path, exc)
+            return self._unavailable("the task store is unavailable")(environ, start_response)
         return self.app(environ, start_response)
 
     # -- submitting ------------------------------------------------------
@@ -231,7 +236,12 @@ class AsyncMiddleware:
         wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
         if wait:
             waited = min(wait, self.max_wait)
-            done = self.store.wait(record.id, waited)
+            try:
+                done = self.store.wait(record.id, waited)
+            except StoreUnavailable as exc:
+                # The task is accepted: its 202 stands, the client polls later.
+                logger.warning("asyncwsgi: waiting on task %s: %s", record.id, exc)
+                done = None
             if done is not None:
                 record = done
             applied = f"wait={int(waited)}" if not applied else f"{applied}, wait={int(waited)}"

@@ -110,20 +110,31 @@ class RedisServer(_Service):
     """
 
     def __init__(self, executable: str = "redis-server", *options: str) -> None:
-        """``options`` are more of redis-server's command line."""
+        """``options`` are more of redis-server's command line (later ones
+        win: ``"--appendonly", "yes"`` keeps the data across :meth:`kill`)."""
         self._directory = tempfile.TemporaryDirectory(prefix="asyncwsgi-redis-")
         self.port = free_port()
+        self._args = [
+            executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", self._directory.name, *options,
+        ]  # fmt: skip
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after :meth:`kill`: same port, same directory)."""
         self.proc = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._directory.name, *options],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            self._args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             wait_port(self.port, self.proc)
         except BaseException:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; :meth:`start` brings it back."""
+        self.proc.kill()
+        self.proc.wait()
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -45,7 +47,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..task import Created, KeyEntry, Progress, Result, TaskRecord
-from .base import Store
+from .base import Store, StoreFull, StoreUnavailable
 
 __all__ = ["RedisStore"]
 
@@ -245,6 +247,19 @@ return 1
 
 _DEFAULT_PREFIX = "asyncwsgi:"
 
+# Redis down, restarting, loading its data, failing over, or a cluster that
+# lost a slot: the store is unavailable, not broken (ConnectionError covers
+# BusyLoadingError, and redis-py's TimeoutError a Redis that stopped answering).
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
 
 def _split_prefix(url: str) -> tuple[str, str | None]:
     """The URL without its ``prefix=`` query parameter (ours, not redis-py's),
@@ -372,6 +387,20 @@ class RedisStore(Store):
         return f"{self.prefix}{kind}:{name}"
 
     # -- the primitives --------------------------------------------------
+
+    @contextmanager
+    def _faults(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.OutOfMemoryError as exc:  # maxmemory reached under noeviction
+            raise StoreFull(f"Redis is out of memory: {exc}") from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
+        except redis.ResponseError as exc:
+            # A Redis that cannot persist refuses writes (stop-writes-on-bgsave-error).
+            if str(exc).startswith("MISCONF"):
+                raise StoreUnavailable(f"Redis refuses writes: {exc}") from exc
+            raise
 
     def _insert(
         self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None

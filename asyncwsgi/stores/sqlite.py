@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..task import Created, KeyEntry, Progress, Result, TaskRecord
-from .base import Store
+from .base import Store, StoreFull, StoreUnavailable
 
 __all__ = ["SQLiteStore"]
 
@@ -30,6 +30,9 @@ _SCHEME = "sqlite:///"
 # Expired tasks are moved to the tombstones in batches of this many, on the
 # calls that touch the table: never a sweep of the whole table at once.
 _EXPIRE_BATCH = 100
+# SQLite's result code for a full disk (sqlite3.SQLITE_FULL from Python 3.11;
+# typeshed does not list it).
+_SQLITE_FULL = 13
 # Ids per statement in heartbeat() (SQLite bounds the number of parameters).
 _ID_CHUNK = 500
 
@@ -201,10 +204,28 @@ class SQLiteStore(Store):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also when COMMIT itself failed (a full disk): a transaction left
+            # open would make every later call on this connection fail.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
-        conn.execute("COMMIT")
+
+    @contextmanager
+    def _faults(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            # Locked past the busy timeout, an I/O error, a file that cannot be
+            # opened or written: the store is unavailable (and full when the
+            # disk is). Its message is SQLite's own ("database is locked").
+            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+                raise StoreFull(f"SQLite {self.path}: {exc}") from exc
+            raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Close every connection this process opened for this store."""

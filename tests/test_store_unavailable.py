@@ -1,0 +1,181 @@
+"""An unavailable store answers 503 with Retry-After, logs one line, and the
+service recovers by itself when the store is back: a real redis-server killed
+and restarted, a real SQLite write lock held by another process, a real full
+disk (a small tmpfs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.test import Client, TestResponse
+
+from asyncwsgi import AsyncMiddleware
+from asyncwsgi.stores import SQLiteStore, StoreFull, StoreUnavailable
+from asyncwsgi.task import TaskRecord
+from bench.services import RedisServer
+from tests.helpers import wait_done
+from tests.redis_fixture import _need
+
+
+def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"echo:" + body]
+
+
+def assert_503(response: TestResponse) -> None:
+    assert response.status_code == 503, response.data
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.mimetype == "text/plain"
+    assert b"unavailable" in response.data
+
+
+def store_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "asyncwsgi" and "unavailable" in r.message]
+
+
+@pytest.mark.slow
+def test_redis_killed_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    # Persisted at every write, so what was accepted before the crash is there after.
+    server = RedisServer(_need("redis-server"), "--appendonly", "yes", "--appendfsync", "always")
+    with server:
+        middleware = AsyncMiddleware(echo, paths=["/work/*"], store=server.url(0))
+        try:
+            client = Client(middleware)
+            before = client.post("/work/1", data=b"before")
+            assert before.status_code == 202
+            location = before.headers["Location"]
+            assert wait_done(client, location).data == b"echo:before"
+
+            server.kill()
+            caplog.clear()
+            assert_503(client.post("/work/2", data=b"during"))
+            assert_503(client.get(location))
+            assert_503(client.post("/work/3", data=b"k", headers={"Idempotency-Key": "k"}))
+            lines = store_lines(caplog)
+            assert len(lines) == 3
+            assert all(line.exc_info is None for line in lines)  # no traceback
+
+            server.start()  # the same port: the client reconnects by itself
+            assert client.get(location).data == b"echo:before"
+            after = client.post("/work/4", data=b"after")
+            assert after.status_code == 202
+            assert wait_done(client, after.headers["Location"]).data == b"echo:after"
+        finally:
+            middleware.close(10)
+
+
+_HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+def test_sqlite_locked_by_another_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tasks.db"
+    store = SQLiteStore(str(path), timeout=0.2)
+    middleware = AsyncMiddleware(echo, paths=["/work/*"], store=store)
+    holder = None
+    try:
+        client = Client(middleware)
+        before = client.post("/work/1", data=b"before")
+        location = before.headers["Location"]
+        assert wait_done(client, location).data == b"echo:before"
+
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        caplog.clear()
+        assert_503(client.post("/work/2", data=b"during"))
+        lines = store_lines(caplog)
+        assert len(lines) == 1 and lines[0].exc_info is None
+        assert "database is locked" in lines[0].message
+        # Readers are not blocked by the writer (WAL): polls still answer.
+        assert client.get(location).data == b"echo:before"
+
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        assert holder.wait(10) == 0
+        after = client.post("/work/3", data=b"after")
+        assert after.status_code == 202
+        assert wait_done(client, after.headers["Location"]).data == b"echo:after"
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        middleware.close(10)
+        store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs, mounted for the test (needs root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        message = f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> None:
+    with open(directory / "filler", "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_sqlite_on_a_full_disk(small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = SQLiteStore(str(small_disk / "tasks.db"), timeout=0.2)
+    middleware = AsyncMiddleware(echo, paths=["/work/*"], store=store)
+    try:
+        client = Client(middleware)
+        before = client.post("/work/1", data=b"before")
+        location = before.headers["Location"]
+        assert wait_done(client, location).data == b"echo:before"
+        _fill(small_disk)
+        with pytest.raises(StoreFull):  # the store says which fault it is...
+            for _ in range(50):  # (pages already in the file may take a few rows)
+                store.create(TaskRecord(secrets.token_hex(8), created=time.time()))
+        caplog.clear()
+        assert_503(client.post("/work/2", data=b"during"))  # ...the client gets 503
+        assert client.get(location).data == b"echo:before"
+        (small_disk / "filler").unlink()
+        after = client.post("/work/3", data=b"after")
+        assert after.status_code == 202
+        assert wait_done(client, after.headers["Location"]).data == b"echo:after"
+    finally:
+        middleware.close(10)
+        store.close()
+
+
+def test_store_full_is_a_store_unavailable() -> None:
+    assert issubclass(StoreFull, StoreUnavailable)
