@@ -118,9 +118,13 @@ def test_sqlite_locked_by_another_process(tmp_path: Path, caplog: pytest.LogCapt
         assert after.status_code == 202
         assert wait_done(client, after.headers["Location"]).data == b"echo:after"
     finally:
-        if holder is not None and holder.poll() is None:
-            holder.kill()
-            holder.wait()
+        if holder is not None:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+            for stream in (holder.stdin, holder.stdout):
+                if stream is not None:
+                    stream.close()
         middleware.close(10)
         store.close()
 
