@@ -9,8 +9,8 @@ copy of the environ, not the environ:
   ``wsgi.multithread = True`` and ``wsgi.run_once = False`` (tasks run on a
   pool of threads that lives on);
 - ``wsgi.input``: a new stream over the body that was read in full before the
-  202, and ``CONTENT_LENGTH`` set to its length, or left out when the request
-  had none;
+  202, with ``wsgi.input_terminated`` set (the stream ends where the body
+  does); see :func:`task_environ` for ``CONTENT_LENGTH`` and chunked bodies;
 - ``wsgi.errors``: the process's standard error, which outlives the request;
 - other non-string values from outer middleware, by reference (the same
   objects), except the server's objects tied to the connection, which are
@@ -53,24 +53,46 @@ def read_body(environ: WSGIEnvironment, max_body: int) -> bytes:
 
     Raises werkzeug's HTTP exceptions, which are WSGI responses themselves:
     413 past ``max_body``, 400 for a ``Content-Length`` that is not a
-    number or a body shorter than announced, 411 for a chunked body the
+    number or a body shorter than announced (a client that went away half
+    way: gunicorn then hands over a terminated stream that simply ends, and
+    the app must never run on half a request), 411 for a chunked body the
     server does not terminate (it could not be read safely, and dropping it
     would lose the request).
     """
     length = environ.get("CONTENT_LENGTH")
+    announced: int | None = None
     if length:
         if not length.isascii() or not length.strip().isdigit():
             raise BadRequest("Content-Length is not a non-negative integer")
+        announced = int(length)
     elif not environ.get("wsgi.input_terminated"):
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             raise LengthRequired()
         # No length and no terminated stream: PEP 3333 says there is no body.
         return b""
     stream = get_input_stream(environ, max_content_length=max_body)
-    body = stream.read()
+    # One byte past the limit tells "too large" without reading an unbounded
+    # chunked body into memory.
+    body = _read(stream, max_body + 1 if announced is None else announced)
     if len(body) > max_body:
         raise RequestEntityTooLarge()
+    if announced is not None and len(body) < announced:
+        raise BadRequest(f"the body ended after {len(body)} of {announced} bytes")
     return body
+
+
+def _read(stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end of the stream: one read()
+    may return less (werkzeug's LimitedStream reads once per call)."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = stream.read(min(size - got, 2**20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def snapshot(environ: WSGIEnvironment) -> dict[str, Any]:
@@ -104,7 +126,17 @@ def json_environ(environ: dict[str, Any]) -> dict[str, Any]:
 
 def task_environ(base: dict[str, Any], body: bytes) -> dict[str, Any]:
     """The environ a task's app call gets, from a :func:`snapshot` (or the
-    string values of one, sent to another process) and the body."""
+    string values of one, sent to another process) and the body.
+
+    The one rule for the body, whatever runs the task (thread pool, Celery,
+    any executor): the body was read in full before the 202, so the task
+    reads it as a buffering proxy would pass it on: ``CONTENT_LENGTH`` is its
+    length (also for a chunked request, which had none: frameworks such as
+    Django read ``CONTENT_LENGTH`` only), ``wsgi.input_terminated`` is set,
+    and ``Transfer-Encoding`` is gone, as the stream is no longer chunked. A
+    request without a body keeps whatever ``CONTENT_LENGTH`` it had (none, or
+    ``0``).
+    """
     environ = dict(base)
     environ.setdefault("wsgi.version", (1, 0))
     environ.setdefault("wsgi.url_scheme", "http")
@@ -112,7 +144,9 @@ def task_environ(base: dict[str, Any], body: bytes) -> dict[str, Any]:
     environ["wsgi.multithread"] = True
     environ["wsgi.run_once"] = False
     environ["wsgi.input"] = io.BytesIO(body)
+    environ["wsgi.input_terminated"] = True
     environ["wsgi.errors"] = sys.stderr
-    if environ.get("CONTENT_LENGTH"):
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    if body or environ.get("CONTENT_LENGTH"):
         environ["CONTENT_LENGTH"] = str(len(body))
     return environ

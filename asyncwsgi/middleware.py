@@ -10,6 +10,7 @@ import logging
 import re
 import secrets
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -99,6 +100,7 @@ class AsyncMiddleware:
         lease: float = 30.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        location_base: str | None = None,
     ) -> None:
         # Every option is checked by its rule in options.OPTIONS (one line
         # there for each keyword argument here: a test holds them together).
@@ -134,6 +136,7 @@ class AsyncMiddleware:
         self.executor = (
             executor if executor is not None else ThreadExecutor(self.max_workers or _POOL_SIZE)
         )
+        self.location_base: str | None = given["location_base"]
         self.runner = TaskRunner(
             app, self.store, max_result=max_result, lease=lease, timeout=timeout
         )
@@ -241,9 +244,10 @@ class AsyncMiddleware:
             except StoreUnavailable as exc:
                 # The task is accepted: its 202 stands, the client polls later.
                 logger.warning("asyncwsgi: waiting on task %s: %s", record.id, exc)
-                done = None
-            if done is not None:
-                record = done
+                done = record
+            if done is None:
+                return _not_found(environ, start_response)  # deleted while we waited
+            record = done
             applied = f"wait={int(waited)}" if not applied else f"{applied}, wait={int(waited)}"
             if record.state == "done" and record.result is not None:
                 return _replay(environ, start_response, record.result, applied)
@@ -285,7 +289,10 @@ class AsyncMiddleware:
             if wait:
                 waited = min(wait, self.max_wait)
                 applied = f"wait={int(waited)}"
-                record = self.store.wait(task_id, waited) or record
+                waited_for = self.store.wait(task_id, waited)
+                if waited_for is None:
+                    return _not_found(environ, start_response)  # deleted while we waited
+                record = waited_for
                 if record.state == "expired":
                     return _text(410, "this task's result has expired")(environ, start_response)
         if record.state == "done" and record.result is not None:
@@ -309,7 +316,7 @@ class AsyncMiddleware:
         record: TaskRecord,
         applied: str,
     ) -> Iterable[bytes]:
-        location = environ.get("SCRIPT_NAME", "") + self.status_path + record.id
+        location = self.status_url(environ, record.id)
         document = {
             "id": record.id,
             "state": record.state,
@@ -350,6 +357,20 @@ class AsyncMiddleware:
                     "requests there are status requests and never reach the app: narrow "
                     "the pattern or choose another status_path"
                 )
+
+    def status_url(self, environ: WSGIEnvironment, task_id: str) -> str:
+        """The task's status URL as sent in ``Location`` and ``status_url``:
+        ``SCRIPT_NAME`` + ``status_path`` + id, percent-encoded as a URI
+        reference (a mount such as ``/my app`` or a non-ASCII one is sent as
+        ``/my%20app``), after ``location_base`` when that is set. Never built
+        from the request's ``Host``, which the client chooses."""
+        path = environ.get("SCRIPT_NAME", "") + self.status_path + task_id
+        try:
+            raw = path.encode("latin-1")  # a WSGI string: the bytes the server got
+        except UnicodeEncodeError:
+            raw = path.encode("utf-8")  # set by an outer middleware as text
+        location = urllib.parse.quote(raw, safe=_PATH_SAFE)
+        return location if self.location_base is None else self.location_base + location
 
     def retry_after_for(self, age: float) -> int:
         """Seconds a client should wait before the next poll of a task this old:
@@ -392,6 +413,11 @@ class AsyncMiddleware:
             # may still be running and write its late result, so it stays open.
             self.store.close()
         return finished
+
+
+# What may stay as it is in a path (RFC 3986 pchar and "/"); "%" is not in
+# it: SCRIPT_NAME is already decoded, so a "%" there is a real percent sign.
+_PATH_SAFE = "/!$&'()*+,;=:@"
 
 
 def _close_at_exit(ref: weakref.ref[AsyncMiddleware]) -> None:

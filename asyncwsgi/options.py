@@ -16,6 +16,7 @@ default as a keyword-only argument of ``AsyncMiddleware.__init__``
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,24 @@ def _executor(name: str, value: Any) -> Any:
     return value
 
 
+def _base_url(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or "?" in value
+        or "#" in value
+    ):
+        raise ValueError(
+            f"{name} must be an absolute http(s) URL without query or fragment, "
+            f"such as 'https://api.example.com', not {value!r}"
+        )
+    return value.rstrip("/")
+
+
 def _any(name: str, value: Any) -> Any:
     return value
 
@@ -222,6 +241,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds from acceptance after which an unfinished task ends as 504"),
     Option("executor", _made, None, _executor,
            "where tasks run; None: the thread pool of max_workers"),
+    Option("location_base", _optional_text, None, _base_url,
+           "absolute base of status URLs (https://api.example.com); never from Host"),
 )
 # fmt: on
 

@@ -8,7 +8,8 @@ A pattern is one of:
 - a string with ``<...>``, a werkzeug rule with its converters:
   ``"/export/<int:id>"`` matches ``/export/12`` and not ``/export/abc``;
 - a werkzeug ``Rule``, whose ``methods`` (when set) narrow the methods it
-  marks;
+  marks; a rule bound to a ``Map`` (as Flask's are) is matched with that
+  map's converters, so an app's own converters work in its rules;
 - a compiled regular expression, which must match the whole path.
 
 Whatever the number of patterns, a path costs one set lookup, one regex
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Union
+from typing import Any, Union
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
@@ -41,8 +42,11 @@ def compile_patterns(patterns: Iterable[Pattern]) -> Matcher:
     alternatives: list[str] = []
     separate: list[re.Pattern[str]] = []
     rules: list[Rule] = []
+    converters: dict[str, Any] = {}
     for pattern in patterns:
         if isinstance(pattern, Rule):
+            if pattern.map is not None:
+                converters.update(pattern.map.converters)
             rules.append(pattern.empty())
         elif isinstance(pattern, re.Pattern):
             if isinstance(pattern.pattern, bytes):
@@ -73,7 +77,7 @@ def compile_patterns(patterns: Iterable[Pattern]) -> Matcher:
             separate.extend(re.compile(a) for a in alternatives)
             combined = None
 
-    rule_match = _rule_matcher(rules) if rules else None
+    rule_match = _rule_matcher(rules, converters) if rules else None
     exact_set = frozenset(exact)
     regex_match = combined.fullmatch if combined is not None else None
     others = tuple(p.fullmatch for p in separate)
@@ -94,8 +98,8 @@ def compile_patterns(patterns: Iterable[Pattern]) -> Matcher:
     return match
 
 
-def _rule_matcher(rules: list[Rule]) -> Matcher:
-    url_map = Map(rules, strict_slashes=False, merge_slashes=False)
+def _rule_matcher(rules: list[Rule], converters: dict[str, Any]) -> Matcher:
+    url_map = Map(rules, strict_slashes=False, merge_slashes=False, converters=converters)
     adapter = url_map.bind("localhost", "/")
     # The static start of each rule prefilters, so most paths that match no
     # rule never raise werkzeug's NotFound (an exception per request is slow).

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from .task import Result
 
-__all__ = ["error_result", "lost_result"]
+__all__ = ["error_result", "lost_result", "status_line"]
 
-_REASONS = {
-    500: "Internal Server Error",
-    504: "Gateway Timeout",
-}
+
+def status_line(code: int) -> str:
+    """``"503 Service Unavailable"``: the code with its standard reason phrase."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"{code} Unknown"
 
 
 def error_result(code: int = 500, message: str | None = None) -> Result:
     """A plain-text error with no detail of the cause: tracebacks go to the
     log, never to the client."""
-    reason = _REASONS.get(code, "Error")
-    body = (message or reason).encode("utf-8") + b"\n"
+    status = status_line(code)
+    body = (message or status[4:]).encode("utf-8") + b"\n"
     return Result(
-        f"{code} {reason}",
+        status,
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
         body,
     )

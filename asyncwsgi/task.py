@@ -3,6 +3,7 @@ runs, and ``environ["asyncwsgi.task"]``, what the app sees of its own task."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -111,11 +112,15 @@ class TaskHandle:
         self, done: float, total: float | None = None, message: str | None = None
     ) -> None:
         """Report progress, shown as ``{"done", "total", "message"}`` in the
-        status JSON."""
+        status JSON. The numbers must be finite: status documents are strict
+        JSON (RFC 8259 has no NaN or Infinity, and browsers' ``JSON.parse``
+        rejects them), so ``nan`` and ``inf`` raise ``ValueError``."""
         if isinstance(done, bool) or not isinstance(done, int | float):
             raise TypeError("done must be a number")
         if total is not None and (isinstance(total, bool) or not isinstance(total, int | float)):
             raise TypeError("total must be a number or None")
+        if not math.isfinite(done) or (total is not None and not math.isfinite(total)):
+            raise ValueError("progress numbers must be finite (no NaN or infinity)")
         if message is not None and not isinstance(message, str):
             raise TypeError("message must be a str or None")
         self._store.set_progress(self.id, {"done": done, "total": total, "message": message})

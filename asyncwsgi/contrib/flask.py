@@ -23,11 +23,12 @@ applied before or after ``init_app``. Rules added after that are not marked.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from werkzeug.routing import Rule
+from werkzeug.routing import Map, Rule
 
 from ..middleware import AsyncMiddleware
 from ..options import option
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from flask import Flask
 
 __all__ = ["AsyncWSGI"]
+
+logger = logging.getLogger("asyncwsgi")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,14 +96,19 @@ class AsyncWSGI:
         return self._lazy.get()
 
     def rules(self, app: Flask) -> list[Rule]:
-        """One werkzeug ``Rule`` per URL rule of ``app`` routed to a marked view."""
+        """One werkzeug ``Rule`` per URL rule of ``app`` routed to a marked view,
+        bound to a map with the app's converters (``app.url_map.converters``),
+        so a rule using a converter the app registered matches as in Flask."""
+        own = Map(converters=app.url_map.converters)
         marked: list[Rule] = []
         for rule in app.url_map.iter_rules():
             if app.view_functions.get(rule.endpoint) not in self.views:
                 continue
             methods = set(rule.methods or ()) - _IMPLICIT_METHODS
             if methods:
-                marked.append(Rule(rule.rule, methods=sorted(methods)))
+                copy = Rule(rule.rule, methods=sorted(methods))
+                own.add(copy)
+                marked.append(copy)
         return marked
 
 
@@ -134,4 +142,12 @@ class _LazyMiddleware:
         return middleware
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        return self.get()(environ, start_response)
+        try:
+            middleware = self.get()
+        except Exception:
+            # The integration may never take the app down with it: the request
+            # goes to Flask as if asyncwsgi were not there (a marked view then
+            # answers synchronously), and the next request tries again.
+            logger.exception("asyncwsgi: could not set up the middleware; serving directly")
+            return self.wsgi_app(environ, start_response)
+        return middleware(environ, start_response)
