@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         "-H", "--header", action="append", default=[], metavar="'K: V'", help="a request header"
     )
     get.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
+    get.add_argument(
+        "--poll-header",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="repeat only these -H headers on polls (default: all but Content-* and the like)",
+    )
     get.set_defaults(command=_get)
 
     serve = commands.add_parser("serve", help="serve a WSGI app wrapped in AsyncMiddleware")
@@ -156,6 +163,7 @@ def _get(args: argparse.Namespace) -> int:
             headers=headers,
             timeout=args.timeout,
             on_progress=display,
+            poll_headers=args.poll_header,
         )
     except TaskTimeout as exc:
         display.close()

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
-__all__ = ["Response", "TaskTimeout", "fetch"]
+__all__ = ["Response", "ServerUnreachable", "TaskTimeout", "fetch"]
 
 Progress = dict[str, Any]
 
@@ -62,6 +63,8 @@ def fetch(
     on_progress: Callable[[Progress], None] | None = None,
     wait: int = 2,
     max_interval: float = 5.0,
+    poll_headers: Iterable[str] | None = None,
+    retry_for: float = 30.0,
 ) -> Response:
     """Send a request to an asyncwsgi endpoint and follow it to its result.
 
@@ -70,11 +73,33 @@ def fetch(
     ``max_interval`` caps a ``Retry-After`` between polls. ``on_progress`` is
     called with the task's ``progress`` object each time it changes. Raises
     :class:`TaskTimeout` when ``timeout`` seconds pass first.
+
+    Polls repeat the caller's headers named in ``poll_headers``; by default
+    every header given except those that describe the submission itself
+    (``Content-*``, ``Idempotency-Key``, ``Prefer``, ``Expect``), so that
+    whatever an ``owner`` reads (``Authorization``, a cookie, ``X-Api-Key``)
+    reaches the status URL too.
+
+    What is retried, for up to ``retry_for`` seconds of failures in a row
+    (and never past ``timeout``): a connection that fails or drops, and a
+    ``503`` with ``Retry-After`` (the server asks to come back). Polls are
+    ``GET`` requests and safe to repeat; the submission is repeated with the
+    same ``Idempotency-Key`` (one of its own, unless ``headers`` has one),
+    which the server answers with the task it already accepted: a retry
+    never runs the work twice. After that, :class:`ServerUnreachable` (a
+    ``ConnectionError`` naming the URL) is raised, or the last 503 returned.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     body = data.encode() if isinstance(data, str) else data
     extra = dict(headers or {})
-    response = _request(method, url, body, extra, _wait_for(wait, deadline), deadline)
+    if not any(name.lower() == "idempotency-key" for name in extra):
+        extra["Idempotency-Key"] = secrets.token_urlsafe(16)
+    if poll_headers is None:
+        repeated = {k: v for k, v in extra.items() if not _describes_submission(k)}
+    else:
+        wanted = {name.lower() for name in poll_headers}
+        repeated = {k: v for k, v in extra.items() if k.lower() in wanted}
+    response = _retrying(method, url, body, extra, wait, deadline, retry_for, max_interval, None)
     last_progress: Progress | None = None
     current = url
     while response.status == 202 and response.headers.get("Location"):
@@ -95,16 +120,77 @@ def fetch(
             if remaining is not None:
                 pause = min(pause, remaining)
             time.sleep(max(pause, 0.0))
-        poll_headers = {k: v for k, v in extra.items() if k.lower() in _POLL_HEADERS}
         current = status_url
-        response = _request(
-            "GET", status_url, None, poll_headers, _wait_for(wait, deadline), deadline
+        response = _retrying(
+            "GET", status_url, None, repeated, wait, deadline, retry_for, max_interval, status_url
         )
     return response
 
 
-# Headers worth repeating on polls: the ones that identify the caller.
-_POLL_HEADERS = frozenset({"authorization", "cookie"})
+class ServerUnreachable(ConnectionError):
+    """The server could not be reached (or dropped the connection) for longer
+    than the client retries. ``url`` is the URL that failed; ``status_url``
+    the task's status URL once the task was accepted, to poll later."""
+
+    def __init__(self, message: str, url: str, status_url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status_url = status_url
+
+
+def _describes_submission(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.startswith("content-") or lowered in _SUBMISSION_ONLY
+
+
+# Headers about the submission's body or handling, not about who is asking.
+_SUBMISSION_ONLY = frozenset({"idempotency-key", "prefer", "expect", "transfer-encoding"})
+
+
+def _retrying(
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    wait: int,
+    deadline: float | None,
+    retry_for: float,
+    max_interval: float,
+    status_url: str | None,
+) -> Response:
+    """One request, repeated on what is safe to repeat (see :func:`fetch`)."""
+    give_up = time.monotonic() + retry_for
+    if deadline is not None:
+        give_up = min(give_up, deadline)
+    pause = 0.1
+    while True:
+        try:
+            response = _request(method, url, body, headers, _wait_for(wait, deadline), deadline)
+        except (http.client.HTTPException, OSError) as exc:
+            if isinstance(exc, TimeoutError | http.client.InvalidURL):
+                raise  # a timeout is the caller's; a bad URL stays bad
+            if time.monotonic() + pause > give_up:
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise TaskTimeout(
+                        f"{url} could not be reached before the timeout ({exc})",
+                        status_url,
+                    ) from exc
+                raise ServerUnreachable(f"could not reach {url}: {exc}", url, status_url) from exc
+        else:
+            retry_after = response.headers.get("Retry-After")
+            if response.status not in _RETRIED or retry_after is None:
+                return response
+            pause = max(pause, min(_retry_after(retry_after), max_interval))
+            if time.monotonic() + pause > give_up:
+                return response
+        time.sleep(pause)
+        pause = min(pause * 2, max_interval)
+
+
+# 503 + Retry-After: the service asks to be tried again later (nothing was
+# accepted). 409 + Retry-After: this very submission's Idempotency-Key is
+# still being accepted by an earlier attempt of ours.
+_RETRIED = frozenset({409, 503})
 
 
 def _wait_for(wait: int, deadline: float | None) -> int:
@@ -131,6 +217,9 @@ def _progress_of(body: bytes) -> Progress | None:
     return progress if isinstance(progress, dict) else None
 
 
+_PATH_SAFE = "/%!$&'()*+,;=:@"
+
+
 def _request(
     method: str,
     url: str,
@@ -152,9 +241,11 @@ def _request(
         connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=socket_timeout)
     else:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=socket_timeout)
-    target = parts.path or "/"
+    # What a server sent may be an IRI or hold spaces: sent percent-encoded
+    # (existing escapes kept), as browsers and requests do.
+    target = urllib.parse.quote(parts.path or "/", safe=_PATH_SAFE)
     if parts.query:
-        target += "?" + parts.query
+        target += "?" + urllib.parse.quote(parts.query, safe=_PATH_SAFE + "?")
     sent = {k: v for k, v in headers.items() if k.lower() != "prefer"}
     prefer = [v for k, v in headers.items() if k.lower() == "prefer"]
     if wait:
