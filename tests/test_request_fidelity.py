@@ -18,8 +18,7 @@ import pytest
 from werkzeug.routing import BaseConverter
 from werkzeug.test import Client, create_environ, run_wsgi_app
 
-from asyncwsgi.contrib.celery import json_environ
-from asyncwsgi.environ import snapshot, task_environ
+from asyncwsgi.environ import json_environ, snapshot, task_environ
 
 from .helpers import wait_done
 from .servers import SERVERS, wsgi_server
@@ -39,8 +38,8 @@ def _chunked_environ(body: bytes) -> dict[str, Any]:
 
 
 def test_one_body_rule_for_every_executor() -> None:
-    # The thread pool hands the snapshot over; Celery (and any executor that
-    # crosses a process) sends only its JSON part. Both get the body the
+    # The thread pool hands the snapshot over; Celery, RQ, Django Tasks (any
+    # executor whose workers are other processes) send only its JSON part. Both get the body the
     # same way, from task_environ.
     from werkzeug.wrappers import Request
 
