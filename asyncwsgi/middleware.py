@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import hmac
 import json
@@ -364,12 +365,8 @@ class AsyncMiddleware:
         reference (a mount such as ``/my app`` or a non-ASCII one is sent as
         ``/my%20app``), after ``location_base`` when that is set. Never built
         from the request's ``Host``, which the client chooses."""
-        path = environ.get("SCRIPT_NAME", "") + self.status_path + task_id
-        try:
-            raw = path.encode("latin-1")  # a WSGI string: the bytes the server got
-        except UnicodeEncodeError:
-            raw = path.encode("utf-8")  # set by an outer middleware as text
-        location = urllib.parse.quote(raw, safe=_PATH_SAFE)
+        # Task ids are URL-safe already: only the prefix needs encoding.
+        location = _quoted(environ.get("SCRIPT_NAME", "") + self.status_path) + task_id
         return location if self.location_base is None else self.location_base + location
 
     def retry_after_for(self, age: float) -> int:
@@ -418,6 +415,17 @@ class AsyncMiddleware:
 # What may stay as it is in a path (RFC 3986 pchar and "/"); "%" is not in
 # it: SCRIPT_NAME is already decoded, so a "%" there is a real percent sign.
 _PATH_SAFE = "/!$&'()*+,;=:@"
+
+
+@functools.lru_cache(maxsize=64)
+def _quoted(path: str) -> str:
+    """``path`` percent-encoded as a URI reference; cached, as a service has
+    a handful of mounts and every 202 needs one."""
+    try:
+        raw = path.encode("latin-1")  # a WSGI string: the bytes the server got
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8")  # set by an outer middleware as text
+    return urllib.parse.quote(raw, safe=_PATH_SAFE)
 
 
 def _close_at_exit(ref: weakref.ref[AsyncMiddleware]) -> None:

@@ -439,17 +439,7 @@ def test_a_killed_worker_leaves_no_task_at_202_beyond_the_lease(engine: Engine) 
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_large_and_chunked_bodies_arrive(
-    engine: Engine, chunked: bool, request: pytest.FixtureRequest
-) -> None:
-    if chunked and engine.name in REMOTE:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="issue 13 item 1: the JSON environ drops wsgi.input_terminated, so a "
-                "framework reads no body; the one chunked-body rule is coming in environ.py",
-            )
-        )
+def test_large_and_chunked_bodies_arrive(engine: Engine, chunked: bool) -> None:
     body = os.urandom(3 * 2**20)
     pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)]
     location = engine.web.submit(
