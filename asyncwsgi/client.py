@@ -188,9 +188,8 @@ def _retrying(
 
 
 # 503 + Retry-After: the service asks to be tried again later (nothing was
-# accepted). 409 + Retry-After: this very submission's Idempotency-Key is
-# still being accepted by an earlier attempt of ours.
-_RETRIED = frozenset({409, 503})
+# accepted: the server is full or closing, or its store is down).
+_RETRIED = frozenset({503})
 
 
 def _wait_for(wait: int, deadline: float | None) -> int:
