@@ -556,24 +556,23 @@ def shared_stores(cfg: Config) -> dict:
     }
 
 
-# -- (7) Celery -------------------------------------------------------------------
+# -- (7) Engines: Celery, RQ, Django Tasks -------------------------------------
 
 
 def celery(cfg: Config) -> dict:
+    """Tasks per second on 1 and 2 worker processes of each engine, one run."""
     try:
-        from . import celery_bench
+        from . import engines_bench
     except ImportError as exc:
         print(f"scenario 7 skipped: {exc}", flush=True)
         return {"skipped": str(exc), "rows": []}
     if shutil.which("redis-server") is None:
         print("scenario 7 skipped: redis-server is not installed", flush=True)
         return {"skipped": "redis-server is not installed", "rows": []}
-    res = celery_bench.measure(cfg.celery_tasks, cfg.celery_rounds, cfg.celery_cpu_ms)
-    one, two = res["median"]["one"], res["median"]["two"]
+    res = engines_bench.measure(cfg.celery_tasks, cfg.celery_rounds, cfg.celery_cpu_ms)
     label = f"{cfg.celery_tasks} x {cfg.celery_cpu_ms:g} ms CPU"
-    return {
-        "celery": res,
-        "rows": [
-            row("7 Celery " + label, "tasks/s, 2 workers vs 1", two, "1 worker", one),
-        ],
-    }
+    rows = []
+    for name, figures in res["engines"].items():
+        one, two = figures["median"]["one"], figures["median"]["two"]
+        rows.append(row(f"7 {name} {label}", "tasks/s, 2 workers vs 1", two, "1 worker", one))
+    return {"engines": res, "rows": rows}

@@ -23,6 +23,8 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from django.db import close_old_connections
+
 from ..remote import RemoteExecutor, job_message, run_message
 
 if TYPE_CHECKING:
@@ -109,4 +111,9 @@ class DjangoTasksExecutor(RemoteExecutor):
 
     def submit(self, job: Job) -> None:
         runner = self.bound_runner()
-        self._task.enqueue(self.app, job_message(runner, job))
+        try:
+            self._task.enqueue(self.app, job_message(runner, job))
+        finally:
+            # The middleware runs outside Django's request cycle, which would
+            # otherwise close this thread's connection as CONN_MAX_AGE says.
+            close_old_connections()
