@@ -67,7 +67,11 @@ def call(port: int, method: str, path: str, body: bytes | None = None) -> Answer
 
 @contextmanager
 def gunicorn(
-    tmp_path: Path, store_url: str, args: list[str], lease: float = 30.0
+    tmp_path: Path,
+    store_url: str,
+    args: list[str],
+    lease: float = 30.0,
+    graceful_timeout: float = 5.0,
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     env = dict(os.environ)
@@ -82,7 +86,7 @@ def gunicorn(
         "-b",
         f"127.0.0.1:{port}",
         "--graceful-timeout",
-        "5",
+        str(graceful_timeout),
         "--timeout",
         "60",
         "--log-level",

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -113,11 +114,15 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        # Every connection this store opened, with the pid and the thread that
-        # opened it: close() closes those of this process from any thread, and
-        # a connection whose thread has ended is closed when another opens (a
-        # server that starts a thread per request must not leak them).
-        self._connections: list[tuple[int, threading.Thread, sqlite3.Connection]] = []
+        # Every connection this store opened in this process: close() closes
+        # them from any thread. A thread's own connection is closed when the
+        # thread ends (its thread-local holder is collected, see _Holder),
+        # not judged by Thread.is_alive(), which is already False for the
+        # main thread while its atexit handlers still use the store.
+        self._connections: set[sqlite3.Connection] = set()
+        # Connections a forked child inherited: never used, never closed there
+        # (closing them could release the parent's locks), only kept alive.
+        self._inherited: list[sqlite3.Connection] = []
         self._closed = False
         self._setup()
 
@@ -140,11 +145,10 @@ class SQLiteStore(Store):
     # -- connections -------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
-        local = self._local
+        holder: _Holder | None = getattr(self._local, "holder", None)
         pid = os.getpid()
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == pid:
-            return conn
+        if holder is not None and holder.pid == pid:
+            return holder.conn
         # First use in this thread, or this process is a fork of the one that
         # opened it: a SQLite connection must not cross a fork, so open anew
         # (and leave the parent's alone: closing it here could disturb the
@@ -153,9 +157,11 @@ class SQLiteStore(Store):
             raise RuntimeError("SQLiteStore is closed")
         if self._pid != pid:
             # A forked child: the parent's lock may have been held by a thread
-            # that does not exist here.
+            # that does not exist here, and its connections are not ours.
             self._lock = threading.Lock()
             self._pid = pid
+            self._inherited.extend(self._connections)
+            self._connections = set()
         conn = sqlite3.connect(
             self.path,
             timeout=self.timeout,
@@ -164,18 +170,14 @@ class SQLiteStore(Store):
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")
-        local.conn = conn
-        local.pid = pid
         with self._lock:
-            ended = [
-                entry for entry in self._connections if entry[0] == pid and not entry[1].is_alive()
-            ]
-            self._connections = [
-                entry for entry in self._connections if entry[0] != pid or entry[1].is_alive()
-            ]
-            self._connections.append((pid, threading.current_thread(), conn))
-        for _, _, old in ended:
-            old.close()
+            self._connections.add(conn)
+        holder = _Holder(conn, pid)
+        ended = weakref.finalize(
+            holder, _thread_ended, conn, pid, self._connections, self._lock, self._inherited
+        )
+        ended.atexit = False  # at exit, close() (or the process's end) does it
+        self._local.holder = holder
         return conn
 
     def _setup(self) -> None:
@@ -229,15 +231,13 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         """Close every connection this process opened for this store."""
-        pid = os.getpid()
         with self._lock:
             self._closed = True
-            mine = [conn for owner, _, conn in self._connections if owner == pid]
-            self._connections = [entry for entry in self._connections if entry[0] != pid]
+            mine = list(self._connections) if self._pid == os.getpid() else []
+            self._connections.clear()
         for conn in mine:
             conn.close()
-        if getattr(self._local, "pid", None) == pid:
-            self._local.conn = None
+        self._local.holder = None
 
     # -- the primitives ------------------------------------------------------
 
@@ -430,6 +430,33 @@ class SQLiteStore(Store):
                     " ORDER BY expires_at, rowid LIMIT ?)",
                     (count - self.max_tombstones,),
                 )
+
+
+class _Holder:
+    """A thread's connection, kept in the store's thread-local storage: when
+    the thread ends, Python drops that storage, and the finalizer attached to
+    this holder closes the connection."""
+
+    __slots__ = ("conn", "pid", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection, pid: int) -> None:
+        self.conn = conn
+        self.pid = pid
+
+
+def _thread_ended(
+    conn: sqlite3.Connection,
+    pid: int,
+    connections: set[sqlite3.Connection],
+    lock: threading.Lock,
+    inherited: list[sqlite3.Connection],
+) -> None:
+    if os.getpid() != pid:
+        inherited.append(conn)
+        return
+    with lock:
+        connections.discard(conn)
+    conn.close()
 
 
 def _record(row: tuple[Any, ...]) -> TaskRecord:
