@@ -71,7 +71,7 @@ def gunicorn(
     store_url: str,
     args: list[str],
     lease: float = 30.0,
-    graceful_timeout: float = 5.0,
+    graceful_timeout: int = 5,
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     env = dict(os.environ)
