@@ -34,6 +34,12 @@ class Executor(abc.ABC):
     def bind(self, runner: TaskRunner) -> None:
         self.runner = runner
 
+    @property
+    def unfinished(self) -> int:
+        """Tasks submitted to this process and not done yet (queued here or
+        running here); 0 for an executor whose tasks run elsewhere."""
+        return 0
+
     @abc.abstractmethod
     def submit(self, job: Job) -> None: ...
 
@@ -97,6 +103,11 @@ class ThreadExecutor(Executor):
     def threads(self) -> int:
         return len(self._threads)
 
+    @property
+    def unfinished(self) -> int:
+        with self._cond:
+            return self._unfinished
+
     def _work(self) -> None:
         runner = self.runner
         assert runner is not None, "ThreadExecutor used before bind()"
@@ -113,7 +124,9 @@ class ThreadExecutor(Executor):
                 self._queued -= 1
             try:
                 runner.run(job)
-            except Exception:
+            except BaseException:
+                # run() ends its task whatever happens; this thread must not
+                # end with it, or the pool would shrink for good.
                 logger.exception("asyncwsgi: task %s failed outside the app", job.task_id)
             finally:
                 with cond:

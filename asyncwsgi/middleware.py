@@ -399,11 +399,23 @@ class AsyncMiddleware:
         from a URL is closed too (call this once the server stops serving).
         Results stay in the store for another process or middleware to read."""
         self.closed = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        unfinished = self.executor.unfinished
+        if unfinished:
+            logger.warning(
+                "asyncwsgi: closing: waiting %s for %d unfinished task%s",
+                "as long as they take" if timeout is None else f"up to {timeout:g} s",
+                unfinished,
+                "" if unfinished == 1 else "s",
+            )
         finished = self.executor.shutdown(timeout)
         if not finished:
             for job in self.executor.abandon():
-                self.store.finish(job.task_id, error_result(503, "server shut down"))
+                self.runner.deliver(job.task_id, error_result(503, "server shut down"))
             self.runner.fail_running("the server shut down before the task finished")
+        # Results the store did not take yet (an outage) get the rest of the time.
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        finished = self.runner.drain(remaining) and finished
         self.runner.stop()
         if finished and self._owns_store:
             # Opened here from a URL, so closed here; after a timeout an app

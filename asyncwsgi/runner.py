@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .capture import ResponseTooLarge, capture
 from .environ import task_environ
 from .results import error_result
-from .stores.base import Store
+from .stores.base import Store, StoreFull
 from .task import Result, TaskHandle
 
 if TYPE_CHECKING:
@@ -27,6 +27,30 @@ __all__ = ["TaskRunner"]
 
 logger = logging.getLogger("asyncwsgi")
 
+# A store call that failed is tried again after a delay that doubles from the
+# first value up to the last: quick after a blip, one call every two seconds
+# during a long outage.
+_RETRY_FIRST = 0.05
+_RETRY_LAST = 2.0
+# How long a pool thread keeps trying to start a task while the store is
+# unavailable: a store back within that (a restart) and the task runs; past
+# it the task ends as 503 (never started, safe to submit again).
+_START_PATIENCE = 5.0
+_NOT_STARTED = "the task could not be started: the task store was unavailable"
+_NOT_STORED = "the task's result could not be stored: the task store is full"
+
+
+class _Retry:
+    """A finished result the store did not take yet."""
+
+    __slots__ = ("result", "delay", "due", "since")
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        self.delay = _RETRY_FIRST
+        self.since = time.monotonic()
+        self.due = self.since + self.delay
+
 
 class TaskRunner:
     """Runs jobs against ``app`` and writes results to ``store``.
@@ -37,6 +61,14 @@ class TaskRunner:
     done that long after it was accepted (see :meth:`watch`), queued or
     running; the app's thread cannot be stopped and finishes on its own, its
     late result dropped, and the pool never grows past its size.
+
+    A result the store cannot take right now (an outage) is kept and retried
+    by one background thread, with a growing delay, for as long as the
+    process lives (and up to ``close()``'s timeout when it stops); the task
+    stays held meanwhile, so its lease does not lapse. A result the store
+    has no room for (:class:`~asyncwsgi.stores.base.StoreFull`) is replaced
+    at once by a short 500 that names the cause. Every background thread
+    logs a failed round and goes on.
     """
 
     def __init__(
@@ -60,6 +92,9 @@ class TaskRunner:
         self._lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
         self._stop = threading.Event()
+        self._retries: dict[str, _Retry] = {}
+        self._retry_cond = threading.Condition(threading.Lock())
+        self._retrier: threading.Thread | None = None
 
     @property
     def held(self) -> list[str]:
@@ -77,12 +112,24 @@ class TaskRunner:
             self._start_heartbeat()
 
     def run(self, job: Job) -> None:
+        """Start the task, call the app, store what it answers. Never raises
+        (except a ``KeyboardInterrupt`` or ``SystemExit`` in the main thread,
+        after the task was ended): whatever happens, the task ends."""
         task_id = job.task_id
-        # An in-process store dies with the process: nothing to lease there.
-        lease_until = time.time() + self.lease if self.store.shared else float("inf")
-        if not self.store.start(task_id, lease_until):
-            with self._lock:
-                self._held.discard(task_id)
+        try:
+            started = self._start(task_id)
+        except Exception as exc:
+            logger.error(
+                "asyncwsgi: task %s could not start, the store was unavailable for %.0f s "
+                "(%s): ending it as 503",
+                task_id,
+                _START_PATIENCE,
+                exc,
+            )
+            self.deliver(task_id, error_result(503, _NOT_STARTED))
+            return
+        if not started:
+            self._release(task_id)
             return  # deleted while queued: it never runs
         with self._lock:
             self._held.add(task_id)
@@ -90,6 +137,7 @@ class TaskRunner:
             self._start_heartbeat()
 
         result: Result | None = None
+        stop: BaseException | None = None
         try:
             environ = task_environ(job.environ, job.body)
             environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
@@ -98,19 +146,156 @@ class TaskRunner:
             logger.error("asyncwsgi: task %s failed: %s", task_id, exc)
         except Exception:
             logger.exception("asyncwsgi: task %s failed in the app", task_id)
-        finally:
-            # Also on BaseException (SystemExit in the app): never left running.
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, GeneratorExit from the app end
+            # its task, not the pool's thread. In the main thread (a Celery
+            # worker's) they may be the process being stopped: passed on
+            # once the task is ended.
+            logger.error(
+                "asyncwsgi: task %s failed in the app: %s", task_id, type(exc).__name__,
+                exc_info=True,
+            )  # fmt: skip
+            if threading.current_thread() is threading.main_thread():
+                stop = exc
+        self.deliver(task_id, result if result is not None else error_result(500))
+        if stop is not None:
+            raise stop
+
+    def _start(self, task_id: str) -> bool:
+        delay = _RETRY_FIRST
+        give_up = time.monotonic() + _START_PATIENCE
+        while True:
+            # An in-process store dies with the process: nothing to lease there.
+            lease_until = time.time() + self.lease if self.store.shared else float("inf")
             try:
-                self.store.finish(task_id, result if result is not None else error_result(500))
-            finally:
-                with self._lock:
-                    self._held.discard(task_id)
+                return self.store.start(task_id, lease_until)
+            except Exception as exc:
+                if time.monotonic() + delay > give_up:
+                    raise
+                if delay == _RETRY_FIRST:
+                    logger.warning(
+                        "asyncwsgi: task %s could not start (%s): retrying", task_id, exc
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, _RETRY_LAST)
+
+    def deliver(self, task_id: str, result: Result) -> None:
+        """Store a task's final result; if the store cannot take it now, keep
+        it and retry in the background (the caller's thread is free at once)."""
+        pending = self._store_result(task_id, result)
+        if pending is None:
+            self._release(task_id)
+            return
+        with self._retry_cond:
+            # A result already waiting for this task came first (the app's,
+            # or the watchdog's 504): a finished result is never replaced.
+            self._retries.setdefault(task_id, _Retry(pending))
+            if self._retrier is None:
+                self._retrier = threading.Thread(
+                    target=self._retry_loop, name="asyncwsgi-results", daemon=True
+                )
+                self._retrier.start()
+            self._retry_cond.notify_all()
+
+    def _store_result(self, task_id: str, result: Result) -> Result | None:
+        """One attempt: None once the store took it (or the task is gone or
+        already finished), else the result to try again."""
+        try:
+            self.store.finish(task_id, result)
+            return None
+        except StoreFull as exc:
+            if result.body.endswith(_NOT_STORED.encode() + b"\n"):
+                return result  # even the short error does not fit yet
+            logger.error(
+                "asyncwsgi: the result of task %s could not be stored (%s): ending it as 500",
+                task_id,
+                exc,
+            )
+            return self._store_result(task_id, error_result(500, _NOT_STORED))
+        except Exception as exc:
+            if task_id not in self._retries:
+                logger.warning(
+                    "asyncwsgi: could not store the result of task %s (%s): retrying",
+                    task_id,
+                    exc,
+                )
+            return result
+
+    def _retry_loop(self) -> None:
+        cond = self._retry_cond
+        while True:
+            try:
+                with cond:
+                    if self._stop.is_set() and not self._retries:
+                        return
+                    now = time.monotonic()
+                    due = [(k, r) for k, r in self._retries.items() if r.due <= now]
+                    if not due:
+                        if self._stop.is_set():
+                            return
+                        wake = min((r.due for r in self._retries.values()), default=now + 60)
+                        cond.wait(wake - now)
+                        continue
+                for task_id, retry in due:
+                    pending = self._store_result(task_id, retry.result)
+                    with cond:
+                        if pending is None:
+                            del self._retries[task_id]
+                            cond.notify_all()
+                        else:
+                            retry.result = pending
+                            retry.delay = min(retry.delay * 2, _RETRY_LAST)
+                            retry.due = time.monotonic() + retry.delay
+                    if pending is None:
+                        self._release(task_id)
+                        logger.warning(
+                            "asyncwsgi: stored the result of task %s after %.1f s of retries",
+                            task_id,
+                            time.monotonic() - retry.since,
+                        )
+            except Exception:
+                logger.exception("asyncwsgi: retrying results failed; going on")
+                time.sleep(_RETRY_LAST)
+
+    @property
+    def pending_results(self) -> int:
+        """Finished results waiting for the store to take them."""
+        with self._retry_cond:
+            return len(self._retries)
+
+    def drain(self, timeout: float | None) -> bool:
+        """Wait until every pending result is stored, at most ``timeout``
+        seconds. True if none is left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._retry_cond:
+            while self._retries:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._retry_cond.wait(remaining)
+        return True
+
+    def _release(self, task_id: str) -> None:
+        with self._lock:
+            self._held.discard(task_id)
 
     def fail_running(self, message: str) -> None:
         """End every task this process still holds as a 500 (a shutdown that
-        cannot wait for them)."""
+        cannot wait for them); a result already waiting for the store is
+        tried once more instead."""
+        with self._retry_cond:
+            waiting = dict(self._retries)
         for task_id in self.held:
-            self.store.finish(task_id, error_result(500, message))
+            retry = waiting.get(task_id)
+            result = retry.result if retry is not None else error_result(500, message)
+            try:
+                self.store.finish(task_id, result)
+            except Exception as exc:
+                logger.error(
+                    "asyncwsgi: task %s could not be ended at shutdown (%s): its lease ends it",
+                    task_id,
+                    exc,
+                )
 
     def _start_heartbeat(self) -> None:
         with self._lock:
@@ -124,12 +309,12 @@ class TaskRunner:
     def _beat(self) -> None:
         interval = max(0.05, self.lease / 3)
         while not self._stop.wait(interval):
-            running = self.held
-            if running:
-                try:
+            try:
+                running = self.held
+                if running:
                     self.store.heartbeat(running, time.time() + self.lease)
-                except Exception:
-                    logger.exception("asyncwsgi: heartbeat failed")
+            except Exception:
+                logger.exception("asyncwsgi: heartbeat failed; trying again in %.1f s", interval)
 
     def watch(self, task_id: str, within: float | None = None) -> None:
         """Start the clock of an accepted task: ``within`` seconds from now, or
@@ -150,18 +335,34 @@ class TaskRunner:
     def _expire_overdue(self) -> None:
         deadlines = self._deadlines
         while not self._stop.is_set():
-            with self._wake:
-                now = time.monotonic()
-                due = []
-                while deadlines and deadlines[0][0] <= now:
-                    due.append(heapq.heappop(deadlines)[1])
-                if not due:
-                    self._wake.wait(deadlines[0][0] - now if deadlines else 1.0)
-                    continue
-            for task_id in due:
-                # finish() is a no-op for tasks already done or deleted
-                if self.store.finish(task_id, error_result(504, "the task ran past its timeout")):
-                    logger.error("asyncwsgi: task %s ran past its timeout", task_id)
+            try:
+                with self._wake:
+                    now = time.monotonic()
+                    due = []
+                    while deadlines and deadlines[0][0] <= now:
+                        due.append(heapq.heappop(deadlines)[1])
+                    if not due:
+                        self._wake.wait(deadlines[0][0] - now if deadlines else 1.0)
+                        continue
+                for task_id in due:
+                    self._time_out(task_id)
+            except Exception:
+                logger.exception("asyncwsgi: the timeout watchdog failed a round; going on")
+                self._stop.wait(_RETRY_LAST)
+
+    def _time_out(self, task_id: str) -> None:
+        # finish() is a no-op for tasks already done or deleted
+        result = error_result(504, "the task ran past its timeout")
+        try:
+            if self.store.finish(task_id, result):
+                logger.error("asyncwsgi: task %s ran past its timeout", task_id)
+        except Exception as exc:
+            logger.error(
+                "asyncwsgi: task %s ran past its timeout; storing its 504 failed (%s): retrying",
+                task_id,
+                exc,
+            )
+            self.deliver(task_id, result)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the heartbeat and the watchdog, and wait (up to ``timeout``
@@ -170,7 +371,16 @@ class TaskRunner:
         self._stop.set()
         with self._wake:
             self._wake.notify()
+        with self._retry_cond:
+            if self._retries:
+                logger.error(
+                    "asyncwsgi: stopping with %d results the store never took: %s",
+                    len(self._retries),
+                    ", ".join(self._retries),
+                )
+                self._retries.clear()
+            self._retry_cond.notify_all()
         current = threading.current_thread()
-        for thread in (self._heartbeat, self._watchdog):
+        for thread in (self._heartbeat, self._watchdog, self._retrier):
             if thread is not None and thread is not current:
                 thread.join(timeout)
