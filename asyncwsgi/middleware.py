@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 import urllib.parse
 import weakref
@@ -96,7 +97,8 @@ class AsyncMiddleware:
         retry_after: int = 1,
         max_retry_after: int = 30,
         prefer_paths: Iterable[Pattern] = (),
-        max_wait: float = 30.0,
+        max_wait: float = 10.0,
+        max_waiting: int = 2,
         owner: Callable[[WSGIEnvironment], str | None] | None = None,
         lease: float = 30.0,
         timeout: float | None = None,
@@ -131,6 +133,7 @@ class AsyncMiddleware:
         self.retry_after = retry_after
         self.max_retry_after = max(max_retry_after, retry_after)
         self.max_wait = max_wait
+        self.max_waiting = max_waiting
         self.owner = owner
         self.lease = lease
         self.timeout = timeout
@@ -144,6 +147,8 @@ class AsyncMiddleware:
         self.executor.bind(self.runner)
         self.closed = False
         self._warned_multiprocess = False
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         if self.store.shared:
             atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -239,17 +244,17 @@ class AsyncMiddleware:
 
         wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
         if wait:
-            waited = min(wait, self.max_wait)
             try:
-                done = self.store.wait(record.id, waited)
+                done, waited = self._wait(record.id, wait)
             except StoreUnavailable as exc:
                 # The task is accepted: its 202 stands, the client polls later.
                 logger.warning("asyncwsgi: waiting on task %s: %s", record.id, exc)
-                done = record
-            if done is None:
-                return _not_found(environ, start_response)  # deleted while we waited
-            record = done
-            applied = f"wait={int(waited)}" if not applied else f"{applied}, wait={int(waited)}"
+                done, waited = record, None
+            if waited is not None:
+                if done is None:
+                    return _not_found(environ, start_response)  # deleted while we waited
+                record = done
+                applied = f"wait={waited}" if not applied else f"{applied}, wait={waited}"
             if record.state == "done" and record.result is not None:
                 return _replay(environ, start_response, record.result, applied)
             if record.state not in ACTIVE:  # expired already: a 202 never says so
@@ -288,12 +293,12 @@ class AsyncMiddleware:
         if record.state != "done":
             wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
             if wait:
-                waited = min(wait, self.max_wait)
-                applied = f"wait={int(waited)}"
-                waited_for = self.store.wait(task_id, waited)
-                if waited_for is None:
-                    return _not_found(environ, start_response)  # deleted while we waited
-                record = waited_for
+                done, waited = self._wait(task_id, wait)
+                if waited is not None:
+                    if done is None:
+                        return _not_found(environ, start_response)  # deleted while we waited
+                    applied = f"wait={waited}"
+                    record = done
                 if record.state == "expired":
                     return _text(410, "this task's result has expired")(environ, start_response)
         if record.state == "done" and record.result is not None:
@@ -301,6 +306,23 @@ class AsyncMiddleware:
         if record.state not in ("queued", "running"):
             return _not_found(environ, start_response)  # deleted while we waited
         return self._accepted(environ, start_response, record, applied)
+
+    def _wait(self, task_id: str, wait: int) -> tuple[TaskRecord | None, int | None]:
+        """Honour ``Prefer: wait``: block until the task is done, at most
+        ``max_wait`` seconds, unless ``max_waiting`` requests of this process
+        wait already; then answer at once (the preference is not applied), so
+        that waits never hold every thread of the server. Returns the record
+        read at the end and the seconds applied (None when not applied)."""
+        with self._waiting_lock:
+            if self._waiting >= self.max_waiting:
+                return None, None
+            self._waiting += 1
+        try:
+            seconds = min(wait, self.max_wait)
+            return self.store.wait(task_id, seconds), int(seconds)
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
 
     def _owns(self, environ: WSGIEnvironment, record: TaskRecord) -> bool:
         if self.owner is None:

@@ -85,7 +85,7 @@ def test_long_poll_returns_when_the_task_ends_not_at_the_deadline(wrap):
 
 
 def test_long_poll_holds_no_pool_thread(wrap):
-    mw = wrap(sleepy(0.3), max_workers=1)
+    mw = wrap(sleepy(0.3), max_workers=1, max_waiting=10)
     client = Client(mw)
     location = client.post("/work/1").headers["Location"]
     pollers = [
