@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     for option in OPTIONS:
         _add_flag(serve, option)
+    serve.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM or Ctrl-C, wait at most S seconds for the tasks under way, then end "
+        "them as 500 and exit (default 30, as gunicorn's)",
+    )
     serve.set_defaults(command=_serve)
 
     demo = commands.add_parser("demo", help="serve examples.demo_app and fetch a report")
@@ -223,7 +231,9 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     finally:
         server.server_close()
-        application.close()
+        # A hung task must not keep the process alive: close() ends what is
+        # left after the grace period (and says how many it waits for).
+        application.close(timeout=args.graceful_timeout)
     return 0
 
 
