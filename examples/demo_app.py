@@ -25,3 +25,8 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         return [body]
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"hello\n"]
+
+
+def make_app(global_config: dict[str, str], **settings: str) -> Any:
+    """The PasteDeploy app factory (``use = call:examples.demo_app:make_app``)."""
+    return app

@@ -1,4 +1,4 @@
-"""Pyramid: the app behind the ``egg:asyncwsgi`` PasteDeploy filter.
+"""Pyramid: a view added with ``background=True`` runs as a task.
 
 Run it:    python -m pyramid.scripts.pserve examples/pyramid.ini
            (or ``pserve examples/pyramid.ini`` with the repository on PYTHONPATH)
@@ -34,7 +34,10 @@ def about(request: Request) -> str:
 
 def main(global_config: dict[str, str], **settings: str) -> Any:
     with Configurator(settings=settings) as config:
+        config.include("asyncwsgi.contrib.pyramid")  # options: the asyncwsgi.* settings
         config.add_route("report", "/reports/{name}")
-        config.add_view(report, route_name="report", request_method="POST", renderer="json")
+        config.add_view(
+            report, route_name="report", request_method="POST", renderer="json", background=True
+        )
         config.add_view(about, route_name="report", request_method="GET", renderer="string")
         return config.make_wsgi_app()

@@ -236,7 +236,7 @@ PASTE_INI = """\
 pipeline = asyncwsgi inner
 
 [filter:asyncwsgi]
-use = egg:asyncwsgi
+use = egg:asyncwsgi-middleware
 paths =
     /reports/*
     /export/<int:id>
@@ -384,17 +384,9 @@ def test_falcon_under_waitress():
 # -- the examples ------------------------------------------------------------
 
 PYRAMID_INI = """\
-[app:report_app]
+[app:main]
 use = call:examples.pyramid_app:main
 step_seconds = 0
-
-[filter:asyncwsgi]
-use = egg:asyncwsgi
-paths = /reports/*
-methods = POST
-
-[pipeline:main]
-pipeline = asyncwsgi report_app
 """
 
 
@@ -426,4 +418,9 @@ def test_example_apps_run_their_long_task(name, monkeypatch, tmp_path):
         assert done.json == {"report": "q3", "rows": 42}
         assert b"in the background" in client.get("/reports/q3").data
     finally:
-        (app.extensions["asyncwsgi"].get() if name == "flask" else app).close(timeout=5)
+        if name == "flask":
+            app.extensions["asyncwsgi"].get().close(timeout=5)
+        elif name == "pyramid":
+            app.registry["asyncwsgi"].close(timeout=5)
+        else:
+            app.close(timeout=5)
