@@ -24,6 +24,9 @@ from typing import Any
 from werkzeug.routing import Rule
 from werkzeug.utils import import_string
 
+from .executor import Executor
+from .stores import Store
+
 __all__ = ["OPTIONS", "Option", "check_options", "convert_options", "option"]
 
 
@@ -91,8 +94,6 @@ def _imported(value: str) -> Any:
 def _made(value: str) -> Any:
     """An object named as ``package.module:attribute``, called with no
     arguments to make one unless it already is an instance."""
-    from .executor import Executor
-
     target = _imported(value)
     if target is None or isinstance(target, Executor):
         return target
@@ -158,8 +159,6 @@ def _seconds(positive: bool = True, optional: bool = False) -> Callable[[str, An
 
 
 def _store(name: str, value: Any) -> Any:
-    from .stores import Store
-
     if value is not None and not isinstance(value, (str, Store)):
         raise TypeError(f"{name} must be a Store, a store URL or None, not {value!r}")
     return value
@@ -172,8 +171,6 @@ def _callable(name: str, value: Any) -> Any:
 
 
 def _executor(name: str, value: Any) -> Any:
-    from .executor import Executor
-
     if value is not None and not isinstance(value, Executor):
         raise TypeError(f"{name} must be an asyncwsgi Executor or None, not {value!r}")
     return value
@@ -198,6 +195,7 @@ def _base_url(name: str, value: Any) -> Any:
 
 
 def _any(name: str, value: Any) -> Any:
+    """For options whose value the constructor checks itself."""
     return value
 
 

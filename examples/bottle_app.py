@@ -7,6 +7,7 @@ Try it:    curl -i -X POST http://127.0.0.1:8000/reports/q3
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -19,7 +20,6 @@ STEP_SECONDS = 1.0
 web = bottle.Bottle()
 
 
-@web.post("/reports/<name>")
 def report(name: str) -> Any:
     task = bottle.request.environ.get("asyncwsgi.task")
     steps = 5
@@ -32,12 +32,14 @@ def report(name: str) -> Any:
     return {"report": name, "rows": 42}
 
 
-@web.get("/reports/<name>")
 def about(name: str) -> str:
     return f"POST to /reports/{name} to render it in the background\n"
 
 
+# Routes added by call rather than by decorator: bottle's decorators are untyped.
+web.route("/reports/<name>", "POST", report)
+web.route("/reports/<name>", "GET", about)
 app = AsyncMiddleware(web, paths=["/reports/*"], methods=["POST"])
 
 if __name__ == "__main__":
-    bottle.run(app, server="waitress", host="127.0.0.1", port=8000)
+    bottle.run(app, server="waitress", host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

@@ -8,11 +8,14 @@ Try it:    curl -i -X POST http://127.0.0.1:8000/reports/q3
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import falcon
 
 from asyncwsgi import AsyncMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 STEP_SECONDS = 1.0
 
@@ -35,4 +38,6 @@ class Report:
 
 api = falcon.App()
 api.add_route("/reports/{name}", Report())
-app: Any = AsyncMiddleware(api, paths=["/reports/*"], methods=["POST"])
+# falcon types start_response without its optional exc_info argument, which
+# the middleware may pass (PEP 3333): the app is a WSGI application all the same.
+app = AsyncMiddleware(cast("WSGIApplication", api), paths=["/reports/*"], methods=["POST"])
