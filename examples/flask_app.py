@@ -7,6 +7,7 @@ Try it:    curl -i -X POST http://127.0.0.1:8000/reports/q3
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -41,4 +42,4 @@ def about(name: str) -> Any:
 
 
 if __name__ == "__main__":
-    app.run(host="127.0.0.1", port=8000)
+    app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

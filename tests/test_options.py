@@ -141,7 +141,7 @@ def test_unknown_ini_key_is_named(tmp_path):
     ini = tmp_path / "app.ini"
     ini.write_text(
         "[pipeline:main]\npipeline = asyncwsgi inner\n\n"
-        "[filter:asyncwsgi]\nuse = egg:asyncwsgi\npaths = /r/*\nmax_worker = 2\n\n"
+        "[filter:asyncwsgi]\nuse = egg:asyncwsgi-middleware\npaths = /r/*\nmax_worker = 2\n\n"
         "[app:inner]\nuse = call:tests.test_options:make_app\n"
     )
     with pytest.raises(ValueError, match="unknown asyncwsgi option 'max_worker'"):

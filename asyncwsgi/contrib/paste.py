@@ -6,7 +6,7 @@
     pipeline = asyncwsgi myapp
 
     [filter:asyncwsgi]
-    use = egg:asyncwsgi
+    use = egg:asyncwsgi-middleware
     paths =
         /reports/*
         /export/<int:id>
@@ -37,5 +37,5 @@ __all__ = ["convert_options", "filter_app_factory"]
 def filter_app_factory(
     app: WSGIApplication, global_conf: dict[str, str], **local_conf: str
 ) -> AsyncMiddleware:
-    """The ``paste.filter_app_factory`` entry point ``egg:asyncwsgi``."""
+    """The ``paste.filter_app_factory`` entry point ``egg:asyncwsgi-middleware``."""
     return AsyncMiddleware(app, **convert_options(local_conf, "the [filter] section"))
