@@ -118,8 +118,11 @@ def make_naive() -> Flask:
 def make_async(**options) -> AsyncMiddleware:
     # Every client of the Prefer: wait scenario may wait at once (the default
     # bound of 2 would answer the others at once and measure something else).
-    settings = {"paths": PATTERNS, "max_workers": 8, "max_pending": 100_000, "max_waiting": 64}
+    settings = {"paths": PATTERNS, "max_pending": 100_000, "max_waiting": 64}
     settings.update(options)
+    if "executor" not in settings:
+        # max_workers sizes the default pool only; an executor brings its own.
+        settings.setdefault("max_workers", 8)
     return AsyncMiddleware(make_flask(), **settings)
 
 
