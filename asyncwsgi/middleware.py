@@ -150,7 +150,7 @@ class AsyncMiddleware:
         self._waiting = 0
         self._waiting_lock = threading.Lock()
         if self.store.shared:
-            atexit.register(_close_at_exit, weakref.ref(self))
+            _AT_EXIT.add(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -462,10 +462,36 @@ def _quoted(path: str) -> str:
     return urllib.parse.quote(raw, safe=_PATH_SAFE)
 
 
-def _close_at_exit(ref: weakref.ref[AsyncMiddleware]) -> None:
-    middleware = ref()
-    if middleware is not None and not middleware.closed:
-        middleware.close(timeout=_EXIT_GRACE)
+class _ClosedAtExit:
+    """The middlewares with a shared store that a normal exit of this process
+    closes, so that the store never keeps their tasks "running" until the
+    lease runs out. One atexit registration serves them all; they are held
+    weakly, so a middleware dropped is not kept alive (nor its hook)."""
+
+    def __init__(self) -> None:
+        self._middlewares: weakref.WeakSet[AsyncMiddleware] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._registered = False
+
+    def add(self, middleware: AsyncMiddleware) -> None:
+        with self._lock:
+            if not self._registered:
+                atexit.register(self.close_all)
+                self._registered = True
+            self._middlewares.add(middleware)
+
+    def close_all(self) -> None:
+        # One grace for the whole exit, not one per middleware.
+        deadline = time.monotonic() + _EXIT_GRACE
+        running = [m for m in list(self._middlewares) if not m.closed]
+        for middleware in running:
+            middleware.closed = True  # all stop accepting before any waits
+        for middleware in running:
+            middleware.close(timeout=max(0.0, deadline - time.monotonic()))
+
+
+# The one process-wide hook: atexit itself is process-wide state.
+_AT_EXIT = _ClosedAtExit()
 
 
 def _fingerprint(environ: WSGIEnvironment, body: bytes) -> str:
