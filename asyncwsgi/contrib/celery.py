@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..environ import json_environ
@@ -43,8 +42,9 @@ TASK_NAME = "asyncwsgi.run"
 # The task's positional arguments: the fields of remote.job_message, in order.
 _ARGS = ("id", "store", "environ", "body", "max_result", "lease", "deadline")
 
-# The "asyncwsgi.run" task of each Celery app, and the WSGI app it runs.
-_registered: weakref.WeakKeyDictionary[Any, tuple[str, Any]] = weakref.WeakKeyDictionary()
+# Where a Celery app keeps its "asyncwsgi.run" task and the WSGI app that task
+# runs: on the Celery app itself, so that nothing outlives it here.
+_ON_APP = "_asyncwsgi_task"
 _registered_lock = threading.Lock()
 
 
@@ -107,7 +107,7 @@ class CeleryExecutor(RemoteExecutor):
 
 def _register(celery_app: Any, app: str) -> Any:
     with _registered_lock:
-        known = _registered.get(celery_app)
+        known: tuple[str, Any] | None = getattr(celery_app, _ON_APP, None)
         if known is not None:
             if known[0] != app:
                 raise ValueError(
@@ -131,5 +131,5 @@ def _register(celery_app: Any, app: str) -> Any:
         task = celery_app.task(name=TASK_NAME, serializer="json", ignore_result=True, shared=False)(
             run
         )
-        _registered[celery_app] = (app, task)
+        setattr(celery_app, _ON_APP, (app, task))
         return task
