@@ -60,6 +60,18 @@ def test_every_option_is_known_to_paste(name):
         assert "unknown" not in str(exc)
 
 
+@pytest.mark.filterwarnings("ignore:'cgi' is deprecated:DeprecationWarning")  # WebOb 1.8
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("paths", "prefer_paths")])
+def test_every_option_is_a_pyramid_setting(name):
+    pytest.importorskip("pyramid")
+    from asyncwsgi.contrib.pyramid import options_from_settings
+
+    try:
+        options_from_settings({f"asyncwsgi.{name}": "1"})
+    except ValueError as exc:
+        assert "unknown" not in str(exc)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_option_is_read_from_flask_config(name):
     flask = pytest.importorskip("flask")
