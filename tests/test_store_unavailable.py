@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -183,3 +184,34 @@ def test_sqlite_on_a_full_disk(small_disk: Path, caplog: pytest.LogCaptureFixtur
 
 def test_store_full_is_a_store_unavailable() -> None:
     assert issubclass(StoreFull, StoreUnavailable)
+
+
+def test_a_redis_that_stops_answering_is_a_503_not_a_hang(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from asyncwsgi.stores.redis import RedisStore
+
+    with RedisServer(_need("redis-server")) as server:
+        # The store's own client times out (10 s unless the URL says otherwise).
+        default = RedisStore.from_url(server.url(0))
+        assert default.client.connection_pool.connection_kwargs["socket_timeout"] == 10.0
+        default.close()
+        middleware = AsyncMiddleware(
+            echo, paths=["/work/*"], store=server.url(0) + "?socket_timeout=0.5"
+        )
+        try:
+            client = Client(middleware)
+            before = client.post("/work/1", data=b"before")
+            location = before.headers["Location"]
+            assert wait_done(client, location).data == b"echo:before"
+            server.proc.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+            try:
+                began = time.monotonic()
+                assert_503(client.post("/work/2", data=b"during"))
+                assert_503(client.get(location))
+                assert time.monotonic() - began < 5
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            assert client.get(location).data == b"echo:before"
+        finally:
+            middleware.close(10)

@@ -37,6 +37,7 @@ script runs on one node; a prefix without one is refused.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,8 @@ from ..task import Created, KeyEntry, Progress, Result, TaskRecord
 from .base import Store, StoreFull, StoreUnavailable
 
 __all__ = ["RedisStore"]
+
+logger = logging.getLogger("asyncwsgi")
 
 # Shared Lua: KEYS are the main keys of a call; every other key is derived from
 # the prefix (ARGV[1]) inside the script.
@@ -246,6 +249,10 @@ return 1
 )
 
 _DEFAULT_PREFIX = "asyncwsgi:"
+# For the clients the store makes from a URL (the URL's own socket_timeout=
+# and socket_connect_timeout= win): a Redis that stopped answering (stopped,
+# partitioned) is a 503 after this long, not a request that hangs for ever.
+_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
 
 # Redis down, restarting, loading its data, failing over, or a cluster that
 # lost a slot: the store is unavailable, not broken (ConnectionError covers
@@ -345,10 +352,10 @@ class RedisStore(Store):
             if scheme.lower().endswith("+cluster"):
                 _check_cluster_prefix(prefix)  # before a client exists to be closed
                 self.client = RedisCluster.from_url(
-                    scheme[: -len("+cluster")] + ":" + rest, decode_responses=False
+                    scheme[: -len("+cluster")] + ":" + rest, decode_responses=False, **_TIMEOUTS
                 )
             else:
-                self.client = redis.Redis.from_url(connect_url, decode_responses=False)
+                self.client = redis.Redis.from_url(connect_url, decode_responses=False, **_TIMEOUTS)
             self._owns_client = True
         else:
             if _connection_kwargs(client_or_url).get("decode_responses"):
@@ -376,6 +383,26 @@ class RedisStore(Store):
         self._progress = register(_PROGRESS)
         self._finish_script = register(_FINISH)
         self._delete_script = register(_DELETE)
+        self._check_eviction()
+
+    def _check_eviction(self) -> None:
+        """Warn when the server may evict keys: an evicted task is a 202 that
+        turns into a 404 (docs/stores.md says what the store needs)."""
+        try:
+            info: dict[str, Any] = self.client.info("memory")
+        except redis.RedisError as exc:  # down at start: the calls will say so
+            logger.debug("asyncwsgi: could not read Redis's maxmemory-policy: %s", exc)
+            return
+        # A cluster answers per node ({"host:port": {...}}), a server directly.
+        nodes = [info] if "maxmemory_policy" in info else list(info.values())
+        policies = {str(node.get("maxmemory_policy", "noeviction")) for node in nodes}
+        for policy in sorted(policies - {"noeviction"}):
+            logger.warning(
+                "asyncwsgi: Redis runs with maxmemory-policy %s, which can evict the "
+                "store's keys (an accepted task then answers 404); use "
+                "maxmemory-policy noeviction for the task store",
+                policy,
+            )
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
