@@ -21,7 +21,7 @@ from werkzeug.test import Client, TestResponse
 
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.stores import SQLiteStore, StoreFull, StoreUnavailable
-from asyncwsgi.task import TaskRecord
+from asyncwsgi.task import Result, TaskRecord
 from bench.services import RedisServer
 from tests.helpers import wait_done
 from tests.redis_fixture import _need
@@ -215,3 +215,39 @@ def test_a_redis_that_stops_answering_is_a_503_not_a_hang(
             assert client.get(location).data == b"echo:before"
         finally:
             middleware.close(10)
+
+
+def test_sqlite_reads_do_not_wait_for_another_process_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    store = SQLiteStore(str(path), timeout=2.0)
+    holder = None
+    try:
+        due, kept = (
+            TaskRecord(secrets.token_hex(8), created=time.time(), ttl=t) for t in (0.05, 300)
+        )
+        for record in (due, kept):
+            assert store.create(record)
+            assert store.start(record.id, time.time() + 30)
+            assert store.finish(record.id, Result("200 OK", [], b"ok"))
+        time.sleep(0.1)  # due's result has expired: a read would tidy it up
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        began = time.monotonic()
+        got = store.get(kept.id)
+        assert got is not None and got.state == "done"
+        gone = store.get(due.id)
+        assert gone is not None and gone.state == "expired"
+        assert time.monotonic() - began < 1.0  # not the busy timeout
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+            for stream in (holder.stdin, holder.stdout):
+                if stream is not None:
+                    stream.close()
+        store.close()

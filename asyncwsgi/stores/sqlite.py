@@ -31,8 +31,9 @@ _SCHEME = "sqlite:///"
 # Expired tasks are moved to the tombstones in batches of this many, on the
 # calls that touch the table: never a sweep of the whole table at once.
 _EXPIRE_BATCH = 100
-# SQLite's result code for a full disk (sqlite3.SQLITE_FULL from Python 3.11;
-# typeshed does not list it).
+# SQLite's result codes (in sqlite3 from Python 3.11; typeshed does not list them).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
 _SQLITE_FULL = 13
 # Ids per statement in heartbeat() (SQLite bounds the number of parameters).
 _ID_CHUNK = 500
@@ -290,15 +291,32 @@ class SQLiteStore(Store):
         now = time.time()
         conn = self._conn()
         if self._expiry_due(conn, now):
-            with self._write() as conn:
-                self._expire(conn, now, task_id)
+            self._tidy(conn, now, task_id)
         row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is not None:
-            return _record(row)
+            record = _record(row)
+            expires_at = row[-1]
+            if expires_at is not None and expires_at <= now:  # not tidied up yet
+                return self._tombstone(task_id, record.owner)
+            return record
         tomb = conn.execute(
             "SELECT owner FROM tombstones WHERE id = ? AND expires_at > ?", (task_id, now)
         ).fetchone()
         return None if tomb is None else self._tombstone(task_id, tomb[0])
+
+    def _tidy(self, conn: sqlite3.Connection, now: float, task_id: str) -> None:
+        """Expire what is due, on a read: only if the write lock is free now.
+        A poll must not wait (and fail after the busy timeout) because another
+        process is writing; the next call tidies up."""
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            with self._write() as writing:
+                self._expire(writing, now, task_id)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
 
     def _start(self, task_id: str, now: float, lease_until: float) -> bool:
         with self._write() as conn:
