@@ -767,3 +767,18 @@ def test_a_slow_upload_with_a_key_cannot_run_the_work_twice(store: Store) -> Non
         slow.join(30)
         middleware.close(10)
     assert runs == [b"helloworld"]
+
+
+def test_a_lapsed_task_is_cancelled_and_stays_lost(store: Store) -> None:
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 0.1)
+    time.sleep(0.2)
+    # The app still running it is told to stop; nothing brings it back.
+    assert store.is_cancelled(record.id)
+    store.heartbeat([record.id], time.time() + 30)
+    store.set_progress(record.id, {"done": 1, "total": None, "message": None})
+    assert not store.start(record.id, time.time() + 30)
+    got = store.get(record.id)
+    assert got is not None and got.state == "done" and got.progress is None
+    assert got.result is not None and b"lost" in got.result.body
