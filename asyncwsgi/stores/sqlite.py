@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE INDEX IF NOT EXISTS keys_task_id ON keys (task_id);
 """
 
+# The lease rule (stores/base.py: lapsed) in SQL, with the time as parameter.
+_ACTIVE = "state IN ('queued', 'running')"
+_LAPSED = _ACTIVE + " AND lease_until < ?"
+
 _COLUMNS = (
     "id, state, created, started, finished, progress, status, headers, body, owner,"
     " lease_until, ttl, expires_at"
@@ -333,8 +337,7 @@ class SQLiteStore(Store):
                 chunk = task_ids[i : i + _ID_CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 conn.execute(
-                    f"UPDATE tasks SET lease_until = ? WHERE state IN ('queued', 'running') "
-                    f"AND id IN ({marks})",
+                    f"UPDATE tasks SET lease_until = ? WHERE {_ACTIVE} AND id IN ({marks})",
                     (lease_until, *chunk),
                 )
 
@@ -353,8 +356,7 @@ class SQLiteStore(Store):
         # lease was judged lost, or a lost verdict after a real finish).
         query = (
             "UPDATE tasks SET state = 'done', finished = ?, status = ?, headers = ?, body = ?,"
-            " lease_until = NULL, expires_at = ? + ttl WHERE id = ?"
-            " AND state IN ('queued', 'running')"
+            " lease_until = NULL, expires_at = ? + ttl WHERE id = ? AND "
         )
         params: tuple[Any, ...] = (
             now,
@@ -364,8 +366,10 @@ class SQLiteStore(Store):
             now,
             task_id,
         )
-        if lapsed_before is not None:
-            query += " AND lease_until < ?"
+        if lapsed_before is None:
+            query += _ACTIVE
+        else:
+            query += _LAPSED
             params += (lapsed_before,)
         with self._write() as conn:
             return conn.execute(query, params).rowcount == 1
@@ -381,8 +385,7 @@ class SQLiteStore(Store):
         rows = (
             self._conn()
             .execute(
-                "SELECT id FROM tasks WHERE state IN ('queued', 'running') AND lease_until < ?"
-                " LIMIT ?",
+                f"SELECT id FROM tasks WHERE {_LAPSED} LIMIT ?",
                 (now, limit),
             )
             .fetchall()
@@ -400,9 +403,7 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _count_in(conn: sqlite3.Connection) -> int:
-        row = conn.execute(
-            "SELECT COUNT(*) FROM tasks WHERE state IN ('queued', 'running')"
-        ).fetchone()
+        row = conn.execute(f"SELECT COUNT(*) FROM tasks WHERE {_ACTIVE}").fetchone()
         return int(row[0])
 
     @staticmethod
