@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ..results import lost_result
 from ..task import Created, Progress, Result, TaskRecord
@@ -97,54 +95,75 @@ class Store(abc.ABC):
         first). A key lives as long as its task: deleted with it, forgotten
         when its result expires.
         """
-        with self._faults():
+        try:
             outcome = self._insert(record, key, fingerprint, limit)
             if outcome or outcome.existing is not None or limit is None:
                 return outcome
             if not self._reclaim(time.time()):
                 return outcome
             return self._insert(record, key, fingerprint, limit)
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def get(self, task_id: str) -> TaskRecord | None:
         """A snapshot of the record, a tombstone (``state == "expired"``), or
         None. A task found lapsed is finished as lost before it is returned."""
-        with self._faults():
+        try:
             record = self._read(task_id)
             now = time.time()
             if record is not None and lapsed(record, now):
                 self._finish(task_id, lost_result(), now, lapsed_before=now)
                 record = self._read(task_id)
             return record
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def start(self, task_id: str, lease_until: float) -> bool:
         """Move a queued task to running. False if it is not queued (deleted,
         finished, or already started)."""
-        with self._faults():
+        try:
             return self._start(task_id, time.time(), lease_until)
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def heartbeat(self, task_ids: list[str], lease_until: float) -> None:
         """Extend the lease of queued and running tasks."""
         if task_ids:
-            with self._faults():
+            try:
                 self._heartbeat(task_ids, lease_until)
+            except self._backend_errors as exc:
+                self._fault(exc)
+                raise
 
     def set_progress(self, task_id: str, progress: Progress) -> None:
         """Record the progress of a running task."""
-        with self._faults():
+        try:
             self._set_progress(task_id, progress)
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def finish(self, task_id: str, result: Result) -> bool:
         """Store the result of a queued or running task, kept for the
         record's ``ttl`` seconds. False (and nothing written) if the task was
         deleted or has already finished: a finished result is never
         overwritten."""
-        with self._faults():
+        try:
             return self._finish(task_id, result, time.time(), lapsed_before=None)
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def delete(self, task_id: str) -> bool:
         """Forget a task (and its key). A running task sees itself cancelled."""
-        with self._faults():
+        try:
             return self._delete(task_id)
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def is_cancelled(self, task_id: str) -> bool:
         """Whether a task should stop: it is no longer running (deleted,
@@ -155,9 +174,12 @@ class Store(abc.ABC):
     def count_active(self) -> int:
         """Queued plus running tasks in the whole table (lapsed ones finished
         as lost first)."""
-        with self._faults():
+        try:
             self._reclaim(time.time())
             return self._count()
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Block until the task is done (or gone), at most ``timeout``
@@ -176,8 +198,11 @@ class Store(abc.ABC):
             if record.lease_until is not None:
                 # Wake when the lease passes, to give its verdict then.
                 remaining = min(remaining, max(0.001, record.lease_until - time.time() + 0.001))
-            with self._faults():
+            try:
                 self._block(task_id, remaining, poll)
+            except self._backend_errors as exc:
+                self._fault(exc)
+                raise
             poll = min(poll * 1.5, _POLL_LAST)
 
     def close(self) -> None:  # noqa: B027 (optional hook)
@@ -200,11 +225,15 @@ class Store(abc.ABC):
 
     # -- what each store supplies ------------------------------------------
 
-    @contextmanager
-    def _faults(self) -> Iterator[None]:
-        """Turn the backend's own errors for an unreachable, locked or full
-        store into :class:`StoreUnavailable` / :class:`StoreFull`."""
-        yield
+    #: The backend's exceptions that may mean "unreachable, locked or full";
+    #: :meth:`_fault` tells which do. (An empty tuple catches nothing, and a
+    #: try costs nothing until it catches.)
+    _backend_errors: tuple[type[Exception], ...] = ()
+
+    def _fault(self, exc: Exception) -> None:  # noqa: B027 (optional hook)
+        """Raise the :class:`StoreUnavailable` (or :class:`StoreFull`) that a
+        backend error caught by ``_backend_errors`` means, from it; return
+        when it means something else (it is then raised as it is)."""
 
     @abc.abstractmethod
     def _insert(

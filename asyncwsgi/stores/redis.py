@@ -39,8 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -415,19 +413,16 @@ class RedisStore(Store):
 
     # -- the primitives --------------------------------------------------
 
-    @contextmanager
-    def _faults(self) -> Iterator[None]:
-        try:
-            yield
-        except redis.OutOfMemoryError as exc:  # maxmemory reached under noeviction
+    _backend_errors = (*_UNAVAILABLE, redis.ResponseError)
+
+    def _fault(self, exc: Exception) -> None:
+        if isinstance(exc, redis.OutOfMemoryError):  # maxmemory reached under noeviction
             raise StoreFull(f"Redis is out of memory: {exc}") from exc
-        except _UNAVAILABLE as exc:
+        if isinstance(exc, _UNAVAILABLE):
             raise StoreUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
-        except redis.ResponseError as exc:
+        if str(exc).startswith("MISCONF"):
             # A Redis that cannot persist refuses writes (stop-writes-on-bgsave-error).
-            if str(exc).startswith("MISCONF"):
-                raise StoreUnavailable(f"Redis refuses writes: {exc}") from exc
-            raise
+            raise StoreUnavailable(f"Redis refuses writes: {exc}") from exc
 
     def _insert(
         self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None

@@ -222,17 +222,15 @@ class SQLiteStore(Store):
                     pass
             raise
 
-    @contextmanager
-    def _faults(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            # Locked past the busy timeout, an I/O error, a file that cannot be
-            # opened or written: the store is unavailable (and full when the
-            # disk is). Its message is SQLite's own ("database is locked").
-            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
-                raise StoreFull(f"SQLite {self.path}: {exc}") from exc
-            raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
+    _backend_errors = (sqlite3.OperationalError,)
+
+    def _fault(self, exc: Exception) -> None:
+        # Locked past the busy timeout, an I/O error, a file that cannot be
+        # opened or written: the store is unavailable (and full when the disk
+        # is). Its message is SQLite's own ("database is locked").
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            raise StoreFull(f"SQLite {self.path}: {exc}") from exc
+        raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Close every connection this process opened for this store."""
