@@ -251,3 +251,34 @@ def test_sqlite_reads_do_not_wait_for_another_process_write_lock(tmp_path: Path)
                 if stream is not None:
                     stream.close()
         store.close()
+
+
+@pytest.mark.slow
+def test_through_gunicorn_redis_down_is_a_plain_503_and_one_log_line(tmp_path: Path) -> None:
+    from tests.test_gunicorn_shared import call, gunicorn
+
+    with RedisServer(_need("redis-server")) as server:
+        with gunicorn(tmp_path, server.url(0), ["-w", "2"]) as (port, _):
+            status, headers, _body = call(port, "POST", "/work/1", b"before")
+            assert status == 202
+            location = headers["Location"]
+            server.kill()
+            try:
+                answers = [
+                    call(port, "POST", "/work/2", b"during"),
+                    call(port, "GET", location),
+                ]
+            finally:
+                server.start()
+            for status, headers, body in answers:
+                assert status == 503, body
+                assert headers["Retry-After"] == "1"
+                assert headers["Content-Type"].startswith("text/plain")
+                assert b"unavailable" in body and b"<html" not in body.lower()
+            # Back by itself: the same processes answer again.
+            status, headers, _body = call(port, "POST", "/work/3", b"after")
+            assert status == 202
+        log = next(tmp_path.glob("gunicorn-*.log")).read_text(errors="replace")
+    lines = [line for line in log.splitlines() if "task store is unavailable" in line]
+    assert len(lines) == 2, log
+    assert "Traceback" not in log, log
