@@ -3,6 +3,7 @@ runs, and ``environ["asyncwsgi.task"]``, what the app sees of its own task."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ if TYPE_CHECKING:
     from .stores.base import Store
 
 __all__ = ["Created", "Job", "KeyEntry", "Progress", "Result", "State", "TaskHandle", "TaskRecord"]
+
+logger = logging.getLogger("asyncwsgi")
 
 State = Literal["queued", "running", "done", "expired"]
 Progress = dict[str, Any]
@@ -97,15 +100,20 @@ class TaskHandle:
     status URL); its result will be dropped, so the app may stop early. With a
     shared store the answer is refreshed at most every ``cancel_check``
     seconds, so a loop can read it freely.
+
+    Both are advisory: while the store cannot be reached, progress is not
+    recorded and ``cancelled`` keeps its last answer (logged once per
+    outage), and the app goes on; only its result must reach the store.
     """
 
-    __slots__ = ("id", "_store", "_cancelled", "_checked", "cancel_check")
+    __slots__ = ("id", "_store", "_cancelled", "_checked", "_failing", "cancel_check")
 
     def __init__(self, task_id: str, store: Store, *, cancel_check: float = 0.25) -> None:
         self.id = task_id
         self._store = store
         self._cancelled = False
         self._checked = 0.0
+        self._failing = False
         self.cancel_check = cancel_check if store.shared else 0.0
 
     def set_progress(
@@ -123,7 +131,12 @@ class TaskHandle:
             raise ValueError("progress numbers must be finite (no NaN or infinity)")
         if message is not None and not isinstance(message, str):
             raise TypeError("message must be a str or None")
-        self._store.set_progress(self.id, {"done": done, "total": total, "message": message})
+        try:
+            self._store.set_progress(self.id, {"done": done, "total": total, "message": message})
+        except Exception as exc:  # the store's fault (StoreUnavailable), not the app's
+            self._failed("progress not recorded", exc)
+        else:
+            self._failing = False
 
     @property
     def cancelled(self) -> bool:
@@ -132,8 +145,18 @@ class TaskHandle:
         now = time.monotonic()
         if now - self._checked >= self.cancel_check:
             self._checked = now
-            self._cancelled = self._store.is_cancelled(self.id)
+            try:
+                self._cancelled = self._store.is_cancelled(self.id)
+            except Exception as exc:  # the store's fault: keep the last answer
+                self._failed("cancellation not checked", exc)
+            else:
+                self._failing = False
         return self._cancelled
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if not self._failing:
+            self._failing = True
+            logger.warning("asyncwsgi: task %s: %s: %s", self.id, what, exc)
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.id}>"

@@ -282,3 +282,39 @@ def test_through_gunicorn_redis_down_is_a_plain_503_and_one_log_line(tmp_path: P
     lines = [line for line in log.splitlines() if "task store is unavailable" in line]
     assert len(lines) == 2, log
     assert "Traceback" not in log, log
+
+
+@pytest.mark.slow
+def test_an_app_reporting_progress_outlives_a_redis_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def reporting(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        task = environ["asyncwsgi.task"]
+        for step in range(40):  # about 2 s, through the outage
+            task.set_progress(step, 40)
+            if task.cancelled:
+                start_response("409 Conflict", [])
+                return [b"cancelled"]
+            time.sleep(0.05)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"finished"]
+
+    server = RedisServer(_need("redis-server"), "--appendonly", "yes", "--appendfsync", "always")
+    with server:
+        middleware = AsyncMiddleware(
+            reporting, paths=["/work/*"], store=server.url(0) + "?socket_timeout=0.5"
+        )
+        try:
+            client = Client(middleware)
+            location = client.post("/work/1").headers["Location"]
+            time.sleep(0.3)
+            server.kill()
+            time.sleep(1.0)
+            server.start()
+            done = wait_done(client, location, timeout=30)
+            assert (done.status_code, done.data) == (200, b"finished")
+            # The app was not told about the outage; the log was, once.
+            lines = [r for r in caplog.records if "progress" in r.message]
+            assert 1 <= len(lines) <= 2 and all(r.exc_info is None for r in lines)
+        finally:
+            middleware.close(10)
