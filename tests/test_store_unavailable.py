@@ -318,3 +318,61 @@ def test_an_app_reporting_progress_outlives_a_redis_outage(
             assert 1 <= len(lines) <= 2 and all(r.exc_info is None for r in lines)
         finally:
             middleware.close(10)
+
+
+def _every_call(store: Any) -> dict[str, Any]:
+    record = TaskRecord(secrets.token_hex(8), created=time.time())
+    result = Result("200 OK", [], b"")
+    return {
+        "create": lambda: store.create(record, key="k", fingerprint="f", limit=10),
+        "get": lambda: store.get(record.id),
+        "start": lambda: store.start(record.id, time.time() + 30),
+        "heartbeat": lambda: store.heartbeat([record.id], time.time() + 30),
+        "set_progress": lambda: store.set_progress(record.id, {"done": 1}),
+        "finish": lambda: store.finish(record.id, result),
+        "delete": lambda: store.delete(record.id),
+        "is_cancelled": lambda: store.is_cancelled(record.id),
+        "count_active": lambda: store.count_active(),
+        "wait": lambda: store.wait(record.id, 0.1),
+    }
+
+
+def test_every_call_on_an_unreachable_redis_raises_store_unavailable() -> None:
+    from asyncwsgi.stores.redis import RedisStore
+
+    with RedisServer(_need("redis-server")) as server:
+        url = server.url(0)
+    store = RedisStore.from_url(url)  # nothing listens there any more
+    try:
+        for name, call in _every_call(store).items():
+            with pytest.raises(StoreUnavailable) as caught:
+                call()
+            assert "Redis" in str(caught.value), name
+    finally:
+        store.close()
+
+
+def test_every_write_on_a_locked_sqlite_raises_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    store = SQLiteStore(str(path), timeout=0.1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        calls = _every_call(store)
+        for name in ("create", "start", "heartbeat", "set_progress", "finish", "delete"):
+            with pytest.raises(StoreUnavailable, match="database is locked"):
+                calls[name]()
+        # Reads do not need the lock (WAL).
+        assert calls["get"]() is None and calls["count_active"]() == 0
+    finally:
+        holder.kill()
+        holder.wait()
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
+        store.close()
