@@ -45,3 +45,24 @@ def test_a_redis_down_at_start_is_no_error(caplog: pytest.LogCaptureFixture) -> 
     store = RedisStore.from_url(url)  # nothing listens: checked later, by use
     store.close()
     assert warnings_about_eviction(caplog) == []
+
+
+def test_a_cluster_is_checked_node_by_node(
+    redis_cluster_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore.from_url(redis_cluster_url, prefix="{asyncwsgi-test}:")
+    try:
+        assert warnings_about_eviction(caplog) == []
+        # The node serving the table switched to an evicting policy is named
+        # at the next start.
+        node = store.client.get_node_from_key(store.prefix + "active")
+        store.client.config_set("maxmemory-policy", "allkeys-lfu", target_nodes=node)
+        try:
+            again = RedisStore.from_url(redis_cluster_url, prefix="{asyncwsgi-test}:")
+            again.close()
+        finally:
+            store.client.config_set("maxmemory-policy", "noeviction", target_nodes=node)
+        (message,) = warnings_about_eviction(caplog)
+        assert "allkeys-lfu" in message
+    finally:
+        store.close()

@@ -387,11 +387,17 @@ class RedisStore(Store):
         """Warn when the server may evict keys: an evicted task is a 202 that
         turns into a 404 (docs/stores.md says what the store needs)."""
         try:
-            info: dict[str, Any] = self.client.info("memory")
-        except redis.RedisError as exc:  # down at start: the calls will say so
+            if isinstance(self.client, RedisCluster):
+                # The table is in one slot: the node that serves it is the one.
+                node = self.client.get_node_from_key(self.prefix + "active")  # type: ignore[no-untyped-call]
+                info: dict[str, Any] = self.client.info("memory", target_nodes=node)
+            else:
+                info = self.client.info("memory")
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # Down at start: the calls will say so.
             logger.debug("asyncwsgi: could not read Redis's maxmemory-policy: %s", exc)
             return
-        # A cluster answers per node ({"host:port": {...}}), a server directly.
+        # A cluster may answer per node ({"host:port": {...}}), a server directly.
         nodes = [info] if "maxmemory_policy" in info else list(info.values())
         policies = {str(node.get("maxmemory_policy", "noeviction")) for node in nodes}
         for policy in sorted(policies - {"noeviction"}):
