@@ -127,7 +127,11 @@ class ThreadExecutor(Executor):
             except BaseException:
                 # run() ends its task whatever happens; this thread must not
                 # end with it, or the pool would shrink for good.
-                logger.exception("asyncwsgi: task %s failed outside the app", job.task_id)
+                logger.exception(
+                    "asyncwsgi: task %s failed outside the app",
+                    job.task_id,
+                    extra={"task_id": job.task_id},
+                )
             finally:
                 with cond:
                     self._unfinished -= 1

@@ -23,18 +23,23 @@ from werkzeug.wrappers import Response
 
 from .environ import read_body, snapshot
 from .executor import Executor, ThreadExecutor
+from .logs import task_extra
+from .metrics import INSTRUMENTS, scrape_registry
 from .options import check_options
 from .owner import owner_hash
 from .patterns import Pattern, compile_patterns
 from .prefer import parse_prefer, wait_seconds
 from .results import error_result
-from .runner import TaskRunner
+from .runner import ACCEPTED, TaskRunner
 from .stores import Store, open_store
 from .stores.base import ACTIVE, StoreUnavailable
 from .task import Job, Result, TaskRecord
+from .tracing import TASK_ID, activate, inject, start_submit
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from opentelemetry.trace import Span
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["AsyncMiddleware"]
 
@@ -104,6 +109,7 @@ class AsyncMiddleware:
         timeout: float | None = None,
         executor: Executor | None = None,
         location_base: str | None = None,
+        metrics_path: str | None = None,
     ) -> None:
         # Every option is checked by its rule in options.OPTIONS (one line
         # there for each keyword argument here: a test holds them together).
@@ -113,6 +119,8 @@ class AsyncMiddleware:
                 "max_workers sizes the default thread pool; with executor= give the "
                 "executor its own size (ThreadExecutor(max_workers=...))"
             )
+        if metrics_path is not None and metrics_path.startswith(status_path):
+            raise ValueError(f"metrics_path must not be under status_path, not {metrics_path!r}")
         self.app = app
         self.paths: list[Pattern] = given["paths"]
         self.methods: frozenset[str] = given["methods"]
@@ -141,6 +149,8 @@ class AsyncMiddleware:
             executor if executor is not None else ThreadExecutor(self.max_workers or _POOL_SIZE)
         )
         self.location_base: str | None = given["location_base"]
+        self.metrics_path = metrics_path
+        self._metrics_registry: CollectorRegistry | None = None
         self.runner = TaskRunner(
             app, self.store, max_result=max_result, lease=lease, timeout=timeout
         )
@@ -154,6 +164,8 @@ class AsyncMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if path == self.metrics_path:
+            return self._metrics(environ, start_response)
         method = environ["REQUEST_METHOD"]
         try:
             if path.startswith(self.status_path):
@@ -181,7 +193,25 @@ class AsyncMiddleware:
         if "asyncwsgi.task" in environ:
             # A task's own request replayed through this middleware again.
             return self.app(environ, start_response)
+        span = start_submit(environ)
+        try:
+            if span is None:
+                return self._accept(environ, start_response, applied, None)
+            with activate(span):
+                return self._accept(environ, start_response, applied, span)
+        except StoreUnavailable:
+            _rejected("store_unavailable")  # answered 503 by __call__
+            raise
+
+    def _accept(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        applied: str,
+        span: Span | None,
+    ) -> Iterable[bytes]:
         if self.closed:
+            _rejected("closed")
             return self._unavailable("not accepting new tasks")(environ, start_response)
         if environ.get("wsgi.multiprocess") and not self.store.shared:
             self._warn_multiprocess()
@@ -210,6 +240,8 @@ class AsyncMiddleware:
         try:
             body = read_body(environ, self.max_body)
         except HTTPException as exc:
+            if exc.code == 413:
+                _rejected("too_large")
             return exc(environ, start_response)
 
         now = time.time()
@@ -231,16 +263,29 @@ class AsyncMiddleware:
                 )
             return self._status(environ, start_response, outcome.existing.task_id, retried=True)
         if not outcome.created:
+            _rejected("full")
             return self._unavailable("too many pending tasks")(environ, start_response)
+        job_environ = snapshot(environ)
+        # When it was accepted, for the queue wait measured where it runs.
+        job_environ[ACCEPTED] = repr(now)
+        if span is not None:
+            span.set_attribute(TASK_ID, record.id)
+            inject(job_environ, span)
+        logger.debug("asyncwsgi: task %s accepted", record.id, extra=task_extra(record.id))
         try:
             if leased:
                 self.runner.hold(record.id)
-            self.executor.submit(Job(record.id, snapshot(environ), body))
+            self.executor.submit(Job(record.id, job_environ, body))
             self.runner.watch(record.id)
         except Exception:
-            logger.exception("asyncwsgi: could not queue task %s", record.id)
+            logger.exception(
+                "asyncwsgi: could not queue task %s", record.id, extra=task_extra(record.id)
+            )
             self.store.delete(record.id)
+            _rejected("executor_unavailable")
             return self._unavailable("could not queue the task")(environ, start_response)
+        if INSTRUMENTS is not None:
+            INSTRUMENTS.accepted.inc()
 
         wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
         if wait:
@@ -248,7 +293,9 @@ class AsyncMiddleware:
                 done, waited = self._wait(record.id, wait)
             except StoreUnavailable as exc:
                 # The task is accepted: its 202 stands, the client polls later.
-                logger.warning("asyncwsgi: waiting on task %s: %s", record.id, exc)
+                logger.warning(
+                    "asyncwsgi: waiting on task %s: %s", record.id, exc, extra=task_extra(record.id)
+                )
                 done, waited = record, None
             if waited is not None:
                 if done is None:
@@ -284,10 +331,14 @@ class AsyncMiddleware:
         if method == "DELETE" and not retried:
             if self.store.delete(task_id):
                 self.executor.cancel(task_id)
+                if record.state in ACTIVE:
+                    if INSTRUMENTS is not None:
+                        INSTRUMENTS.cancelled.inc()
+                    logger.info("asyncwsgi: task %s cancelled", task_id, extra=task_extra(task_id))
                 return Response(status=204)(environ, start_response)
             return _not_found(environ, start_response)
         if record.state == "expired":
-            return _text(410, "this task's result has expired")(environ, start_response)
+            return _gone(environ, start_response)
 
         applied = ""
         if record.state != "done":
@@ -300,7 +351,7 @@ class AsyncMiddleware:
                     applied = f"wait={waited}"
                     record = done
                 if record.state == "expired":
-                    return _text(410, "this task's result has expired")(environ, start_response)
+                    return _gone(environ, start_response)
         if record.state == "done" and record.result is not None:
             return _replay(environ, start_response, record.result, "")
         if record.state not in ("queued", "running"):
@@ -317,12 +368,17 @@ class AsyncMiddleware:
             if self._waiting >= self.max_waiting:
                 return None, None
             self._waiting += 1
+        gauge = INSTRUMENTS.waiting if INSTRUMENTS is not None else None
+        if gauge is not None:
+            gauge.inc()
         try:
             seconds = min(wait, self.max_wait)
             return self.store.wait(task_id, seconds), int(seconds)
         finally:
             with self._waiting_lock:
                 self._waiting -= 1
+            if gauge is not None:
+                gauge.dec()
 
     def _owns(self, environ: WSGIEnvironment, record: TaskRecord) -> bool:
         if self.owner is None:
@@ -396,6 +452,36 @@ class AsyncMiddleware:
         ``retry_after`` while the task is young, then a tenth of its age,
         capped at ``max_retry_after``; a long task is polled less often."""
         return min(self.max_retry_after, max(self.retry_after, int(age / 10)))
+
+    # -- metrics -----------------------------------------------------------
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry:
+        """The registry ``metrics_path`` answers from: asyncwsgi's metrics
+        (every process's, summed, in prometheus_client's multiprocess mode)
+        and the queued/running gauges read from this middleware's store.
+        Needs prometheus_client."""
+        if self._metrics_registry is None:
+            self._metrics_registry = scrape_registry(self.store)
+        return self._metrics_registry
+
+    def _metrics(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
+            response = _text(405, "use GET or HEAD on the metrics URL")
+            response.headers["Allow"] = "GET, HEAD"
+            return response(environ, start_response)
+        body = generate_latest(self.metrics_registry)
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", CONTENT_TYPE_LATEST),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
 
     def _unavailable(self, message: str) -> Response:
         response = _text(503, message)
@@ -521,3 +607,14 @@ def _text(code: int, message: str) -> Response:
 
 def _not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     return _text(404, "no such task")(environ, start_response)
+
+
+def _gone(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    if INSTRUMENTS is not None:
+        INSTRUMENTS.expired.inc()
+    return _text(410, "this task's result has expired")(environ, start_response)
+
+
+def _rejected(reason: str) -> None:
+    if INSTRUMENTS is not None:
+        INSTRUMENTS.rejected.labels(reason).inc()

@@ -194,6 +194,20 @@ def _base_url(name: str, value: Any) -> Any:
     return value.rstrip("/")
 
 
+def _metrics_path(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"{name} must be a path that starts with '/' or None, not {value!r}")
+    from .metrics import INSTRUMENTS
+
+    if INSTRUMENTS is None:
+        raise ValueError(
+            f"{name} needs prometheus_client: pip install 'asyncwsgi-middleware[metrics]'"
+        )
+    return value
+
+
 def _any(name: str, value: Any) -> Any:
     """For options whose value the constructor checks itself."""
     return value
@@ -243,6 +257,8 @@ OPTIONS: tuple[Option, ...] = (
            "where tasks run; None: the thread pool of max_workers"),
     Option("location_base", _optional_text, None, _base_url,
            "absolute base of status URLs (https://api.example.com); never from Host"),
+    Option("metrics_path", _optional_text, None, _metrics_path,
+           "path answered with the Prometheus metrics (needs prometheus_client); off by default"),
 )
 # fmt: on
 

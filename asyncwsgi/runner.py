@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING
 
 from .capture import ResponseTooLarge, capture
 from .environ import task_environ
+from .logs import current_task_id, task_extra
+from .metrics import INSTRUMENTS
 from .results import error_result
 from .stores.base import Store, StoreFull
 from .task import Result, TaskHandle
+from .tracing import end_run, inject, start_run
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -26,6 +29,10 @@ if TYPE_CHECKING:
 __all__ = ["TaskRunner"]
 
 logger = logging.getLogger("asyncwsgi")
+
+#: The job environ's key for when the task was accepted (``repr(time.time())``,
+#: a string so that it crosses a JSON broker); the app never sees it.
+ACCEPTED = "asyncwsgi.accepted"
 
 # A store call that failed is tried again after a delay that doubles from the
 # first value up to the last: quick after a blip, one call every two seconds
@@ -125,6 +132,7 @@ class TaskRunner:
                 task_id,
                 _START_PATIENCE,
                 exc,
+                extra=task_extra(task_id),
             )
             self.deliver(task_id, error_result(503, _NOT_STARTED))
             return
@@ -136,16 +144,29 @@ class TaskRunner:
         if self.store.shared and self._heartbeat is None:
             self._start_heartbeat()
 
+        # The app's own log records name the task too (logs.TaskIdFilter).
+        context = current_task_id.set(task_id)
+        extra = task_extra(task_id)
+        begun = time.time()
+        accepted = _accepted(job.environ)
+        span = start_run(job.environ, task_id, accepted, begun)
+        if INSTRUMENTS is not None and accepted is not None:
+            INSTRUMENTS.queue_wait.observe(max(0.0, begun - accepted))
+        logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
         result: Result | None = None
         stop: BaseException | None = None
         try:
             environ = task_environ(job.environ, job.body)
+            # Travels with the job for the queue wait; not part of the request.
+            environ.pop(ACCEPTED, None)
             environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
+            if span is not None:
+                inject(environ, span)  # the app's server span continues the trace
             result = capture(self.app, environ, self.max_result)
         except ResponseTooLarge as exc:
-            logger.error("asyncwsgi: task %s failed: %s", task_id, exc)
+            logger.error("asyncwsgi: task %s failed: %s", task_id, exc, extra=extra)
         except Exception:
-            logger.exception("asyncwsgi: task %s failed in the app", task_id)
+            logger.exception("asyncwsgi: task %s failed in the app", task_id, extra=extra)
         except BaseException as exc:
             # SystemExit, KeyboardInterrupt, GeneratorExit from the app end
             # its task, not the pool's thread. In the main thread (a Celery
@@ -153,13 +174,30 @@ class TaskRunner:
             # once the task is ended.
             logger.error(
                 "asyncwsgi: task %s failed in the app: %s", task_id, type(exc).__name__,
-                exc_info=True,
+                exc_info=True, extra=extra,
             )  # fmt: skip
             if threading.current_thread() is threading.main_thread():
                 stop = exc
-        self.deliver(task_id, result if result is not None else error_result(500))
+        if INSTRUMENTS is not None:
+            INSTRUMENTS.run_time.observe(time.time() - begun)
+        try:
+            self.deliver(task_id, result if result is not None else error_result(500))
+        finally:
+            if span is not None:
+                end_run(span, None if result is None else result.status)
+            current_task_id.reset(context)
         if stop is not None:
             raise stop
+
+    @staticmethod
+    def finished(task_id: str, result: Result) -> None:
+        """Count and log a task that ended with ``result`` (its store write
+        succeeded: once per task, whichever process or thread ended it)."""
+        if INSTRUMENTS is not None:
+            INSTRUMENTS.finish(result)
+        logger.debug(
+            "asyncwsgi: task %s finished: %s", task_id, result.status, extra=task_extra(task_id)
+        )
 
     def _start(self, task_id: str) -> bool:
         delay = _RETRY_FIRST
@@ -174,7 +212,10 @@ class TaskRunner:
                     raise
                 if delay == _RETRY_FIRST:
                     logger.warning(
-                        "asyncwsgi: task %s could not start (%s): retrying", task_id, exc
+                        "asyncwsgi: task %s could not start (%s): retrying",
+                        task_id,
+                        exc,
+                        extra=task_extra(task_id),
                     )
                 time.sleep(delay)
                 delay = min(delay * 2, _RETRY_LAST)
@@ -201,7 +242,8 @@ class TaskRunner:
         """One attempt: None once the store took it (or the task is gone or
         already finished), else the result to try again."""
         try:
-            self.store.finish(task_id, result)
+            if self.store.finish(task_id, result):
+                self.finished(task_id, result)
             return None
         except StoreFull as exc:
             if result.body.endswith(_NOT_STORED.encode() + b"\n"):
@@ -210,6 +252,7 @@ class TaskRunner:
                 "asyncwsgi: the result of task %s could not be stored (%s): ending it as 500",
                 task_id,
                 exc,
+                extra=task_extra(task_id),
             )
             return self._store_result(task_id, error_result(500, _NOT_STORED))
         except Exception as exc:
@@ -218,6 +261,7 @@ class TaskRunner:
                     "asyncwsgi: could not store the result of task %s (%s): retrying",
                     task_id,
                     exc,
+                    extra=task_extra(task_id),
                 )
             return result
 
@@ -252,6 +296,7 @@ class TaskRunner:
                             "asyncwsgi: stored the result of task %s after %.1f s of retries",
                             task_id,
                             time.monotonic() - retry.since,
+                            extra=task_extra(task_id),
                         )
             except Exception:
                 logger.exception("asyncwsgi: retrying results failed; going on")
@@ -289,12 +334,14 @@ class TaskRunner:
             retry = waiting.get(task_id)
             result = retry.result if retry is not None else error_result(500, message)
             try:
-                self.store.finish(task_id, result)
+                if self.store.finish(task_id, result):
+                    self.finished(task_id, result)
             except Exception as exc:
                 logger.error(
                     "asyncwsgi: task %s could not be ended at shutdown (%s): its lease ends it",
                     task_id,
                     exc,
+                    extra=task_extra(task_id),
                 )
 
     def _start_heartbeat(self) -> None:
@@ -355,12 +402,18 @@ class TaskRunner:
         result = error_result(504, "the task ran past its timeout")
         try:
             if self.store.finish(task_id, result):
-                logger.error("asyncwsgi: task %s ran past its timeout", task_id)
+                logger.error(
+                    "asyncwsgi: task %s ran past its timeout", task_id, extra=task_extra(task_id)
+                )
+                if INSTRUMENTS is not None:
+                    INSTRUMENTS.timed_out.inc()
+                self.finished(task_id, result)
         except Exception as exc:
             logger.error(
                 "asyncwsgi: task %s ran past its timeout; storing its 504 failed (%s): retrying",
                 task_id,
                 exc,
+                extra=task_extra(task_id),
             )
             self.deliver(task_id, result)
 
@@ -384,3 +437,12 @@ class TaskRunner:
         for thread in (self._heartbeat, self._watchdog, self._retrier):
             if thread is not None and thread is not current:
                 thread.join(timeout)
+
+
+def _accepted(environ: dict[str, object]) -> float | None:
+    """When the task was accepted, as the middleware noted it in its environ."""
+    value = environ.get(ACCEPTED)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every scenario in a second or two")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
     parser.add_argument(
-        "--only", type=int, nargs="*", choices=range(1, 8), help="run these scenarios only"
+        "--only", type=int, nargs="*", choices=range(1, 9), help="run these scenarios only"
     )
     parser.add_argument(
         "--rounds", type=int, help="alternating rounds per HTTP comparison (default 5; 2 quick)"
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = scenarios.Config.make(args.quick)
     if args.rounds:
         cfg.rounds = args.rounds
-    only = set(args.only or range(1, 8))
+    only = set(args.only or range(1, 9))
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         done("shared_stores", scenarios.shared_stores(cfg))
     if 7 in only:
         done("celery", scenarios.celery(cfg))
+    if 8 in only:
+        client_cpus, server_cpus = pinning.split() or (None, None)
+        names = ("async", "async:observed")
+        options = {name: {"cpus": server_cpus} for name in names}
+        options["async:observed"]["observe"] = True
+        with Servers(*names, options=options) as servers, pinning.client_on(client_cpus):
+            done("observability", scenarios.observability(servers, cfg))
 
     rows = [r for result in results.values() for r in result["rows"]]
     elapsed = time.perf_counter() - started

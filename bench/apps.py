@@ -3,15 +3,25 @@
 gunicorn loads ``bench.apps:app``; ``BENCH_APP`` picks the variant
 (``bare``, ``async`` or ``naive``); ``BENCH_STORE`` (a store URL) gives the
 ``async`` variant a shared store instead of its own ``MemoryStore``.
+``BENCH_OBSERVE=1`` turns metrics and tracing on in the ``async`` variant
+(prometheus_client, the OpenTelemetry SDK with a batch processor, and
+``metrics_path``); without it the server runs as if the ``metrics`` and
+``tracing`` extras were not installed, which is what "off" is.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 import uuid
+
+if os.environ.get("BENCH_APP") and os.environ.get("BENCH_OBSERVE") != "1":
+    # Before asyncwsgi is imported: as installed without the optional extras.
+    sys.modules["prometheus_client"] = None  # type: ignore[assignment]
+    sys.modules["opentelemetry"] = None  # type: ignore[assignment]
 
 from flask import Flask, Response, jsonify
 
@@ -126,13 +136,32 @@ def make_async(**options) -> AsyncMiddleware:
     return AsyncMiddleware(make_flask(), **settings)
 
 
+def _observed() -> dict[str, str]:
+    """Metrics and tracing on as in production: the OpenTelemetry SDK with a
+    batch processor (its exporter drops the spans: no collector here) and a
+    metrics path; the options to give the middleware."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Dropped(SpanExporter):
+        def export(self, spans) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    trace.set_tracer_provider(provider)
+    return {"metrics_path": "/metrics"}
+
+
 def _select():
     kind = os.environ.get("BENCH_APP", "bare")
     if kind == "bare":
         return make_flask()
     if kind == "async":
+        options = _observed() if os.environ.get("BENCH_OBSERVE") == "1" else {}
         store = os.environ.get("BENCH_STORE")
-        return make_async(store=store) if store else make_async()
+        return make_async(store=store, **options) if store else make_async(**options)
     if kind == "naive":
         return make_naive()
     raise ValueError(f"unknown BENCH_APP {kind!r}")

@@ -1,4 +1,4 @@
-"""The seven scenarios. Each returns a dict with its figures and table rows."""
+"""The eight scenarios. Each returns a dict with its figures and table rows."""
 
 from __future__ import annotations
 
@@ -576,3 +576,73 @@ def celery(cfg: Config) -> dict:
         one, two = figures["median"]["one"], figures["median"]["two"]
         rows.append(row(f"7 {name} {label}", "tasks/s, 2 workers vs 1", two, "1 worker", one))
     return {"engines": res, "rows": rows}
+
+
+# -- (8) metrics and tracing on ------------------------------------------------
+
+
+def observability(servers: Servers, cfg: Config) -> dict:
+    """The same app with metrics and tracing off (the extras not installed)
+    and on (prometheus_client, the OpenTelemetry SDK, metrics_path): pass-
+    through and full cycle, alternating; the target is within 3 %."""
+    off, on = servers["async"].port, servers["async:observed"].port
+    cycle = full_cycle(apps.TASK_PATH)
+    for port in (off, on):
+        _warm(port, "/hello")
+        run_load(port, cycle, 2, 0.2)
+    status, _ = _scrape(on)
+    if status != 200:
+        raise RuntimeError(f"metrics_path answered {status} with metrics on")
+    res = alternate(
+        {
+            "pass-through off": lambda: run_load(off, get("/hello"), cfg.clients, cfg.duration),
+            "pass-through on": lambda: run_load(on, get("/hello"), cfg.clients, cfg.duration),
+            "full cycle off": lambda: run_load(off, cycle, cfg.clients, cfg.duration),
+            "full cycle on": lambda: run_load(on, cycle, cfg.clients, cfg.duration),
+        },
+        cfg.rounds,
+    )
+    # In process: ns per pass-through call with a metrics_path and without.
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SCRIPT_NAME": ""}
+    plain = AsyncMiddleware(_trivial_app, paths=apps.PATTERNS)
+    metered = AsyncMiddleware(_trivial_app, paths=apps.PATTERNS, metrics_path="/metrics")
+    n = cfg.timeit_number
+    ns: dict[str, list[float]] = {"off": [], "on": []}
+    for r in range(5):
+        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            fn = plain if name == "off" else metered
+            call = lambda fn=fn: fn(environ, _noop_start_response)  # noqa: E731
+            ns[name].append(timeit.timeit(call, number=n) / n * 1e9)
+    plain.close()
+    metered.close()
+    ns_off, ns_on = statistics.median(ns["off"]), statistics.median(ns["on"])
+    _, scraped = _scrape(on)
+    accepted = next(
+        (float(line.split()[-1]) for line in scraped.splitlines()
+         if line.startswith("asyncwsgi_tasks_accepted_total ")),
+        0.0,
+    )  # fmt: skip
+    return {
+        "http": res,
+        "tasks_counted_on": accepted,
+        "rows": [
+            row("8 metrics+tracing on", "pass-through req/s", res["pass-through on"]["per_s"],
+                "off", res["pass-through off"]["per_s"], target=0.97),
+            row("8 metrics+tracing on", "full cycle tasks/s", res["full cycle on"]["per_s"],
+                "off", res["full cycle off"]["per_s"], target=0.97),
+            row("8 metrics+tracing on", "pass-through ns/call in-process, metrics_path set",
+                ns_on, "not set", ns_off),
+        ],
+    }  # fmt: skip
+
+
+def _scrape(port: int) -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()

@@ -20,7 +20,8 @@ class Server:
     """``name`` is ``kind`` or ``kind:label`` (a second server of the same kind).
 
     ``workers`` is gunicorn's ``-w``; ``store`` (a store URL) is passed to the
-    ``async`` app as ``BENCH_STORE``; ``cpus`` pins the server (see ``pinning``)."""
+    ``async`` app as ``BENCH_STORE``; ``cpus`` pins the server (see ``pinning``);
+    ``observe`` turns the ``async`` app's metrics and tracing on."""
 
     def __init__(
         self,
@@ -28,12 +29,16 @@ class Server:
         workers: int = 1,
         store: str | None = None,
         cpus: set[int] | None = None,
+        observe: bool = False,
     ) -> None:
         self.name = name
         self.kind = kind = name.split(":", 1)[0]
         self.port = free_port()
         env = dict(os.environ, BENCH_APP=kind)
         env.pop("BENCH_STORE", None)
+        env.pop("BENCH_OBSERVE", None)
+        if observe:
+            env["BENCH_OBSERVE"] = "1"
         env.pop(pinning.ENV, None)
         env.update(pinning.server_env(cpus))
         if store:

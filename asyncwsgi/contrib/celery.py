@@ -102,7 +102,9 @@ class CeleryExecutor(RemoteExecutor):
         try:
             self.celery_app.control.revoke(task_id)
         except Exception:
-            logger.exception("asyncwsgi: could not revoke Celery task %s", task_id)
+            logger.exception(
+                "asyncwsgi: could not revoke Celery task %s", task_id, extra={"task_id": task_id}
+            )
 
 
 def _register(celery_app: Any, app: str) -> Any:

@@ -101,7 +101,9 @@ class RQExecutor(RemoteExecutor):
         except (NoSuchJobError, InvalidJobOperation):
             pass  # already gone, started or canceled
         except Exception:
-            logger.exception("asyncwsgi: could not cancel RQ job %s", task_id)
+            logger.exception(
+                "asyncwsgi: could not cancel RQ job %s", task_id, extra={"task_id": task_id}
+            )
 
 
 def run(app: str, message: dict[str, Any]) -> None:

@@ -18,8 +18,11 @@ written in its own language (Python, SQL, Lua).
 from __future__ import annotations
 
 import abc
+import logging
 import time
 
+from ..logs import task_extra
+from ..metrics import INSTRUMENTS
 from ..results import lost_result
 from ..task import Created, Progress, Result, TaskRecord
 
@@ -27,6 +30,8 @@ __all__ = ["ACTIVE", "Store", "StoreFull", "StoreUnavailable", "lapsed"]
 
 # The states of a task that is not finished yet.
 ACTIVE = ("queued", "running")
+logger = logging.getLogger("asyncwsgi")
+
 # How many lapsed tasks one call reclaims at most (the rest on the next call).
 RECLAIM_BATCH = 100
 # The generic wait() reads again after a sleep that grows from the first to
@@ -113,7 +118,8 @@ class Store(abc.ABC):
             record = self._read(task_id)
             now = time.time()
             if record is not None and lapsed(record, now):
-                self._finish(task_id, lost_result(), now, lapsed_before=now)
+                if self._finish(task_id, lost_result(), now, lapsed_before=now):
+                    _lost(task_id)
                 record = self._read(task_id)
             return record
         except self._backend_errors as exc:
@@ -181,6 +187,13 @@ class Store(abc.ABC):
             self._fault(exc)
             raise
 
+    def count_states(self) -> dict[str, int]:
+        """``{"queued": n, "running": m}`` over the whole table (lapsed tasks
+        finished as lost first): the gauges every process reports alike."""
+        with self._faults():
+            self._reclaim(time.time())
+            return self._count_states()
+
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Block until the task is done (or gone), at most ``timeout``
         seconds; return the record as it is then. A lease that lapses during
@@ -214,10 +227,12 @@ class Store(abc.ABC):
         """Finish as lost (a batch of) the tasks whose lease has lapsed; how
         many were finished."""
         lost = lost_result()
-        return sum(
-            self._finish(task_id, lost, now, lapsed_before=now)
-            for task_id in self._lapsed(now, RECLAIM_BATCH)
-        )
+        finished = 0
+        for task_id in self._lapsed(now, RECLAIM_BATCH):
+            if self._finish(task_id, lost, now, lapsed_before=now):
+                _lost(task_id)
+                finished += 1
+        return finished
 
     def _tombstone(self, task_id: str, owner: str | None) -> TaskRecord:
         """What a read answers for a task whose result has expired."""
@@ -280,7 +295,23 @@ class Store(abc.ABC):
     def _count(self) -> int:
         """Active tasks in the table."""
 
+    @abc.abstractmethod
+    def _count_states(self) -> dict[str, int]:
+        """Queued and running tasks in the table, by state."""
+
     def _block(self, task_id: str, timeout: float, poll: float) -> None:
         """Sleep until the task may have finished, at most ``timeout``
         seconds. Without a way to be woken, a store just sleeps ``poll``."""
         time.sleep(min(poll, timeout))
+
+
+def _lost(task_id: str) -> None:
+    """A task was finished as lost, by this call: counted and logged once,
+    whichever process met the lapsed lease."""
+    if INSTRUMENTS is not None:
+        INSTRUMENTS.lost.inc()
+    logger.warning(
+        "asyncwsgi: task %s lost: its worker stopped renewing the lease",
+        task_id,
+        extra=task_extra(task_id),
+    )

@@ -136,6 +136,14 @@ class MemoryStore(Store):
                         break
             return found
 
+    def _count_states(self) -> dict[str, int]:
+        counts = {"queued": 0, "running": 0}
+        with self._lock:
+            for record in self._tasks.values():
+                if record.state in counts:
+                    counts[record.state] += 1
+        return counts
+
     def _count(self) -> int:
         return len(self._active)
 

@@ -246,6 +246,21 @@ return 1
 """
 )
 
+
+# KEYS[1] the active set. ARGV[1] prefix. Answers {queued, running}.
+_COUNT_STATES = """
+local queued, running = 0, 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local state = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'state')
+  if state == 'queued' then
+    queued = queued + 1
+  elseif state == 'running' then
+    running = running + 1
+  end
+end
+return {queued, running}
+"""
+
 _DEFAULT_PREFIX = "asyncwsgi:"
 # For the clients the store makes from a URL (the URL's own socket_timeout=
 # and socket_connect_timeout= win): a Redis that stopped answering (stopped,
@@ -381,6 +396,7 @@ class RedisStore(Store):
         self._progress = register(_PROGRESS)
         self._finish_script = register(_FINISH)
         self._delete_script = register(_DELETE)
+        self._count_states_script = register(_COUNT_STATES)
         self._check_eviction()
 
     def _check_eviction(self) -> None:
@@ -534,6 +550,14 @@ class RedisStore(Store):
 
     def _count(self) -> int:
         return int(self.client.zcard(self.prefix + "active"))
+
+    def _count_states(self) -> dict[str, int]:
+        # One script: the states of the active set, read in one step (the set
+        # is bounded by the middleware's max_pending).
+        queued, running = self._count_states_script(
+            keys=[self.prefix + "active"], args=[self.prefix]
+        )
+        return {"queued": int(queued), "running": int(running)}
 
     def _block(self, task_id: str, timeout: float, poll: float) -> None:
         # Whole milliseconds: Redis reads a timeout under 1 ms as "forever".

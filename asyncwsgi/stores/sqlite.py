@@ -393,6 +393,15 @@ class SQLiteStore(Store):
     def _count(self) -> int:
         return self._count_in(self._conn())
 
+    def _count_states(self) -> dict[str, int]:
+        counts = {"queued": 0, "running": 0}
+        rows = self._conn().execute(
+            "SELECT state, COUNT(*) FROM tasks WHERE state IN ('queued', 'running') GROUP BY state"
+        )
+        for state, count in rows:
+            counts[state] = int(count)
+        return counts
+
     # SQLite cannot tell another process that a row changed (no LISTEN/NOTIFY,
     # and update hooks see only this connection's writes): the base's polling
     # wait, one indexed read each time, is what it has.

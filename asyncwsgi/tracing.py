@@ -1,0 +1,127 @@
+"""OpenTelemetry spans of a task's life (``pip install 'asyncwsgi-middleware[tracing]'``).
+
+Only the OpenTelemetry API is used, as libraries do: the application chooses
+the SDK and exporter; without one the spans cost little and go nowhere, and
+without the API installed nothing here does anything.
+
+Three spans per task, in the trace of the request that submitted it (the
+current span, such as OpenTelemetry's WSGI middleware's server span around
+asyncwsgi, or else the request's ``traceparent`` header):
+
+- ``asyncwsgi submit``: accepting the task, until the 202 (or the response of
+  a ``Prefer: wait`` that got it);
+- ``asyncwsgi queue``: from acceptance to the start of the run, child of the
+  submit span;
+- ``asyncwsgi run``: the app's call, child of the submit span.
+
+The submit span's W3C ``traceparent``/``tracestate`` travel with the task in
+its environ (``HTTP_TRACEPARENT``, ``HTTP_TRACESTATE``), to a thread or a
+Celery worker alike; the app is called with those of the run span, so an app
+wrapped in OpenTelemetry's WSGI middleware continues the same trace. The
+only attribute is the task id (``asyncwsgi.task_id``) and the response's
+status code: no header, body or owner value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.propagators.textmap import Getter
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError:  # the optional API is not installed: no spans
+    trace = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+__all__ = ["TASK_ID", "activate", "end_run", "inject", "start_run", "start_submit"]
+
+#: The span attribute that names the task.
+TASK_ID = "asyncwsgi.task_id"
+_CARRIER_KEYS = ("HTTP_TRACEPARENT", "HTTP_TRACESTATE")
+
+_tracer = trace.get_tracer("asyncwsgi") if trace is not None else None
+
+
+if trace is not None:
+
+    class _EnvironGetter(Getter[dict[str, Any]]):
+        """Reads propagation headers from a WSGI environ (``traceparent`` is
+        ``HTTP_TRACEPARENT``)."""
+
+        def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
+            value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
+            return [value] if isinstance(value, str) else None
+
+        def keys(self, carrier: dict[str, Any]) -> list[str]:
+            return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
+
+    _GETTER = _EnvironGetter()
+    # The W3C format itself, not the global (composite) propagator: it is
+    # what the task's environ carries, whatever else the app propagates.
+    _W3C = TraceContextTextMapPropagator()
+
+
+def start_submit(environ: dict[str, Any]) -> Span | None:
+    """The submit span, not yet current; None without the API."""
+    if _tracer is None:
+        return None
+    context = None
+    if not trace.get_current_span().get_span_context().is_valid:
+        # No instrumentation around us: continue the caller's trace, if any.
+        context = propagate.extract(environ, getter=_GETTER)
+    return _tracer.start_span("asyncwsgi submit", context=context, kind=SpanKind.PRODUCER)
+
+
+def activate(span: Span) -> Any:
+    """Make ``span`` current for a with-block, ending it on exit."""
+    return trace.use_span(span, end_on_exit=True, record_exception=False)
+
+
+def inject(environ: dict[str, Any], span: Span) -> None:
+    """Make ``environ`` carry ``span``'s context (W3C ``traceparent`` and
+    ``tracestate``), in place of the one the request came with."""
+    for key in _CARRIER_KEYS:
+        environ.pop(key, None)
+    context = span.get_span_context()
+    if not context.is_valid:
+        return
+    environ["HTTP_TRACEPARENT"] = (
+        f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    )
+    if context.trace_state:
+        environ["HTTP_TRACESTATE"] = context.trace_state.to_header()
+
+
+def start_run(
+    environ: dict[str, Any], task_id: str, accepted: float | None, started: float
+) -> Span | None:
+    """Record the queue span (now that its end is known) and start the run
+    span, both children of the submit span carried in ``environ``."""
+    if _tracer is None:
+        return None
+    parent = _W3C.extract(environ, getter=_GETTER)
+    attributes = {TASK_ID: task_id}
+    start_ns = int(started * 1e9)
+    if accepted is not None:
+        queued = _tracer.start_span(
+            "asyncwsgi queue", context=parent, attributes=attributes,
+            start_time=int(accepted * 1e9),
+        )  # fmt: skip
+        queued.end(end_time=start_ns)
+    return _tracer.start_span(
+        "asyncwsgi run", context=parent, kind=SpanKind.CONSUMER, attributes=attributes,
+        start_time=start_ns,
+    )  # fmt: skip
+
+
+def end_run(span: Span, status: str | None) -> None:
+    """End the run span with the task's response status (None: no result)."""
+    if status is None or status[:1] == "5":
+        span.set_status(Status(StatusCode.ERROR))
+    if status is not None and status[:3].isdigit():
+        span.set_attribute("http.response.status_code", int(status[:3]))
+    span.end()

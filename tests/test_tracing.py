@@ -1,0 +1,225 @@
+"""OpenTelemetry: a task's submit, queue and run spans are in the trace of the
+request that submitted it, on the thread pool and on a real Celery worker,
+and an app wrapped in OpenTelemetry's WSGI middleware continues that trace."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from werkzeug.test import Client
+
+from asyncwsgi.tracing import TASK_ID
+from bench.services import stop_group
+from tests.helpers import wait_done
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+TRACEPARENT = f"00-{TRACE_ID:032x}-00f067aa0ba902b7-01"
+
+PROVIDER = TracerProvider()
+EXPORTER = InMemorySpanExporter()
+PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
+
+
+def traced(app: Any) -> OpenTelemetryMiddleware:
+    """OpenTelemetry's WSGI middleware, recording into this module's provider."""
+    return OpenTelemetryMiddleware(app, tracer_provider=PROVIDER)
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """The SDK's in-memory exporter, recording asyncwsgi's spans during the
+    test only: the process-wide tracer provider is left alone, so other tests
+    run untraced whatever their order."""
+    import asyncwsgi.tracing
+
+    monkeypatch.setattr(asyncwsgi.tracing, "_tracer", PROVIDER.get_tracer("asyncwsgi"))
+    EXPORTER.clear()
+    yield EXPORTER
+    EXPORTER.clear()
+
+
+def inner(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def finished(exporter: InMemorySpanExporter, names: set[str]) -> dict[str, ReadableSpan]:
+    """The spans named ``names``, once all have ended (a run span ends just
+    after its result is stored, so a poll may see the result first)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = {span.name: span for span in exporter.get_finished_spans()}
+        if names <= set(found):
+            return found
+        assert time.monotonic() < deadline, (names, list(found))
+        time.sleep(0.01)
+
+
+TASK_SPANS = {"asyncwsgi submit", "asyncwsgi queue", "asyncwsgi run"}
+
+
+def test_spans_of_a_task_on_the_thread_pool(wrap: Any, spans: InMemorySpanExporter) -> None:
+    middleware = wrap(traced(inner))
+    client = Client(traced(middleware))
+    response = client.post("/work/report")
+    assert response.status_code == 202
+    task_id = response.json["id"]
+    assert wait_done(client, response.headers["Location"]).status_code == 200
+
+    found = finished(spans, TASK_SPANS | {"POST /work/report"})
+    servers = [s for s in spans.get_finished_spans() if s.name == "POST /work/report"]
+    assert len(servers) == 2  # the submitting request's, and the app's inside the task
+    request = next(s for s in servers if s.parent is None)
+    app_span = next(s for s in servers if s.parent is not None)
+    submit, queue, run = (
+        found[name] for name in ("asyncwsgi submit", "asyncwsgi queue", "asyncwsgi run")
+    )
+    trace_id = request.context.trace_id
+    for span in (submit, queue, run, app_span):
+        assert span.context.trace_id == trace_id
+    assert submit.parent.span_id == request.context.span_id
+    assert queue.parent.span_id == submit.context.span_id
+    assert run.parent.span_id == submit.context.span_id
+    assert app_span.parent.span_id == run.context.span_id
+    for span in (submit, queue, run):
+        assert span.attributes[TASK_ID] == task_id
+    assert queue.end_time <= run.start_time + 1
+    assert run.attributes["http.response.status_code"] == 200
+
+
+def test_a_traceparent_header_is_continued_without_instrumentation_around(
+    wrap: Any, spans: InMemorySpanExporter
+) -> None:
+    client = Client(wrap(traced(inner)))
+    response = client.post("/work/x", headers={"traceparent": TRACEPARENT})
+    assert wait_done(client, response.headers["Location"]).status_code == 200
+    found = finished(spans, TASK_SPANS | {"POST /work/x"})
+    for span in found.values():
+        assert span.context.trace_id == TRACE_ID
+    assert found["asyncwsgi submit"].parent.span_id == 0x00F067AA0BA902B7
+
+
+def test_a_failing_task_marks_its_run_span(wrap: Any, spans: InMemorySpanExporter) -> None:
+    def failing(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        raise RuntimeError("boom")
+
+    client = Client(wrap(failing))
+    response = client.post("/work/x")
+    assert wait_done(client, response.headers["Location"]).status_code == 500
+    run = finished(spans, TASK_SPANS)["asyncwsgi run"]
+    assert run.status.status_code is trace.StatusCode.ERROR
+
+
+def test_no_work_for_unmarked_requests(wrap: Any, spans: InMemorySpanExporter) -> None:
+    client = Client(wrap(inner))
+    assert client.get("/elsewhere").status_code == 200
+    assert spans.get_finished_spans() == ()
+
+
+# -- a real Celery worker ------------------------------------------------------
+
+
+def _db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_spans_of_a_task_on_a_celery_worker(
+    redis_url: str, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    import redis
+
+    broker, store = _db(redis_url, 10), _db(redis_url, 11)
+    for url in (broker, store):
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()
+    span_file = tmp_path / "worker-spans.jsonl"
+    env = {
+        **os.environ,
+        "ASYNCWSGI_TEST_BROKER": broker,
+        "ASYNCWSGI_TEST_STORE": store,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    saved = {key: os.environ.get(key) for key in ("ASYNCWSGI_TEST_BROKER", "ASYNCWSGI_TEST_STORE")}
+    os.environ.update(ASYNCWSGI_TEST_BROKER=broker, ASYNCWSGI_TEST_STORE=store)
+    try:
+        web_module = importlib.reload(importlib.import_module("tests.apps.traced_celery"))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.apps.traced_celery:celery_app",
+            "worker",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "warning",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env={**env, "ASYNCWSGI_TEST_SPANS": str(span_file)},
+        start_new_session=True,
+    )
+    middleware = web_module.application
+    try:
+        client = Client(traced(middleware))
+        response = client.post("/task/report")
+        assert response.status_code == 202
+        task_id = response.json["id"]
+        assert wait_done(client, response.headers["Location"], timeout=60).status_code == 200
+        web_found = finished(spans, {"asyncwsgi submit", "POST /task/report"})
+        deadline = time.monotonic() + 20
+        worker_spans: dict[str, dict[str, Any]] = {}
+        while not {"asyncwsgi queue", "asyncwsgi run", "POST /task/report"} <= set(worker_spans):
+            assert time.monotonic() < deadline, list(worker_spans)
+            time.sleep(0.05)
+            if span_file.exists():
+                lines = span_file.read_text().splitlines()
+                worker_spans = {s["name"]: s for s in map(json.loads, lines)}
+    finally:
+        stop_group(worker)
+        middleware.close()
+        middleware.store.close()
+
+    request = web_found["POST /task/report"]
+    submit = web_found["asyncwsgi submit"]
+    trace_id = request.context.trace_id
+    assert submit.context.trace_id == trace_id
+    assert submit.parent.span_id == request.context.span_id
+    queue, run, app_span = (
+        worker_spans[name] for name in ("asyncwsgi queue", "asyncwsgi run", "POST /task/report")
+    )
+    for span in (queue, run, app_span):
+        assert int(span["context"]["trace_id"], 16) == trace_id
+    assert int(queue["parent_id"], 16) == submit.context.span_id
+    assert int(run["parent_id"], 16) == submit.context.span_id
+    assert app_span["parent_id"] == run["context"]["span_id"]
+    assert queue["attributes"][TASK_ID] == run["attributes"][TASK_ID] == task_id
