@@ -1,8 +1,9 @@
 """OpenTelemetry spans of a task's life (``pip install 'asyncwsgi-middleware[tracing]'``).
 
-Only the OpenTelemetry API is used, as libraries do: the application chooses
-the SDK and exporter; without one the spans cost little and go nowhere, and
-without the API installed nothing here does anything.
+Only the OpenTelemetry API is used, as libraries do: the application sets
+up the SDK and its exporter. Until a tracer provider is set (and without the
+API installed) nothing here does anything, and a request's own trace headers
+reach the app untouched.
 
 Three spans per task, in the trace of the request that submitted it (the
 current span, such as OpenTelemetry's WSGI middleware's server span around
@@ -13,6 +14,10 @@ asyncwsgi, or else the request's ``traceparent`` header):
 - ``asyncwsgi queue``: from acceptance to the start of the run, child of the
   submit span;
 - ``asyncwsgi run``: the app's call, child of the submit span.
+
+When the submit span is not sampled, neither is the rest (as OpenTelemetry's
+default, parent-based sampling has it): the queue and run spans are not made
+and the app continues from the submit span's context.
 
 The submit span's W3C ``traceparent``/``tracestate`` travel with the task in
 its environ (``HTTP_TRACEPARENT``, ``HTTP_TRACESTATE``), to a thread or a
@@ -29,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 try:
     from opentelemetry import propagate, trace
     from opentelemetry.propagators.textmap import Getter
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the optional API is not installed: no spans
     trace = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, Tracer
 
 __all__ = ["TASK_ID", "activate", "end_run", "inject", "start_run", "start_submit"]
 
@@ -65,15 +70,25 @@ if trace is not None:
     _W3C = TraceContextTextMapPropagator()
 
 
+def _active() -> Tracer | None:
+    """The tracer, or None while no tracer provider is set (the API's own
+    records nothing: then tracing costs nothing)."""
+    tracer = _tracer
+    if tracer is None or isinstance(trace.get_tracer_provider(), ProxyTracerProvider):
+        return None
+    return tracer
+
+
 def start_submit(environ: dict[str, Any]) -> Span | None:
-    """The submit span, not yet current; None without the API."""
-    if _tracer is None:
+    """The submit span, not yet current; None when not tracing."""
+    tracer = _active()
+    if tracer is None:
         return None
     context = None
     if not trace.get_current_span().get_span_context().is_valid:
         # No instrumentation around us: continue the caller's trace, if any.
         context = propagate.extract(environ, getter=_GETTER)
-    return _tracer.start_span("asyncwsgi submit", context=context, kind=SpanKind.PRODUCER)
+    return tracer.start_span("asyncwsgi submit", context=context, kind=SpanKind.PRODUCER)
 
 
 def activate(span: Span) -> Any:
@@ -100,19 +115,24 @@ def start_run(
     environ: dict[str, Any], task_id: str, accepted: float | None, started: float
 ) -> Span | None:
     """Record the queue span (now that its end is known) and start the run
-    span, both children of the submit span carried in ``environ``."""
-    if _tracer is None:
+    span, both children of the submit span carried in ``environ``; None when
+    not tracing, or when the submit span was not sampled."""
+    tracer = _active()
+    if tracer is None:
         return None
     parent = _W3C.extract(environ, getter=_GETTER)
+    submitted = trace.get_current_span(parent).get_span_context()
+    if submitted.is_valid and not submitted.trace_flags.sampled:
+        return None
     attributes = {TASK_ID: task_id}
     start_ns = int(started * 1e9)
     if accepted is not None:
-        queued = _tracer.start_span(
+        queued = tracer.start_span(
             "asyncwsgi queue", context=parent, attributes=attributes,
             start_time=int(accepted * 1e9),
         )  # fmt: skip
         queued.end(end_time=start_ns)
-    return _tracer.start_span(
+    return tracer.start_span(
         "asyncwsgi run", context=parent, kind=SpanKind.CONSUMER, attributes=attributes,
         start_time=start_ns,
     )  # fmt: skip

@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         done("celery", scenarios.celery(cfg))
     if 8 in only:
         client_cpus, server_cpus = pinning.split() or (None, None)
-        names = ("async", "async:observed")
+        names = ("async", "async:metrics", "async:traced")
         options = {name: {"cpus": server_cpus} for name in names}
-        options["async:observed"]["observe"] = True
+        options["async:metrics"]["observe"] = "metrics"
+        options["async:traced"]["observe"] = "traced"
         with Servers(*names, options=options) as servers, pinning.client_on(client_cpus):
             done("observability", scenarios.observability(servers, cfg))
 

@@ -3,10 +3,11 @@
 gunicorn loads ``bench.apps:app``; ``BENCH_APP`` picks the variant
 (``bare``, ``async`` or ``naive``); ``BENCH_STORE`` (a store URL) gives the
 ``async`` variant a shared store instead of its own ``MemoryStore``.
-``BENCH_OBSERVE=1`` turns metrics and tracing on in the ``async`` variant
-(prometheus_client, the OpenTelemetry SDK with a batch processor, and
-``metrics_path``); without it the server runs as if the ``metrics`` and
-``tracing`` extras were not installed, which is what "off" is.
+``BENCH_OBSERVE`` turns observability on in the ``async`` variant:
+``metrics`` (prometheus_client and ``metrics_path``; the OpenTelemetry API
+installed, no tracer provider set) or ``traced`` (that, and the SDK with a
+batch processor recording every task's spans). Without it the server runs as
+if the ``metrics`` and ``tracing`` extras were not installed: "off".
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 import time
 import uuid
 
-if os.environ.get("BENCH_APP") and os.environ.get("BENCH_OBSERVE") != "1":
+if os.environ.get("BENCH_APP") and not os.environ.get("BENCH_OBSERVE"):
     # Before asyncwsgi is imported: as installed without the optional extras.
     sys.modules["prometheus_client"] = None  # type: ignore[assignment]
     sys.modules["opentelemetry"] = None  # type: ignore[assignment]
@@ -136,10 +137,12 @@ def make_async(**options) -> AsyncMiddleware:
     return AsyncMiddleware(make_flask(), **settings)
 
 
-def _observed() -> dict[str, str]:
-    """Metrics and tracing on as in production: the OpenTelemetry SDK with a
-    batch processor (its exporter drops the spans: no collector here) and a
-    metrics path; the options to give the middleware."""
+def _observed(how: str) -> dict[str, str]:
+    """Metrics on, and with ``how == "traced"`` tracing too as in production:
+    the OpenTelemetry SDK with a batch processor (its exporter drops the
+    spans: no collector here); the options to give the middleware."""
+    if how != "traced":
+        return {"metrics_path": "/metrics"}
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -159,7 +162,8 @@ def _select():
     if kind == "bare":
         return make_flask()
     if kind == "async":
-        options = _observed() if os.environ.get("BENCH_OBSERVE") == "1" else {}
+        how = os.environ.get("BENCH_OBSERVE")
+        options = _observed(how) if how else {}
         store = os.environ.get("BENCH_STORE")
         return make_async(store=store, **options) if store else make_async(**options)
     if kind == "naive":

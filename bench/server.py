@@ -21,7 +21,8 @@ class Server:
 
     ``workers`` is gunicorn's ``-w``; ``store`` (a store URL) is passed to the
     ``async`` app as ``BENCH_STORE``; ``cpus`` pins the server (see ``pinning``);
-    ``observe`` turns the ``async`` app's metrics and tracing on."""
+    ``observe`` (``"metrics"`` or ``"traced"``) turns the ``async`` app's
+    metrics, and tracing, on."""
 
     def __init__(
         self,
@@ -29,7 +30,7 @@ class Server:
         workers: int = 1,
         store: str | None = None,
         cpus: set[int] | None = None,
-        observe: bool = False,
+        observe: str | None = None,
     ) -> None:
         self.name = name
         self.kind = kind = name.split(":", 1)[0]
@@ -38,7 +39,7 @@ class Server:
         env.pop("BENCH_STORE", None)
         env.pop("BENCH_OBSERVE", None)
         if observe:
-            env["BENCH_OBSERVE"] = "1"
+            env["BENCH_OBSERVE"] = observe
         env.pop(pinning.ENV, None)
         env.update(pinning.server_env(cpus))
         if store:

@@ -48,7 +48,8 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     run untraced whatever their order."""
     import asyncwsgi.tracing
 
-    monkeypatch.setattr(asyncwsgi.tracing, "_tracer", PROVIDER.get_tracer("asyncwsgi"))
+    tracer = PROVIDER.get_tracer("asyncwsgi")
+    monkeypatch.setattr(asyncwsgi.tracing, "_active", lambda: tracer)
     EXPORTER.clear()
     yield EXPORTER
     EXPORTER.clear()
@@ -124,6 +125,46 @@ def test_a_failing_task_marks_its_run_span(wrap: Any, spans: InMemorySpanExporte
     assert wait_done(client, response.headers["Location"]).status_code == 500
     run = finished(spans, TASK_SPANS)["asyncwsgi run"]
     assert run.status.status_code is trace.StatusCode.ERROR
+
+
+def seen_by_app() -> tuple[list[dict[str, Any]], Any]:
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        seen.append({k: v for k, v in environ.items() if k.startswith("HTTP_TRACE")})
+        return inner(environ, start_response)
+
+    return seen, app
+
+
+def test_nothing_is_done_until_a_tracer_provider_is_set(wrap: Any) -> None:
+    seen, app = seen_by_app()
+    client = Client(wrap(app))
+    headers = {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}
+    response = client.post("/work/x", headers=headers)
+    assert wait_done(client, response.headers["Location"]).status_code == 200
+    assert seen == [{"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_TRACESTATE": "vendor=1"}]
+
+
+def test_an_unsampled_submit_makes_no_more_spans(
+    wrap: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    import asyncwsgi.tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("asyncwsgi")
+    monkeypatch.setattr(asyncwsgi.tracing, "_active", lambda: tracer)
+    seen, app = seen_by_app()
+    client = Client(wrap(app))
+    response = client.post("/work/x")
+    assert wait_done(client, response.headers["Location"]).status_code == 200
+    assert exporter.get_finished_spans() == ()
+    (carried,) = seen
+    assert int(carried["HTTP_TRACEPARENT"][-2:], 16) & 1 == 0  # the submit's: not sampled
 
 
 def test_no_work_for_unmarked_requests(wrap: Any, spans: InMemorySpanExporter) -> None:
