@@ -190,9 +190,12 @@ class Store(abc.ABC):
     def count_states(self) -> dict[str, int]:
         """``{"queued": n, "running": m}`` over the whole table (lapsed tasks
         finished as lost first): the gauges every process reports alike."""
-        with self._faults():
+        try:
             self._reclaim(time.time())
             return self._count_states()
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Block until the task is done (or gone), at most ``timeout``
