@@ -1,17 +1,19 @@
 """Completed tasks per second with 1 and with 2 worker processes, on each
-engine: Celery, RQ (its default forking worker, and its SimpleWorker) and
-Django Tasks (django-tasks-db's database backend), in one run.
+engine: Celery, RQ (its default forking worker, asyncwsgi's preloading one,
+RQ's SimpleWorker) and Django Tasks (django-tasks-db's database backend), in
+one run.
 
     python -m bench.engines_bench [--tasks 100] [--rounds 5] [--cpu-ms 20]
-                                  [--engines celery,rq,rq-simple,django-tasks]
+                                  [--engines celery,rq,rq-preload,rq-simple,django-tasks]
 
 Starts its own redis-server (Celery's broker and RQ's queues on db 0, the
 task store on db 1, the same store for every engine) and, per engine, one
 worker process on the queue ``one`` and two on the queue ``two``: Celery
-workers with ``--concurrency 1``, ``rq worker`` (a forked work horse per
-job; ``rq-simple``: RQ's SimpleWorker, no fork), ``db_worker`` on an SQLite
-database. Each round submits the same N
-tasks (each burns ``--cpu-ms`` of CPU in the app) through an AsyncMiddleware
+workers with ``--concurrency 1``; ``rq worker``, a forked work horse per
+job (``rq-preload``: ``asyncwsgi.contrib.rq.Worker``, which imports the app
+before it forks; ``rq-simple``: RQ's SimpleWorker, no fork); ``db_worker``
+on an SQLite database. Each round submits the same N tasks (each burns
+``--cpu-ms`` of CPU in the app) through an AsyncMiddleware
 with that engine's executor, to one queue then the other, and times from
 the first submission until the store has no task queued or running. Rounds
 alternate which engine and which queue go first. Prints medians and ratios;
@@ -42,7 +44,7 @@ from .services import RedisServer, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "engines.json"
-ENGINES = ("celery", "rq", "rq-simple", "django-tasks")
+ENGINES = ("celery", "rq", "rq-preload", "rq-simple", "django-tasks")
 APP = "bench.engine_app:work"
 QUEUES = ("one", "two")
 
@@ -96,9 +98,11 @@ class _Engine:
                     "--loglevel", "warning", "--without-gossip", "--without-mingle",
                     "--without-heartbeat"]  # fmt: skip
         if self.name.startswith("rq"):
-            # rq-simple: RQ's SimpleWorker runs jobs in the worker process,
-            # which keeps the app imported and the store open between jobs.
-            simple = ["-w", "rq.worker.SimpleWorker"] if self.name == "rq-simple" else []
+            # rq-preload: asyncwsgi's forking worker, which imports the app
+            # before it forks; rq-simple: RQ's SimpleWorker runs jobs in the
+            # worker process, keeping the app and the store between jobs.
+            classes = {"rq-preload": "asyncwsgi.contrib.rq.Worker", "rq-simple": "rq.SimpleWorker"}
+            simple = ["-w", classes[self.name]] if self.name in classes else []
             return [py, "-m", "rq.cli", "worker", "-u", self.broker, f"{self.name}-{queue}",
                     "--logging_level", "WARNING", *simple]  # fmt: skip
         return [py, "-m", "django", "db_worker", "--queue-name", queue, "--interval", "0.01",

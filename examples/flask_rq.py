@@ -2,9 +2,11 @@
 and the status URLs, ``rq worker`` runs the reports. Redis holds both the
 RQ queue (database 0) and the task store (database 1).
 
-Run it (Redis at ``$REDIS_URL``, ``redis://127.0.0.1:6379`` by default):
+Run it (Redis at ``$REDIS_URL``, ``redis://127.0.0.1:6379`` by default; the
+worker class imports the app once, before each job's fork):
 
-    $ python -m rq.cli worker --url "${REDIS_URL:-redis://127.0.0.1:6379}/0" reports
+    $ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+    $ python -m rq.cli worker -w asyncwsgi.contrib.rq.Worker --url "$REDIS_URL/0" reports
     $ python -m gunicorn -w 2 -b 127.0.0.1:8000 examples.flask_rq:app
 
 Try it:    curl -i -X POST http://127.0.0.1:8000/reports/q3

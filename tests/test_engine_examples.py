@@ -64,7 +64,11 @@ def _run_example(module: str, env: dict[str, str], cwd: Path) -> None:
             line = line.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
             if line.startswith("export "):
                 name, _, value = line[len("export ") :].partition("=")
-                env[name] = value
+                # As the shell would expand it.
+                env[name] = subprocess.run(
+                    ["bash", "-c", f'printf %s "{value}"'], env=env, check=True,
+                    capture_output=True, text=True,
+                ).stdout  # fmt: skip
             elif "worker" in line or "gunicorn" in line:
                 services.append(
                     subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=cwd, env=env,

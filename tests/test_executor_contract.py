@@ -174,8 +174,8 @@ class Engine:
                     "--loglevel", "warning",
                     "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
         if self.name == "rq":
-            return [py, "-m", "rq.cli", "worker", "-u", self.records_url, queue,
-                    "--logging_level", "WARNING"]  # fmt: skip
+            return [py, "-m", "rq.cli", "worker", "-w", "asyncwsgi.contrib.rq.Worker",
+                    "-u", self.records_url, queue, "--logging_level", "WARNING"]  # fmt: skip
         if self.name == "django-db":
             return [py, "-m", "django", "db_worker", "--queue-name", queue,
                     "--interval", "0.05", "--no-startup-delay", "-v", "0"]  # fmt: skip

@@ -10,8 +10,11 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +29,7 @@ import redis  # noqa: E402
 import rq  # noqa: E402
 
 APP = "tests.test_rq:_wsgi_app"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -143,4 +147,48 @@ def test_delete_of_a_queued_task_cancels_its_job(queue: Any) -> None:
     assert job.get_status() == rq.job.JobStatus.CANCELED
     assert queue.job_ids == []
     assert task_id in rq.registry.CanceledJobRegistry(queue=queue).get_job_ids()
+    middleware.close(timeout=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("worker_class", "preloaded"),
+    [("rq.Worker", False), ("asyncwsgi.contrib.rq.Worker", True)],
+    ids=["rq-default", "preloading"],
+)
+def test_the_preloading_worker_imports_the_app_before_it_forks(
+    queue: Any, worker_class: str, preloaded: bool
+) -> None:
+    from asyncwsgi.contrib.rq import RQExecutor
+    from tests.apps.imported_where import app
+
+    port = queue.connection.connection_pool.connection_kwargs["port"]
+    middleware = AsyncMiddleware(
+        app,
+        paths=["/work"],
+        store=f"redis://127.0.0.1:{port}/1",
+        executor=RQExecutor(queue, "tests.apps.imported_where:app"),
+    )
+    client = Client(middleware)
+    locations = [client.post("/work").headers["Location"] for _ in range(3)]
+    subprocess.run(
+        [sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", worker_class,
+         "-u", f"redis://127.0.0.1:{port}/0", "reports", "--logging_level", "WARNING"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+        check=True, timeout=60, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    answers = []
+    for location in locations:
+        response = client.get(location)
+        assert response.status_code == 200, response.get_data()
+        imported_by, run_by = map(int, response.get_data().split())
+        answers.append((imported_by, run_by))
+    horses = {run_by for _, run_by in answers}
+    assert len(horses) == 3  # a work horse per job, either way
+    importers = {imported_by for imported_by, _ in answers}
+    if preloaded:
+        # Imported once, by the worker, before the horses were forked.
+        assert len(importers) == 1 and not importers & horses
+    else:
+        assert importers == horses
     middleware.close(timeout=1)

@@ -28,18 +28,19 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+import rq
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
-from ..remote import RemoteExecutor, job_message, run_message
+from ..remote import RemoteExecutor, job_message, load_app, run_message
 
 if TYPE_CHECKING:
     from rq import Queue
 
     from ..task import Job
 
-__all__ = ["RQExecutor", "run"]
+__all__ = ["RQExecutor", "Worker", "run"]
 
 logger = logging.getLogger("asyncwsgi")
 
@@ -109,3 +110,32 @@ class RQExecutor(RemoteExecutor):
 def run(app: str, message: dict[str, Any]) -> None:
     """The job: run the task described by ``message`` against ``app``."""
     run_message(app, message)
+
+
+class Worker(rq.Worker):
+    """RQ's forking worker, which imports the WSGI application of asyncwsgi's
+    jobs before it forks: ``rq worker -w asyncwsgi.contrib.rq.Worker reports``.
+
+    RQ's default worker forks a work horse per job, which then imports
+    asyncwsgi and the application again, every time; here each horse
+    inherits them (the application is imported once, at its first job). A
+    job stays isolated in its horse, as with the default worker.
+    """
+
+    _preloaded: set[str]
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        if job.func_name == _FUNC:
+            self._preload(job.args[0])
+        super().execute_job(job, queue)
+
+    def _preload(self, app: str) -> None:
+        preloaded = self.__dict__.setdefault("_preloaded", set())
+        if app in preloaded:
+            return
+        preloaded.add(app)
+        try:
+            load_app(app)
+        except Exception:
+            # The horse imports it again, fails the same way and says so.
+            logger.exception("asyncwsgi: could not import %s before forking", app)
