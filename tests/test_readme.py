@@ -124,6 +124,16 @@ def run(command: str, workdir: Path, port: int) -> subprocess.CompletedProcess[s
     )
 
 
+def test_the_readme_names_every_extra():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    install = README.split("\n## Install and try it\n", 1)[1].split("\n## ", 1)[0]
+    for extra in setup["options.extras_require"]:
+        assert f"`{extra}`" in install, f"the README's install section does not name [{extra}]"
+
+
 def test_the_readme_has_the_snippets_this_test_runs():
     assert {"myapp.py", "flaskapp.py"} <= {
         m.group(1) for b in blocks("python") if (m := re.match(r"# (\w+\.py)", b))
