@@ -27,9 +27,6 @@ class Executor(abc.ABC):
     """
 
     runner: TaskRunner | None = None
-    #: Whether queued jobs wait in this process (so its heartbeat must keep
-    #: them alive, and they die with it) rather than in a broker.
-    queues_locally: bool = False
 
     def bind(self, runner: TaskRunner) -> None:
         self.runner = runner
@@ -39,6 +36,13 @@ class Executor(abc.ABC):
         """Tasks submitted to this process and not done yet (queued here or
         running here); 0 for an executor whose tasks run elsewhere."""
         return 0
+
+    def queued_until(self, now: float) -> float | None:
+        """The lease of a task accepted at ``now``, until it starts: past it,
+        whichever process reads the task first ends it as ``503`` "not
+        started in time" (the store's lease rule). Where the queue lives
+        decides: None (the default) is no limit."""
+        return None
 
     @abc.abstractmethod
     def submit(self, job: Job) -> None: ...
@@ -64,8 +68,6 @@ class ThreadExecutor(Executor):
     for the next job. A job that fails is logged; the thread goes on.
     """
 
-    queues_locally = True
-
     def __init__(self, max_workers: int = 8) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
@@ -80,11 +82,24 @@ class ThreadExecutor(Executor):
         self._unfinished = 0  # jobs put and not yet done
         self._stopping = False
 
+    def queued_until(self, now: float) -> float | None:
+        """Queued here, a task lives and dies with this process: with a
+        shared store it gets a lease that this process's heartbeat renews
+        (see :meth:`submit`), so that it ends as 503 once the process is
+        gone; an in-process store dies with the process anyway."""
+        runner = self.runner
+        if runner is None or not runner.store.shared:
+            return None
+        return now + runner.lease
+
     def submit(self, job: Job) -> None:
         thread: threading.Thread | None = None
+        runner = self.runner
         with self._cond:
             if self._stopping:
                 raise RuntimeError("executor is shut down")
+            if runner is not None and runner.store.shared:
+                runner.hold(job.task_id)
             # Put under the lock: a shutdown's stop marks must come after it.
             self._queue.put(job)
             self._queued += 1

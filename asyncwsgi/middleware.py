@@ -107,6 +107,7 @@ class AsyncMiddleware:
         owner: Callable[[WSGIEnvironment], str | None] | None = None,
         lease: float = 30.0,
         timeout: float | None = None,
+        queue_timeout: float = 600.0,
         executor: Executor | None = None,
         location_base: str | None = None,
         metrics_path: str | None = None,
@@ -145,6 +146,7 @@ class AsyncMiddleware:
         self.owner = owner
         self.lease = lease
         self.timeout = timeout
+        self.queue_timeout = queue_timeout
         self.executor = (
             executor if executor is not None else ThreadExecutor(self.max_workers or _POOL_SIZE)
         )
@@ -152,7 +154,12 @@ class AsyncMiddleware:
         self.metrics_path = metrics_path
         self._metrics_registry: CollectorRegistry | None = None
         self.runner = TaskRunner(
-            app, self.store, max_result=max_result, lease=lease, timeout=timeout
+            app,
+            self.store,
+            max_result=max_result,
+            lease=lease,
+            timeout=timeout,
+            queue_timeout=queue_timeout,
         )
         self.executor.bind(self.runner)
         self.closed = False
@@ -248,9 +255,9 @@ class AsyncMiddleware:
         record = TaskRecord(
             secrets.token_urlsafe(_ID_BYTES), created=now, owner=owner, ttl=self.result_ttl
         )
-        leased = self.store.shared and self.executor.queues_locally
-        if leased:
-            record.lease_until = now + self.lease
+        # The executor knows where its queue lives, so how long a task may
+        # wait there (a lease renewed by this process, or a broker's limit).
+        record.lease_until = self.executor.queued_until(now)
         fingerprint = _fingerprint(environ, body) if key is not None else None
         outcome = self.store.create(
             record, key=key, fingerprint=fingerprint, limit=self.max_pending
@@ -273,8 +280,6 @@ class AsyncMiddleware:
             inject(job_environ, span)
         logger.debug("asyncwsgi: task %s accepted", record.id, extra=task_extra(record.id))
         try:
-            if leased:
-                self.runner.hold(record.id)
             self.executor.submit(Job(record.id, job_environ, body))
             self.runner.watch(record.id)
         except Exception:

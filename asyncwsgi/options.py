@@ -253,6 +253,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a shared store's task may miss its heartbeat before it is lost"),
     Option("timeout", _optional_float, None, _seconds(optional=True),
            "seconds from acceptance after which an unfinished task ends as 504"),
+    Option("queue_timeout", float, 600.0, _seconds(),
+           "seconds a task may wait in a broker queue before it ends as 503"),
     Option("executor", _made, None, _executor,
            "where tasks run; None: the thread pool of max_workers"),
     Option("location_base", _optional_text, None, _base_url,

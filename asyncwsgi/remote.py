@@ -9,8 +9,8 @@ thread pool, so a task behaves the same on every engine: progress,
 
 What the message holds (:func:`job_message`): the task id, the store URL, the
 JSON-safe part of the environ (:func:`~asyncwsgi.environ.json_environ`), the
-body in base64, ``max_result``, ``lease`` and the ``timeout`` deadline. The
-engine itself is told nothing else of the request.
+body in base64, ``max_result``, ``lease``, the ``timeout`` deadline and the
+``queue_timeout`` one. The engine itself is told nothing else of the request.
 
 Only the standard library and the core here: an engine's package is imported
 by its own module (``asyncwsgi.contrib.rq``, ...), never by this one.
@@ -19,6 +19,7 @@ by its own module (``asyncwsgi.contrib.rq``, ...), never by this one.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from werkzeug.utils import import_string
 
 from .environ import json_environ
 from .executor import Executor
+from .results import lost_result
 from .runner import TaskRunner
 from .stores import Store, open_store
 from .task import Job
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
 __all__ = ["RemoteExecutor", "job_message", "load_app", "run_message", "worker_runner"]
+
+logger = logging.getLogger("asyncwsgi")
 
 
 class RemoteExecutor(Executor):
@@ -65,6 +69,14 @@ class RemoteExecutor(Executor):
             )
         super().bind(runner)
 
+    def queued_until(self, now: float) -> float | None:
+        """A task waits in the engine's queue at most ``queue_timeout``
+        seconds: the deadline is in its record, so any process that reads it
+        later ends it as 503 "not started in time" (nothing renews it), and
+        in the message, so a worker that gets it later never runs it."""
+        runner = self.bound_runner()
+        return None if runner.queue_timeout is None else now + runner.queue_timeout
+
     def bound_runner(self) -> TaskRunner:
         if self.runner is None:
             raise RuntimeError(f"{type(self).__name__} used before bind()")
@@ -91,6 +103,9 @@ def job_message(runner: TaskRunner, job: Job) -> dict[str, Any]:
         "max_result": runner.max_result,
         "lease": runner.lease,
         "deadline": None if runner.timeout is None else time.time() + runner.timeout,
+        "queued_until": (
+            None if runner.queue_timeout is None else time.time() + runner.queue_timeout
+        ),
     }
 
 
@@ -98,6 +113,12 @@ def run_message(app: str, message: dict[str, Any]) -> None:
     """The worker side of :func:`job_message`: run the task against ``app``
     (an import string), with this process's runner for that app and store."""
     runner = worker_runner(app, message["store"], message["max_result"], message["lease"])
+    queued_until = message.get("queued_until")  # absent from older messages
+    if queued_until is not None and time.time() > queued_until:
+        # The record says the same to every reader: this one ends it now.
+        logger.error("asyncwsgi: task %s was not started in time: not run", message["id"])
+        runner.deliver(message["id"], lost_result("queued"))
+        return
     deadline = message.get("deadline")
     if deadline is not None:
         runner.watch(message["id"], within=deadline - time.time())

@@ -29,5 +29,10 @@ def error_result(code: int = 500, message: str | None = None) -> Result:
     )
 
 
-def lost_result() -> Result:
+def lost_result(state: str = "running") -> Result:
+    """What a task whose lease lapsed ends with: a queued one was never
+    started (503: it never ran, so sending it again is safe), a running one
+    lost its worker (500: it may have run in part)."""
+    if state == "queued":
+        return error_result(503, "the task was not started in time")
     return error_result(500, "the worker running this task was lost")

@@ -86,12 +86,14 @@ class TaskRunner:
         max_result: int,
         lease: float,
         timeout: float | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.max_result = max_result
         self.lease = lease
         self.timeout = timeout
+        self.queue_timeout = queue_timeout
         self._deadlines: list[tuple[float, str]] = []
         self._watchdog: threading.Thread | None = None
         self._wake = threading.Condition(threading.Lock())

@@ -399,15 +399,17 @@ def test_lease_expiry_finishes_as_worker_lost(store: Store) -> None:
     assert again is not None and again.result == got.result
 
 
-def test_queued_task_with_a_lapsed_lease_is_lost_too(store: Store) -> None:
-    # Queued in a process's own pool, which died before running it.
+def test_queued_task_with_a_lapsed_lease_ends_as_not_started(store: Store) -> None:
+    # Queued in a process's own pool, which died before running it, or in a
+    # broker past queue_timeout: it never ran, so 503 (safe to send again).
     record = new_record()
     record.lease_until = time.time() + 0.1
     assert store.create(record)
     time.sleep(0.2)
     got = store.get(record.id)
     assert got is not None and got.state == "done"
-    assert got.result is not None and b"lost" in got.result.body
+    assert got.result is not None and got.result.status.startswith("503")
+    assert b"not started in time" in got.result.body
     assert not store.start(record.id, time.time() + 30)  # never runs afterwards
     assert store.count_active() == 0
 
@@ -672,10 +674,11 @@ def test_a_lapsed_lease_is_reclaimed_on_submit(store: Store) -> None:
     time.sleep(0.3)
     fresh = new_record()
     assert store.create(fresh, limit=2)
-    for record in (queued, running):
+    # each with the verdict of its state: never started (503), lost (500)
+    for record, status in ((queued, "503"), (running, "500")):
         got = store.get(record.id)
         assert got is not None and got.state == "done"
-        assert got.result is not None and b"lost" in got.result.body
+        assert got.result is not None and got.result.status.startswith(status)
     assert store.count_active() == 1
 
 

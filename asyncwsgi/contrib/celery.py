@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..environ import json_environ
@@ -40,7 +41,7 @@ logger = logging.getLogger("asyncwsgi")
 
 TASK_NAME = "asyncwsgi.run"
 # The task's positional arguments: the fields of remote.job_message, in order.
-_ARGS = ("id", "store", "environ", "body", "max_result", "lease", "deadline")
+_ARGS = ("id", "store", "environ", "body", "max_result", "lease", "deadline", "queued_until")
 
 # Where a Celery app keeps its "asyncwsgi.run" task and the WSGI app that task
 # runs: on the Celery app itself, so that nothing outlives it here.
@@ -90,6 +91,9 @@ class CeleryExecutor(RemoteExecutor):
             # itself ends as 504 at its deadline, in the message.
             options["time_limit"] = runner.timeout + self.kill_after
         message = job_message(runner, job)
+        if message["queued_until"] is not None:
+            # A worker that gets it later discards it unrun (Celery's expiry).
+            options["expires"] = datetime.fromtimestamp(message["queued_until"], timezone.utc)
         # Positional, as in the messages of 0.1.0 (the deadline came later).
         self._task.apply_async(
             args=tuple(message[name] for name in _ARGS),
@@ -126,8 +130,9 @@ def _register(celery_app: Any, app: str) -> Any:
             max_result: int,
             lease: float,
             deadline: float | None = None,  # absent from messages of 0.1.0
+            queued_until: float | None = None,  # absent from messages before 0.2
         ) -> None:
-            values = (task_id, store_url, environ, body, max_result, lease, deadline)
+            values = (task_id, store_url, environ, body, max_result, lease, deadline, queued_until)
             run_message(app, dict(zip(_ARGS, values, strict=True)))
 
         task = celery_app.task(name=TASK_NAME, serializer="json", ignore_result=True, shared=False)(

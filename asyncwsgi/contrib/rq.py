@@ -87,6 +87,8 @@ class RQExecutor(RemoteExecutor):
             timeout=job_timeout,
             # The result lives in the task store: RQ keeps nothing once the job ran.
             result_ttl=0,
+            # RQ drops a job that waited longer than this (queue_timeout).
+            ttl=None if runner.queue_timeout is None else math.ceil(runner.queue_timeout),
             description=f"asyncwsgi task {job.task_id}",
         )
 

@@ -118,7 +118,7 @@ class Store(abc.ABC):
             record = self._read(task_id)
             now = time.time()
             if record is not None and lapsed(record, now):
-                if self._finish(task_id, lost_result(), now, lapsed_before=now):
+                if self._finish(task_id, lost_result(record.state), now, lapsed_before=now):
                     _lost(task_id)
                 record = self._read(task_id)
             return record
@@ -228,13 +228,17 @@ class Store(abc.ABC):
 
     def _reclaim(self, now: float) -> int:
         """Finish as lost (a batch of) the tasks whose lease has lapsed; how
-        many were finished."""
-        lost = lost_result()
+        many were finished. Each is read first, for its verdict depends on
+        its state (:func:`~asyncwsgi.results.lost_result`); one that started
+        meanwhile has a new lease and is left alone by ``lapsed_before``."""
         finished = 0
         for task_id in self._lapsed(now, RECLAIM_BATCH):
-            if self._finish(task_id, lost, now, lapsed_before=now):
-                _lost(task_id)
-                finished += 1
+            record = self._read(task_id)
+            if record is not None and lapsed(record, now):
+                lost = lost_result(record.state)
+                if self._finish(task_id, lost, now, lapsed_before=now):
+                    _lost(task_id)
+                    finished += 1
         return finished
 
     def _tombstone(self, task_id: str, owner: str | None) -> TaskRecord:
