@@ -28,6 +28,8 @@ from ..task import Created, Progress, Result, TaskRecord
 
 __all__ = ["ACTIVE", "Store", "StoreFull", "StoreUnavailable", "lapsed"]
 
+logger = logging.getLogger("asyncwsgi")
+
 # The states of a task that is not finished yet.
 ACTIVE = ("queued", "running")
 logger = logging.getLogger("asyncwsgi")
@@ -118,8 +120,7 @@ class Store(abc.ABC):
             record = self._read(task_id)
             now = time.time()
             if record is not None and lapsed(record, now):
-                if self._finish(task_id, lost_result(record.state), now, lapsed_before=now):
-                    _lost(task_id)
+                self._end_lapsed(record, now)
                 record = self._read(task_id)
             return record
         except self._backend_errors as exc:
@@ -235,11 +236,18 @@ class Store(abc.ABC):
         for task_id in self._lapsed(now, RECLAIM_BATCH):
             record = self._read(task_id)
             if record is not None and lapsed(record, now):
-                lost = lost_result(record.state)
-                if self._finish(task_id, lost, now, lapsed_before=now):
-                    _lost(task_id)
-                    finished += 1
+                finished += self._end_lapsed(record, now)
         return finished
+
+    def _end_lapsed(self, record: TaskRecord, now: float) -> bool:
+        """Give a lapsed task the verdict of its state, counted and logged
+        once, by the call that ended it (the process that held it may be
+        gone and cannot say why)."""
+        lost = lost_result(record.state)
+        ended = self._finish(record.id, lost, now, lapsed_before=now)
+        if ended:
+            _lost(record, lost, now)
+        return ended
 
     def _tombstone(self, task_id: str, owner: str | None) -> TaskRecord:
         """What a read answers for a task whose result has expired."""
@@ -312,13 +320,17 @@ class Store(abc.ABC):
         time.sleep(min(poll, timeout))
 
 
-def _lost(task_id: str) -> None:
+def _lost(record: TaskRecord, verdict: Result, now: float) -> None:
     """A task was finished as lost, by this call: counted and logged once,
     whichever process met the lapsed lease."""
     if INSTRUMENTS is not None:
         INSTRUMENTS.lost.inc()
     logger.warning(
-        "asyncwsgi: task %s lost: its worker stopped renewing the lease",
-        task_id,
-        extra=task_extra(task_id),
+        "asyncwsgi: task %s ended as %s: %s (%s stopped renewing its lease %.1f s ago)",
+        record.id,
+        verdict.status[:3],
+        verdict.body.decode().strip(),
+        "its queue" if record.state == "queued" else "its worker",
+        now - (record.lease_until or now),
+        extra=task_extra(record.id),
     )
