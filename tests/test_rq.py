@@ -91,7 +91,16 @@ def test_the_job_holds_the_message_and_nothing_else_of_the_request(queue: Any) -
     assert job.kwargs == {}
     app, message = job.args
     assert app == APP
-    assert set(message) == {"id", "store", "environ", "body", "max_result", "lease", "deadline"}
+    assert set(message) == {
+        "id",
+        "store",
+        "environ",
+        "body",
+        "max_result",
+        "lease",
+        "deadline",
+        "queued_until",
+    }
     assert message["id"] == task_id
     assert base64.b64decode(message["body"]) == body
     environ = message["environ"]
