@@ -1,7 +1,16 @@
 """A bounded soak: many tasks through gunicorn and a shared store, with client
-retries and a worker killed in the middle and every worker restarted near the end.
+retries, store outages, a worker killed in the middle and every worker
+restarted near the end.
 
     python -m bench.soak [--tasks 100000] [--clients 16] [--store sqlite|redis]
+
+The store goes away twice during the run (at a quarter and at two fifths of
+the tasks): Redis is SIGKILLed and started again a second later (with an
+append-only file, as a production Redis keeps its data); SQLite has its write
+lock held by another process for ``--lock-seconds`` (3), past the store's
+1-second busy timeout. Clients retry a 503 that carries ``Retry-After`` (the
+store was unavailable: nothing was accepted or nothing was read) with the
+same ``Idempotency-Key``.
 
 Every task carries its own ``Idempotency-Key``, so a client that retries after
 a dropped connection never starts the work twice. The app appends each run to
@@ -33,6 +42,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 3.0
+SQLITE_TIMEOUT = 1.0
 
 
 def app_factory() -> object:
@@ -70,8 +80,21 @@ def app_factory() -> object:
         start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
         return [body]
 
+    store: object = os.environ["SOAK_STORE"]
+    if str(store).startswith("sqlite:///"):
+        from asyncwsgi.stores import SQLiteStore
+
+        # A busy timeout shorter than the soak's lock: the lock is an outage.
+        store = SQLiteStore(str(store)[len("sqlite:///") :], timeout=SQLITE_TIMEOUT)
     return AsyncMiddleware(
-        inner, paths=["/work/*"], store=os.environ["SOAK_STORE"], lease=LEASE, max_pending=10_000
+        inner,
+        paths=["/work/*"],
+        store=store,  # type: ignore[arg-type]
+        lease=LEASE,
+        max_pending=10_000,
+        # Every thread of a worker may long-poll: the soak counts tasks, and
+        # a client answered at once would only poll again.
+        max_waiting=8,
     )
 
 
@@ -93,24 +116,32 @@ class Client:
         self.port = port
         self.conn: http.client.HTTPConnection | None = None
         self.retries = 0
+        self.unavailable = 0
 
     def request(
         self, method: str, path: str, headers: dict[str, str]
     ) -> tuple[int, dict[str, str], bytes]:
-        for attempt in range(50):
+        for attempt in range(200):
             try:
                 if self.conn is None:
                     self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
                 self.conn.request(method, path, headers=headers)
                 response = self.conn.getresponse()
-                return response.status, dict(response.getheaders()), response.read()
+                answer = response.status, dict(response.getheaders()), response.read()
+                if answer[0] == 503 and "Retry-After" in answer[1]:
+                    # The store was unavailable (or the table full): nothing
+                    # happened; the same request again is safe.
+                    self.unavailable += 1
+                    time.sleep(min(1.0, float(answer[1]["Retry-After"])))
+                    continue
+                return answer
             except (OSError, http.client.HTTPException):
                 if self.conn is not None:
                     self.conn.close()
                 self.conn = None
                 self.retries += 1
                 time.sleep(min(1.0, 0.02 * (attempt + 1)))
-        raise RuntimeError(f"{method} {path}: no answer after 50 tries")
+        raise RuntimeError(f"{method} {path}: no answer after 200 tries")
 
     def close(self) -> None:
         if self.conn is not None:
@@ -136,13 +167,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--lock-seconds", type=float, default=3.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="asyncwsgi-soak-"))
     journal = workdir / "journal"
     port = free_port()
-    env = dict(os.environ, SOAK_JOURNAL=str(journal), SOAK_STORE=f"sqlite:///{workdir}/tasks.db")
+    redis = None
+    if args.store == "redis":
+        from bench.services import RedisServer
+
+        redis = RedisServer("redis-server", "--appendonly", "yes", "--appendfsync", "always")
+        store_url = redis.url(0)
+    else:
+        store_url = f"sqlite:///{workdir}/tasks.db"
+    env = dict(os.environ, SOAK_JOURNAL=str(journal), SOAK_STORE=store_url)
+    outage = Outage(redis, workdir / "tasks.db", args.lock_seconds)
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-k", "gthread",
          "--threads", "8", "-b", f"127.0.0.1:{port}", "--log-level", "error",
@@ -159,14 +201,56 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("gunicorn did not start") from None
                 time.sleep(0.1)
-        return soak(args, port, journal, server)
+        return soak(args, port, journal, server, outage)
     finally:
         server.terminate()
         server.wait(30)
+        if redis is not None:
+            redis.stop()
+
+
+class Outage:
+    """Makes the store unavailable for a while: Redis killed and started
+    again, or SQLite's write lock held by another process."""
+
+    def __init__(self, redis: object, sqlite_path: Path, lock_seconds: float) -> None:
+        self.redis = redis
+        self.sqlite_path = sqlite_path
+        self.lock_seconds = lock_seconds
+        self.log: list[dict[str, float | str]] = []
+
+    def __call__(self, after_tasks: int) -> None:
+        started = time.monotonic()
+        if self.redis is not None:
+            self.redis.kill()  # type: ignore[attr-defined]
+            time.sleep(1.0)
+            self.redis.start()  # type: ignore[attr-defined]
+            what = "redis-server SIGKILLed, started again after 1 s"
+        else:
+            code = (
+                "import sqlite3, sys, time\n"
+                "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                "c.execute('BEGIN IMMEDIATE')\n"
+                "time.sleep(float(sys.argv[2]))\n"
+                "c.execute('COMMIT')\n"
+            )
+            subprocess.run(
+                [sys.executable, "-c", code, str(self.sqlite_path), str(self.lock_seconds)],
+                check=True,
+            )
+            what = f"SQLite write lock held for {self.lock_seconds:g} s"
+        self.log.append(
+            {"after_tasks": after_tasks, "what": what,
+             "seconds": round(time.monotonic() - started, 1)}
+        )  # fmt: skip
 
 
 def soak(
-    args: argparse.Namespace, port: int, journal: Path, server: subprocess.Popen[bytes]
+    args: argparse.Namespace,
+    port: int,
+    journal: Path,
+    server: subprocess.Popen[bytes],
+    outage: Outage,
 ) -> int:
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
@@ -211,6 +295,8 @@ def soak(
                 outcome = "completed"
             elif status == 500 and b"lost" in body:
                 outcome = "worker_lost"
+            elif status == 503 and b"not started" in body:
+                outcome = "not_started"
             elif status == -1:
                 outcome = "stuck"
             else:
@@ -224,6 +310,11 @@ def soak(
         while progress.n < warm:
             time.sleep(0.2)
         before.update(stats(port))
+        # Two store outages with tasks in flight.
+        for share in (0.25, 0.4):
+            while progress.n < args.tasks * share:
+                time.sleep(0.2)
+            outage(progress.n)
         while progress.n < args.tasks // 2 + args.clients:
             time.sleep(0.2)
         time.sleep(0.5)
@@ -269,12 +360,16 @@ def soak(
         "tasks_per_second": round(args.tasks / elapsed, 1),
         "completed": outcomes["completed"],
         "worker_lost_500": outcomes["worker_lost"],
+        "not_started_503": outcomes["not_started"],
         "wrong": {k: v for k, v in outcomes.items() if k.startswith("wrong")},
         "stuck_at_202": outcomes["stuck"],
         "lost": args.tasks - sum(outcomes.values()),
         "never_ran": args.tasks - len(runs),
         "ran_twice": sum(1 for count in runs.values() if count > 1),
         "client_retries": sum(client.retries for client in clients),
+        "client_503_retries": sum(client.unavailable for client in clients),
+        "store": args.store,
+        "store_outages": outage.log,
         "killed_worker_pids": killed,
         "workers_measured": len(survivors),
         "rss_mib_before": round(sum(before[p]["rss"] for p in survivors) / 2**20, 1),
