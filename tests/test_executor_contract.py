@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import importlib.util
-import inspect
 import json
 import os
 import shutil
@@ -31,7 +30,6 @@ from typing import Any
 
 import pytest
 
-from asyncwsgi import AsyncMiddleware
 from bench.services import RedisServer, free_port, stop_group, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,18 +182,21 @@ class Engine:
                     "--job-class", "django_tasks_rq.Job"]  # fmt: skip
         raise AssertionError("the thread pool runs in the web processes")
 
-    def start_worker(self) -> None:
+    def start_worker(self, queue: str | None = None) -> subprocess.Popen[bytes] | None:
+        """A worker for the engine's queue (kept, stopped at teardown), or
+        for ``queue`` (returned: the caller stops it)."""
         if self.name == "thread":
-            return
-        self.workers.append(
-            subprocess.Popen(
-                self.worker_command(),
-                cwd=ROOT,
-                env=self.env,
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-        )
+            return None
+        worker = subprocess.Popen(
+            self.worker_command() if queue is None else self.worker_command(queue),
+            cwd=ROOT,
+            env=self.env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        if queue is None:
+            self.workers.append(worker)
+        return worker
 
     def owns(self, pid: int, ppid: int) -> bool:
         """Whether ``pid`` (whose parent is ``ppid``) is one of this engine's
@@ -438,12 +439,6 @@ def test_timeout_holds_when_the_accepting_process_is_gone(engine: Engine) -> Non
     assert engine.web.wait(location, timeout=15)[0] == 200
 
 
-_QUEUE_TIMEOUT = "queue_timeout" in inspect.signature(AsyncMiddleware).parameters
-
-
-@pytest.mark.xfail(
-    not _QUEUE_TIMEOUT, strict=True, reason="queue_timeout (issue 12 item 7) is not on main yet"
-)
 def test_queue_timeout_holds_when_the_accepting_process_is_gone(engine: Engine) -> None:
     if engine.name == "thread":
         pytest.skip(
@@ -457,11 +452,13 @@ def test_queue_timeout_holds_when_the_accepting_process_is_gone(engine: Engine) 
     )
     status, _, body = engine.web.wait(location, timeout=queue_timeout + 10)
     assert status == 503 and b"not started" in body, (status, body)
-    assert time.monotonic() - accepted <= queue_timeout + 4
+    # (the bound includes starting the accepting process, slow on a busy machine)
+    assert time.monotonic() - accepted <= queue_timeout + 8
     # A worker that comes for the queue later never runs it: the queue is
     # first-in first-out, so once a task queued after it is done, it was skipped.
     witness = _accept_and_vanish(engine, path="/task/echo?marker=witness", queue="idle")
     worker = engine.start_worker("idle")
+    assert worker is not None
     try:
         assert engine.web.wait(witness, timeout=30)[0] == 200
     finally:

@@ -208,13 +208,19 @@ def test_store_unavailable_during_a_poll(outage: Outage, caplog: Any) -> None:
         location = client.post("/work/now").headers["Location"]
         assert wait_done(client, location).data == b"done /work/now"
         outage.begin()
-        refused = client.get(location)
-        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        during = client.get(location)
+        if outage.kind == "sqlite":
+            # WAL mode: readers never wait for the writer, so a poll under
+            # another process's write lock is answered as usual.
+            assert during.status_code == 200
+        else:
+            assert during.status_code == 503 and during.headers["Retry-After"]
         outage.end()
         assert final(client, location, time.monotonic()).data == b"done /work/now"
 
     run_with(outage, body)
-    assert "unavailable" in caplog.text.lower()
+    if outage.kind == "redis":
+        assert "unavailable" in caplog.text.lower()
 
 
 # -- the process goes away ------------------------------------------------------
