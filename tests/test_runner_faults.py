@@ -133,6 +133,44 @@ def test_sqlite_locked_when_a_task_starts_and_when_one_finishes(tmp_path, caplog
     assert "retrying" in caplog.text
 
 
+@pytest.fixture
+def small_disk() -> Iterator[str]:
+    """A 2 MB tmpfs (needs root, as CI has)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mounting a tmpfs needs root")
+        pytest.skip("mounting a tmpfs needs root")
+    directory = tempfile.mkdtemp(prefix="asyncwsgi-tmpfs-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", directory], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", directory], check=True)
+        os.rmdir(directory)
+
+
+def test_a_result_too_big_for_the_disk_ends_the_task_at_once_with_its_cause(small_disk, caplog):
+    def big(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [os.urandom(3 * 2**20)]
+
+    store = SQLiteStore(os.path.join(small_disk, "tasks.db"), timeout=0.2)
+    mw = AsyncMiddleware(big, paths=["/work/*"], store=store)
+    try:
+        client = Client(mw)
+        started = time.monotonic()
+        response = wait_done(client, client.post("/work/big").headers["Location"], timeout=BOUND)
+        assert time.monotonic() - started < 5  # not the 30 s lease
+        assert response.status_code == 500
+        assert b"could not be stored" in response.data
+        assert "could not be stored" in caplog.text
+        # the store still works for results that fit
+        assert mw.close(timeout=BOUND)
+    finally:
+        mw.close(timeout=BOUND)
+        store.close()
+
+
 def test_the_watchdog_outlives_a_store_error(redis_aof, caplog):
     release = threading.Event()
 
