@@ -512,6 +512,22 @@ def test_count_active(store: Store) -> None:
     assert store.count_active() == 0
 
 
+def test_count_states(store: Store) -> None:
+    """The gauges every process reports: the whole table's queued and running
+    tasks, lapsed ones counted as what they are (lost, so neither)."""
+    assert store.count_states() == {"queued": 0, "running": 0}
+    a, b, c, d = new_record(), new_record(), new_record(), new_record()
+    for record in (a, b, c, d):
+        assert store.create(record)
+    assert store.start(a.id, time.time() + 30)
+    assert store.start(b.id, time.time() + 0.05)
+    assert store.count_states() == {"queued": 2, "running": 2}
+    assert store.finish(a.id, ok())
+    assert store.delete(c.id)
+    time.sleep(0.1)  # b's lease lapses
+    assert store.count_states() == {"queued": 1, "running": 0}
+
+
 def test_many_threads(store: Store) -> None:
     records = [new_record() for _ in range(200)]
     for record in records:

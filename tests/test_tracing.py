@@ -183,7 +183,7 @@ def _db(url: str, db: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_spans_of_a_task_on_a_celery_worker(
+def test_spans_and_metrics_of_a_task_on_a_celery_worker(
     redis_url: str, tmp_path: Path, spans: InMemorySpanExporter
 ) -> None:
     import redis
@@ -193,6 +193,8 @@ def test_spans_of_a_task_on_a_celery_worker(
         with redis.Redis.from_url(url) as client:
             client.flushdb()
     span_file = tmp_path / "worker-spans.jsonl"
+    metrics_dir = tmp_path / "worker-metrics"
+    metrics_dir.mkdir()
     env = {
         **os.environ,
         "ASYNCWSGI_TEST_BROKER": broker,
@@ -226,7 +228,11 @@ def test_spans_of_a_task_on_a_celery_worker(
             "--without-heartbeat",
         ],  # fmt: skip
         cwd=ROOT,
-        env={**env, "ASYNCWSGI_TEST_SPANS": str(span_file)},
+        env={
+            **env,
+            "ASYNCWSGI_TEST_SPANS": str(span_file),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        },
         start_new_session=True,
     )
     middleware = web_module.application
@@ -263,4 +269,16 @@ def test_spans_of_a_task_on_a_celery_worker(
     assert int(queue["parent_id"], 16) == submit.context.span_id
     assert int(run["parent_id"], 16) == submit.context.span_id
     assert app_span["parent_id"] == run["context"]["span_id"]
+
+    # The worker counted the task it ran, in prometheus_client's multiprocess
+    # files (what a scrape of that directory, or of a web process sharing it,
+    # reports).
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))
+    assert registry.get_sample_value("asyncwsgi_tasks_finished_total", {"status_class": "2xx"}) == 1
+    assert registry.get_sample_value("asyncwsgi_task_run_seconds_count") == 1
+    assert registry.get_sample_value("asyncwsgi_task_queue_wait_seconds_count") == 1
     assert queue["attributes"][TASK_ID] == run["attributes"][TASK_ID] == task_id
