@@ -1,7 +1,8 @@
 """An app behind AsyncMiddleware with a shared store, for multi-process servers.
 
-The store URL comes from ``ASYNCWSGI_TEST_STORE`` and the lease (seconds) from
-``ASYNCWSGI_TEST_LEASE``. ``/work/<anything>`` answers ``<path>|<query>|<body>``
+The store URL comes from ``ASYNCWSGI_TEST_STORE``, the lease (seconds) from
+``ASYNCWSGI_TEST_LEASE``, ``max_pending`` from ``ASYNCWSGI_TEST_MAX_PENDING``.
+``/work/<anything>`` answers ``<path>|<query>|<body>``
 with the pid of the worker that ran it in ``X-Worker-Pid``. ``/work/slow``
 first reports that pid as its progress message, then sleeps ``seconds`` (from
 the query string); any other path first sleeps ``ms`` milliseconds if the
@@ -54,4 +55,5 @@ application = AsyncMiddleware(
     paths=["/work/*"],
     store=os.environ["ASYNCWSGI_TEST_STORE"],
     lease=float(os.environ.get("ASYNCWSGI_TEST_LEASE", "30")),
+    max_pending=int(os.environ.get("ASYNCWSGI_TEST_MAX_PENDING", "1000")),
 )
