@@ -283,14 +283,6 @@ def soak(
                 status, answer_headers, body = client.request(
                     "GET", location, {"Prefer": "wait=10"}
                 )
-            while status == 409:
-                # the first try's reservation outlived its process: it lapses
-                time.sleep(float(answer_headers.get("Retry-After", "1")))
-                status, answer_headers, body = client.request("POST", f"/work/{name}", headers)
-                while status == 202 and answer_headers.get("Location", "").startswith("/status/"):
-                    status, answer_headers, body = client.request(
-                        "GET", answer_headers["Location"], {"Prefer": "wait=10"}
-                    )
             if status == 200 and body == f"done {name}".encode():
                 outcome = "completed"
             elif status == 500 and b"lost" in body:
