@@ -357,13 +357,28 @@ class TaskRunner:
 
     def _beat(self) -> None:
         interval = max(0.05, self.lease / 3)
-        while not self._stop.wait(interval):
+        wait = interval
+        failing_since: float | None = None
+        while not self._stop.wait(wait):
             try:
                 running = self.held
                 if running:
                     self.store.heartbeat(running, time.time() + self.lease)
             except Exception:
-                logger.exception("asyncwsgi: heartbeat failed; trying again in %.1f s", interval)
+                # Soon again, not a whole interval later: once the store is
+                # back, the first to reach it judges the leases, and ours
+                # should be renewed by then.
+                wait = min(interval, _RETRY_FIRST if failing_since is None else wait * 2)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    logger.exception("asyncwsgi: heartbeat failed; retrying")
+            else:
+                if failing_since is not None:
+                    logger.warning(
+                        "asyncwsgi: heartbeat renewed after %.1f s of failures",
+                        time.monotonic() - failing_since,
+                    )
+                wait, failing_since = interval, None
 
     def watch(self, task_id: str, within: float | None = None) -> None:
         """Start the clock of an accepted task: ``within`` seconds from now, or

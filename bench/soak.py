@@ -7,7 +7,7 @@ restarted near the end.
 The store goes away twice during the run (at a quarter and at two fifths of
 the tasks): Redis is SIGKILLed and started again a second later (with an
 append-only file, as a production Redis keeps its data); SQLite has its write
-lock held by another process for ``--lock-seconds`` (3), past the store's
+lock held by another process for ``--lock-seconds`` (2), past the store's
 1-second busy timeout. Clients retry a 503 that carries ``Retry-After`` (the
 store was unavailable: nothing was accepted or nothing was read) with the
 same ``Idempotency-Key``.
@@ -55,11 +55,13 @@ def app_factory() -> object:
         path = str(environ["PATH_INFO"])
         if path == "/_stats":
             fds = len(os.listdir("/proc/self/fd"))
-            kinds = Counter(
-                os.readlink(f"/proc/self/fd/{fd}").split(":")[0].rsplit("/", 1)[-1]
-                for fd in os.listdir("/proc/self/fd")
-                if os.path.islink(f"/proc/self/fd/{fd}")
-            )
+            kinds: Counter[str] = Counter()
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    target = os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    continue  # closed meanwhile by another thread
+                kinds[target.split(":")[0].rsplit("/", 1)[-1]] += 1
             with open("/proc/self/statm") as statm:
                 rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
             body = json.dumps(
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
-    parser.add_argument("--lock-seconds", type=float, default=3.0)
+    parser.add_argument("--lock-seconds", type=float, default=2.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = parser.parse_args(argv)
 
