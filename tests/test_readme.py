@@ -134,6 +134,13 @@ def test_the_readme_names_every_extra():
         assert f"`{extra}`" in install, f"the README's install section does not name [{extra}]"
 
 
+def test_the_readme_links_to_files_that_exist():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.name} links to {target}"
+
+
 def test_the_readme_has_the_snippets_this_test_runs():
     assert {"myapp.py", "flaskapp.py"} <= {
         m.group(1) for b in blocks("python") if (m := re.match(r"# (\w+\.py)", b))
