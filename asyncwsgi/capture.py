@@ -1,22 +1,120 @@
-"""Call a WSGI application the way a careful server does, and keep its response."""
+"""Call a WSGI application the way a careful server does, and keep its response.
+
+The body is spooled: kept in memory up to a threshold, then written to the
+store (a file, chunks in Redis) as the app produces it, so that a response of
+any size is never held whole by the process.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .task import Result
+from .stores.base import StoreFull
+from .task import Body, BodySink, Result
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
-__all__ = ["ResponseTooLarge", "capture"]
+__all__ = ["ResponseTooLarge", "Spool", "capture"]
 
 
 class ResponseTooLarge(Exception):
     """The app's response passed ``max_result``; the task fails."""
+
+
+class Spool:
+    """A body written in pieces: in memory up to ``threshold`` bytes, then in
+    the sink ``open_sink`` gives (the memory part moved there first). Its
+    size and SHA-256 are counted as it grows; past ``limit`` bytes a write
+    raises ``too_large``.
+
+    The owner ends it with :meth:`close` (the store took the body) or
+    :meth:`discard` (it did not): until then a spooled body is the writer's.
+    """
+
+    __slots__ = (
+        "threshold",
+        "limit",
+        "too_large",
+        "size",
+        "_open_sink",
+        "_chunks",
+        "_hash",
+        "sink",
+    )
+
+    def __init__(
+        self,
+        threshold: int,
+        open_sink: Callable[[], BodySink] | None,
+        *,
+        limit: int | None = None,
+        too_large: Callable[[int], Exception] | None = None,
+    ) -> None:
+        self.threshold = threshold
+        self.limit = limit
+        self.too_large = too_large
+        self.size = 0
+        self._open_sink = open_sink
+        self._chunks: list[bytes] = []
+        self._hash = hashlib.sha256()
+        self.sink: BodySink | None = None
+
+    def write(self, data: bytes) -> None:
+        size = self.size + len(data)
+        if self.limit is not None and size > self.limit:
+            raise (self.too_large or _too_large)(self.limit)
+        self.size = size
+        self._hash.update(data)
+        sink = self.sink
+        try:
+            if sink is None:
+                if size <= self.threshold or self._open_sink is None:
+                    self._chunks.append(data)
+                    return
+                sink = self.sink = self._open_sink()
+                chunks, self._chunks = self._chunks, []
+                for chunk in chunks:
+                    sink.write(chunk)
+            sink.write(data)
+        except OSError as exc:
+            # A full disk (or quota) under the store: the same fault as a
+            # spent budget for whoever wrote this body.
+            raise StoreFull(f"no room to store the body: {exc.strerror or exc}") from exc
+
+    def result(self) -> bytes | Body:
+        """The whole body: bytes when it stayed in memory, else the sink's
+        committed :class:`Body`."""
+        if self.sink is None:
+            return b"".join(self._chunks)
+        try:
+            return self.sink.commit(self.size, self._hash.hexdigest())
+        except OSError as exc:
+            raise StoreFull(f"no room to store the body: {exc.strerror or exc}") from exc
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._chunks = []
+        if self.sink is not None:
+            self.sink.close()
+
+    def discard(self) -> None:
+        self._chunks = []
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.discard()
+
+
+def _too_large(limit: int) -> Exception:
+    # ``limit`` is what was left for the body: the message names max_result.
+    return ResponseTooLarge("the response exceeds max_result")
 
 
 class ProtocolError(Exception):
@@ -59,26 +157,36 @@ def _check_status(status: Any) -> str:
     return status if type(status) is str else str.__str__(status)
 
 
-def capture(app: WSGIApplication, environ: WSGIEnvironment, max_result: int) -> Result:
+def capture(
+    app: WSGIApplication,
+    environ: WSGIEnvironment,
+    max_result: int | None = None,
+    *,
+    spool: Spool | None = None,
+) -> Result:
     """Run ``app`` and return its status, headers (in order, duplicates kept)
     and body.
 
     The body is everything passed to ``write()`` and every chunk of the
-    iterable; the iterable's ``close()`` runs exactly once, also when the app
-    fails. Headers count as sent once a non-empty chunk has been produced, so
+    iterable, written to ``spool`` as it comes (by default one in memory);
+    the iterable's ``close()`` runs exactly once, also when the app fails.
+    Headers count as sent once a non-empty chunk has been produced, so
     ``start_response(..., exc_info)`` after that re-raises, as a server would.
-    Any exception propagates to the caller, which turns it into a 500.
+    Any exception propagates to the caller, which turns it into a 500 (and
+    discards the spool).
 
-    ``max_result`` bounds what is stored: the status line, the headers (as
-    ``name: value`` lines) and the body together.
+    ``max_result`` (by default the spool's ``limit``) bounds what is stored:
+    the status line, the headers (as ``name: value`` lines) and the body
+    together.
     """
+    if spool is None:
+        spool = Spool(0, None, limit=max_result)
+    elif max_result is None:
+        max_result = spool.limit
     response: list[Any] = []  # [status, headers] once start_response is called
-    chunks: list[bytes] = []
-    head = 0  # bytes of the status line and headers
-    size = 0  # bytes of the body
+    write = spool.write
 
     def add(data: bytes) -> None:
-        nonlocal size
         if type(data) is not bytes:
             if not isinstance(data, bytes):
                 raise ProtocolError(f"body chunks must be bytes, not {type(data).__name__}")
@@ -87,18 +195,14 @@ def capture(app: WSGIApplication, environ: WSGIEnvironment, max_result: int) -> 
             return
         if not response:
             raise ProtocolError("body produced before start_response")
-        size += len(data)
-        if head + size > max_result:
-            raise ResponseTooLarge(f"response exceeds max_result ({max_result} bytes)")
-        chunks.append(data)
+        write(data)
 
     def start_response(
         status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
     ) -> Callable[[bytes], object]:
-        nonlocal head
         if exc_info is not None and exc_info[1] is not None:
             try:
-                if chunks:
+                if spool.size:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
@@ -115,9 +219,11 @@ def capture(app: WSGIApplication, environ: WSGIEnvironment, max_result: int) -> 
             name, value = _check_header(*header)
             checked.append((name, value))
             length += len(name) + len(value) + 4  # ": " and CRLF
-        if length + size > max_result:
-            raise ResponseTooLarge(f"response exceeds max_result ({max_result} bytes)")
-        head = length
+        if max_result is not None:
+            if length + spool.size > max_result:
+                raise (spool.too_large or _too_large)(max_result)
+            # The body may have what the status line and headers leave.
+            spool.limit = max_result - length
         response[:] = [status, checked]
         return add
 
@@ -131,4 +237,4 @@ def capture(app: WSGIApplication, environ: WSGIEnvironment, max_result: int) -> 
         close = getattr(iterable, "close", None)
         if close is not None:
             close()
-    return Result(response[0], response[1], b"".join(chunks))
+    return Result(response[0], response[1], spool.result())

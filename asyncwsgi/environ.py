@@ -9,8 +9,10 @@ copy of the environ, not the environ:
   ``wsgi.multithread = True`` and ``wsgi.run_once = False`` (tasks run on a
   pool of threads that lives on);
 - ``wsgi.input``: a new stream over the body that was read in full before the
-  202, with ``wsgi.input_terminated`` set (the stream ends where the body
-  does); see :func:`task_environ` for ``CONTENT_LENGTH`` and chunked bodies;
+  202 (from memory, or from the store where it was spooled when larger than
+  ``spool_threshold``), with ``wsgi.input_terminated`` set (the stream ends
+  where the body does); see :func:`task_environ` for ``CONTENT_LENGTH`` and
+  chunked bodies;
 - ``wsgi.errors``: the process's standard error, which outlives the request;
 - other non-string values from outer middleware, by reference (the same
   objects), except the server's objects tied to the connection, which are
@@ -30,6 +32,9 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import BadRequest, LengthRequired, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
+from .capture import Spool
+from .task import Body
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
@@ -48,8 +53,13 @@ _DROPPED_PREFIXES = (
 )
 
 
-def read_body(environ: WSGIEnvironment, max_body: int) -> bytes:
-    """The whole request body, read before the client is answered.
+_BLOCK = 256 * 1024
+
+
+def read_body(environ: WSGIEnvironment, max_body: int, spool: Spool | None = None) -> bytes | Body:
+    """The whole request body, read before the client is answered: into
+    ``spool`` (memory up to its threshold, then the store) when given, else
+    into memory.
 
     Raises werkzeug's HTTP exceptions, which are WSGI responses themselves:
     413 past ``max_body``, 400 for a ``Content-Length`` that is not a
@@ -73,12 +83,25 @@ def read_body(environ: WSGIEnvironment, max_body: int) -> bytes:
     stream = get_input_stream(environ, max_content_length=max_body)
     # One byte past the limit tells "too large" without reading an unbounded
     # chunked body into memory.
-    body = _read(stream, max_body + 1 if announced is None else announced)
-    if len(body) > max_body:
+    limit = max_body + 1 if announced is None else announced
+    if spool is None:
+        body = _read(stream, limit)
+        size = len(body)
+    else:
+        size = 0
+        while size < limit:
+            block = stream.read(min(limit - size, _BLOCK))
+            if not block:
+                break
+            size += len(block)
+            if size > max_body:
+                break
+            spool.write(block)
+    if size > max_body:
         raise RequestEntityTooLarge()
-    if announced is not None and len(body) < announced:
-        raise BadRequest(f"the body ended after {len(body)} of {announced} bytes")
-    return body
+    if announced is not None and size < announced:
+        raise BadRequest(f"the body ended after {size} of {announced} bytes")
+    return body if spool is None else spool.result()
 
 
 def _read(stream: Any, size: int) -> bytes:
@@ -124,7 +147,7 @@ def json_environ(environ: dict[str, Any]) -> dict[str, Any]:
     return sent
 
 
-def task_environ(base: dict[str, Any], body: bytes) -> dict[str, Any]:
+def task_environ(base: dict[str, Any], body: bytes | Body) -> dict[str, Any]:
     """The environ a task's app call gets, from a :func:`snapshot` (or the
     string values of one, sent to another process) and the body.
 
@@ -143,10 +166,15 @@ def task_environ(base: dict[str, Any], body: bytes) -> dict[str, Any]:
     environ.setdefault("wsgi.multiprocess", False)
     environ["wsgi.multithread"] = True
     environ["wsgi.run_once"] = False
-    environ["wsgi.input"] = io.BytesIO(body)
+    if isinstance(body, bytes):
+        environ["wsgi.input"] = io.BytesIO(body)
+        size = len(body)
+    else:
+        environ["wsgi.input"] = body.open()
+        size = body.size
     environ["wsgi.input_terminated"] = True
     environ["wsgi.errors"] = sys.stderr
     environ.pop("HTTP_TRANSFER_ENCODING", None)
-    if body or environ.get("CONTENT_LENGTH"):
-        environ["CONTENT_LENGTH"] = str(len(body))
+    if size or environ.get("CONTENT_LENGTH"):
+        environ["CONTENT_LENGTH"] = str(size)
     return environ

@@ -124,7 +124,7 @@ class Instruments:
     def finish(self, result: Result) -> None:
         """A task ended with ``result`` (its store write succeeded)."""
         self._finished_by_class[status_class(result.status)].inc()
-        self.result_bytes.observe(len(result.body))
+        self.result_bytes.observe(result.size)
 
 
 #: This process's metrics; None without prometheus_client. Created at import,

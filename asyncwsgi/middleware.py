@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from .capture import Spool
 from .environ import read_body, snapshot
 from .executor import Executor, ThreadExecutor
 from .logs import task_extra
@@ -29,10 +30,11 @@ from .options import check_options
 from .owner import owner_hash
 from .patterns import Pattern, compile_patterns
 from .prefer import parse_prefer, wait_seconds
+from .replay import BodyGone, replay
 from .results import error_result
 from .runner import ACCEPTED, TaskRunner
 from .stores import Store, open_store
-from .stores.base import ACTIVE, StoreUnavailable
+from .stores.base import ACTIVE, StoreFull, StoreUnavailable
 from .task import Job, Result, TaskRecord
 from .tracing import TASK_ID, activate, inject, start_submit
 
@@ -98,7 +100,10 @@ class AsyncMiddleware:
         max_pending: int = 1000,
         result_ttl: float = 300.0,
         max_body: int = 10 * 2**20,
-        max_result: int = 64 * 2**20,
+        max_result: int = 2**30,
+        spool_threshold: int = 2**20,
+        max_stored_bytes: int | None = None,
+        results_dir: str | None = None,
         retry_after: int = 1,
         max_retry_after: int = 30,
         prefer_paths: Iterable[Pattern] = (),
@@ -133,7 +138,19 @@ class AsyncMiddleware:
         self._refuse_overlap(self.prefer_paths, "prefer_paths")
         # A store opened here from a URL is this middleware's to close.
         self._owns_store = not isinstance(store, Store)
-        self.store = open_store(store)
+        store_options: dict[str, object] = {}
+        if results_dir is not None:
+            if isinstance(store, Store):
+                raise ValueError("results_dir is an option of the store given: set it there")
+            store_options["results_dir"] = results_dir
+        if max_stored_bytes is not None and not isinstance(store, Store):
+            store_options["max_stored_bytes"] = max_stored_bytes
+        self.store = open_store(store, **store_options)
+        if max_stored_bytes is not None:
+            self.store.max_stored_bytes = max_stored_bytes
+        self.max_stored_bytes = self.store.max_stored_bytes
+        self.results_dir = results_dir
+        self.spool_threshold = spool_threshold
         self.max_workers = _POOL_SIZE if max_workers is None and executor is None else max_workers
         self.max_pending = max_pending
         self.result_ttl = result_ttl
@@ -160,6 +177,7 @@ class AsyncMiddleware:
             lease=lease,
             timeout=timeout,
             queue_timeout=queue_timeout,
+            spool_threshold=spool_threshold,
         )
         self.executor.bind(self.runner)
         self.closed = False
@@ -186,6 +204,12 @@ class AsyncMiddleware:
                     and "respond-async" in parse_prefer(environ.get("HTTP_PREFER"))
                 ):
                     return self._submit(environ, start_response, "respond-async")
+        except StoreFull as exc:
+            # A byte budget spent or a full disk: said as such (it passes).
+            logger.warning("asyncwsgi: %s %s: the task store is full: %s", method, path, exc)
+            return self._unavailable("the task store is unavailable: it is full")(
+                environ, start_response
+            )
         except StoreUnavailable as exc:
             # Every store call comes before start_response: nothing was sent.
             logger.warning("asyncwsgi: %s %s: the task store is unavailable: %s", method, path, exc)
@@ -243,25 +267,33 @@ class AsyncMiddleware:
 
         # The whole body first: the key is bound only together with the task,
         # in one atomic create, so however slow the upload, a retry either
-        # finds the task or creates it, never a second one.
+        # finds the task or creates it, never a second one. A body above
+        # spool_threshold goes to the store as it arrives, not into memory.
+        task_id = secrets.token_urlsafe(_ID_BYTES)
+        store = self.store
+        spool = Spool(self.spool_threshold, lambda: store.open_sink(task_id, "request"))
+        created = False
         try:
-            body = read_body(environ, self.max_body)
-        except HTTPException as exc:
-            if exc.code == 413:
-                _rejected("too_large")
-            return exc(environ, start_response)
+            try:
+                body = read_body(environ, self.max_body, spool)
+            except HTTPException as exc:
+                if exc.code == 413:
+                    _rejected("too_large")
+                return exc(environ, start_response)
 
-        now = time.time()
-        record = TaskRecord(
-            secrets.token_urlsafe(_ID_BYTES), created=now, owner=owner, ttl=self.result_ttl
-        )
-        # The executor knows where its queue lives, so how long a task may
-        # wait there (a lease renewed by this process, or a broker's limit).
-        record.lease_until = self.executor.queued_until(now)
-        fingerprint = _fingerprint(environ, body) if key is not None else None
-        outcome = self.store.create(
-            record, key=key, fingerprint=fingerprint, limit=self.max_pending
-        )
+            now = time.time()
+            record = TaskRecord(task_id, created=now, owner=owner, ttl=self.result_ttl)
+            # The executor knows where its queue lives, so how long a task may
+            # wait there (a lease renewed by this process, or a broker's limit).
+            record.lease_until = self.executor.queued_until(now)
+            fingerprint = _fingerprint(environ, spool.sha256) if key is not None else None
+            outcome = store.create(record, key=key, fingerprint=fingerprint, limit=self.max_pending)
+            created = outcome.created
+        finally:
+            if created:
+                spool.close()
+            else:
+                spool.discard()
         if outcome.existing is not None:
             bound = outcome.existing.fingerprint
             if fingerprint is None or bound is None or not hmac.compare_digest(bound, fingerprint):
@@ -308,7 +340,7 @@ class AsyncMiddleware:
                 record = done
                 applied = f"wait={waited}" if not applied else f"{applied}, wait={waited}"
             if record.state == "done" and record.result is not None:
-                return _replay(environ, start_response, record.result, applied)
+                return self._replay(environ, start_response, record.result, applied)
             if record.state not in ACTIVE:  # expired already: a 202 never says so
                 return self._status(environ, start_response, record.id, retried=True)
         return self._accepted(environ, start_response, record, applied)
@@ -358,7 +390,7 @@ class AsyncMiddleware:
                 if record.state == "expired":
                     return _gone(environ, start_response)
         if record.state == "done" and record.result is not None:
-            return _replay(environ, start_response, record.result, "")
+            return self._replay(environ, start_response, record.result, "")
         if record.state not in ("queued", "running"):
             return _not_found(environ, start_response)  # deleted while we waited
         return self._accepted(environ, start_response, record, applied)
@@ -384,6 +416,19 @@ class AsyncMiddleware:
                 self._waiting -= 1
             if gauge is not None:
                 gauge.dec()
+
+    def _replay(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        result: Result,
+        applied: str,
+    ) -> Iterable[bytes]:
+        extra = [("Preference-Applied", applied), ("Vary", "Prefer")] if applied else []
+        try:
+            return replay(environ, start_response, result, extra)
+        except BodyGone:
+            return _text(410, "this task's result has expired")(environ, start_response)
 
     def _owns(self, environ: WSGIEnvironment, record: TaskRecord) -> bool:
         if self.owner is None:
@@ -585,25 +630,12 @@ class _ClosedAtExit:
 _AT_EXIT = _ClosedAtExit()
 
 
-def _fingerprint(environ: WSGIEnvironment, body: bytes) -> str:
+def _fingerprint(environ: WSGIEnvironment, body_sha256: str) -> str:
     digest = hashlib.sha256()
     for part in ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE"):
         digest.update(environ.get(part, "").encode("latin-1", "replace") + b"\x00")
-    digest.update(body)
+    digest.update(body_sha256.encode())
     return digest.hexdigest()
-
-
-def _replay(
-    environ: WSGIEnvironment, start_response: StartResponse, result: Result, applied: str
-) -> Iterable[bytes]:
-    headers = list(result.headers)
-    if applied:
-        headers.append(("Preference-Applied", applied))
-        headers.append(("Vary", "Prefer"))
-    start_response(result.status, headers)
-    if environ["REQUEST_METHOD"] == "HEAD":
-        return []
-    return [result.body]
 
 
 def _text(code: int, message: str) -> Response:

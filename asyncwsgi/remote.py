@@ -9,8 +9,13 @@ thread pool, so a task behaves the same on every engine: progress,
 
 What the message holds (:func:`job_message`): the task id, the store URL, the
 JSON-safe part of the environ (:func:`~asyncwsgi.environ.json_environ`), the
-body in base64, ``max_result``, ``lease``, the ``timeout`` deadline and the
+body in base64 when it is small (up to ``spool_threshold``), ``max_result``,
+``lease``, ``spool_threshold``, the ``timeout`` deadline and the
 ``queue_timeout`` one. The engine itself is told nothing else of the request.
+A larger request body never enters the engine's queue: it was spooled into
+the store before the 202 (chunks in Redis, a file beside an SQLite
+database), the message carries only its size and SHA-256, and the worker
+reads it from the store as the app consumes ``wsgi.input``.
 
 Only the standard library and the core here: an engine's package is imported
 by its own module (``asyncwsgi.contrib.rq``, ...), never by this one.
@@ -32,7 +37,7 @@ from .executor import Executor
 from .results import lost_result
 from .runner import TaskRunner
 from .stores import Store, open_store
-from .task import Job
+from .task import Body, Job
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -95,24 +100,36 @@ def job_message(runner: TaskRunner, job: Job) -> dict[str, Any]:
     ends the task as 504: the same moment the accepting process would, so
     that the timeout holds even when that process is gone.
     """
+    body: str | dict[str, Any]
+    if isinstance(job.body, bytes):
+        body = base64.b64encode(job.body).decode("ascii")
+    else:
+        body = {"size": job.body.size, "sha256": job.body.sha256}
     return {
         "id": job.task_id,
         "store": runner.store.url,
         "environ": json_environ(job.environ),
-        "body": base64.b64encode(job.body).decode("ascii"),
+        "body": body,
         "max_result": runner.max_result,
         "lease": runner.lease,
         "deadline": None if runner.timeout is None else time.time() + runner.timeout,
         "queued_until": (
             None if runner.queue_timeout is None else time.time() + runner.queue_timeout
         ),
+        "spool_threshold": runner.spool_threshold,
     }
 
 
 def run_message(app: str, message: dict[str, Any]) -> None:
     """The worker side of :func:`job_message`: run the task against ``app``
     (an import string), with this process's runner for that app and store."""
-    runner = worker_runner(app, message["store"], message["max_result"], message["lease"])
+    runner = worker_runner(
+        app,
+        message["store"],
+        message["max_result"],
+        message["lease"],
+        message.get("spool_threshold") or 2**20,
+    )
     queued_until = message.get("queued_until")  # absent from older messages
     if queued_until is not None and time.time() > queued_until:
         # The record says the same to every reader: this one ends it now.
@@ -122,7 +139,12 @@ def run_message(app: str, message: dict[str, Any]) -> None:
     deadline = message.get("deadline")
     if deadline is not None:
         runner.watch(message["id"], within=deadline - time.time())
-    runner.run(Job(message["id"], message["environ"], base64.b64decode(message["body"])))
+    sent = message["body"]
+    if isinstance(sent, str):
+        body: bytes | Body = base64.b64decode(sent)
+    else:
+        body = runner.store.request_body(message["id"], int(sent["size"]), str(sent["sha256"]))
+    runner.run(Job(message["id"], message["environ"], body))
 
 
 def load_app(import_name: str) -> WSGIApplication:
@@ -143,14 +165,16 @@ _cache_lock = threading.Lock()
 _cache_pid: int | None = None
 _apps: dict[str, WSGIApplication] = {}
 _stores: dict[str, Store] = {}
-_runners: dict[tuple[str, str, int, float], TaskRunner] = {}
+_runners: dict[tuple[str, str, int, float, int], TaskRunner] = {}
 
 
-def worker_runner(app: str, store_url: str, max_result: int, lease: float) -> TaskRunner:
+def worker_runner(
+    app: str, store_url: str, max_result: int, lease: float, spool_threshold: int = 2**20
+) -> TaskRunner:
     """One runner per process (and per app, store, limits): the app is
     imported and the store opened once, after the worker forked."""
     global _cache_pid
-    key = (app, store_url, max_result, lease)
+    key = (app, store_url, max_result, lease, spool_threshold)
     with _cache_lock:
         pid = os.getpid()
         if _cache_pid != pid:
@@ -167,5 +191,11 @@ def worker_runner(app: str, store_url: str, max_result: int, lease: float) -> Ta
             store = _stores.get(store_url)
             if store is None:
                 store = _stores[store_url] = open_store(store_url)
-            runner = _runners[key] = TaskRunner(wsgi_app, store, max_result=max_result, lease=lease)
+            runner = _runners[key] = TaskRunner(
+                wsgi_app,
+                store,
+                max_result=max_result,
+                lease=lease,
+                spool_threshold=spool_threshold,
+            )
         return runner

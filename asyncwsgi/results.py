@@ -6,7 +6,13 @@ from http import HTTPStatus
 
 from .task import Result
 
-__all__ = ["error_result", "lost_result", "status_line"]
+__all__ = [
+    "error_result",
+    "lost_result",
+    "status_line",
+    "store_full_result",
+    "too_large_result",
+]
 
 
 def status_line(code: int) -> str:
@@ -36,3 +42,18 @@ def lost_result(state: str = "running") -> Result:
     if state == "queued":
         return error_result(503, "the task was not started in time")
     return error_result(500, "the worker running this task was lost")
+
+
+def too_large_result(max_result: int) -> Result:
+    return error_result(
+        500,
+        f"the result was too large: the response passed max_result ({max_result} bytes)",
+    )
+
+
+def store_full_result(reason: str) -> Result:
+    """The app answered but its response could not be kept (the store's byte
+    budget is spent, or its disk is full): worth retrying later."""
+    result = error_result(503, f"the result could not be stored: {reason}")
+    result.headers.append(("Retry-After", "30"))
+    return result

@@ -12,12 +12,12 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .capture import ResponseTooLarge, capture
+from .capture import ResponseTooLarge, Spool, capture
 from .environ import task_environ
 from .logs import current_task_id, task_extra
 from .metrics import INSTRUMENTS
-from .results import error_result
-from .stores.base import Store, StoreFull
+from .results import error_result, store_full_result, too_large_result
+from .stores.base import Store, StoreFull, StoreUnavailable
 from .task import Result, TaskHandle
 from .tracing import end_run, inject, start_run
 
@@ -47,13 +47,24 @@ _NOT_STARTED = "the task could not be started: the task store was unavailable"
 _NOT_STORED = "the task's result could not be stored: the task store is full"
 
 
+def _why(exc: StoreUnavailable) -> str:
+    """What the client is told of a store fault: its kind, never the store's
+    own message (which may name paths or hosts)."""
+    if not isinstance(exc, StoreFull):
+        return "the task store was unavailable"
+    if "max_stored_bytes" in str(exc):
+        return "the store's byte budget (max_stored_bytes) is spent"
+    return "no space left in the task store"
+
+
 class _Retry:
     """A finished result the store did not take yet."""
 
-    __slots__ = ("result", "delay", "due", "since")
+    __slots__ = ("result", "spool", "delay", "due", "since")
 
-    def __init__(self, result: Result) -> None:
+    def __init__(self, result: Result, spool: Spool | None = None) -> None:
         self.result = result
+        self.spool = spool
         self.delay = _RETRY_FIRST
         self.since = time.monotonic()
         self.due = self.since + self.delay
@@ -87,10 +98,12 @@ class TaskRunner:
         lease: float,
         timeout: float | None = None,
         queue_timeout: float | None = None,
+        spool_threshold: int = 2**20,
     ) -> None:
         self.app = app
         self.store = store
         self.max_result = max_result
+        self.spool_threshold = spool_threshold
         self.lease = lease
         self.timeout = timeout
         self.queue_timeout = queue_timeout
@@ -157,16 +170,33 @@ class TaskRunner:
         logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
         result: Result | None = None
         stop: BaseException | None = None
+        spool = Spool(
+            self.spool_threshold,
+            lambda: self.store.open_sink(task_id, "result"),
+            limit=self.max_result,
+        )
+        stream = None
+        failure = error_result(500)
         try:
             environ = task_environ(job.environ, job.body)
+            # The app (or a middleware of its) may replace wsgi.input: close ours.
+            stream = environ["wsgi.input"]
             # Travels with the job for the queue wait; not part of the request.
             environ.pop(ACCEPTED, None)
             environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
             if span is not None:
                 inject(environ, span)  # the app's server span continues the trace
-            result = capture(self.app, environ, self.max_result)
+            result = capture(self.app, environ, spool=spool)
         except ResponseTooLarge as exc:
             logger.error("asyncwsgi: task %s failed: %s", task_id, exc, extra=extra)
+            failure = too_large_result(self.max_result)
+        except StoreUnavailable as exc:
+            # Raised by the spool as the body was written (a budget spent, a
+            # full disk, a store down): the app's work is lost, the task ends.
+            logger.error(
+                "asyncwsgi: task %s: its result could not be stored: %s", task_id, exc, extra=extra
+            )
+            failure = store_full_result(_why(exc))
         except Exception:
             logger.exception("asyncwsgi: task %s failed in the app", task_id, extra=extra)
         except BaseException as exc:
@@ -182,8 +212,19 @@ class TaskRunner:
                 stop = exc
         if INSTRUMENTS is not None:
             INSTRUMENTS.run_time.observe(time.time() - begun)
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                logger.exception("asyncwsgi: task %s: closing its request body failed", task_id)
         try:
-            self.deliver(task_id, result if result is not None else error_result(500))
+            if result is None:
+                # What was spooled goes, and its bytes back to the budget,
+                # before the error is stored.
+                self._settle(task_id, spool, False)
+                self.deliver(task_id, failure)
+            else:
+                self.deliver(task_id, result, spool)
         finally:
             if span is not None:
                 end_run(span, None if result is None else result.status)
@@ -222,17 +263,21 @@ class TaskRunner:
                 time.sleep(delay)
                 delay = min(delay * 2, _RETRY_LAST)
 
-    def deliver(self, task_id: str, result: Result) -> None:
+    def deliver(self, task_id: str, result: Result, spool: Spool | None = None) -> None:
         """Store a task's final result; if the store cannot take it now, keep
-        it and retry in the background (the caller's thread is free at once)."""
-        pending = self._store_result(task_id, result)
+        it and retry in the background (the caller's thread is free at once).
+        ``spool`` holds the result's spooled body: closed once the store took
+        it, discarded if the store did not want it."""
+        pending = self._store_result(task_id, result, spool)
         if pending is None:
             self._release(task_id)
             return
         with self._retry_cond:
             # A result already waiting for this task came first (the app's,
             # or the watchdog's 504): a finished result is never replaced.
-            self._retries.setdefault(task_id, _Retry(pending))
+            if task_id in self._retries:
+                self._settle(task_id, spool, False)
+            self._retries.setdefault(task_id, _Retry(pending, spool))
             if self._retrier is None:
                 self._retrier = threading.Thread(
                     target=self._retry_loop, name="asyncwsgi-results", daemon=True
@@ -240,15 +285,21 @@ class TaskRunner:
                 self._retrier.start()
             self._retry_cond.notify_all()
 
-    def _store_result(self, task_id: str, result: Result) -> Result | None:
+    def _store_result(
+        self, task_id: str, result: Result, spool: Spool | None = None
+    ) -> Result | None:
         """One attempt: None once the store took it (or the task is gone or
         already finished), else the result to try again."""
         try:
-            if self.store.finish(task_id, result):
+            taken = self.store.finish(task_id, result)
+            self._settle(task_id, spool, taken)
+            if taken:
                 self.finished(task_id, result)
             return None
         except StoreFull as exc:
-            if result.body.endswith(_NOT_STORED.encode() + b"\n"):
+            if isinstance(result.body, bytes) and result.body.endswith(
+                _NOT_STORED.encode() + b"\n"
+            ):
                 return result  # even the short error does not fit yet
             logger.error(
                 "asyncwsgi: the result of task %s could not be stored (%s): ending it as 500",
@@ -256,6 +307,7 @@ class TaskRunner:
                 exc,
                 extra=task_extra(task_id),
             )
+            self._settle(task_id, spool, False)
             return self._store_result(task_id, error_result(500, _NOT_STORED))
         except Exception as exc:
             if task_id not in self._retries:
@@ -283,12 +335,14 @@ class TaskRunner:
                         cond.wait(wake - now)
                         continue
                 for task_id, retry in due:
-                    pending = self._store_result(task_id, retry.result)
+                    pending = self._store_result(task_id, retry.result, retry.spool)
                     with cond:
                         if pending is None:
                             del self._retries[task_id]
                             cond.notify_all()
                         else:
+                            if pending is not retry.result:
+                                retry.spool = None  # replaced by an error: settled
                             retry.result = pending
                             retry.delay = min(retry.delay * 2, _RETRY_LAST)
                             retry.due = time.monotonic() + retry.delay
@@ -321,6 +375,19 @@ class TaskRunner:
                     return False
                 self._retry_cond.wait(remaining)
         return True
+
+    def _settle(self, task_id: str, spool: Spool | None, taken: bool) -> None:
+        """The store took the spooled body (its writer lets go) or will never
+        have it (it is removed). Never raises: the task ends regardless."""
+        if spool is None:
+            return
+        try:
+            if taken:
+                spool.close()
+            else:
+                spool.discard()
+        except Exception:
+            logger.exception("asyncwsgi: task %s: releasing its spooled body failed", task_id)
 
     def _release(self, task_id: str) -> None:
         with self._lock:

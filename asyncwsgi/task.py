@@ -3,21 +3,97 @@ runs, and ``environ["asyncwsgi.task"]``, what the app sees of its own task."""
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from .stores.base import Store
 
-__all__ = ["Created", "Job", "KeyEntry", "Progress", "Result", "State", "TaskHandle", "TaskRecord"]
+__all__ = [
+    "Body",
+    "BodyKind",
+    "BodySink",
+    "Created",
+    "Job",
+    "KeyEntry",
+    "Progress",
+    "Result",
+    "State",
+    "TaskHandle",
+    "TaskRecord",
+]
 
 logger = logging.getLogger("asyncwsgi")
 
 State = Literal["queued", "running", "done", "expired"]
 Progress = dict[str, Any]
+#: What a spooled body is to its task: the request's body or the result's.
+BodyKind = Literal["request", "result"]
+
+
+class Body(abc.ABC):
+    """A body kept out of process memory (a file, chunks in Redis).
+
+    ``size`` is its length in bytes and ``sha256`` the hex digest of its
+    bytes, both known once it was written in full.
+    """
+
+    __slots__ = ("size", "sha256")
+
+    def __init__(self, size: int, sha256: str) -> None:
+        self.size = size
+        self.sha256 = sha256
+
+    @abc.abstractmethod
+    def open(self) -> IO[bytes]:
+        """A new reader at offset 0, seekable; the caller closes it. Raises
+        ``FileNotFoundError`` when the body is gone (expired or deleted)."""
+
+    def chunks(self, start: int, stop: int) -> Iterator[bytes]:
+        """Bytes ``start`` to ``stop`` in pieces, read as they are sent (a
+        store may give its own pieces, without copying them into a buffer)."""
+        with self.open() as reader:
+            reader.seek(start)
+            remaining = stop - start
+            while remaining > 0:
+                piece = reader.read(min(remaining, 256 * 1024))
+                if not piece:
+                    raise OSError("the stored body ended before its recorded size")
+                remaining -= len(piece)
+                yield piece
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.size} bytes>"
+
+
+class BodySink(abc.ABC):
+    """Where a store takes a body too large for memory, written as it comes.
+
+    ``write`` may raise :class:`~asyncwsgi.stores.base.StoreFull` (the byte
+    budget is spent) or ``OSError`` (a full disk); the writer then calls
+    :meth:`discard`. After the last write, :meth:`commit` gives the
+    :class:`Body` to hand to the store (``finish`` or ``create``); once the
+    store holds it, or no longer wants it, :meth:`close` lets it go.
+    """
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self, size: int, sha256: str) -> Body: ...
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Remove what was written and give its bytes back to the budget."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """The store holds the body now (or dropped it): release the writer's
+        handles, keep the data."""
 
 
 @dataclass(slots=True)
@@ -26,7 +102,12 @@ class Result:
 
     status: str
     headers: list[tuple[str, str]]
-    body: bytes
+    body: bytes | Body
+
+    @property
+    def size(self) -> int:
+        body = self.body
+        return len(body) if isinstance(body, bytes) else body.size
 
 
 @dataclass(slots=True)
@@ -80,11 +161,12 @@ class Created:
 
 @dataclass(slots=True)
 class Job:
-    """A task to run: its id, the environ snapshot and the request body."""
+    """A task to run: its id, the environ snapshot and the request body
+    (in memory up to ``spool_threshold``, else spooled in the store)."""
 
     task_id: str
     environ: dict[str, Any]
-    body: bytes
+    body: bytes | Body
 
 
 class TaskHandle:

@@ -1,5 +1,6 @@
 """Throwaway services on 127.0.0.1 for the benchmark and the test suite: free
-ports, a redis-server without persistence, and stopping a process group.
+ports, a redis-server without persistence, a gunicorn server, stopping a
+process group, and sampling the resident memory of a process tree.
 
 Only the standard library, so that the tests can import it without the
 benchmark's dependencies.
@@ -11,13 +12,19 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 __all__ = [
+    "Gunicorn",
     "RedisClusterServers",
+    "RssSampler",
     "RedisServer",
     "free_port",
     "stop_group",
@@ -201,3 +208,112 @@ class RedisClusterServers(_Service):
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class Gunicorn(_Service):
+    """``python -m gunicorn <args> <app>`` on a free port of 127.0.0.1, with
+    ``env`` added to the environment and the repository first on the path;
+    its output goes to ``log``. Stopped by :meth:`stop` (SIGTERM, then
+    SIGKILL) or at the end of a ``with`` block."""
+
+    def __init__(
+        self,
+        app: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        root = Path(__file__).resolve().parent.parent
+        self.port = free_port()
+        environ = dict(os.environ)
+        environ.update(env or {})
+        environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(root), environ.get("PYTHONPATH")])
+        )
+        self._log = open(log, "wb") if log is not None else None  # noqa: SIM115
+        output = self._log if self._log is not None else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", *args, "-b", f"127.0.0.1:{self.port}",
+             "--log-level", "warning", "-c", "python:bench.gunicorn_conf", app],
+            cwd=root, env=environ, stdout=output, stderr=output,
+        )  # fmt: skip
+        try:
+            wait_port(self.port, self.proc, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def pids(self) -> list[int]:
+        """The master and its workers."""
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def stop(self) -> None:
+        terminate(self.proc, 20)
+        if self._log is not None:
+            self._log.close()
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                found.extend(int(child) for child in file.read().split())
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def rss(pid: int) -> int:
+    """The resident set size of ``pid`` in bytes (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as file:
+            for line in file:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+class RssSampler(_Service):
+    """Samples the resident memory of ``roots`` and all their descendants
+    every ``interval`` seconds in a thread, from construction to :meth:`stop`;
+    :attr:`peaks` maps each pid seen to its largest sample, in bytes."""
+
+    def __init__(self, *roots: int, interval: float = 0.05) -> None:
+        self.roots = roots
+        self.interval = interval
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        pids = list(self.roots)
+        for pid in pids:
+            pids.extend(children(pid))
+        return pids
+
+    def _run(self) -> None:
+        while True:
+            for pid in self._tree():
+                size = rss(pid)
+                if size > self.peaks.get(pid, 0):
+                    self.peaks[pid] = size
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return max(self.peaks.values(), default=0)

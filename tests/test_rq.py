@@ -100,6 +100,7 @@ def test_the_job_holds_the_message_and_nothing_else_of_the_request(queue: Any) -
         "lease",
         "deadline",
         "queued_until",
+        "spool_threshold",
     }
     assert message["id"] == task_id
     assert base64.b64decode(message["body"]) == body

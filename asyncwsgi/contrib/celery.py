@@ -17,8 +17,9 @@ worker that dies leaves its task failing as 500 once the lease passes) and
 
 What crosses the broker is JSON (never pickle): the task id, the store URL,
 the JSON-safe part of the environ (its ``str`` values, ``wsgi.url_scheme`` and
-``wsgi.multiprocess``), the body in base64, ``max_result``, ``lease`` and
-the ``timeout`` deadline.
+``wsgi.multiprocess``), the body in base64 (or, above ``spool_threshold``,
+only its size and digest: the body itself waits in the store), ``max_result``,
+``lease``, the ``timeout`` deadline and ``spool_threshold``.
 Objects an outer middleware put in the environ stay behind.
 """
 
@@ -41,7 +42,17 @@ logger = logging.getLogger("asyncwsgi")
 
 TASK_NAME = "asyncwsgi.run"
 # The task's positional arguments: the fields of remote.job_message, in order.
-_ARGS = ("id", "store", "environ", "body", "max_result", "lease", "deadline", "queued_until")
+_ARGS = (
+    "id",
+    "store",
+    "environ",
+    "body",
+    "max_result",
+    "lease",
+    "deadline",
+    "queued_until",
+    "spool_threshold",
+)
 
 # Where a Celery app keeps its "asyncwsgi.run" task and the WSGI app that task
 # runs: on the Celery app itself, so that nothing outlives it here.
@@ -126,13 +137,24 @@ def _register(celery_app: Any, app: str) -> Any:
             task_id: str,
             store_url: str,
             environ: dict[str, Any],
-            body: str,
+            body: str | dict[str, Any],
             max_result: int,
             lease: float,
             deadline: float | None = None,  # absent from messages of 0.1.0
             queued_until: float | None = None,  # absent from messages before 0.2
+            spool_threshold: int | None = None,  # absent from messages before 0.2
         ) -> None:
-            values = (task_id, store_url, environ, body, max_result, lease, deadline, queued_until)
+            values = (
+                task_id,
+                store_url,
+                environ,
+                body,
+                max_result,
+                lease,
+                deadline,
+                queued_until,
+                spool_threshold,
+            )
             run_message(app, dict(zip(_ARGS, values, strict=True)))
 
         task = celery_app.task(name=TASK_NAME, serializer="json", ignore_result=True, shared=False)(

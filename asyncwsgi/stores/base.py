@@ -20,11 +20,13 @@ from __future__ import annotations
 import abc
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..logs import task_extra
 from ..metrics import INSTRUMENTS
 from ..results import lost_result
-from ..task import Created, Progress, Result, TaskRecord
+from ..task import Body, BodyKind, BodySink, Created, Progress, Result, TaskRecord
 
 __all__ = ["ACTIVE", "Store", "StoreFull", "StoreUnavailable", "lapsed"]
 
@@ -72,6 +74,11 @@ class Store(abc.ABC):
 
     shared: bool = False
     url: str | None = None
+    #: The bytes of spooled bodies (results and request bodies above the
+    #: middleware's ``spool_threshold``) the store may hold; None: no bound.
+    #: A new task is refused (:class:`StoreFull`) once they are spent, and a
+    #: body that would pass them fails with :class:`StoreFull` as it is written.
+    max_stored_bytes: int | None = None
 
     def __init__(self, *, max_tombstones: int = 10_000, tombstone_ttl: float = 3600.0) -> None:
         if max_tombstones < 0:
@@ -225,6 +232,21 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections; the store is not used afterwards."""
 
+    # -- bodies kept out of memory -------------------------------------------
+
+    def open_sink(self, task_id: str, kind: BodyKind) -> BodySink:
+        """Where a body too large for memory goes as it is produced (a file,
+        chunks in Redis); raises :class:`StoreFull` when the byte budget is
+        spent. The body written is handed back with ``create`` (a request
+        body, in the job) or ``finish`` (a result), and removed with its task:
+        at its finish (a request body), expiry or deletion (both)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold spooled bodies")
+
+    def request_body(self, task_id: str, size: int, sha256: str) -> Body:
+        """A task's spooled request body, for a worker in another process
+        (Celery) that got only its size and digest."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold spooled bodies")
+
     # -- the rules' helpers ------------------------------------------------
 
     def _reclaim(self, now: float) -> int:
@@ -259,6 +281,16 @@ class Store(abc.ABC):
     #: :meth:`_fault` tells which do. (An empty tuple catches nothing, and a
     #: try costs nothing until it catches.)
     _backend_errors: tuple[type[Exception], ...] = ()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The interface's translation of backend errors (:meth:`_fault`), for
+        a store's other entry points (its spooled bodies), off the hot path."""
+        try:
+            yield
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
 
     def _fault(self, exc: Exception) -> None:  # noqa: B027 (optional hook)
         """Raise the :class:`StoreUnavailable` (or :class:`StoreFull`) that a
@@ -329,7 +361,7 @@ def _lost(record: TaskRecord, verdict: Result, now: float) -> None:
         "asyncwsgi: task %s ended as %s: %s (%s stopped renewing its lease %.1f s ago)",
         record.id,
         verdict.status[:3],
-        verdict.body.decode().strip(),
+        verdict.body.decode().strip() if isinstance(verdict.body, bytes) else "",
         "its queue" if record.state == "queued" else "its worker",
         now - (record.lease_until or now),
         extra=task_extra(record.id),

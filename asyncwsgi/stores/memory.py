@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import _thread
+import contextlib
 import heapq
+import os
+import shutil
 import threading
 import time
+import weakref
 from collections import OrderedDict
 
-from ..task import Created, KeyEntry, Progress, Result, TaskRecord
-from .base import ACTIVE, Store, lapsed
+from ..task import BodyKind, BodySink, Created, KeyEntry, Progress, Result, TaskRecord
+from .base import ACTIVE, Store, StoreFull, lapsed
+from .files import ResultsDir, process_dir
 
 __all__ = ["MemoryStore"]
 
@@ -24,6 +29,14 @@ class MemoryStore(Store):
     the oldest forgotten first. A forgotten id answers 404. Reads return
     copies: a record handed out never changes under its reader.
 
+    Bodies spooled out of memory (results and request bodies above the
+    middleware's ``spool_threshold``) are files in a directory of this
+    process's own under ``results_dir`` (by default in the temporary
+    directory), removed with their task; a directory left by a process that
+    crashed is removed when the next store under the same ``results_dir``
+    spools its first body. ``max_stored_bytes`` bounds the bytes of those
+    files.
+
     >>> store = MemoryStore()
     >>> app = AsyncMiddleware(app, paths=["/reports/*"], store=store)
     """
@@ -35,8 +48,16 @@ class MemoryStore(Store):
         *,
         max_tombstones: int = 10_000,
         tombstone_ttl: float = 3600.0,
+        results_dir: str | None = None,
+        max_stored_bytes: int | None = 2 * 2**30,
     ) -> None:
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
+        self.results_dir = results_dir
+        self.max_stored_bytes = max_stored_bytes
+        self._files: ResultsDir | None = None
+        self._dir_lock: int | None = None
+        self._stored: dict[tuple[str, BodyKind], int] = {}
+        self.stored_bytes = 0
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskRecord] = {}
         self._active: set[str] = set()
@@ -61,6 +82,7 @@ class MemoryStore(Store):
                     return Created(False, existing)
             if limit is not None and len(self._active) >= limit:
                 return Created(False)
+            self._check_budget()
             self._tasks[record.id] = _snapshot(record)
             self._active.add(record.id)
             if key is not None:
@@ -108,6 +130,9 @@ class MemoryStore(Store):
                 return False
             if lapsed_before is not None and not lapsed(record, lapsed_before):
                 return False
+            self._drop_bodies(task_id, "request")
+            if isinstance(result.body, bytes):
+                self._drop_bodies(task_id, "result")  # a lost verdict: the writer's file goes
             record.state = "done"
             record.finished = now
             record.result = result
@@ -123,6 +148,7 @@ class MemoryStore(Store):
                 return False
             self._active.discard(task_id)
             self._drop_key(task_id)
+            self._drop_bodies(task_id)
             self._wake(task_id)
             return True
 
@@ -177,12 +203,74 @@ class MemoryStore(Store):
             if record is None:
                 continue
             self._drop_key(task_id)
+            self._drop_bodies(task_id)
             self._tombstones[task_id] = (now + self.tombstone_ttl, record.owner)
         tombstones = self._tombstones
         while tombstones and (
             len(tombstones) > self.max_tombstones or next(iter(tombstones.values()))[0] <= now
         ):
             tombstones.popitem(last=False)
+
+    # -- bodies ----------------------------------------------------------
+
+    def open_sink(self, task_id: str, kind: BodyKind) -> BodySink:
+        with self._lock:
+            self._check_budget()
+            if self._files is None:
+                path, self._dir_lock = process_dir(self.results_dir)
+                self._files = ResultsDir(path)
+                # Also when the process exits without close(): nobody else
+                # can read an in-process store's bodies.
+                weakref.finalize(self, shutil.rmtree, path, True)
+            files = self._files
+
+        def reserve(nbytes: int) -> None:
+            with self._lock:
+                limit = self.max_stored_bytes
+                if limit is not None and self.stored_bytes + nbytes > limit:
+                    raise StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+                self._stored[task_id, kind] = self._stored.get((task_id, kind), 0) + nbytes
+                self.stored_bytes += nbytes
+
+        def release(nbytes: int) -> None:
+            with self._lock:
+                held = self._stored.get((task_id, kind))
+                if held is not None:
+                    nbytes = min(nbytes, held)
+                    if held == nbytes:
+                        del self._stored[task_id, kind]
+                    else:
+                        self._stored[task_id, kind] = held - nbytes
+                    self.stored_bytes -= nbytes
+
+        return files.sink(task_id, kind, reserve=reserve, release=release)
+
+    def _check_budget(self) -> None:
+        limit = self.max_stored_bytes
+        if limit is not None and self.stored_bytes >= limit:
+            raise StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+
+    def _drop_bodies(self, task_id: str, *kinds: BodyKind) -> None:
+        # With the lock held.
+        if self._files is None:
+            return
+        for kind in kinds or ("request", "result"):
+            held = self._stored.pop((task_id, kind), None)
+            if held is not None:
+                self.stored_bytes -= held
+                self._files.remove(task_id, kind)
+
+    def close(self) -> None:
+        with self._lock:
+            files, self._files = self._files, None
+            lock, self._dir_lock = self._dir_lock, None
+            self._stored.clear()
+            self.stored_bytes = 0
+        if files is not None:
+            shutil.rmtree(files.path, ignore_errors=True)
+        if lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock)
 
 
 def _snapshot(record: TaskRecord) -> TaskRecord:

@@ -22,6 +22,22 @@ Layout, under ``prefix`` (``asyncwsgi:`` by default):
 ``done:<id>``
     a list pushed to when the task finishes or is deleted; :meth:`RedisStore.wait`
     blocks on it (``BLMOVE`` of the list onto itself, so every waiter wakes).
+``body:<id>:request`` / ``body:<id>:result``
+    a body above the middleware's ``spool_threshold``: a list of chunks of
+    ``chunk_size`` bytes (1 MiB), never one value near Redis's limits. A
+    request body lives until its task finishes, a result as long as its task.
+``bodies`` / ``bodies:until`` / ``stored``
+    the ledger of spooled bodies (``<id>:<kind>`` to bytes), when each is due
+    to go (its task's expiry, or a writer's ``spool_ttl`` that each chunk
+    renews: a writer that died), and their total, which ``max_stored_bytes``
+    bounds. Bodies past their time are removed (and their bytes given back)
+    by the next write that counts bytes.
+
+Bodies live in Redis rather than in a directory the machines share: Redis is
+already the one thing every web process and worker reaches, its own key
+expiry removes what a crashed process left, and Redis Cluster keeps them in
+the table's slot; the price is Redis's memory, which ``max_stored_bytes``
+bounds (set it below ``maxmemory``).
 
 Every change of state is one Lua script, so it is atomic across processes.
 Times are the clients' clocks (``time.time()``), like every other store: keep
@@ -36,16 +52,18 @@ script runs on one node; a prefix without one is refused.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
 
-from ..task import Created, KeyEntry, Progress, Result, TaskRecord
+from ..task import Body, BodyKind, BodySink, Created, KeyEntry, Progress, Result, TaskRecord
 from .base import Store, StoreFull, StoreUnavailable
 
 __all__ = ["RedisStore"]
@@ -86,11 +104,48 @@ local function wake(id)
   redis.call('PEXPIRE', done, '60000')
 end
 
--- Completes a queued or running task (the caller checked the state).
-local function finish(id, now, status, headers, body)
+local function body_key(id, kind)
+  return prefix .. 'body:' .. id .. ':' .. kind
+end
+
+-- Removes a spooled body and gives its bytes back to the budget.
+local function drop_body(id, kind)
+  local member = id .. ':' .. kind
+  local held = redis.call('HGET', prefix .. 'bodies', member)
+  if held then
+    redis.call('DECRBY', prefix .. 'stored', held)
+    redis.call('HDEL', prefix .. 'bodies', member)
+  end
+  redis.call('ZREM', prefix .. 'bodies:until', member)
+  redis.call('UNLINK', body_key(id, kind))
+end
+
+-- Removes the bodies whose time is up (their task expired, their writer died).
+local function reap_bodies(now)
+  local due = redis.call('ZRANGEBYSCORE', prefix .. 'bodies:until', '-inf', now,
+                         'LIMIT', 0, 100)
+  for _, member in ipairs(due) do
+    local id, kind = string.match(member, '^(.*):(%a+)$')
+    drop_body(id, kind)
+  end
+end
+
+-- Completes a queued or running task (the caller checked the state). With
+-- ``spooled`` ("<size> <sha256>") the result's body is body:<id>:result.
+local function finish(id, now, status, headers, body, spooled)
   local task = prefix .. 'task:' .. id
   redis.call('HSET', task, 'state', 'done', 'finished', now,
              'status', status, 'headers', headers, 'body', body)
+  drop_body(id, 'request')
+  if spooled then
+    local size, sha = string.match(spooled, '^(%d+) (%x+)$')
+    redis.call('HSET', task, 'body_size', size, 'body_sha256', sha)
+    local ttl = tonumber(redis.call('HGET', task, 'ttl') or '0')
+    redis.call('ZADD', prefix .. 'bodies:until', tonumber(now) + ttl, id .. ':result')
+    redis.call('PEXPIRE', body_key(id, 'result'), ms(ttl))
+  else
+    drop_body(id, 'result')  -- a lost verdict: what a writer spooled goes
+  end
   redis.call('HDEL', task, 'lease_until')
   redis.call('ZREM', prefix .. 'active', id)
   redis.call('ZREM', prefix .. 'leases', id)
@@ -110,9 +165,10 @@ end
 """
 
 # KEYS[1] task. ARGV[4] id, ARGV[5] limit (-1: none), ARGV[6] now, ARGV[7]
-# created, ARGV[8] key ('' if none), ARGV[9] key value, ARGV[10..] field/value
-# pairs. Answers 1 (created), 0 (full) or the value of a key already bound to
-# a task that exists.
+# created, ARGV[8] key ('' if none), ARGV[9] key value, ARGV[10] byte budget
+# (-1: none), ARGV[11..] field/value pairs. Answers 1 (created), 0 (full), -1
+# (the byte budget is spent) or the value of a key already bound to a task
+# that exists.
 _CREATE = (
     _LIB
     + """
@@ -132,8 +188,18 @@ end
 if limit >= 0 and redis.call('ZCARD', active) >= limit then
   return 0
 end
+reap_bodies(tonumber(ARGV[6]))
+local budget = tonumber(ARGV[10])
+if budget >= 0 and tonumber(redis.call('GET', prefix .. 'stored') or '0') >= budget then
+  return -1
+end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+if redis.call('EXISTS', body_key(id, 'request')) == 1 then
+  -- The spooled request body now lives as long as its task does.
+  redis.call('PERSIST', body_key(id, 'request'))
+  redis.call('ZADD', prefix .. 'bodies:until', 'inf', id .. ':request')
+end
 redis.call('ZADD', active, ARGV[7], id)
 local lease_until = redis.call('HGET', KEYS[1], 'lease_until')
 if lease_until then
@@ -208,7 +274,8 @@ return 1
 )
 
 # KEYS[1] task. ARGV[4] id, ARGV[5] now, ARGV[6..8] the result, ARGV[9] finish
-# only if the lease ended before this time ('': whatever the lease).
+# only if the lease ended before this time ('': whatever the lease), ARGV[10]
+# the spooled body's "<size> <sha256>" ('': the body is ARGV[8]).
 _FINISH = (
     _LIB
     + """
@@ -220,7 +287,11 @@ end
 if ARGV[9] ~= '' and not (fields[2] and tonumber(fields[2]) < tonumber(ARGV[9])) then
   return 0
 end
-finish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+local spooled = nil
+if ARGV[10] ~= '' then
+  spooled = ARGV[10]
+end
+finish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], spooled)
 return 1
 """
 )
@@ -241,6 +312,8 @@ redis.call('DEL', KEYS[1], prefix .. 'tomb:' .. id)
 redis.call('ZREM', prefix .. 'active', id)
 redis.call('ZREM', prefix .. 'leases', id)
 redis.call('ZREM', prefix .. 'tombs', id)
+drop_body(id, 'request')
+drop_body(id, 'result')
 wake(id)
 return 1
 """
@@ -260,6 +333,53 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return {queued, running}
 """
+
+# KEYS[1] body. ARGV[4] member (<id>:<kind>), ARGV[5] now, ARGV[6] seconds the
+# writer has for its next chunk, ARGV[7] byte budget (-1: none), ARGV[8] the
+# chunks already written, ARGV[9] the chunk. Answers 1, 0 (budget spent) or -1
+# (the body was removed meanwhile: deleted, or its writer was too slow).
+_APPEND = (
+    _LIB
+    + """
+local now = tonumber(ARGV[5])
+reap_bodies(now)
+if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[8]) then
+  return -1
+end
+local n = string.len(ARGV[9])
+local budget = tonumber(ARGV[7])
+if budget >= 0 and tonumber(redis.call('GET', prefix .. 'stored') or '0') + n > budget then
+  return 0
+end
+redis.call('RPUSH', KEYS[1], ARGV[9])
+redis.call('INCRBY', prefix .. 'stored', n)
+redis.call('HINCRBY', prefix .. 'bodies', ARGV[4], n)
+local member_until = redis.call('ZSCORE', prefix .. 'bodies:until', ARGV[4])
+if not member_until or member_until ~= 'inf' then
+  redis.call('ZADD', prefix .. 'bodies:until', now + tonumber(ARGV[6]), ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ms(tonumber(ARGV[6]) + 60))
+end
+return 1
+"""
+)
+
+# ARGV[4] id, ARGV[5] kind.
+_DROP = (
+    _LIB
+    + """
+drop_body(ARGV[4], ARGV[5])
+return 0
+"""
+)
+
+# ARGV[4] now. Answers the bytes of the spooled bodies held.
+_STORED = (
+    _LIB
+    + """
+reap_bodies(tonumber(ARGV[4]))
+return tonumber(redis.call('GET', prefix .. 'stored') or '0')
+"""
+)
 
 _DEFAULT_PREFIX = "asyncwsgi:"
 # For the clients the store makes from a URL (the URL's own socket_timeout=
@@ -348,7 +468,13 @@ class RedisStore(Store):
         prefix: str = _DEFAULT_PREFIX,
         max_tombstones: int = 10_000,
         tombstone_ttl: float = 3600.0,
+        max_stored_bytes: int | None = None,
+        chunk_size: int = 2**20,
+        spool_ttl: float = 600.0,
     ) -> None:
+        self.max_stored_bytes = max_stored_bytes
+        self.chunk_size = chunk_size
+        self.spool_ttl = spool_ttl
         self.client: redis.Redis | RedisCluster
         if isinstance(client_or_url, str):
             connect_url, url_prefix = _split_prefix(client_or_url)
@@ -397,6 +523,9 @@ class RedisStore(Store):
         self._finish_script = register(_FINISH)
         self._delete_script = register(_DELETE)
         self._count_states_script = register(_COUNT_STATES)
+        self._append_script = register(_APPEND)
+        self._drop_script = register(_DROP)
+        self._stored_script = register(_STORED)
         self._check_eviction()
 
     def _check_eviction(self) -> None:
@@ -476,9 +605,14 @@ class RedisStore(Store):
                 _num(record.created),
                 key or "",
                 key_value,
+                self._budget(),
                 *fields,
             ],
         )
+        if answer == -1:
+            raise StoreFull(
+                f"the store's byte budget (max_stored_bytes={self.max_stored_bytes}) is spent"
+            )
         if isinstance(answer, bytes):
             task_id, bound_fingerprint = json.loads(answer)
             return Created(False, KeyEntry(task_id, bound_fingerprint))
@@ -498,7 +632,16 @@ class RedisStore(Store):
         if kind == 2:
             return self._tombstone(task_id, _str(answer[1]) or None)
         raw = answer[1:]
-        return _record(task_id, {_str(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)})
+        fields = {_str(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+        record = _record(task_id, fields)
+        if record.result is not None and "body_size" in fields:
+            record.result.body = RedisBody(
+                self,
+                self._key("body", f"{task_id}:result"),
+                int(fields["body_size"]),
+                _str(fields["body_sha256"]),
+            )
+        return record
 
     def _start(self, task_id: str, now: float, lease_until: float) -> bool:
         started = self._start_script(
@@ -530,8 +673,11 @@ class RedisStore(Store):
                 _num(now),
                 result.status,
                 _headers(result.headers),
-                bytes(result.body),
+                result.body if isinstance(result.body, bytes) else b"",
                 "" if lapsed_before is None else _num(lapsed_before),
+                ""
+                if isinstance(result.body, bytes)
+                else f"{result.body.size} {result.body.sha256}",
             ],
         )
         return bool(finished)
@@ -573,6 +719,30 @@ class RedisStore(Store):
             self.client.blmove(done, done, seconds, "RIGHT", "LEFT")  # type: ignore[arg-type]
         except redis.TimeoutError:
             pass  # the socket's timeout, not the wait's: the caller reads again
+
+    # -- bodies --------------------------------------------------------------
+
+    def open_sink(self, task_id: str, kind: BodyKind) -> BodySink:
+        if self.max_stored_bytes is not None and self.stored_bytes >= self.max_stored_bytes:
+            raise StoreFull(
+                f"the store's byte budget (max_stored_bytes={self.max_stored_bytes}) is spent"
+            )
+        return RedisSink(self, task_id, kind)
+
+    def request_body(self, task_id: str, size: int, sha256: str) -> Body:
+        return RedisBody(self, self._key("body", f"{task_id}:request"), size, sha256)
+
+    @property
+    def stored_bytes(self) -> int:
+        """The bytes of the spooled bodies held now."""
+        with self._translated():
+            held = self._stored_script(
+                keys=[self.prefix + "stored"], args=[*self._lib_args, _num(time.time())]
+            )
+        return int(held)
+
+    def _budget(self) -> int:
+        return -1 if self.max_stored_bytes is None else int(self.max_stored_bytes)
 
     def close(self) -> None:
         if self._owns_client:
@@ -618,3 +788,139 @@ def _record(task_id: str, fields: dict[str, Any]) -> TaskRecord:
         lease_until=number("lease_until"),
         ttl=float(fields.get("ttl", 300.0)),
     )
+
+
+class RedisSink(BodySink):
+    """Writes a body to ``body:<id>:<kind>`` in chunks of the store's
+    ``chunk_size``: one script call per chunk, which counts it against the
+    budget."""
+
+    def __init__(self, store: RedisStore, task_id: str, kind: BodyKind) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.kind = kind
+        self.key = store._key("body", f"{task_id}:{kind}")
+        self.chunks = 0
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        size = self.store.chunk_size
+        while len(buffer) >= size:
+            self._push(bytes(buffer[:size]))
+            del buffer[:size]
+
+    def _push(self, chunk: bytes) -> None:
+        store = self.store
+        with store._translated():
+            answer = int(
+                store._append_script(
+                    keys=[self.key],
+                    args=[
+                        *store._lib_args,
+                        f"{self.task_id}:{self.kind}",
+                        _num(time.time()),
+                        _num(store.spool_ttl),
+                        store._budget(),
+                        self.chunks,
+                        chunk,
+                    ],
+                )
+            )
+        if answer == 0:
+            raise StoreFull(
+                f"the store's byte budget (max_stored_bytes={store.max_stored_bytes}) is spent"
+            )
+        if answer < 0:
+            raise StoreFull("the body was removed while it was being written")
+        self.chunks += 1
+
+    def commit(self, size: int, sha256: str) -> Body:
+        if self._buffer:
+            self._push(bytes(self._buffer))
+            self._buffer = bytearray()
+        return RedisBody(self.store, self.key, size, sha256)
+
+    def discard(self) -> None:
+        self._buffer = bytearray()
+        store = self.store
+        with store._translated():
+            store._drop_script(keys=[self.key], args=[*store._lib_args, self.task_id, self.kind])
+
+
+class RedisBody(Body):
+    """A body in chunks in Redis, read a chunk at a time."""
+
+    __slots__ = ("store", "key")
+
+    def __init__(self, store: RedisStore, key: str, size: int, sha256: str) -> None:
+        super().__init__(size, sha256)
+        self.store = store
+        self.key = key
+
+    def open(self) -> io.BufferedReader:
+        with self.store._translated():
+            exists = self.store.client.exists(self.key)
+        if not exists:
+            raise FileNotFoundError(f"no body at {self.key}")
+        return io.BufferedReader(_ChunkReader(self), buffer_size=256 * 1024)
+
+    def chunks(self, start: int, stop: int) -> Iterator[bytes]:
+        # Redis's own chunks, sliced only at the ends of the range.
+        client = self.store.client
+        size = self.store.chunk_size
+        index = start // size
+        position = index * size
+        while position < stop:
+            chunk = client.lindex(self.key, index)
+            if chunk is None:
+                raise OSError(f"the body at {self.key} was removed while it was read")
+            piece = cast(bytes, chunk)
+            end = position + len(piece)
+            if position < start or end > stop:
+                piece = piece[max(0, start - position) : stop - position]
+            yield piece
+            position = end
+            index += 1
+
+
+class _ChunkReader(io.RawIOBase):
+    def __init__(self, body: RedisBody) -> None:
+        self.body = body
+        self.chunk_size = body.store.chunk_size
+        self.position = 0
+        self._index = -1
+        self._chunk = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self.position
+        elif whence == io.SEEK_END:
+            offset += self.body.size
+        self.position = max(0, offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        if self.position >= self.body.size:
+            return 0
+        index, offset = divmod(self.position, self.chunk_size)
+        if index != self._index:
+            chunk = self.body.store.client.lindex(self.body.key, index)
+            if chunk is None:
+                raise OSError(f"the body at {self.body.key} was removed while it was read")
+            self._chunk = cast(bytes, chunk)
+            self._index = index
+        piece = self._chunk[offset : offset + len(buffer)]
+        buffer[: len(piece)] = piece
+        self.position += len(piece)
+        return len(piece)

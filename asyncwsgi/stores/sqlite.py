@@ -3,7 +3,12 @@
 >>> app = AsyncMiddleware(app, paths=["/reports/*"], store="sqlite:///tasks.db")
 
 Every gunicorn worker opens the same file, so a status URL answers the same
-from whichever worker the poll lands on. The database runs in WAL mode (readers
+from whichever worker the poll lands on. Bodies above the middleware's
+``spool_threshold`` (results, request bodies) are files in ``results_dir``
+(``<database>-results`` beside it by default), listed in the ``bodies``
+table with their sizes: removed with their task, bounded by
+``max_stored_bytes``, and swept when a store opens (what a crash left: files
+no live writer holds and no row claims). The database runs in WAL mode (readers
 never block the one writer) with a busy timeout; each thread of each process
 has its own connection, and a process that was forked reopens its own rather
 than use the parent's.
@@ -21,8 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..task import Created, KeyEntry, Progress, Result, TaskRecord
+from ..task import Body, BodyKind, BodySink, Created, KeyEntry, Progress, Result, TaskRecord
 from .base import Store, StoreFull, StoreUnavailable
+from .files import FileBody, ResultsDir
 
 __all__ = ["SQLiteStore"]
 
@@ -70,6 +76,13 @@ CREATE TABLE IF NOT EXISTS keys (
     fingerprint TEXT
 );
 CREATE INDEX IF NOT EXISTS keys_task_id ON keys (task_id);
+CREATE TABLE IF NOT EXISTS bodies (
+    task_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 TEXT,
+    PRIMARY KEY (task_id, kind)
+);
 """
 
 # The lease rule (stores/base.py: lapsed) in SQL, with the time as parameter.
@@ -103,6 +116,8 @@ class SQLiteStore(Store):
         max_tombstones: int = 10_000,
         tombstone_ttl: float = 3600.0,
         timeout: float = 30.0,
+        results_dir: str | None = None,
+        max_stored_bytes: int | None = None,
     ) -> None:
         if not path or path == ":memory:" or path.startswith("file:"):
             raise ValueError("SQLiteStore needs the path of a database file")
@@ -129,7 +144,12 @@ class SQLiteStore(Store):
         # (closing them could release the parent's locks), only kept alive.
         self._inherited: list[sqlite3.Connection] = []
         self._closed = False
+        self.results_dir = os.path.abspath(results_dir or self.path + "-results")
+        self.max_stored_bytes = max_stored_bytes
+        self._files = ResultsDir(self.results_dir)
         self._setup()
+        with self._translated():
+            self.sweep()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteStore:
@@ -261,6 +281,7 @@ class SQLiteStore(Store):
                     return Created(False, KeyEntry(row[0], row[1]))
             if limit is not None and self._count_in(conn) >= limit:
                 return Created(False)
+            self._check_budget(conn, 0)
             result = record.result
             conn.execute(
                 f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
@@ -274,7 +295,7 @@ class SQLiteStore(Store):
                     None if record.progress is None else json.dumps(record.progress),
                     None if result is None else result.status,
                     None if result is None else json.dumps(result.headers),
-                    None if result is None else result.body,
+                    None if result is None else _inline(result),
                     record.owner,
                     record.lease_until,
                     record.ttl,
@@ -300,6 +321,15 @@ class SQLiteStore(Store):
             expires_at = row[-1]
             if expires_at is not None and expires_at <= now:  # not tidied up yet
                 return self._tombstone(task_id, record.owner)
+            if record.result is not None and row[8] is None:
+                spooled = conn.execute(
+                    "SELECT bytes, sha256 FROM bodies WHERE task_id = ? AND kind = 'result'",
+                    (task_id,),
+                ).fetchone()
+                if spooled is None or spooled[1] is None:
+                    return None  # removed between the two reads
+                path = self._files.file(task_id, "result")
+                record.result.body = FileBody(path, spooled[0], spooled[1])
             return record
         tomb = conn.execute(
             "SELECT owner FROM tombstones WHERE id = ? AND expires_at > ?", (task_id, now)
@@ -360,7 +390,7 @@ class SQLiteStore(Store):
             now,
             result.status,
             json.dumps(result.headers),
-            result.body,
+            _inline(result),
             now,
             task_id,
         )
@@ -369,15 +399,30 @@ class SQLiteStore(Store):
         else:
             query += _LAPSED
             params += (lapsed_before,)
+        body = result.body
         with self._write() as conn:
-            return conn.execute(query, params).rowcount == 1
+            if conn.execute(query, params).rowcount != 1:
+                return False
+            gone: list[BodyKind] = ["request"]
+            if isinstance(body, bytes):
+                gone.append("result")  # a lost verdict: a writer's file goes
+            else:
+                conn.execute(
+                    "UPDATE bodies SET bytes = ?, sha256 = ? WHERE task_id = ? AND kind = 'result'",
+                    (body.size, body.sha256, task_id),
+                )
+            self._forget_bodies(conn, [task_id], gone)
+        self._files.remove(task_id, *gone)
+        return True
 
     def _delete(self, task_id: str) -> bool:
         with self._write() as conn:
             if conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
                 return False
             conn.execute("DELETE FROM keys WHERE task_id = ?", (task_id,))
-            return True
+            self._forget_bodies(conn, [task_id])
+        self._files.remove(task_id)
+        return True
 
     def _lapsed(self, now: float, limit: int) -> list[str]:
         rows = (
@@ -405,6 +450,98 @@ class SQLiteStore(Store):
     # SQLite cannot tell another process that a row changed (no LISTEN/NOTIFY,
     # and update hooks see only this connection's writes): the base's polling
     # wait, one indexed read each time, is what it has.
+
+    # -- bodies --------------------------------------------------------------
+
+    def open_sink(self, task_id: str, kind: BodyKind) -> BodySink:
+        with self._translated(), self._write() as conn:
+            self._check_budget(conn, 0)
+
+        def reserve(nbytes: int) -> None:
+            with self._translated(), self._write() as conn:
+                self._check_budget(conn, nbytes)
+                conn.execute(
+                    "INSERT INTO bodies (task_id, kind, bytes) VALUES (?, ?, ?)"
+                    " ON CONFLICT (task_id, kind) DO UPDATE SET bytes = bytes + excluded.bytes",
+                    (task_id, kind, nbytes),
+                )
+
+        def release(nbytes: int) -> None:
+            with self._translated(), self._write() as conn:
+                conn.execute(
+                    "UPDATE bodies SET bytes = bytes - ? WHERE task_id = ? AND kind = ?",
+                    (nbytes, task_id, kind),
+                )
+                conn.execute(
+                    "DELETE FROM bodies WHERE task_id = ? AND kind = ? AND bytes <= 0",
+                    (task_id, kind),
+                )
+
+        return self._files.sink(task_id, kind, reserve=reserve, release=release)
+
+    def request_body(self, task_id: str, size: int, sha256: str) -> Body:
+        return FileBody(self._files.file(task_id, "request"), size, sha256)
+
+    @property
+    def stored_bytes(self) -> int:
+        """The bytes of the spooled bodies held now (or reserved by writers)."""
+        with self._translated():
+            return self._stored_in(self._conn())
+
+    @staticmethod
+    def _stored_in(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM bodies").fetchone()[0])
+
+    def _check_budget(self, conn: sqlite3.Connection, nbytes: int) -> None:
+        limit = self.max_stored_bytes
+        if limit is None:
+            return
+        stored = self._stored_in(conn)
+        if stored + nbytes > limit or stored >= limit:
+            raise StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+
+    @staticmethod
+    def _forget_bodies(
+        conn: sqlite3.Connection,
+        task_ids: list[str],
+        kinds: list[BodyKind] | tuple[BodyKind, ...] = ("request", "result"),
+    ) -> None:
+        conn.executemany(
+            "DELETE FROM bodies WHERE task_id = ? AND kind = ?",
+            [(task_id, kind) for task_id in task_ids for kind in kinds],
+        )
+
+    def sweep(self) -> int:
+        """Remove the body files and rows nothing claims any more: a file no
+        live writer holds whose task or row is gone, a row whose file is gone.
+        Runs when the store opens (what a crash left behind); the number of
+        files removed."""
+        conn = self._conn()
+
+        def referenced(task_id: str, kind: BodyKind) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM bodies AS b JOIN tasks AS t ON t.id = b.task_id"
+                " WHERE b.task_id = ? AND b.kind = ?",
+                (task_id, kind),
+            ).fetchone()
+            if row is None:
+                with self._write() as write:
+                    self._forget_bodies(write, [task_id], [kind])
+            return row is not None
+
+        removed = self._files.sweep(referenced)
+        rows = conn.execute("SELECT task_id, kind FROM bodies").fetchall()
+        stale = [
+            (task_id, kind)
+            for task_id, kind in rows
+            if not os.path.exists(self._files.file(task_id, kind))
+        ]
+        if stale:
+            with self._write() as write:
+                # A row whose file is gone (and was not just made: the
+                # writer creates the file before it reserves a byte).
+                write.executemany("DELETE FROM bodies WHERE task_id = ? AND kind = ?", stale)
+        return removed
 
     # -- expiry --------------------------------------------------------------
 
@@ -443,6 +580,11 @@ class SQLiteStore(Store):
             )
             conn.executemany("DELETE FROM keys WHERE task_id = ?", ids)
             conn.executemany("DELETE FROM tasks WHERE id = ?", ids)
+            self._forget_bodies(conn, [row[0] for row in rows])
+            # Removed before the commit: a file whose row is still there after
+            # a rollback is read as gone (410) rather than kept for ever.
+            for row in rows:
+                self._files.remove(row[0])
         conn.execute(
             "DELETE FROM tombstones WHERE id IN "
             "(SELECT id FROM tombstones WHERE expires_at <= ? LIMIT ?)",
@@ -485,6 +627,12 @@ def _thread_ended(
     conn.close()
 
 
+def _inline(result: Result) -> bytes | None:
+    """What the body column holds: the body itself, or NULL for one spooled
+    to a file (listed in ``bodies``)."""
+    return result.body if isinstance(result.body, bytes) else None
+
+
 def _record(row: tuple[Any, ...]) -> TaskRecord:
     (
         task_id,
@@ -503,7 +651,8 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
     ) = row
     result = None
     if status is not None:
-        result = Result(status, [(str(k), str(v)) for k, v in json.loads(headers)], bytes(body))
+        headers = [(str(k), str(v)) for k, v in json.loads(headers)]
+        result = Result(status, headers, b"" if body is None else bytes(body))
     return TaskRecord(
         task_id,
         state=state,

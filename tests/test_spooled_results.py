@@ -1,0 +1,211 @@
+"""Results and request bodies of any size: spooled to the store's files,
+replayed in chunks, bounded by max_result and max_stored_bytes, removed with
+their task (in-process, through werkzeug's test client)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from wsgiref.util import FileWrapper
+
+import pytest
+from werkzeug.test import Client
+
+from asyncwsgi.stores import MemoryStore
+
+from .helpers import wait_done
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def _pattern(size: int) -> bytes:
+    block = hashlib.sha256(str(size).encode()).digest() * (64 * KIB // 32)
+    return (block * (size // len(block) + 1))[:size]
+
+
+def streaming_app(environ, start_response):
+    """``/work/<size>`` answers ``size`` bytes in 64 KiB chunks;
+    ``/work/echo`` answers the SHA-256 of the request body it read."""
+    path = environ["PATH_INFO"]
+    if path == "/work/echo":
+        digest = hashlib.sha256()
+        stream = environ["wsgi.input"]
+        while block := stream.read(64 * KIB):
+            digest.update(block)
+        body = digest.hexdigest().encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+    size = int(path.rsplit("/", 1)[1])
+    data = _pattern(size)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return (data[i : i + 64 * KIB] for i in range(0, size, 64 * KIB))
+
+
+def _files(store: MemoryStore) -> list[str]:
+    files = store._files
+    if files is None:
+        return []
+    return sorted(name for name in os.listdir(files.path) if not name.startswith("."))
+
+
+@pytest.fixture
+def store(tmp_path):
+    made = MemoryStore(results_dir=str(tmp_path / "results"))
+    yield made
+    made.close()
+
+
+def test_a_large_result_is_a_file_replayed_byte_for_byte_and_removed_on_delete(wrap, store):
+    mw = wrap(streaming_app, store=store, spool_threshold=256 * KIB)
+    client = Client(mw)
+    location = client.post(f"/work/{3 * MIB + 5}", buffered=True).headers["Location"]
+    done = wait_done(client, location, buffered=True)
+    assert done.status_code == 200
+    assert done.data == _pattern(3 * MIB + 5)
+    task_id = location.rsplit("/", 1)[1]
+    assert _files(store) == [f"{task_id}.result"]
+    assert store.stored_bytes == 3 * MIB + 5
+    assert client.delete(location, buffered=True).status_code == 204
+    assert _files(store) == []
+    assert store.stored_bytes == 0
+
+
+def test_a_small_result_stays_in_memory(wrap, store):
+    client = Client(wrap(streaming_app, store=store, spool_threshold=256 * KIB))
+    done = wait_done(client, client.post("/work/1000").headers["Location"], buffered=True)
+    assert done.data == _pattern(1000)
+    assert _files(store) == []
+
+
+def test_an_expired_result_takes_its_file_with_it(wrap, store):
+    client = Client(wrap(streaming_app, store=store, spool_threshold=KIB, result_ttl=0.3))
+    location = client.post(f"/work/{MIB}", buffered=True).headers["Location"]
+    assert wait_done(client, location, buffered=True).data == _pattern(MIB)
+    assert len(_files(store)) == 1
+    time.sleep(0.4)
+    assert client.get(location, buffered=True).status_code == 410
+    assert _files(store) == []
+    assert store.stored_bytes == 0
+
+
+def test_a_spooled_request_body_reaches_the_app_and_is_removed_at_the_finish(wrap, store):
+    release = threading.Event()
+
+    def app(environ, start_response):
+        release.wait(10)
+        return streaming_app(environ, start_response)
+
+    client = Client(wrap(app, store=store, spool_threshold=64 * KIB, max_body=8 * MIB))
+    body = _pattern(5 * MIB)
+    location = client.post("/work/echo", data=body, buffered=True).headers["Location"]
+    task_id = location.rsplit("/", 1)[1]
+    # Queued behind the app: the body waits in the store's directory, not in memory.
+    assert _files(store) == [f"{task_id}.request"]
+    assert store.stored_bytes == 5 * MIB
+    release.set()
+    done = wait_done(client, location, buffered=True)
+    assert done.data == hashlib.sha256(body).hexdigest().encode()
+    assert _files(store) == []
+    assert store.stored_bytes == 0
+
+
+def test_a_result_past_max_result_ends_as_a_500_that_says_so(wrap, store, caplog):
+    client = Client(wrap(streaming_app, store=store, spool_threshold=64 * KIB, max_result=MIB))
+    done = wait_done(client, client.post(f"/work/{2 * MIB}").headers["Location"], buffered=True)
+    assert done.status_code == 500
+    assert b"the result was too large" in done.data
+    assert b"max_result (1048576 bytes)" in done.data
+    assert "max_result" in caplog.text
+    assert _files(store) == []
+    assert store.stored_bytes == 0
+
+
+def test_max_result_default_is_a_gibibyte(wrap):
+    assert wrap(streaming_app).max_result == 2**30
+
+
+def test_a_spent_budget_refuses_new_tasks_with_503_and_fails_a_growing_result(wrap, store):
+    mw = wrap(streaming_app, store=store, spool_threshold=64 * KIB, max_stored_bytes=3 * MIB)
+    assert store.max_stored_bytes == mw.max_stored_bytes == 3 * MIB
+    client = Client(mw)
+    first = client.post(f"/work/{2 * MIB}", buffered=True).headers["Location"]
+    assert wait_done(client, first, buffered=True).status_code == 200
+    # Past the budget while it is written: that task ends as 503, nothing kept.
+    second = wait_done(client, client.post(f"/work/{2 * MIB}").headers["Location"], buffered=True)
+    assert second.status_code == 503
+    assert second.headers["Retry-After"]
+    assert b"max_stored_bytes" in second.data
+    assert store.stored_bytes == 2 * MIB
+    # Spent in full: a new task is refused before it is accepted.
+    third = client.post(f"/work/{MIB}", buffered=True)
+    assert third.status_code == 202
+    wait_done(client, third.headers["Location"], buffered=True)
+    assert store.stored_bytes == 3 * MIB
+    refused = client.post(f"/work/{MIB}", buffered=True)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"]
+    # Freed when a result goes: accepted again.
+    assert client.delete(first, buffered=True).status_code == 204
+    assert client.post(f"/work/{MIB}", buffered=True).status_code == 202
+
+
+def test_a_spooled_body_is_sent_through_the_servers_file_wrapper(wrap, store):
+    mw = wrap(streaming_app, store=store, spool_threshold=KIB)
+    client = Client(mw)
+    location = client.post(f"/work/{MIB}", buffered=True).headers["Location"]
+    wait_done(client, location, buffered=True).close()
+    wrapped = []
+
+    def file_wrapper(file, block_size=8192):
+        wrapped.append(file)
+        return FileWrapper(file, block_size)
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": location,
+        "wsgi.file_wrapper": file_wrapper,
+    }
+    started = []
+    body = mw(environ, lambda status, headers, exc_info=None: started.append(status))
+    try:
+        assert b"".join(body) == _pattern(MIB)
+    finally:
+        body.close()  # type: ignore[attr-defined]
+    assert started == ["200 OK"] and len(wrapped) == 1 and wrapped[0].closed
+
+
+def test_head_sends_no_body(wrap, store):
+    client = Client(wrap(streaming_app, store=store, spool_threshold=KIB))
+    location = client.post(f"/work/{MIB}", buffered=True).headers["Location"]
+    wait_done(client, location, buffered=True).close()
+    head = client.head(location, buffered=True)
+    assert head.status_code == 200 and head.data == b""
+
+
+def test_a_crashed_process_leaves_nothing_the_next_store_does_not_remove(tmp_path):
+    results = tmp_path / "results"
+    code = (
+        "import os, sys\n"
+        "from asyncwsgi.stores import MemoryStore\n"
+        f"store = MemoryStore(results_dir={str(results)!r})\n"
+        "sink = store.open_sink('t' * 32, 'result')\n"
+        "sink.write(b'x' * 100000)\n"
+        "os._exit(1)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    subprocess.run([sys.executable, "-c", code], check=False, env=env, timeout=60)
+    (left,) = os.listdir(results)
+    assert os.listdir(results / left)  # the dead process's files are still there
+    store = MemoryStore(results_dir=str(results))
+    try:
+        sink = store.open_sink("u" * 32, "result")
+        sink.discard()
+        assert [str(results / name) for name in os.listdir(results)] == [store._files.path]
+    finally:
+        store.close()
+    assert os.listdir(results) == []

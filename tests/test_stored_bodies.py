@@ -1,0 +1,209 @@
+"""Spooled bodies in every store: kept out of process memory, counted against
+max_stored_bytes, removed with their task (finish, delete, expiry, a lost
+verdict), and read back in pieces."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from asyncwsgi.capture import Spool
+from asyncwsgi.results import lost_result
+from asyncwsgi.stores import Store, StoreFull
+from asyncwsgi.task import Body, BodyKind, Result
+
+from . import test_store_contract as contract
+from .test_store_contract import new_record
+
+store_factory = contract.store_factory  # every store kind, as in the contract
+
+MIB = 2**20
+DATA = hashlib.sha256(b"x").digest() * (3 * MIB // 32) + b"tail!"
+
+
+def spool(store: Store, task_id: str, kind: BodyKind, data: bytes = DATA) -> Spool:
+    body = Spool(0, lambda: store.open_sink(task_id, kind))
+    try:
+        for i in range(0, len(data), 65536):
+            body.write(data[i : i + 65536])
+    except BaseException:
+        body.discard()
+        raise
+    return body
+
+
+def read_all(body: Body) -> bytes:
+    with body.open() as reader:
+        return reader.read()
+
+
+def gone(body: Body) -> bool:
+    try:
+        with body.open() as reader:
+            reader.read(1)
+    except (FileNotFoundError, OSError):
+        return True
+    return False
+
+
+def stored(store: Store) -> int:
+    return int(store.stored_bytes)  # type: ignore[attr-defined]
+
+
+def test_a_spooled_result_is_kept_counted_and_removed_on_delete(store_factory):
+    store = store_factory()
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 30)
+    writer = spool(store, record.id, "result")
+    body = writer.result()
+    assert store.finish(record.id, Result("200 OK", [], body))
+    writer.close()
+    assert stored(store) == len(DATA)
+    got = store.get(record.id)
+    assert got is not None and got.result is not None
+    kept = got.result.body
+    assert isinstance(kept, Body)
+    assert kept.size == len(DATA) and kept.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert read_all(kept) == DATA
+    with kept.open() as reader:
+        reader.seek(len(DATA) - 1000)
+        assert reader.read() == DATA[-1000:]
+        reader.seek(MIB - 10)
+        assert reader.read(20) == DATA[MIB - 10 : MIB + 10]
+    assert store.delete(record.id)
+    assert gone(kept)
+    assert stored(store) == 0
+
+
+def test_a_spooled_request_body_goes_at_the_finish(store_factory):
+    store = store_factory()
+    record = new_record()
+    writer = spool(store, record.id, "request")
+    body = writer.result()
+    assert store.create(record)
+    writer.close()
+    assert stored(store) == len(DATA)
+    assert read_all(body) == DATA
+    assert store.start(record.id, time.time() + 30)
+    assert store.finish(record.id, Result("200 OK", [], b"done"))
+    assert gone(body)
+    assert stored(store) == 0
+
+
+def test_an_expired_result_takes_its_body(store_factory):
+    store = store_factory(tombstone_ttl=60)
+    record = new_record(ttl=0.2)
+    assert store.create(record)
+    writer = spool(store, record.id, "result")
+    assert store.finish(record.id, Result("200 OK", [], writer.result()))
+    writer.close()
+    assert stored(store) == len(DATA)
+    time.sleep(0.3)
+    expired = store.get(record.id)
+    assert expired is not None and expired.state == "expired"
+    assert stored(store) == 0
+
+
+def test_a_lost_verdict_drops_what_the_writer_spooled(store_factory):
+    store = store_factory()
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 30)
+    writer = spool(store, record.id, "result")
+    assert store.finish(record.id, lost_result())
+    assert stored(store) == 0
+    writer.discard()  # what the runner does when its finish is refused
+    assert stored(store) == 0
+
+
+def test_the_budget_refuses_new_tasks_and_a_body_past_it(store_factory):
+    store = store_factory(max_stored_bytes=4 * MIB)
+    first = new_record()
+    assert store.create(first)
+    writer = spool(store, first.id, "result")
+    assert store.finish(first.id, Result("200 OK", [], writer.result()))
+    writer.close()
+    second = new_record()
+    assert store.create(second)  # 3 MiB of 4 held: still room
+    with pytest.raises(StoreFull):
+        spool(store, second.id, "result")
+    assert stored(store) <= 4 * MIB
+    third = spool(store, new_record().id, "request", DATA[: MIB - 5])
+    third.result()
+    third.close()
+    with pytest.raises(StoreFull):
+        store.create(new_record())
+    assert store.delete(first.id)
+    assert store.create(new_record())
+
+
+def test_a_sqlite_store_opening_removes_what_a_crashed_writer_left(tmp_path):
+    db = tmp_path / "tasks.db"
+    code = (
+        "import os\n"
+        "from asyncwsgi.stores import SQLiteStore\n"
+        f"store = SQLiteStore({str(db)!r})\n"
+        "sink = store.open_sink('t' * 32, 'result')\n"
+        "sink.write(b'x' * 300000)\n"
+        "os._exit(1)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    subprocess.run([sys.executable, "-c", code], check=False, env=env, timeout=60)
+    results = tmp_path / "tasks.db-results"
+    assert os.listdir(results) == ["t" * 32 + ".result"]
+    from asyncwsgi.stores import SQLiteStore
+
+    store = SQLiteStore(str(db))
+    try:
+        assert os.listdir(results) == []
+        assert store.stored_bytes == 0
+    finally:
+        store.close()
+
+
+def test_a_sqlite_sweep_keeps_a_body_a_live_writer_holds(tmp_path):
+    from asyncwsgi.stores import SQLiteStore
+
+    db = str(tmp_path / "tasks.db")
+    store = SQLiteStore(db)
+    other = SQLiteStore(db)
+    try:
+        writer = spool(store, "w" * 32, "request")  # no task yet: being uploaded
+        assert other.sweep() == 0
+        body = writer.result()
+        assert store.create(new_record_with_id("w" * 32))
+        writer.close()
+        assert other.sweep() == 0  # now its task claims it
+        assert read_all(body) == DATA
+    finally:
+        store.close()
+        other.close()
+
+
+def new_record_with_id(task_id: str):
+    record = new_record()
+    record.id = task_id
+    return record
+
+
+def test_a_redis_writer_that_died_gives_its_bytes_back(request):
+    from asyncwsgi.stores.redis import RedisStore
+
+    store = RedisStore.from_url(
+        request.getfixturevalue("redis_url"), prefix="bodies-test:", spool_ttl=0.2
+    )
+    try:
+        writer = spool(store, "d" * 32, "result")
+        assert store.stored_bytes == 3 * MIB  # the whole chunks written so far
+        del writer  # its process died: no discard, no finish
+        time.sleep(0.3)
+        assert store.stored_bytes == 0
+        assert store.client.keys("bodies-test:body:*") == []
+    finally:
+        store.close()
