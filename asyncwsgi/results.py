@@ -53,7 +53,7 @@ def too_large_result(max_result: int) -> Result:
 
 def store_full_result(reason: str) -> Result:
     """The app answered but its response could not be kept (the store's byte
-    budget is spent, or its disk is full): worth retrying later."""
-    result = error_result(503, f"the result could not be stored: {reason}")
-    result.headers.append(("Retry-After", "30"))
-    return result
+    budget is spent, or its disk is full). A 500, not a 503: a 503 with
+    Retry-After on a status URL would have clients poll again for a result
+    that will never come."""
+    return error_result(500, f"the result could not be stored: {reason}")
