@@ -9,6 +9,7 @@ The app records each task run in the broker's Redis, under ``RUNS_KEY``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -79,6 +80,13 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     if task is None:
         return _json(start_response, {"error": "not a task"}, "400 Bad Request")
     records().rpush(RUNS_KEY, marker or task.id)
+    if path == "/task/digest":
+        # Read as a stream: a spooled body comes from the store, a piece at a time.
+        digest, length, stream = hashlib.sha256(), 0, environ["wsgi.input"]
+        while block := stream.read(65536):
+            digest.update(block)
+            length += len(block)
+        return _json(start_response, {"sha256": digest.hexdigest(), "length": length, **where})
     if path == "/task/echo":
         body = environ["wsgi.input"].read()
         return _json(start_response, {"marker": marker, "body": body.decode(), **where})
