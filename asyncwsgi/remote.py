@@ -34,7 +34,7 @@ from werkzeug.utils import import_string
 
 from .environ import json_environ
 from .executor import Executor
-from .results import lost_result
+from .results import error_result, lost_result
 from .runner import TaskRunner
 from .stores import Store, open_store
 from .task import Body, Job
@@ -123,13 +123,21 @@ def job_message(runner: TaskRunner, job: Job) -> dict[str, Any]:
 def run_message(app: str, message: dict[str, Any]) -> None:
     """The worker side of :func:`job_message`: run the task against ``app``
     (an import string), with this process's runner for that app and store."""
-    runner = worker_runner(
-        app,
-        message["store"],
-        message["max_result"],
-        message["lease"],
-        message.get("spool_threshold") or 2**20,
-    )
+    try:
+        runner = worker_runner(
+            app,
+            message["store"],
+            message["max_result"],
+            message["lease"],
+            message.get("spool_threshold") or 2**20,
+        )
+    except Exception:
+        # Left queued, the task would wait for its queue_timeout: end it now.
+        logger.exception("asyncwsgi: could not load %s for task %s", app, message["id"])
+        _store(message["store"]).finish(
+            message["id"], error_result(500, "the worker could not load the application")
+        )
+        return
     queued_until = message.get("queued_until")  # absent from older messages
     if queued_until is not None and time.time() > queued_until:
         # The record says the same to every reader: this one ends it now.
@@ -161,11 +169,33 @@ def load_app(import_name: str) -> WSGIApplication:
     return result
 
 
-_cache_lock = threading.Lock()
+_cache_lock = threading.RLock()  # _store() is called under it too
 _cache_pid: int | None = None
 _apps: dict[str, WSGIApplication] = {}
 _stores: dict[str, Store] = {}
 _runners: dict[tuple[str, str, int, float, int], TaskRunner] = {}
+
+
+def _forget_if_forked() -> None:
+    """Called with ``_cache_lock`` held."""
+    global _cache_pid
+    pid = os.getpid()
+    if _cache_pid != pid:
+        # Forked from a process that had its own: start afresh.
+        _cache_pid = pid
+        _apps.clear()
+        _stores.clear()
+        _runners.clear()
+
+
+def _store(url: str) -> Store:
+    """This process's store opened from ``url``."""
+    with _cache_lock:
+        _forget_if_forked()
+        store = _stores.get(url)
+        if store is None:
+            store = _stores[url] = open_store(url)
+        return store
 
 
 def worker_runner(
@@ -173,24 +203,15 @@ def worker_runner(
 ) -> TaskRunner:
     """One runner per process (and per app, store, limits): the app is
     imported and the store opened once, after the worker forked."""
-    global _cache_pid
     key = (app, store_url, max_result, lease, spool_threshold)
     with _cache_lock:
-        pid = os.getpid()
-        if _cache_pid != pid:
-            # Forked from a process that had its own: start afresh.
-            _cache_pid = pid
-            _apps.clear()
-            _stores.clear()
-            _runners.clear()
+        _forget_if_forked()
         runner = _runners.get(key)
         if runner is None:
             wsgi_app = _apps.get(app)
             if wsgi_app is None:
                 wsgi_app = _apps[app] = load_app(app)
-            store = _stores.get(store_url)
-            if store is None:
-                store = _stores[store_url] = open_store(store_url)
+            store = _store(store_url)
             runner = _runners[key] = TaskRunner(
                 wsgi_app,
                 store,

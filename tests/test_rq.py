@@ -202,3 +202,29 @@ def test_the_preloading_worker_imports_the_app_before_it_forks(
     else:
         assert importers == horses
     middleware.close(timeout=1)
+
+
+@pytest.mark.slow
+def test_an_app_the_worker_cannot_import_ends_the_task_as_500(queue: Any) -> None:
+    from asyncwsgi.contrib.rq import RQExecutor
+
+    port = queue.connection.connection_pool.connection_kwargs["port"]
+    middleware = AsyncMiddleware(
+        _wsgi_app,
+        paths=["/work"],
+        store=f"redis://127.0.0.1:{port}/1",
+        executor=RQExecutor(queue, "tests.apps.no_such_module:app"),
+    )
+    client = Client(middleware)
+    location = client.post("/work").headers["Location"]
+    subprocess.run(
+        [sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", "asyncwsgi.contrib.rq.Worker",
+         "-u", f"redis://127.0.0.1:{port}/0", "reports", "--logging_level", "CRITICAL"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+        check=True, timeout=60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    # Not left queued until its queue_timeout: ended as soon as a worker took it.
+    response = client.get(location)
+    assert response.status_code == 500, response.get_data()
+    assert b"could not load" in response.get_data()
+    middleware.close(timeout=1)

@@ -124,20 +124,22 @@ class Worker(rq.Worker):
     job stays isolated in its horse, as with the default worker.
     """
 
-    _preloaded: set[str]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Import strings of the applications imported so far.
+        self.preloaded: set[str] = set()
 
     def execute_job(self, job: Any, queue: Any) -> None:
         if job.func_name == _FUNC:
-            self._preload(job.args[0])
+            self._preload(job)
         super().execute_job(job, queue)
 
-    def _preload(self, app: str) -> None:
-        preloaded = self.__dict__.setdefault("_preloaded", set())
-        if app in preloaded:
-            return
-        preloaded.add(app)
+    def _preload(self, job: Any) -> None:
         try:
-            load_app(app)
+            app = job.args[0]
+            if app not in self.preloaded:
+                self.preloaded.add(app)
+                load_app(app)
         except Exception:
             # The horse imports it again, fails the same way and says so.
-            logger.exception("asyncwsgi: could not import %s before forking", app)
+            logger.exception("asyncwsgi: could not import the app of job %s before forking", job.id)
