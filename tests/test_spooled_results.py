@@ -209,3 +209,27 @@ def test_a_crashed_process_leaves_nothing_the_next_store_does_not_remove(tmp_pat
     finally:
         store.close()
     assert os.listdir(results) == []
+
+
+def test_a_task_deleted_while_it_spools_leaves_nothing(wrap, store):
+    halfway = threading.Event()
+    release = threading.Event()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        yield b"x" * (2 * MIB)
+        halfway.set()
+        release.wait(10)
+        yield b"y" * MIB
+
+    client = Client(wrap(app, store=store, spool_threshold=KIB))
+    location = client.post("/work/slow").headers["Location"]
+    assert halfway.wait(10)
+    task_id = location.rsplit("/", 1)[1]
+    assert _files(store) == [f"{task_id}.result"]  # being written
+    assert client.delete(location, buffered=True).status_code == 204
+    release.set()
+    deadline = time.monotonic() + 10
+    while (_files(store) or store.stored_bytes) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _files(store) == [] and store.stored_bytes == 0

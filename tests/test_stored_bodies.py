@@ -207,3 +207,33 @@ def test_a_redis_writer_that_died_gives_its_bytes_back(request):
         assert store.client.keys("bodies-test:body:*") == []
     finally:
         store.close()
+
+
+def test_results_dir_and_max_stored_bytes_reach_a_store_opened_from_a_url(tmp_path):
+    from werkzeug.test import Client
+
+    from asyncwsgi import AsyncMiddleware
+
+    from .helpers import wait_done
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [DATA]
+
+    results = tmp_path / "bodies"
+    mw = AsyncMiddleware(
+        app,
+        paths=["/work/*"],
+        store=f"sqlite:///{tmp_path}/tasks.db",
+        results_dir=str(results),
+        max_stored_bytes=64 * MIB,
+        spool_threshold=MIB,
+    )
+    try:
+        assert mw.store.max_stored_bytes == mw.max_stored_bytes == 64 * MIB
+        client = Client(mw)
+        location = client.post("/work/1").headers["Location"]
+        assert wait_done(client, location, buffered=True).data == DATA
+        assert os.listdir(results) == [location.rsplit("/", 1)[1] + ".result"]
+    finally:
+        mw.close(10)
