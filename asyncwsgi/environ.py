@@ -20,6 +20,8 @@ copy of the environ, not the environ:
   namespaces (``gunicorn.*``, ``waitress.*``, ``uwsgi.*``, ``werkzeug.socket``,
   ``werkzeug.server.*``, ``eventlet.*``, ``gevent.*``);
 - ``asyncwsgi.task``, the task's handle, added by the runner.
+- with tracing set up, ``HTTP_TRACEPARENT``/``HTTP_TRACESTATE`` of the task's
+  run span in place of the request's (see :mod:`asyncwsgi.tracing`).
 """
 
 from __future__ import annotations
