@@ -291,9 +291,18 @@ def one_task(port: int, i: int) -> str:
 
 
 def scrapes(port: int, times: int) -> tuple[list[dict[str, float]], set[str]]:
-    """Scrapes at once, so that busy workers leave some to the others."""
-    with ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(lambda _: call(port, "GET", "/metrics"), range(times)))
+    """``times`` scrapes, until at least two workers answered some: each round
+    keeps a worker busy with a plain request while three scrapes go at once,
+    so that an idle worker cannot take them all."""
+    answers: list[Answer] = []
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(4) as pool:
+        while len(answers) < times or len({h["X-Worker-Pid"] for _, h, _ in answers}) < 2:
+            assert time.monotonic() < deadline, "one worker answered every scrape"
+            busy = pool.submit(call, port, "GET", "/busy?0.3")
+            time.sleep(0.05)
+            answers += pool.map(lambda _: call(port, "GET", "/metrics"), range(3))
+            busy.result()
     assert all(status == 200 for status, _, _ in answers)
     pids = {headers["X-Worker-Pid"] for _, headers, _ in answers}
     return [parse(body.decode()) for _, _, body in answers], pids

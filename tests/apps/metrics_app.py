@@ -2,7 +2,8 @@
 
 The store URL comes from ``ASYNCWSGI_TEST_STORE``. ``/work/fail`` raises,
 ``/work/hold`` runs until its task is cancelled (20 s at most), any other
-``/work/...`` answers at once. Every response names the process that
+``/work/...`` answers at once; ``/busy?<seconds>`` (not a task) keeps the
+worker that takes it busy that long. Every response names the process that
 answered it in ``X-Worker-Pid``, the scrapes of ``/metrics`` included.
 """
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "")
     task = environ.get("asyncwsgi.task")
+    if path == "/busy":  # not a task: keeps this worker busy, so others answer
+        time.sleep(float(environ.get("QUERY_STRING") or "0.3"))
     if path == "/work/fail":
         raise RuntimeError("this task fails on purpose")
     if path == "/work/hold" and task is not None:
