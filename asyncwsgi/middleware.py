@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import base64
+import binascii
 import functools
 import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import threading
@@ -16,13 +19,16 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from .callbacks import CallbackSender, allowed_callback, parse_secret
 from .capture import Spool
 from .environ import read_body, snapshot
+from .events import DONE_ID, EventStream, wants_events
 from .executor import Executor, ThreadExecutor
 from .logs import task_extra
 from .metrics import INSTRUMENTS, scrape_registry
@@ -35,7 +41,7 @@ from .results import error_result
 from .runner import ACCEPTED, TaskRunner
 from .stores import Store, open_store
 from .stores.base import ACTIVE, StoreFull, StoreUnavailable
-from .task import Job, Result, TaskRecord
+from .task import Callback, Job, Result, State, TaskRecord
 from .tracing import TASK_ID, activate, inject, start_submit
 
 if TYPE_CHECKING:
@@ -61,6 +67,11 @@ _ALLOW = ", ".join(_STATUS_METHODS)
 _POOL_SIZE = 8
 # One encoder for every 202: json.dumps() with options builds a new one per call.
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_LIST_STATES: tuple[State, ...] = ("queued", "running", "done")
+_LIST_LIMIT = 50
+_LIST_MAX = 500
+# The 202's confirmation that a submission's Callback-URL was taken.
+CALLBACK_HEADER = "Callback-Accepted"
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -116,6 +127,9 @@ class AsyncMiddleware:
         executor: Executor | None = None,
         location_base: str | None = None,
         metrics_path: str | None = None,
+        list_tasks: bool | None = None,
+        callback_allow: Iterable[str] | None = None,
+        callback_secret: str | None = None,
     ) -> None:
         # Every option is checked by its rule in options.OPTIONS (one line
         # there for each keyword argument here: a test holds them together).
@@ -180,6 +194,16 @@ class AsyncMiddleware:
             spool_threshold=spool_threshold,
         )
         self.executor.bind(self.runner)
+        self.list_tasks = list_tasks
+        self.callback_allow: list[str] | None = given["callback_allow"]
+        self.callback_secret = callback_secret
+        self.callbacks: CallbackSender | None = None
+        if self.callback_allow is not None:
+            if callback_secret is None:
+                raise ValueError("callback_allow needs callback_secret, to sign the callbacks")
+            self.callbacks = CallbackSender(self.store, parse_secret(callback_secret))
+        self._callbacks_pid = 0
+        self._callbacks_lock = threading.Lock()
         self.closed = False
         self._warned_multiprocess = False
         self._waiting = 0
@@ -256,6 +280,17 @@ class AsyncMiddleware:
                 )
             owner = owner_hash(value)
 
+        callback_url: str | None = None
+        if self.callbacks is not None:
+            self._start_callbacks()
+            callback_url = environ.get("HTTP_CALLBACK_URL")
+            if callback_url is not None and not allowed_callback(
+                callback_url, self.callback_allow or []
+            ):
+                return _text(400, "Callback-URL is not an address this service calls back")(
+                    environ, start_response
+                )
+
         key: str | None = None
         raw_key = environ.get("HTTP_IDEMPOTENCY_KEY")
         if raw_key is not None:
@@ -273,6 +308,7 @@ class AsyncMiddleware:
         store = self.store
         spool = Spool(self.spool_threshold, lambda: store.open_sink(task_id, "request"))
         created = False
+        extra: list[tuple[str, str]] = []
         try:
             try:
                 body = read_body(environ, self.max_body, spool)
@@ -286,6 +322,9 @@ class AsyncMiddleware:
             # The executor knows where its queue lives, so how long a task may
             # wait there (a lease renewed by this process, or a broker's limit).
             record.lease_until = self.executor.queued_until(now)
+            if callback_url is not None:
+                record.callback = Callback(callback_url, self.status_url(environ, task_id))
+                extra.append((CALLBACK_HEADER, callback_url))
             fingerprint = _fingerprint(environ, spool.sha256) if key is not None else None
             outcome = store.create(record, key=key, fingerprint=fingerprint, limit=self.max_pending)
             created = outcome.created
@@ -340,10 +379,10 @@ class AsyncMiddleware:
                 record = done
                 applied = f"wait={waited}" if not applied else f"{applied}, wait={waited}"
             if record.state == "done" and record.result is not None:
-                return self._replay(environ, start_response, record.result, applied)
+                return self._replay(environ, start_response, record.result, applied, extra)
             if record.state not in ACTIVE:  # expired already: a 202 never says so
                 return self._status(environ, start_response, record.id, retried=True)
-        return self._accepted(environ, start_response, record, applied)
+        return self._accepted(environ, start_response, record, applied, extra)
 
     # -- the status URL --------------------------------------------------
 
@@ -360,6 +399,10 @@ class AsyncMiddleware:
             response = _text(405, "use GET, HEAD or DELETE on a status URL")
             response.headers["Allow"] = _ALLOW
             return response(environ, start_response)
+        if self.callbacks is not None:
+            self._start_callbacks()
+        if not task_id and not retried and method != "DELETE":
+            return self._list(environ, start_response)
         if not _ID_RE.fullmatch(task_id):
             return _not_found(environ, start_response)
         record = self.store.get(task_id)
@@ -376,6 +419,8 @@ class AsyncMiddleware:
             return _not_found(environ, start_response)
         if record.state == "expired":
             return _gone(environ, start_response)
+        if method == "GET" and not retried and wants_events(environ):
+            return self._events(environ, start_response, record)
 
         applied = ""
         if record.state != "done":
@@ -401,21 +446,30 @@ class AsyncMiddleware:
         wait already; then answer at once (the preference is not applied), so
         that waits never hold every thread of the server. Returns the record
         read at the end and the seconds applied (None when not applied)."""
-        with self._waiting_lock:
-            if self._waiting >= self.max_waiting:
-                return None, None
-            self._waiting += 1
-        gauge = INSTRUMENTS.waiting if INSTRUMENTS is not None else None
-        if gauge is not None:
-            gauge.inc()
+        if not self._take_wait_slot():
+            return None, None
         try:
             seconds = min(wait, self.max_wait)
             return self.store.wait(task_id, seconds), int(seconds)
         finally:
-            with self._waiting_lock:
-                self._waiting -= 1
-            if gauge is not None:
-                gauge.dec()
+            self._give_wait_slot()
+
+    def _take_wait_slot(self) -> bool:
+        """One of the ``max_waiting`` requests of this process that may wait at
+        once (a ``Prefer: wait`` or an event stream); False if all are taken."""
+        with self._waiting_lock:
+            if self._waiting >= self.max_waiting:
+                return False
+            self._waiting += 1
+        if INSTRUMENTS is not None:
+            INSTRUMENTS.waiting.inc()
+        return True
+
+    def _give_wait_slot(self) -> None:
+        with self._waiting_lock:
+            self._waiting -= 1
+        if INSTRUMENTS is not None:
+            INSTRUMENTS.waiting.dec()
 
     def _replay(
         self,
@@ -423,10 +477,13 @@ class AsyncMiddleware:
         start_response: StartResponse,
         result: Result,
         applied: str,
+        extra: list[tuple[str, str]] | None = None,
     ) -> Iterable[bytes]:
-        extra = [("Preference-Applied", applied), ("Vary", "Prefer")] if applied else []
+        headers = list(extra or [])
+        if applied:
+            headers += [("Preference-Applied", applied), ("Vary", "Prefer")]
         try:
-            return replay(environ, start_response, result, extra)
+            return replay(environ, start_response, result, headers)
         except BodyGone:
             return _text(410, "this task's result has expired")(environ, start_response)
 
@@ -444,17 +501,10 @@ class AsyncMiddleware:
         start_response: StartResponse,
         record: TaskRecord,
         applied: str,
+        extra: list[tuple[str, str]] | None = None,
     ) -> Iterable[bytes]:
         location = self.status_url(environ, record.id)
-        document = {
-            "id": record.id,
-            "state": record.state,
-            "status_url": location,
-            "created": _iso(record.created),
-            "started": _iso(record.started),
-            "progress": record.progress,
-        }
-        body = _encode_json(document).encode()
+        body = _document(record, location)
         # Written directly rather than through a Response object: every 202
         # of a busy service goes through here.
         headers = [
@@ -466,6 +516,8 @@ class AsyncMiddleware:
         ]
         if applied:
             headers.append(("Preference-Applied", applied))
+        if extra:
+            headers += extra
         start_response("202 Accepted", headers)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
 
@@ -496,6 +548,116 @@ class AsyncMiddleware:
         # Task ids are URL-safe already: only the prefix needs encoding.
         location = _quoted(environ.get("SCRIPT_NAME", "") + self.status_path) + task_id
         return location if self.location_base is None else self.location_base + location
+
+    # -- live progress and the task list ------------------------------------
+
+    def _events(
+        self, environ: WSGIEnvironment, start_response: StartResponse, record: TaskRecord
+    ) -> Iterable[bytes]:
+        last_event_id = environ.get("HTTP_LAST_EVENT_ID")
+        if record.state == "done" and last_event_id == DONE_ID:
+            # Seen to the end: 204 tells an EventSource not to reconnect.
+            return Response(status=204)(environ, start_response)
+        location = self.status_url(environ, record.id)
+        # A stream waits, so it takes one of the process's waiting slots; with
+        # none free it sends what there is now and ends at once, and the
+        # client reconnects after ``retry``: polling, at its pace.
+        waits = self._take_wait_slot()
+        stream = EventStream(
+            self.store,
+            record,
+            document=lambda current: _document(current, location),
+            location=location,
+            last_event_id=last_event_id,
+            max_wait=self.max_wait if waits else 0.0,
+            retry_ms=self.retry_after * 1000,
+            release=self._give_wait_slot if waits else None,
+        )
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/event-stream"),
+                ("Cache-Control", "no-cache"),
+                # Tells nginx not to buffer the stream.
+                ("X-Accel-Buffering", "no"),
+            ],
+        )
+        return stream
+
+    def _list(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        owner: str | None = None
+        if self.owner is None:
+            if not self.list_tasks:
+                return _not_found(environ, start_response)
+        else:
+            if self.list_tasks is False:
+                return _not_found(environ, start_response)
+            value = self.owner(environ)
+            if not value:
+                return _text(403, "this request has no owner to list the tasks of")(
+                    environ, start_response
+                )
+            owner = owner_hash(value)
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        state = _one(query, "state")
+        if state is not None and state not in _LIST_STATES:
+            return _text(400, "state must be queued, running or done")(environ, start_response)
+        raw_limit = _one(query, "limit")
+        limit = _LIST_LIMIT
+        if raw_limit is not None:
+            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _LIST_MAX:
+                return _text(400, f"limit must be a whole number from 1 to {_LIST_MAX}")(
+                    environ, start_response
+                )
+            limit = int(raw_limit)
+        before = None
+        raw_cursor = _one(query, "cursor")
+        if raw_cursor is not None:
+            before = _decode_cursor(raw_cursor)
+            if before is None:
+                return _text(400, "cursor is not one this list gave")(environ, start_response)
+        records = self.store.list_tasks(
+            owner,
+            state=state,
+            before=before,
+            limit=limit + 1,
+        )
+        page = records[:limit]
+        tasks = []
+        for record in page:
+            item: dict[str, Any] = {
+                "id": record.id,
+                "state": record.state,
+                "status_url": self.status_url(environ, record.id),
+                "created": _iso(record.created),
+                "started": _iso(record.started),
+                "finished": _iso(record.finished),
+                "progress": record.progress,
+                "status": None if record.result is None else record.result.code,
+            }
+            tasks.append(item)
+        next_cursor = _encode_cursor(page[-1]) if len(records) > limit else None
+        body = _encode_json({"tasks": tasks, "next": next_cursor}).encode()
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+    def _start_callbacks(self) -> None:
+        # In each process that serves requests, on its first one: threads
+        # started before a fork (gunicorn --preload) would not run in the child.
+        pid = os.getpid()
+        if self._callbacks_pid == pid or self.callbacks is None:
+            return
+        with self._callbacks_lock:
+            if self._callbacks_pid != pid and not self.closed:
+                self._callbacks_pid = pid
+                self.callbacks.start()
 
     def retry_after_for(self, age: float) -> int:
         """Seconds a client should wait before the next poll of a task this old:
@@ -575,6 +737,8 @@ class AsyncMiddleware:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         finished = self.runner.drain(remaining) and finished
         self.runner.stop()
+        if self.callbacks is not None and self._callbacks_pid == os.getpid():
+            self.callbacks.stop()
         if finished and self._owns_store:
             # Opened here from a URL, so closed here; after a timeout an app
             # may still be running and write its late result, so it stays open.
@@ -636,6 +800,40 @@ def _fingerprint(environ: WSGIEnvironment, body_sha256: str) -> str:
         digest.update(environ.get(part, "").encode("latin-1", "replace") + b"\x00")
     digest.update(body_sha256.encode())
     return digest.hexdigest()
+
+
+def _document(record: TaskRecord, location: str) -> bytes:
+    """The JSON of a 202 (and of a progress event)."""
+    document = {
+        "id": record.id,
+        "state": record.state,
+        "status_url": location,
+        "created": _iso(record.created),
+        "started": _iso(record.started),
+        "progress": record.progress,
+    }
+    return _encode_json(document).encode()
+
+
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _encode_cursor(record: TaskRecord) -> str:
+    # The position after the last task of a page, in the list's own order.
+    raw = f"{record.created!r}:{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str] | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, task_id = raw.partition(":")
+        position = (float(created), task_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    return position if _ID_RE.fullmatch(task_id) else None
 
 
 def _text(code: int, message: str) -> Response:

@@ -74,6 +74,10 @@ def _optional_int(value: str) -> int | None:
     return None if value.lower() in ("", "none") else int(value)
 
 
+def _optional_flag(value: str) -> bool | None:
+    return None if value.strip().lower() in ("", "none") else _flag(value)
+
+
 def _flag(value: str) -> bool:
     word = value.strip().lower()
     if word in ("1", "true", "yes", "on"):
@@ -167,6 +171,32 @@ def _store(name: str, value: Any) -> Any:
 def _callable(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be a callable or None, not {value!r}")
+    return value
+
+
+def _optional_bool(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, not {value!r}")
+    return value
+
+
+def _callback_allow(name: str, value: Any) -> list[str] | None:
+    from .callbacks import check_allow_list
+
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of URL prefixes, not {value!r}: write {name}=[...]")
+    return check_allow_list(value) or None
+
+
+def _callback_secret(name: str, value: Any) -> Any:
+    from .callbacks import parse_secret
+
+    if value is not None:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str ('whsec_' + base64) or None")
+        parse_secret(value)
     return value
 
 
@@ -267,6 +297,12 @@ OPTIONS: tuple[Option, ...] = (
            "absolute base of status URLs (https://api.example.com); never from Host"),
     Option("metrics_path", _optional_text, None, _metrics_path,
            "path answered with the Prometheus metrics (needs prometheus_client); off by default"),
+    Option("list_tasks", _optional_flag, None, _optional_bool,
+           "GET on status_path lists tasks; None: only when owner is set"),
+    Option("callback_allow", _words, None, _callback_allow,
+           "URL prefixes a Callback-URL may start with; None: callbacks off"),
+    Option("callback_secret", _optional_text, None, _callback_secret,
+           "Standard Webhooks secret (whsec_...) that signs the callbacks"),
 )
 # fmt: on
 

@@ -18,7 +18,9 @@ __all__ = [
     "Body",
     "BodyKind",
     "BodySink",
+    "Callback",
     "Created",
+    "Delivery",
     "Job",
     "KeyEntry",
     "Progress",
@@ -109,6 +111,20 @@ class Result:
         body = self.body
         return len(body) if isinstance(body, bytes) else body.size
 
+    @property
+    def code(self) -> int:
+        """The status code (``200`` of ``"200 OK"``)."""
+        return int(self.status[:3])
+
+
+@dataclass(slots=True)
+class Callback:
+    """Where to POST when the task ends (``Callback-URL``), and the status URL
+    the notice names."""
+
+    url: str
+    status_url: str
+
 
 @dataclass(slots=True)
 class TaskRecord:
@@ -132,6 +148,27 @@ class TaskRecord:
     owner: str | None = None
     lease_until: float | None = None
     ttl: float = 300.0
+    callback: Callback | None = None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A completion callback due to be sent, as claimed from the store.
+
+    ``status`` is the app's status code; ``attempts`` how many were made
+    before; ``deadline`` when to give up (the result's expiry: past it the
+    receiver could not fetch the result anyway); ``claim`` the token that
+    proves this process still holds the claim when it reports back.
+    """
+
+    task_id: str
+    url: str
+    status_url: str
+    status: int
+    finished: float
+    attempts: int
+    deadline: float
+    claim: str
 
 
 @dataclass(slots=True, frozen=True)

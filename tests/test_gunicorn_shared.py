@@ -72,11 +72,17 @@ def gunicorn(
     args: list[str],
     lease: float = 30.0,
     graceful_timeout: int = 5,
+    *,
+    app: str = APP,
+    environ: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``app`` under gunicorn with ``args`` on a free port, its store at
+    ``store_url`` and ``environ`` added to its environment."""
     port = free_port()
     env = dict(os.environ)
     env["ASYNCWSGI_TEST_STORE"] = store_url
     env["ASYNCWSGI_TEST_LEASE"] = str(lease)
+    env.update(environ or {})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     command = [
         sys.executable,
@@ -93,7 +99,7 @@ def gunicorn(
         "warning",
         "-c",
         "python:tests.gunicorn_conf",
-        APP,
+        app,
     ]
     with open(tmp_path / f"gunicorn-{port}.log", "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)

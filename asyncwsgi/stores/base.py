@@ -20,15 +20,15 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..logs import task_extra
 from ..metrics import INSTRUMENTS
 from ..results import lost_result
-from ..task import Body, BodyKind, BodySink, Created, Progress, Result, TaskRecord
+from ..task import Body, BodyKind, BodySink, Created, Delivery, Progress, Result, State, TaskRecord
 
-__all__ = ["ACTIVE", "Store", "StoreFull", "StoreUnavailable", "lapsed"]
+__all__ = ["ACTIVE", "Store", "StoreFull", "StoreUnavailable", "changed", "lapsed"]
 
 logger = logging.getLogger("asyncwsgi")
 
@@ -43,6 +43,8 @@ RECLAIM_BATCH = 100
 # cheap reads a second.
 _POLL_FIRST = 0.005
 _POLL_LAST = 0.1
+# The generic watch() reads again this often.
+_WATCH_POLL = 0.1
 
 
 class StoreUnavailable(Exception):
@@ -62,6 +64,14 @@ def lapsed(record: TaskRecord, now: float) -> bool:
     """The lease rule: a queued or running task whose lease has passed is lost
     (the process that held it stopped heartbeating)."""
     return record.state in ACTIVE and record.lease_until is not None and record.lease_until < now
+
+
+def changed(seen: TaskRecord | None, record: TaskRecord | None) -> bool:
+    """Whether a watcher that saw ``seen`` has something new to show: another
+    state or other progress."""
+    if seen is None or record is None:
+        return seen is not record
+    return seen.state != record.state or seen.progress != record.progress
 
 
 class Store(abc.ABC):
@@ -229,6 +239,56 @@ class Store(abc.ABC):
                 raise
             poll = min(poll * 1.5, _POLL_LAST)
 
+    def watch(self, task_id: str, seen: TaskRecord | None, timeout: float) -> TaskRecord | None:
+        """Block until the task differs from ``seen`` (see :func:`changed`),
+        is done or gone, at most ``timeout`` seconds; return it as it is then
+        (a Server-Sent Events stream's wait). Woken by the change where the
+        store can (:meth:`_listen`), by reading again where it cannot."""
+        deadline = time.monotonic() + timeout
+        with self._translated(), self._listen(task_id) as block:
+            while True:
+                record = self.get(task_id)
+                if record is None or record.state not in ACTIVE or changed(seen, record):
+                    return record
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return record
+                if record.lease_until is not None:
+                    remaining = min(remaining, max(0.001, record.lease_until - time.time() + 0.001))
+                block(remaining)
+
+    def list_tasks(
+        self,
+        owner: str | None,
+        *,
+        state: State | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[TaskRecord]:
+        """The live (queued, running or done) tasks bound to ``owner`` (None:
+        those bound to no owner), in ``state`` if given, newest first by
+        ``(created, id)``, only those strictly older than ``before``, at most
+        ``limit``. Costs O(limit), not O(table): each store keeps an index in
+        that order. A done task's ``result`` has its status and headers but
+        an empty body: a page never loads result bodies."""
+        with self._translated():
+            return self._list(owner, state, before, limit)
+
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        """Claim at most ``limit`` completion callbacks due at ``now`` for
+        ``lease`` seconds: no other caller gets them until then (or until
+        :meth:`settle_callback`). A task with a ``callback`` gets one such
+        delivery, due at once, when it finishes (whoever finishes it)."""
+        with self._translated():
+            return self._claim_callbacks(now, lease, limit)
+
+    def settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
+        """Report a claimed delivery: sent or given up (``retry_at`` None: it is
+        forgotten), or failed (due again at ``retry_at``, one more attempt
+        counted). False (and nothing written) if the claim was lost meanwhile."""
+        with self._translated():
+            return self._settle_callback(delivery, retry_at)
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections; the store is not used afterwards."""
 
@@ -350,6 +410,34 @@ class Store(abc.ABC):
         """Sleep until the task may have finished, at most ``timeout``
         seconds. Without a way to be woken, a store just sleeps ``poll``."""
         time.sleep(min(poll, timeout))
+
+    @contextmanager
+    def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
+        """Listen for changes of a task (from before the caller's next read)
+        and give a function that blocks until one may have come, at most its
+        argument in seconds. Without a way to be woken: a short sleep."""
+        yield lambda timeout: time.sleep(min(_WATCH_POLL, timeout))
+
+    @abc.abstractmethod
+    def _list(
+        self,
+        owner: str | None,
+        state: State | None,
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        """One page of the task list (see :meth:`list_tasks`), from an index."""
+
+    @abc.abstractmethod
+    def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        """Atomically: take up to ``limit`` deliveries due at ``now``, push
+        their due time to ``now + lease`` and mark them with a new claim."""
+
+    @abc.abstractmethod
+    def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
+        """Atomically, if the delivery still carries ``delivery.claim``:
+        forget it (``retry_at`` None) or make it due at ``retry_at``,
+        unclaimed, with one more attempt."""
 
 
 def _lost(record: TaskRecord, verdict: Result, now: float) -> None:

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import _thread
+import bisect
 import contextlib
 import heapq
 import os
+import secrets
 import shutil
 import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 
-from ..task import BodyKind, BodySink, Created, KeyEntry, Progress, Result, TaskRecord
+from ..task import (
+    BodyKind,
+    BodySink,
+    Created,
+    Delivery,
+    KeyEntry,
+    Progress,
+    Result,
+    State,
+    TaskRecord,
+)
 from .base import ACTIVE, Store, StoreFull, lapsed
 from .files import ResultsDir, process_dir
 
@@ -70,6 +85,16 @@ class MemoryStore(Store):
         # releases it again as it wakes, so that the next one wakes too.
         # Cheaper than an Event on the path of every ``Prefer: wait``.
         self._waiters: dict[str, _thread.LockType] = {}
+        # Watchers (event streams) wait here for any change of state or
+        # progress; ``_version`` counts the changes, so that none is missed
+        # between a watcher's read and its wait.
+        self._changed = threading.Condition(self._lock)
+        self._version = 0
+        # The task list's index: per (owner, state), and per (owner, None) for
+        # every state, the live tasks' (created, id) in ascending order.
+        self._listed: dict[tuple[str | None, State | None], list[tuple[float, str]]] = {}
+        # Completion callbacks not yet settled, and when each is due.
+        self._deliveries: dict[str, tuple[Delivery, float]] = {}
 
     def _insert(
         self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
@@ -85,6 +110,7 @@ class MemoryStore(Store):
             self._check_budget()
             self._tasks[record.id] = _snapshot(record)
             self._active.add(record.id)
+            self._index(record, None, record.state)
             if key is not None:
                 self._keys[key] = KeyEntry(record.id, fingerprint)
                 self._key_of[record.id] = key
@@ -107,6 +133,8 @@ class MemoryStore(Store):
             record.state = "running"
             record.started = now
             record.lease_until = lease_until
+            self._index(record, "queued", "running")
+            self._touch()
             return True
 
     def _heartbeat(self, task_ids: list[str], lease_until: float) -> None:
@@ -120,6 +148,7 @@ class MemoryStore(Store):
             record = self._tasks.get(task_id)
             if record is not None and record.state == "running":
                 record.progress = progress
+                self._touch()
 
     def _finish(
         self, task_id: str, result: Result, now: float, *, lapsed_before: float | None
@@ -133,20 +162,37 @@ class MemoryStore(Store):
             self._drop_bodies(task_id, "request")
             if isinstance(result.body, bytes):
                 self._drop_bodies(task_id, "result")  # a lost verdict: the writer's file goes
+            self._index(record, record.state, "done")
+            if record.callback is not None:
+                delivery = Delivery(
+                    task_id,
+                    record.callback.url,
+                    record.callback.status_url,
+                    result.code,
+                    now,
+                    0,
+                    now + record.ttl,
+                    "",
+                )
+                self._deliveries[task_id] = (delivery, now)
             record.state = "done"
             record.finished = now
             record.result = result
             record.lease_until = None
             self._active.discard(task_id)
+            self._touch()
             heapq.heappush(self._deadlines, (now + record.ttl, task_id))
             self._wake(task_id)
             return True
 
     def _delete(self, task_id: str) -> bool:
         with self._lock:
-            if self._tasks.pop(task_id, None) is None:
+            record = self._tasks.pop(task_id, None)
+            if record is None:
                 return False
+            self._index(record, record.state, None)
             self._active.discard(task_id)
+            self._touch()
             self._drop_key(task_id)
             self._drop_bodies(task_id)
             self._wake(task_id)
@@ -189,6 +235,89 @@ class MemoryStore(Store):
         if gate is not None:
             gate.release()
 
+    @contextmanager
+    def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
+        with self._lock:
+            seen = self._version
+
+        def block(timeout: float) -> None:
+            nonlocal seen
+            with self._changed:
+                self._changed.wait_for(lambda: self._version != seen, timeout)
+                seen = self._version
+
+        yield block
+
+    def _touch(self) -> None:
+        # With the lock held: a change of some task's state or progress.
+        self._version += 1
+        self._changed.notify_all()
+
+    def _list(
+        self,
+        owner: str | None,
+        state: State | None,
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        with self._lock:
+            self._expire(time.time())
+            index = self._listed.get((owner, state), [])
+            end = len(index) if before is None else bisect.bisect_left(index, before)
+            page = [
+                self._tasks[task_id] for _, task_id in reversed(index[max(0, end - limit) : end])
+            ]
+            return [
+                replace(
+                    record,
+                    result=None
+                    if record.result is None
+                    else Result(record.result.status, record.result.headers, b""),
+                )
+                for record in page
+            ]
+
+    def _index(self, record: TaskRecord, old: State | None, new: State | None) -> None:
+        """With the lock held: move a task in the list's index from state
+        ``old`` to ``new`` (None: not listed)."""
+        entry = (record.created, record.id)
+        if old is not None:
+            for key in ((record.owner, old), (record.owner, None)):
+                index = self._listed.get(key)
+                if index is not None:
+                    at = bisect.bisect_left(index, entry)
+                    if at < len(index) and index[at] == entry:
+                        del index[at]
+                    if not index:
+                        del self._listed[key]
+        if new is not None:
+            for key in ((record.owner, new), (record.owner, None)):
+                bisect.insort(self._listed.setdefault(key, []), entry)
+
+    def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        with self._lock:
+            due = sorted(
+                (at, task_id) for task_id, (_, at) in self._deliveries.items() if at <= now
+            )[:limit]
+            claimed = []
+            for _, task_id in due:
+                delivery = replace(self._deliveries[task_id][0], claim=secrets.token_hex(8))
+                self._deliveries[task_id] = (delivery, now + lease)
+                claimed.append(replace(delivery))
+            return claimed
+
+    def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
+        with self._lock:
+            held = self._deliveries.get(delivery.task_id)
+            if held is None or not delivery.claim or held[0].claim != delivery.claim:
+                return False
+            if retry_at is None:
+                del self._deliveries[delivery.task_id]
+            else:
+                again = replace(held[0], attempts=held[0].attempts + 1, claim="")
+                self._deliveries[delivery.task_id] = (again, retry_at)
+            return True
+
     def _drop_key(self, task_id: str) -> None:
         key = self._key_of.pop(task_id, None)
         if key is not None:
@@ -202,6 +331,7 @@ class MemoryStore(Store):
             record = self._tasks.pop(task_id, None)
             if record is None:
                 continue
+            self._index(record, record.state, None)
             self._drop_key(task_id)
             self._drop_bodies(task_id)
             self._tombstones[task_id] = (now + self.tombstone_ttl, record.owner)
@@ -287,4 +417,5 @@ def _snapshot(record: TaskRecord) -> TaskRecord:
         owner=record.owner,
         lease_until=record.lease_until,
         ttl=record.ttl,
+        callback=record.callback,
     )

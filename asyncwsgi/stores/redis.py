@@ -38,6 +38,16 @@ already the one thing every web process and worker reaches, its own key
 expiry removes what a crashed process left, and Redis Cluster keeps them in
 the table's slot; the price is Redis's memory, which ``max_stored_bytes``
 bounds (set it below ``maxmemory``).
+``changed:<id>``
+    a pub/sub channel published to on every change of a task's state or
+    progress; :meth:`RedisStore.watch` (a Server-Sent Events stream) listens.
+``list:<owner>:<state>`` / ``list:<owner>:all``
+    sorted sets by creation time: the task list's index, per owner hash
+    (empty for none). A finished task is also in ``unlist`` (by its expiry,
+    as ``<owner>|<id>``), from which it leaves the index when it expires.
+``cb:<id>`` / ``callbacks``
+    a completion callback still to send (a hash), and the sorted set of them
+    by when each is due; claiming one pushes its due time past the claim.
 
 Every change of state is one Lua script, so it is atomic across processes.
 Times are the clients' clocks (``time.time()``), like every other store: keep
@@ -55,15 +65,29 @@ from __future__ import annotations
 import io
 import json
 import logging
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
 
-from ..task import Body, BodyKind, BodySink, Created, KeyEntry, Progress, Result, TaskRecord
+from ..task import (
+    Body,
+    BodyKind,
+    BodySink,
+    Callback,
+    Created,
+    Delivery,
+    KeyEntry,
+    Progress,
+    Result,
+    State,
+    TaskRecord,
+)
 from .base import Store, StoreFull, StoreUnavailable
 
 __all__ = ["RedisStore"]
@@ -104,6 +128,40 @@ local function wake(id)
   redis.call('PEXPIRE', done, '60000')
 end
 
+local function changed(id)
+  redis.call('PUBLISH', prefix .. 'changed:' .. id, '1')
+end
+
+-- The task list's index: moves a task between its owner's state sets.
+local function relist(id, owner, created, from, to)
+  local base = prefix .. 'list:' .. owner .. ':'
+  if from then
+    redis.call('ZREM', base .. from, id)
+  end
+  if to then
+    redis.call('ZADD', base .. to, created, id)
+    redis.call('ZADD', base .. 'all', created, id)
+  else
+    redis.call('ZREM', base .. 'all', id)
+  end
+end
+
+-- Finished tasks whose record expired leave the index, a batch at a time.
+local function unlist_expired(now)
+  local unlist = prefix .. 'unlist'
+  local due = redis.call('ZRANGEBYSCORE', unlist, '-inf', now, 'LIMIT', 0, 100)
+  for _, member in ipairs(due) do
+    local bar = string.find(member, '|', 1, true)
+    local owner = string.sub(member, 1, bar - 1)
+    local id = string.sub(member, bar + 1)
+    if redis.call('EXISTS', prefix .. 'task:' .. id) == 0 then
+      relist(id, owner, 0, 'done', nil)
+    end
+    redis.call('ZREM', unlist, member)
+  end
+end
+
+
 local function body_key(id, kind)
   return prefix .. 'body:' .. id .. ':' .. kind
 end
@@ -134,6 +192,21 @@ end
 -- ``spooled`` ("<size> <sha256>") the result's body is body:<id>:result.
 local function finish(id, now, status, headers, body, spooled)
   local task = prefix .. 'task:' .. id
+  local was = redis.call('HMGET', task, 'state', 'owner', 'created', 'ttl', 'callback')
+  local owner = was[2] or ''
+  relist(id, owner, was[3], was[1], 'done')
+  local expires = tonumber(now) + tonumber(was[4] or '0')
+  redis.call('ZADD', prefix .. 'unlist', expires, owner .. '|' .. id)
+  if was[5] then
+    local cb = prefix .. 'cb:' .. id
+    redis.call('HSET', cb, 'callback', was[5], 'status', tonumber(string.sub(status, 1, 3)),
+               'finished', now, 'attempts', 0, 'deadline', expires, 'claim', '')
+    -- Kept a little past its deadline, so that it can never outlive the
+    -- table even if no process ever settles it.
+    redis.call('PEXPIREAT', cb, string.format('%d', math.ceil((expires + 3600) * 1000)))
+    redis.call('ZADD', prefix .. 'callbacks', now, id)
+  end
+  changed(id)
   redis.call('HSET', task, 'state', 'done', 'finished', now,
              'status', status, 'headers', headers, 'body', body)
   drop_body(id, 'request')
@@ -161,6 +234,7 @@ local function finish(id, now, status, headers, body, spooled)
   end
   wake(id)
   trim_tombstones(tonumber(now))
+  unlist_expired(tonumber(now))
 end
 """
 
@@ -201,6 +275,8 @@ if redis.call('EXISTS', body_key(id, 'request')) == 1 then
   redis.call('ZADD', prefix .. 'bodies:until', 'inf', id .. ':request')
 end
 redis.call('ZADD', active, ARGV[7], id)
+relist(id, redis.call('HGET', KEYS[1], 'owner') or '', ARGV[7], nil, 'queued')
+unlist_expired(tonumber(ARGV[6]))
 local lease_until = redis.call('HGET', KEYS[1], 'lease_until')
 if lease_until then
   redis.call('ZADD', prefix .. 'leases', lease_until, id)
@@ -241,6 +317,9 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[5], 'lease_until', ARGV[6])
 redis.call('ZADD', prefix .. 'leases', ARGV[6], ARGV[4])
+local was = redis.call('HMGET', KEYS[1], 'owner', 'created')
+relist(ARGV[4], was[1] or '', was[2], 'queued', 'running')
+changed(ARGV[4])
 return 1
 """
 )
@@ -261,7 +340,7 @@ return 0
 """
 )
 
-# KEYS[1] task. ARGV[4] progress (JSON).
+# KEYS[1] task. ARGV[4] progress (JSON), ARGV[5] id.
 _PROGRESS = (
     _LIB
     + """
@@ -269,6 +348,7 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[4])
+changed(ARGV[5])
 return 1
 """
 )
@@ -308,6 +388,10 @@ local key = redis.call('HGET', KEYS[1], 'key')
 if key then
   redis.call('DEL', prefix .. 'key:' .. key)
 end
+local was = redis.call('HMGET', KEYS[1], 'state', 'owner')
+relist(id, was[2] or '', 0, was[1], nil)
+redis.call('ZREM', prefix .. 'unlist', (was[2] or '') .. '|' .. id)
+changed(id)
 redis.call('DEL', KEYS[1], prefix .. 'tomb:' .. id)
 redis.call('ZREM', prefix .. 'active', id)
 redis.call('ZREM', prefix .. 'leases', id)
@@ -358,6 +442,108 @@ local member_until = redis.call('ZSCORE', prefix .. 'bodies:until', ARGV[4])
 if not member_until or member_until ~= 'inf' then
   redis.call('ZADD', prefix .. 'bodies:until', now + tonumber(ARGV[6]), ARGV[4])
   redis.call('PEXPIRE', KEYS[1], ms(tonumber(ARGV[6]) + 60))
+end
+return 1
+"""
+)
+
+# KEYS[1] list:<owner>:<state or all>. ARGV[4] now, ARGV[5] limit, ARGV[6] the
+# cursor's created ('' for the newest), ARGV[7] its id. Answers {id, {field,
+# value, ...}, ...}, newest first by (created, id).
+_LIST = (
+    _LIB
+    + """
+unlist_expired(tonumber(ARGV[4]))
+-- Every field but the result's body: a page never loads bodies.
+local listed = {'state', 'created', 'started', 'finished', 'progress', 'status', 'headers',
+                'owner', 'lease_until', 'ttl', 'callback'}
+local limit = tonumber(ARGV[5])
+local answer = {}
+local ids = {}
+local top = '+inf'
+if ARGV[6] ~= '' then
+  -- Equal creation times are ordered by id (what ZRANGE does too): those
+  -- tied with the cursor come first, then everything strictly older.
+  local tied = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[6], ARGV[6])
+  for i = #tied, 1, -1 do
+    if tied[i] < ARGV[7] then
+      table.insert(ids, tied[i])
+    end
+  end
+  top = '(' .. ARGV[6]
+end
+local offset = 0
+while #answer < limit * 2 do
+  if #ids == 0 then
+    ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], top, '-inf', 'LIMIT', offset, limit)
+    offset = offset + limit
+    if #ids == 0 then
+      break
+    end
+  end
+  local id = table.remove(ids, 1)
+  local values = redis.call('HMGET', prefix .. 'task:' .. id, unpack(listed))
+  local fields = {}
+  for i, name in ipairs(listed) do
+    if values[i] then
+      table.insert(fields, name)
+      table.insert(fields, values[i])
+    end
+  end
+  if #fields == 0 then
+    -- Expired before its turn in unlist_expired: drop it from the index.
+    redis.call('ZREM', KEYS[1], id)
+    offset = offset - 1
+  else
+    table.insert(answer, id)
+    table.insert(answer, fields)
+  end
+end
+return answer
+"""
+)
+
+# KEYS[1] callbacks. ARGV[4] now, ARGV[5] claimed until, ARGV[6] limit, ARGV[7]
+# the claim. Answers {id, callback, status, finished, attempts, deadline, ...}.
+_CLAIM = (
+    _LIB
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, ARGV[6])
+local answer = {}
+for _, id in ipairs(ids) do
+  local cb = prefix .. 'cb:' .. id
+  local fields = redis.call('HMGET', cb, 'callback', 'status', 'finished', 'attempts',
+                            'deadline')
+  if fields[1] then
+    redis.call('ZADD', KEYS[1], ARGV[5], id)
+    redis.call('HSET', cb, 'claim', ARGV[7])
+    table.insert(answer, id)
+    for _, value in ipairs(fields) do
+      table.insert(answer, value)
+    end
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return answer
+"""
+)
+
+# KEYS[1] cb:<id>, KEYS[2] callbacks. ARGV[4] id, ARGV[5] claim, ARGV[6] retry
+# at ('' when sent or given up).
+_SETTLE = (
+    _LIB
+    + """
+if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[5] then
+  return 0
+end
+if ARGV[6] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[4])
+else
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('HSET', KEYS[1], 'claim', '')
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4])
 end
 return 1
 """
@@ -526,6 +712,9 @@ class RedisStore(Store):
         self._append_script = register(_APPEND)
         self._drop_script = register(_DROP)
         self._stored_script = register(_STORED)
+        self._list_script = register(_LIST)
+        self._claim_script = register(_CLAIM)
+        self._settle_script = register(_SETTLE)
         self._check_eviction()
 
     def _check_eviction(self) -> None:
@@ -594,6 +783,8 @@ class RedisStore(Store):
             fields += ["lease_until", _num(record.lease_until)]
         if record.progress is not None:
             fields += ["progress", json.dumps(record.progress)]
+        if record.callback is not None:
+            fields += ["callback", json.dumps([record.callback.url, record.callback.status_url])]
         key_value = json.dumps([record.id, fingerprint]) if key is not None else ""
         answer = self._create(
             keys=[self._key("task", record.id)],
@@ -659,7 +850,7 @@ class RedisStore(Store):
     def _set_progress(self, task_id: str, progress: Progress) -> None:
         self._progress(
             keys=[self._key("task", task_id)],
-            args=[*self._lib_args, json.dumps(progress)],
+            args=[*self._lib_args, json.dumps(progress), task_id],
         )
 
     def _finish(
@@ -744,6 +935,98 @@ class RedisStore(Store):
     def _budget(self) -> int:
         return -1 if self.max_stored_bytes is None else int(self.max_stored_bytes)
 
+    @contextmanager
+    def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
+        if isinstance(self.client, RedisCluster):
+            # (Pub/sub on a cluster client is another API: read again instead.)
+            with super()._listen(task_id) as block:
+                yield block
+            return
+        # Subscribed before the caller reads, so that a change in between
+        # still wakes it: every change of state or progress publishes.
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self._key("changed", task_id))
+
+            def block(timeout: float) -> None:
+                if self._block_limit is not None:
+                    timeout = min(timeout, self._block_limit)
+                try:
+                    pubsub.get_message(timeout=timeout)
+                except redis.TimeoutError:
+                    pass  # the socket's timeout: the caller reads again
+
+            yield block
+        finally:
+            pubsub.close()
+
+    def _list(
+        self,
+        owner: str | None,
+        state: State | None,
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        key = f"{self.prefix}list:{owner or ''}:{state or 'all'}"
+        answer = cast(
+            "list[Any]",
+            self._list_script(
+                keys=[key],
+                args=[
+                    *self._lib_args,
+                    _num(time.time()),
+                    int(limit),
+                    "" if before is None else _num(before[0]),
+                    "" if before is None else before[1],
+                ],
+            ),
+        )
+        records = []
+        for i in range(0, len(answer), 2):
+            raw = answer[i + 1]
+            fields = {_str(raw[j]): raw[j + 1] for j in range(0, len(raw), 2)}
+            records.append(_record(_str(answer[i]), fields))
+        return records
+
+    def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        claim = secrets.token_hex(8)
+        answer = cast(
+            "list[Any]",
+            self._claim_script(
+                keys=[self.prefix + "callbacks"],
+                args=[*self._lib_args, _num(now), _num(now + lease), int(limit), claim],
+            ),
+        )
+        deliveries = []
+        for i in range(0, len(answer), 6):
+            task_id, callback, status, finished, attempts, deadline = answer[i : i + 6]
+            url, status_url = json.loads(callback)
+            deliveries.append(
+                Delivery(
+                    _str(task_id),
+                    url,
+                    status_url,
+                    int(status),
+                    float(finished),
+                    int(attempts),
+                    float(deadline),
+                    claim,
+                )
+            )
+        return deliveries
+
+    def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
+        settled = self._settle_script(
+            keys=[self._key("cb", delivery.task_id), self.prefix + "callbacks"],
+            args=[
+                *self._lib_args,
+                delivery.task_id,
+                delivery.claim,
+                "" if retry_at is None else _num(retry_at),
+            ],
+        )
+        return bool(settled)
+
     def close(self) -> None:
         if self._owns_client:
             self.client.close()
@@ -772,10 +1055,11 @@ def _record(task_id: str, fields: dict[str, Any]) -> TaskRecord:
         result = Result(
             _str(fields["status"]),
             [(name, value) for name, value in json.loads(fields["headers"])],
-            bytes(fields["body"]),
+            bytes(fields.get("body", b"")),
         )
     progress = fields.get("progress")
     owner = fields.get("owner")
+    callback = fields.get("callback")
     return TaskRecord(
         task_id,
         state=cast(Any, _str(fields["state"])),
@@ -787,6 +1071,7 @@ def _record(task_id: str, fields: dict[str, Any]) -> TaskRecord:
         owner=None if owner is None else _str(owner),
         lease_until=number("lease_until"),
         ttl=float(fields.get("ttl", 300.0)),
+        callback=None if callback is None else Callback(*json.loads(callback)),
     )
 
 

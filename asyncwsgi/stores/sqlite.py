@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -26,7 +27,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..task import Body, BodyKind, BodySink, Created, KeyEntry, Progress, Result, TaskRecord
+from ..task import (
+    Body,
+    BodyKind,
+    BodySink,
+    Callback,
+    Created,
+    Delivery,
+    KeyEntry,
+    Progress,
+    Result,
+    State,
+    TaskRecord,
+)
 from .base import Store, StoreFull, StoreUnavailable
 from .files import FileBody, ResultsDir
 
@@ -58,12 +71,25 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner TEXT,
     lease_until REAL,
     ttl REAL NOT NULL,
-    expires_at REAL
+    expires_at REAL,
+    callback TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at)
     WHERE expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks (state)
     WHERE state IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS callbacks (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    status_url TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    finished REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    deadline REAL NOT NULL,
+    due REAL NOT NULL,
+    claim TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due);
 CREATE TABLE IF NOT EXISTS tombstones (
     id TEXT PRIMARY KEY,
     owner TEXT,
@@ -89,9 +115,16 @@ CREATE TABLE IF NOT EXISTS bodies (
 _ACTIVE = "state IN ('queued', 'running')"
 _LAPSED = _ACTIVE + " AND lease_until < ?"
 
+# The task list's order: indexes that match its WHERE and ORDER BY exactly, so
+# that a page reads only its own rows.
+_LIST_INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_list ON tasks (owner, created, id);
+CREATE INDEX IF NOT EXISTS tasks_list_state ON tasks (owner, state, created, id);
+"""
+
 _COLUMNS = (
     "id, state, created, started, finished, progress, status, headers, body, owner,"
-    " lease_until, ttl, expires_at"
+    " lease_until, ttl, expires_at, callback"
 )
 
 
@@ -222,6 +255,12 @@ class SQLiteStore(Store):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+            if "callback" not in columns:  # a file made by an earlier version
+                conn.execute("ALTER TABLE tasks ADD COLUMN callback TEXT")
+            for statement in _LIST_INDEXES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -285,7 +324,7 @@ class SQLiteStore(Store):
             result = record.result
             conn.execute(
                 f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.state,
@@ -300,6 +339,9 @@ class SQLiteStore(Store):
                     record.lease_until,
                     record.ttl,
                     None,
+                    None
+                    if record.callback is None
+                    else json.dumps([record.callback.url, record.callback.status_url]),
                 ),
             )
             conn.execute("DELETE FROM tombstones WHERE id = ?", (record.id,))
@@ -318,7 +360,7 @@ class SQLiteStore(Store):
         row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is not None:
             record = _record(row)
-            expires_at = row[-1]
+            expires_at = row[12]  # the expires_at column
             if expires_at is not None and expires_at <= now:  # not tidied up yet
                 return self._tombstone(task_id, record.owner)
             if record.result is not None and row[8] is None:
@@ -412,6 +454,14 @@ class SQLiteStore(Store):
                     (body.size, body.sha256, task_id),
                 )
             self._forget_bodies(conn, [task_id], gone)
+            # Its completion callback, due at once, in the same transaction.
+            conn.execute(
+                "INSERT OR REPLACE INTO callbacks (id, url, status_url, status, finished,"
+                " attempts, deadline, due, claim) SELECT id, json_extract(callback, '$[0]'),"
+                " json_extract(callback, '$[1]'), ?, finished, 0, finished + ttl, finished, ''"
+                " FROM tasks WHERE id = ? AND callback IS NOT NULL",
+                (result.code, task_id),
+            )
         self._files.remove(task_id, *gone)
         return True
 
@@ -450,6 +500,64 @@ class SQLiteStore(Store):
     # SQLite cannot tell another process that a row changed (no LISTEN/NOTIFY,
     # and update hooks see only this connection's writes): the base's polling
     # wait, one indexed read each time, is what it has.
+
+    def _list(
+        self,
+        owner: str | None,
+        state: State | None,
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        now = time.time()
+        conn = self._conn()
+        if self._expiry_due(conn, now):
+            with self._write() as conn:
+                self._expire(conn, now)
+        # Every column but the result's body (x'': empty): a page never loads bodies.
+        columns = _COLUMNS.replace(" body,", " x'',")
+        query = f"SELECT {columns} FROM tasks WHERE owner IS ?"
+        params: list[Any] = [owner]
+        if state is not None:
+            query += " AND state = ?"
+            params.append(state)
+        if before is not None:
+            query += " AND (created, id) < (?, ?)"
+            params += before
+        query += " ORDER BY created DESC, id DESC LIMIT ?"
+        params.append(limit)
+        return [_record(row) for row in conn.execute(query, params)]
+
+    def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        claim = secrets.token_hex(8)
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT id, url, status_url, status, finished, attempts, deadline"
+                " FROM callbacks WHERE due <= ? ORDER BY due LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE callbacks SET due = ?, claim = ? WHERE id = ?",
+                [(now + lease, claim, row[0]) for row in rows],
+            )
+        return [
+            Delivery(row[0], row[1], row[2], int(row[3]), row[4], int(row[5]), row[6], claim)
+            for row in rows
+        ]
+
+    def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
+        with self._write() as conn:
+            if retry_at is None:
+                cursor = conn.execute(
+                    "DELETE FROM callbacks WHERE id = ? AND claim = ?",
+                    (delivery.task_id, delivery.claim),
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE callbacks SET due = ?, attempts = attempts + 1, claim = ''"
+                    " WHERE id = ? AND claim = ?",
+                    (retry_at, delivery.task_id, delivery.claim),
+                )
+            return cursor.rowcount == 1
 
     # -- bodies --------------------------------------------------------------
 
@@ -648,6 +756,7 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
         lease_until,
         ttl,
         _expires_at,
+        callback,
     ) = row
     result = None
     if status is not None:
@@ -664,4 +773,5 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
         owner=owner,
         lease_until=lease_until,
         ttl=ttl,
+        callback=None if callback is None else Callback(*json.loads(callback)),
     )
