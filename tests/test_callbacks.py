@@ -49,6 +49,7 @@ class Receiver:
 
     script: list[int] = field(default_factory=list)
     redirect_to: str | None = None
+    secret: str = SECRET
     deliveries: list[Delivery] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -61,7 +62,7 @@ class Receiver:
         }
         headers["content-type"] = environ.get("CONTENT_TYPE", "")
         try:
-            verified = Webhook(SECRET).verify(body, headers)
+            verified = Webhook(self.secret).verify(body, headers)
         except WebhookVerificationError as exc:
             verified = exc
         with self.lock:
