@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import base64
-import binascii
 import functools
 import hashlib
 import hmac
@@ -30,6 +28,7 @@ from .capture import Spool
 from .environ import read_body, snapshot
 from .events import DONE_ID, EventStream, wants_events
 from .executor import Executor, ThreadExecutor
+from .listing import decode_cursor, encode_cursor
 from .logs import task_extra
 from .metrics import INSTRUMENTS, scrape_registry
 from .options import check_options
@@ -613,7 +612,7 @@ class AsyncMiddleware:
         before = None
         raw_cursor = _one(query, "cursor")
         if raw_cursor is not None:
-            before = _decode_cursor(raw_cursor)
+            before = decode_cursor(raw_cursor)
             if before is None:
                 return _text(400, "cursor is not one this list gave")(environ, start_response)
         records = self.store.list_tasks(
@@ -636,7 +635,7 @@ class AsyncMiddleware:
                 "status": None if record.result is None else record.result.code,
             }
             tasks.append(item)
-        next_cursor = _encode_cursor(page[-1]) if len(records) > limit else None
+        next_cursor = encode_cursor(page[-1]) if len(records) > limit else None
         body = _encode_json({"tasks": tasks, "next": next_cursor}).encode()
         start_response(
             "200 OK",
@@ -818,22 +817,6 @@ def _document(record: TaskRecord, location: str) -> bytes:
 def _one(query: dict[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[-1] if values else None
-
-
-def _encode_cursor(record: TaskRecord) -> str:
-    # The position after the last task of a page, in the list's own order.
-    raw = f"{record.created!r}:{record.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str] | None:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, task_id = raw.partition(":")
-        position = (float(created), task_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None
-    return position if _ID_RE.fullmatch(task_id) else None
 
 
 def _text(code: int, message: str) -> Response:
