@@ -529,6 +529,11 @@ class SQLiteStore(Store):
 
     def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
         claim = secrets.token_hex(8)
+        # A read first: every process asks several times a second, and most
+        # often nothing is due; the write lock is taken only when something is.
+        due = self._conn().execute("SELECT 1 FROM callbacks WHERE due <= ? LIMIT 1", (now,))
+        if due.fetchone() is None:
+            return []
         with self._write() as conn:
             rows = conn.execute(
                 "SELECT id, url, status_url, status, finished, attempts, deadline"
