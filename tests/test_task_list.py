@@ -42,8 +42,10 @@ def page_all(client: Client, query: str, user: str, limit: int) -> list[dict[str
 
 @pytest.mark.slow
 def test_pages_cover_every_task_once_and_owners_never_mix(
-    wrap: Any, store_factory: StoreFactory
+    store_factory: StoreFactory, wrap: Any
 ) -> None:
+    # (store_factory first: its stores are closed after the middlewares, whose
+    # workers may still be using them until they are closed.)
     app = wrap(quick, store=store_factory(), owner=by_header("X-User"), max_pending=5000)
     client = Client(app)
     mine, theirs = [], []
@@ -67,7 +69,7 @@ def test_pages_cover_every_task_once_and_owners_never_mix(
     assert len(client.get("/status/", headers={"X-User": "ann"}).get_json()["tasks"]) == 50
 
 
-def test_fields_state_filter_and_limits(wrap: Any, store_factory: StoreFactory) -> None:
+def test_fields_state_filter_and_limits(store_factory: StoreFactory, wrap: Any) -> None:
     release = threading.Event()
 
     def gated(environ: dict[str, Any], start_response: Any) -> list[bytes]:
