@@ -34,7 +34,6 @@ logger = logging.getLogger("asyncwsgi")
 
 # The states of a task that is not finished yet.
 ACTIVE = ("queued", "running")
-logger = logging.getLogger("asyncwsgi")
 
 # How many lapsed tasks one call reclaims at most (the rest on the next call).
 RECLAIM_BATCH = 100
