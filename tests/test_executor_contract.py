@@ -447,12 +447,10 @@ def test_timeout_holds_when_the_accepting_process_is_gone(engine: Engine) -> Non
     assert engine.web.wait(location, timeout=15)[0] == 200
 
 
+# Not for the thread pool: its queue is in the accepting process, and gone with
+# it its tasks are lost (the killed-worker case), not waiting anywhere.
+@pytest.mark.parametrize("engine", REMOTE, indirect=True)
 def test_queue_timeout_holds_when_the_accepting_process_is_gone(engine: Engine) -> None:
-    if engine.name == "thread":
-        pytest.skip(
-            "not applicable: the pool's queue is in the accepting process; gone with it, "
-            "its tasks are lost (the killed-worker case), not waiting anywhere"
-        )
     queue_timeout = 1.0
     accepted = time.monotonic()
     location = _accept_and_vanish(
