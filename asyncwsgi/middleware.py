@@ -162,6 +162,15 @@ class AsyncMiddleware:
         if max_stored_bytes is not None:
             self.store.max_stored_bytes = max_stored_bytes
         self.max_stored_bytes = self.store.max_stored_bytes
+        if self.max_stored_bytes is not None and max_result > self.max_stored_bytes:
+            if self._owns_store:
+                self.store.close()
+            raise ValueError(
+                f"max_result ({max_result}) is larger than max_stored_bytes "
+                f"({self.max_stored_bytes}): a result's writer reserves max_result bytes of "
+                "the budget, so no result above the threshold could ever be stored; "
+                "lower max_result or raise max_stored_bytes"
+            )
         self.results_dir = results_dir
         self.spool_threshold = spool_threshold
         self.max_workers = _POOL_SIZE if max_workers is None and executor is None else max_workers
@@ -325,7 +334,15 @@ class AsyncMiddleware:
                 record.callback = Callback(callback_url, self.status_url(environ, task_id))
                 extra.append((CALLBACK_HEADER, callback_url))
             fingerprint = _fingerprint(environ, spool.sha256) if key is not None else None
-            outcome = store.create(record, key=key, fingerprint=fingerprint, limit=self.max_pending)
+            # Refused unless the budget has room for one more result of
+            # max_result: what its writer will reserve (runner._result_sink).
+            outcome = store.create(
+                record,
+                key=key,
+                fingerprint=fingerprint,
+                limit=self.max_pending,
+                room=self.max_result if self.max_result > self.spool_threshold else 0,
+            )
             created = outcome.created
         finally:
             if created:

@@ -18,7 +18,7 @@ from .logs import current_task_id, task_extra
 from .metrics import INSTRUMENTS
 from .results import error_result, store_full_result, too_large_result
 from .stores.base import Store, StoreFull, StoreUnavailable
-from .task import Result, TaskHandle
+from .task import BodySink, Result, TaskHandle
 from .tracing import end_run, inject, start_run
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ _RETRY_LAST = 2.0
 _START_PATIENCE = 5.0
 _NOT_STARTED = "the task could not be started: the task store was unavailable"
 _NOT_STORED = "the task's result could not be stored: the task store is full"
+# A result's writer waiting for room in the byte budget looks again after a
+# delay that doubles up to this; without a queue_timeout it waits this long.
+_ROOM_POLL = 1.0
+_ROOM_PATIENCE = 600.0
 
 
 def _why(exc: StoreUnavailable) -> str:
@@ -170,11 +174,8 @@ class TaskRunner:
         logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
         result: Result | None = None
         stop: BaseException | None = None
-        spool = Spool(
-            self.spool_threshold,
-            lambda: self.store.open_sink(task_id, "result"),
-            limit=self.max_result,
-        )
+        spool = Spool(self.spool_threshold, None, limit=self.max_result)
+        spool.open_sink = lambda: self._result_sink(task_id, spool.limit or self.max_result)
         stream = None
         failure = error_result(500)
         try:
@@ -231,6 +232,56 @@ class TaskRunner:
             current_task_id.reset(context)
         if stop is not None:
             raise stop
+
+    def _result_sink(self, task_id: str, worst: int) -> BodySink:
+        """Where a result too large for memory goes, with room for its worst
+        case (``max_result``) reserved before the first byte is written: a
+        task once accepted never finds the byte budget spent halfway.
+
+        While the budget has no such room, the app's thread waits for it
+        (results expire, tasks end and give back what they did not use);
+        meanwhile new submissions are refused (``Store.want_room``), so the
+        room goes to work already accepted. The wait ends when the task does
+        (deleted, or past its timeout), or after ``queue_timeout``: then the
+        result is not stored and the task ends as 500 with the reason.
+        """
+        deadline = time.monotonic() + (self.queue_timeout or _ROOM_PATIENCE)
+        delay = _RETRY_FIRST
+        waited = False
+        while True:
+            sink = self.store.open_sink(task_id, "result")
+            try:
+                sink.reserve(worst)
+                if waited:
+                    self.store.want_room(0)
+                    logger.info(
+                        "asyncwsgi: task %s got room for its result",
+                        task_id,
+                        extra=task_extra(task_id),
+                    )
+                return sink
+            except StoreFull:
+                sink.discard()
+                record = self.store.get(task_id)
+                if (
+                    record is None
+                    or record.state != "running"
+                    or time.monotonic() + delay > deadline
+                ):
+                    raise
+            if not waited:
+                waited = True
+                logger.warning(
+                    "asyncwsgi: task %s waits for room in the byte budget for its result "
+                    "(%d bytes, its max_result): new tasks are refused meanwhile",
+                    task_id,
+                    worst,
+                    extra=task_extra(task_id),
+                )
+            # Long enough to outlast the sleep: no gap for a submission.
+            self.store.want_room(delay + 1.0)
+            time.sleep(delay)
+            delay = min(delay * 2, _ROOM_POLL)
 
     @staticmethod
     def finished(task_id: str, result: Result) -> None:

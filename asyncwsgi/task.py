@@ -87,6 +87,13 @@ class BodySink(abc.ABC):
     def write(self, data: bytes) -> None: ...
 
     @abc.abstractmethod
+    def reserve(self, nbytes: int) -> None:
+        """Take ``nbytes`` of the byte budget ahead of the writes, all or
+        nothing (:class:`~asyncwsgi.stores.base.StoreFull` when they are not
+        free): writes within them take no more. :meth:`commit` gives back
+        what was not written."""
+
+    @abc.abstractmethod
     def commit(self, size: int, sha256: str) -> Body: ...
 
     @abc.abstractmethod

@@ -129,29 +129,89 @@ def test_max_result_default_is_a_gibibyte(wrap):
     assert wrap(streaming_app).max_result == 2**30
 
 
-def test_a_spent_budget_refuses_new_tasks_with_503_and_ends_a_growing_result_as_500(wrap, store):
-    mw = wrap(streaming_app, store=store, spool_threshold=64 * KIB, max_stored_bytes=3 * MIB)
-    assert store.max_stored_bytes == mw.max_stored_bytes == 3 * MIB
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def any_store(request, tmp_path):
+    """A store of each kind, with its own directory (or Redis database)."""
+    if request.param == "memory":
+        made = MemoryStore(results_dir=str(tmp_path / "results"))
+    elif request.param == "sqlite":
+        from asyncwsgi.stores import SQLiteStore
+
+        made = SQLiteStore(str(tmp_path / "tasks.db"))
+    else:
+        from asyncwsgi.stores.redis import RedisStore
+
+        made = RedisStore.from_url(request.getfixturevalue("redis_url"))
+        made.client.flushdb()
+    yield made
+    made.close()
+
+
+def test_a_budget_refuses_new_tasks_at_the_door_and_never_fails_an_accepted_one(
+    wrap, any_store, caplog
+):
+    """Each result's writer reserves its worst case (max_result) before it
+    writes; one that finds no room waits for it, and meanwhile new tasks get
+    503. Nothing accepted ends as 500 for want of room, and the budget is
+    never exceeded."""
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        gate.wait(10)
+        return streaming_app(environ, start_response)
+
+    store = any_store
+    budget = 3 * MIB
+    mw = wrap(
+        app,
+        store=store,
+        spool_threshold=64 * KIB,
+        max_stored_bytes=budget,
+        max_result=2 * MIB + 4 * KIB,  # the body and its headers
+        max_workers=2,
+    )
+    assert store.max_stored_bytes == mw.max_stored_bytes == budget
     client = Client(mw)
-    first = client.post(f"/work/{2 * MIB}", buffered=True).headers["Location"]
-    assert wait_done(client, first, buffered=True).status_code == 200
-    # Past the budget while it is written: that task ends as 500, nothing kept.
-    second = wait_done(client, client.post(f"/work/{2 * MIB}").headers["Location"], buffered=True)
-    assert second.status_code == 500
-    assert b"the result could not be stored" in second.data
-    assert b"max_stored_bytes" in second.data
-    assert store.stored_bytes == 2 * MIB
-    # Spent in full: a new task is refused before it is accepted.
-    third = client.post(f"/work/{MIB}", buffered=True)
-    assert third.status_code == 202
-    wait_done(client, third.headers["Location"], buffered=True)
-    assert store.stored_bytes == 3 * MIB
-    refused = client.post(f"/work/{MIB}", buffered=True)
+    # Both accepted: nothing is stored or reserved yet.
+    first = client.post(f"/work/{2 * MIB}", buffered=True)
+    second = client.post(f"/work/{2 * MIB}", buffered=True)
+    assert first.status_code == second.status_code == 202
+    gate.set()
+    # One writer reserves 2 MiB + 4 KiB; the other waits for room...
+    deadline = time.monotonic() + 10
+    while "waits for room" not in caplog.text:
+        assert time.monotonic() < deadline, "no writer waited for room"
+        assert store.stored_bytes <= budget
+        time.sleep(0.02)
+    # ... and new tasks are refused at the door meanwhile.
+    refused = client.post("/work/10", buffered=True)
     assert refused.status_code == 503
     assert refused.headers["Retry-After"]
-    # Freed when a result goes: accepted again.
-    assert client.delete(first, buffered=True).status_code == 204
+    assert b"full" in refused.data
+    done = [client.get(r.headers["Location"], buffered=True) for r in (first, second)]
+    ended = [r for r, d in zip((first, second), done, strict=True) if d.status_code == 200]
+    assert len(ended) == 1, [d.status_code for d in done]
+    assert ended[0] is not None
+    stored = wait_done(client, ended[0].headers["Location"], buffered=True)
+    assert stored.data == _pattern(2 * MIB)
+    assert store.stored_bytes == 2 * MIB  # what was not written was given back
+    # Its result goes: the waiting task gets the room and ends with its answer.
+    assert client.delete(ended[0].headers["Location"], buffered=True).status_code == 204
+    other = second if ended[0] is first else first
+    late = wait_done(client, other.headers["Location"], buffered=True)
+    assert late.status_code == 200
+    assert late.data == _pattern(2 * MIB)
+    assert store.stored_bytes == 2 * MIB
+    # No room for another worst case next to it: refused, not accepted to fail.
+    assert client.post("/work/10", buffered=True).status_code == 503
+    assert client.delete(other.headers["Location"], buffered=True).status_code == 204
+    assert store.stored_bytes == 0
     assert client.post(f"/work/{MIB}", buffered=True).status_code == 202
+
+
+def test_a_max_result_above_the_budget_is_refused_at_construction(wrap, store):
+    with pytest.raises(ValueError, match="max_result .* is larger than max_stored_bytes"):
+        wrap(streaming_app, store=store, max_stored_bytes=64 * MIB, max_result=65 * MIB)
 
 
 def test_a_spooled_body_is_sent_through_the_servers_file_wrapper(wrap, store):

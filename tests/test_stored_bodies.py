@@ -227,6 +227,7 @@ def test_results_dir_and_max_stored_bytes_reach_a_store_opened_from_a_url(tmp_pa
         store=f"sqlite:///{tmp_path}/tasks.db",
         results_dir=str(results),
         max_stored_bytes=64 * MIB,
+        max_result=64 * MIB,
         spool_threshold=MIB,
     )
     try:

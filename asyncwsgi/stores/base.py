@@ -85,8 +85,10 @@ class Store(abc.ABC):
     url: str | None = None
     #: The bytes of spooled bodies (results and request bodies above the
     #: middleware's ``spool_threshold``) the store may hold; None: no bound.
-    #: A new task is refused (:class:`StoreFull`) once they are spent, and a
-    #: body that would pass them fails with :class:`StoreFull` as it is written.
+    #: A new task is refused (:class:`StoreFull`) unless the ``room`` it asks
+    #: for is free, or while a writer waits for room (:meth:`want_room`); a
+    #: result's writer reserves its worst case (``max_result``) before it
+    #: writes, so a task once accepted never runs out of budget.
     max_stored_bytes: int | None = None
 
     def __init__(self, *, max_tombstones: int = 10_000, tombstone_ttl: float = 3600.0) -> None:
@@ -106,25 +108,28 @@ class Store(abc.ABC):
         key: str | None = None,
         fingerprint: str | None = None,
         limit: int | None = None,
+        room: int = 0,
     ) -> Created:
         """Insert a new queued task and bind the idempotency ``key`` (if
         given) to it, in one atomic step, unless
 
         - ``key`` is already bound to a task that still exists: nothing is
           written and that task is returned (``existing``), whatever the limit;
-        - ``limit`` tasks are already queued or running: nothing is written.
+        - ``limit`` tasks are already queued or running: nothing is written;
+        - the byte budget has less than ``room`` bytes free, or a writer waits
+          for room: :class:`StoreFull` is raised.
 
         Tasks whose lease has lapsed do not count (they are finished as lost
         first). A key lives as long as its task: deleted with it, forgotten
         when its result expires.
         """
         try:
-            outcome = self._insert(record, key, fingerprint, limit)
+            outcome = self._insert(record, key, fingerprint, limit, room)
             if outcome or outcome.existing is not None or limit is None:
                 return outcome
             if not self._reclaim(time.time()):
                 return outcome
-            return self._insert(record, key, fingerprint, limit)
+            return self._insert(record, key, fingerprint, limit, room)
         except self._backend_errors as exc:
             self._fault(exc)
             raise
@@ -306,6 +311,14 @@ class Store(abc.ABC):
         (Celery) that got only its size and digest."""
         raise NotImplementedError(f"{type(self).__name__} cannot hold spooled bodies")
 
+    def want_room(self, seconds: float) -> None:  # noqa: B027 (optional hook)
+        """A result's writer waits for room in the byte budget: refuse new
+        tasks (``create`` raises :class:`StoreFull`) for the next ``seconds``,
+        in every process that shares the store, so that the work already
+        accepted gets the room that frees first. The writer renews it while
+        it waits, and ends it (``seconds=0``) once it has its room. A store
+        without a byte budget has nothing to do."""
+
     # -- the rules' helpers ------------------------------------------------
 
     def _reclaim(self, now: float) -> int:
@@ -358,11 +371,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def _insert(
-        self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
+        self,
+        record: TaskRecord,
+        key: str | None,
+        fingerprint: str | None,
+        limit: int | None,
+        room: int,
     ) -> Created:
         """Atomically: the task ``key`` is bound to, if any; else, unless
         ``limit`` tasks are active, insert ``record`` (a copy of it) and bind
-        ``key`` to it."""
+        ``key`` to it; :class:`StoreFull` unless ``room`` bytes of the budget
+        are free and no writer waits for room."""
 
     @abc.abstractmethod
     def _read(self, task_id: str) -> TaskRecord | None:

@@ -81,6 +81,10 @@ class FileSink(BodySink):
         file.write(data)
         self.written += len(data)
 
+    def reserve(self, nbytes: int) -> None:
+        self._reserve(nbytes)
+        self.reserved += nbytes
+
     def commit(self, size: int, sha256: str) -> Body:
         if self._file is not None:
             self._file.flush()

@@ -73,6 +73,7 @@ class MemoryStore(Store):
         self._dir_lock: int | None = None
         self._stored: dict[tuple[str, BodyKind], int] = {}
         self.stored_bytes = 0
+        self._room_wanted_until = 0.0
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskRecord] = {}
         self._active: set[str] = set()
@@ -97,17 +98,23 @@ class MemoryStore(Store):
         self._deliveries: dict[str, tuple[Delivery, float]] = {}
 
     def _insert(
-        self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
+        self,
+        record: TaskRecord,
+        key: str | None,
+        fingerprint: str | None,
+        limit: int | None,
+        room: int,
     ) -> Created:
         with self._lock:
-            self._expire(time.time())
+            now = time.time()
+            self._expire(now)
             if key is not None:
                 existing = self._keys.get(key)
                 if existing is not None:
                     return Created(False, existing)
             if limit is not None and len(self._active) >= limit:
                 return Created(False)
-            self._check_budget()
+            self._check_budget(room, now)
             self._tasks[record.id] = _snapshot(record)
             self._active.add(record.id)
             self._index(record, None, record.state)
@@ -375,10 +382,23 @@ class MemoryStore(Store):
 
         return files.sink(task_id, kind, reserve=reserve, release=release)
 
-    def _check_budget(self) -> None:
+    def _check_budget(self, room: int = 0, now: float | None = None) -> None:
+        # With the lock held. ``now`` is given by a submission only: it also
+        # waits while a writer does.
         limit = self.max_stored_bytes
-        if limit is not None and self.stored_bytes >= limit:
+        if limit is not None and (
+            self.stored_bytes + room > limit
+            or self.stored_bytes >= limit
+            or (now is not None and now < self._room_wanted_until)
+        ):
             raise StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+
+    def want_room(self, seconds: float) -> None:
+        with self._lock:
+            now = time.time()
+            self._room_wanted_until = (
+                max(self._room_wanted_until, now + seconds) if seconds else 0.0
+            )
 
     def _drop_bodies(self, task_id: str, *kinds: BodyKind) -> None:
         # With the lock held.

@@ -188,6 +188,23 @@ local function reap_bodies(now)
   end
 end
 
+-- Counts ``n`` more bytes of a body against the budget (-1: none); false when
+-- they are not free. The body's time is renewed: ``seconds`` more for its
+-- writer (unless it already lives as long as its task).
+local function take_bytes(key, member, now, seconds, budget, n)
+  if budget >= 0 and tonumber(redis.call('GET', prefix .. 'stored') or '0') + n > budget then
+    return false
+  end
+  redis.call('INCRBY', prefix .. 'stored', n)
+  redis.call('HINCRBY', prefix .. 'bodies', member, n)
+  local member_until = redis.call('ZSCORE', prefix .. 'bodies:until', member)
+  if not member_until or member_until ~= 'inf' then
+    redis.call('ZADD', prefix .. 'bodies:until', now + seconds, member)
+    redis.call('PEXPIRE', key, ms(seconds + 60))
+  end
+  return true
+end
+
 -- Completes a queued or running task (the caller checked the state). With
 -- ``spooled`` ("<size> <sha256>") the result's body is body:<id>:result.
 local function finish(id, now, status, headers, body, spooled)
@@ -240,9 +257,10 @@ end
 
 # KEYS[1] task. ARGV[4] id, ARGV[5] limit (-1: none), ARGV[6] now, ARGV[7]
 # created, ARGV[8] key ('' if none), ARGV[9] key value, ARGV[10] byte budget
-# (-1: none), ARGV[11..] field/value pairs. Answers 1 (created), 0 (full), -1
-# (the byte budget is spent) or the value of a key already bound to a task
-# that exists.
+# (-1: none), ARGV[11] the bytes of it that must be free, ARGV[12..]
+# field/value pairs. Answers 1 (created), 0 (full), -1 (the byte budget is
+# spent, or a writer waits for room) or the value of a key already bound to a
+# task that exists.
 _CREATE = (
     _LIB
     + """
@@ -264,11 +282,15 @@ if limit >= 0 and redis.call('ZCARD', active) >= limit then
 end
 reap_bodies(tonumber(ARGV[6]))
 local budget = tonumber(ARGV[10])
-if budget >= 0 and tonumber(redis.call('GET', prefix .. 'stored') or '0') >= budget then
-  return -1
+if budget >= 0 then
+  local stored = tonumber(redis.call('GET', prefix .. 'stored') or '0')
+  if stored >= budget or stored + tonumber(ARGV[11]) > budget
+     or redis.call('EXISTS', prefix .. 'room_wanted') == 1 then
+    return -1
+  end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
 if redis.call('EXISTS', body_key(id, 'request')) == 1 then
   -- The spooled request body now lives as long as its task does.
   redis.call('PERSIST', body_key(id, 'request'))
@@ -420,8 +442,9 @@ return {queued, running}
 
 # KEYS[1] body. ARGV[4] member (<id>:<kind>), ARGV[5] now, ARGV[6] seconds the
 # writer has for its next chunk, ARGV[7] byte budget (-1: none), ARGV[8] the
-# chunks already written, ARGV[9] the chunk. Answers 1, 0 (budget spent) or -1
-# (the body was removed meanwhile: deleted, or its writer was too slow).
+# chunks already written, ARGV[9] the chunk, ARGV[10] the bytes of it not yet
+# reserved. Answers 1, 0 (budget spent) or -1 (the body was removed
+# meanwhile: deleted, or its writer was too slow).
 _APPEND = (
     _LIB
     + """
@@ -430,20 +453,58 @@ reap_bodies(now)
 if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[8]) then
   return -1
 end
-local n = string.len(ARGV[9])
-local budget = tonumber(ARGV[7])
-if budget >= 0 and tonumber(redis.call('GET', prefix .. 'stored') or '0') + n > budget then
+redis.call('RPUSH', KEYS[1], ARGV[9])
+if not take_bytes(KEYS[1], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]),
+                  tonumber(ARGV[10])) then
+  redis.call('RPOP', KEYS[1])
   return 0
 end
-redis.call('RPUSH', KEYS[1], ARGV[9])
-redis.call('INCRBY', prefix .. 'stored', n)
-redis.call('HINCRBY', prefix .. 'bodies', ARGV[4], n)
-local member_until = redis.call('ZSCORE', prefix .. 'bodies:until', ARGV[4])
-if not member_until or member_until ~= 'inf' then
-  redis.call('ZADD', prefix .. 'bodies:until', now + tonumber(ARGV[6]), ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], ms(tonumber(ARGV[6]) + 60))
-end
 return 1
+"""
+)
+
+# KEYS[1] body. ARGV[4] member, ARGV[5] now, ARGV[6] seconds the writer has
+# for its first chunk, ARGV[7] byte budget, ARGV[8] bytes. Answers 1, or 0
+# when they are not free.
+_RESERVE = (
+    _LIB
+    + """
+local now = tonumber(ARGV[5])
+reap_bodies(now)
+if take_bytes(KEYS[1], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]),
+              tonumber(ARGV[8])) then
+  return 1
+end
+return 0
+"""
+)
+
+# ARGV[4] member, ARGV[5] bytes reserved and not written: given back.
+_RELEASE = (
+    _LIB
+    + """
+local held = tonumber(redis.call('HGET', prefix .. 'bodies', ARGV[4]) or '0')
+local give = math.min(held, tonumber(ARGV[5]))
+if give > 0 then
+  redis.call('HINCRBY', prefix .. 'bodies', ARGV[4], -give)
+  redis.call('DECRBY', prefix .. 'stored', give)
+end
+return give
+"""
+)
+
+# ARGV[4] milliseconds: new tasks are refused meanwhile (a writer waits); 0
+# ends that (the writer has its room).
+_WANT_ROOM = (
+    _LIB
+    + """
+local room = prefix .. 'room_wanted'
+if tonumber(ARGV[4]) == 0 then
+  redis.call('DEL', room)
+elseif redis.call('PTTL', room) < tonumber(ARGV[4]) then
+  redis.call('SET', room, '1', 'PX', ARGV[4])
+end
+return 0
 """
 )
 
@@ -710,6 +771,9 @@ class RedisStore(Store):
         self._delete_script = register(_DELETE)
         self._count_states_script = register(_COUNT_STATES)
         self._append_script = register(_APPEND)
+        self._reserve_script = register(_RESERVE)
+        self._release_script = register(_RELEASE)
+        self._want_room_script = register(_WANT_ROOM)
         self._drop_script = register(_DROP)
         self._stored_script = register(_STORED)
         self._list_script = register(_LIST)
@@ -765,7 +829,12 @@ class RedisStore(Store):
             raise StoreUnavailable(f"Redis refuses writes: {exc}") from exc
 
     def _insert(
-        self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
+        self,
+        record: TaskRecord,
+        key: str | None,
+        fingerprint: str | None,
+        limit: int | None,
+        room: int,
     ) -> Created:
         fields: list[str | bytes] = [
             "state",
@@ -797,6 +866,7 @@ class RedisStore(Store):
                 key or "",
                 key_value,
                 self._budget(),
+                room,
                 *fields,
             ],
         )
@@ -934,6 +1004,13 @@ class RedisStore(Store):
 
     def _budget(self) -> int:
         return -1 if self.max_stored_bytes is None else int(self.max_stored_bytes)
+
+    def want_room(self, seconds: float) -> None:
+        if self.max_stored_bytes is None:
+            return
+        with self._translated():
+            millis = max(1, round(seconds * 1000)) if seconds else 0
+            self._want_room_script(args=[*self._lib_args, millis])
 
     @contextmanager
     def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
@@ -1085,8 +1162,32 @@ class RedisSink(BodySink):
         self.task_id = task_id
         self.kind = kind
         self.key = store._key("body", f"{task_id}:{kind}")
+        self.member = f"{task_id}:{kind}"
         self.chunks = 0
+        self.pushed = 0
+        # Bytes counted against the budget: reserved ahead, or pushed past that.
+        self.counted = 0
         self._buffer = bytearray()
+
+    def reserve(self, nbytes: int) -> None:
+        store = self.store
+        with store._translated():
+            taken = store._reserve_script(
+                keys=[self.key],
+                args=[
+                    *store._lib_args,
+                    self.member,
+                    _num(time.time()),
+                    _num(store.spool_ttl),
+                    store._budget(),
+                    nbytes,
+                ],
+            )
+        if not int(taken):
+            raise StoreFull(
+                f"the store's byte budget (max_stored_bytes={store.max_stored_bytes}) is spent"
+            )
+        self.counted += nbytes
 
     def write(self, data: bytes) -> None:
         buffer = self._buffer
@@ -1098,6 +1199,7 @@ class RedisSink(BodySink):
 
     def _push(self, chunk: bytes) -> None:
         store = self.store
+        extra = max(0, self.pushed + len(chunk) - self.counted)
         with store._translated():
             answer = int(
                 store._append_script(
@@ -1110,6 +1212,7 @@ class RedisSink(BodySink):
                         store._budget(),
                         self.chunks,
                         chunk,
+                        extra,
                     ],
                 )
             )
@@ -1120,11 +1223,19 @@ class RedisSink(BodySink):
         if answer < 0:
             raise StoreFull("the body was removed while it was being written")
         self.chunks += 1
+        self.pushed += len(chunk)
+        self.counted += extra
 
     def commit(self, size: int, sha256: str) -> Body:
         if self._buffer:
             self._push(bytes(self._buffer))
             self._buffer = bytearray()
+        unused = self.counted - self.pushed
+        if unused > 0:
+            store = self.store
+            with store._translated():
+                store._release_script(args=[*store._lib_args, self.member, unused])
+            self.counted = self.pushed
         return RedisBody(self.store, self.key, size, sha256)
 
     def discard(self) -> None:

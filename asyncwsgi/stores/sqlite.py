@@ -109,6 +109,10 @@ CREATE TABLE IF NOT EXISTS bodies (
     sha256 TEXT,
     PRIMARY KEY (task_id, kind)
 );
+CREATE TABLE IF NOT EXISTS room_wanted (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    until REAL NOT NULL
+);
 """
 
 # The lease rule (stores/base.py: lapsed) in SQL, with the time as parameter.
@@ -304,7 +308,12 @@ class SQLiteStore(Store):
     # -- the primitives ------------------------------------------------------
 
     def _insert(
-        self, record: TaskRecord, key: str | None, fingerprint: str | None, limit: int | None
+        self,
+        record: TaskRecord,
+        key: str | None,
+        fingerprint: str | None,
+        limit: int | None,
+        room: int,
     ) -> Created:
         now = time.time()
         with self._write() as conn:
@@ -320,7 +329,7 @@ class SQLiteStore(Store):
                     return Created(False, KeyEntry(row[0], row[1]))
             if limit is not None and self._count_in(conn) >= limit:
                 return Created(False)
-            self._check_budget(conn, 0)
+            self._check_budget(conn, room, now)
             result = record.result
             conn.execute(
                 f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
@@ -605,13 +614,37 @@ class SQLiteStore(Store):
     def _stored_in(conn: sqlite3.Connection) -> int:
         return int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM bodies").fetchone()[0])
 
-    def _check_budget(self, conn: sqlite3.Connection, nbytes: int) -> None:
+    def _check_budget(
+        self, conn: sqlite3.Connection, nbytes: int, now: float | None = None
+    ) -> None:
+        # ``now`` is given by a submission only: it also waits while a writer does.
         limit = self.max_stored_bytes
         if limit is None:
             return
         stored = self._stored_in(conn)
-        if stored + nbytes > limit or stored >= limit:
+        if (
+            stored + nbytes > limit
+            or stored >= limit
+            or (
+                now is not None
+                and conn.execute("SELECT 1 FROM room_wanted WHERE until > ?", (now,)).fetchone()
+            )
+        ):
             raise StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+
+    def want_room(self, seconds: float) -> None:
+        if self.max_stored_bytes is None:
+            return
+        until = time.time() + seconds
+        with self._translated(), self._write() as conn:
+            if not seconds:
+                conn.execute("DELETE FROM room_wanted")
+                return
+            conn.execute(
+                "INSERT INTO room_wanted (one, until) VALUES (1, ?)"
+                " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",
+                (until,),
+            )
 
     @staticmethod
     def _forget_bodies(

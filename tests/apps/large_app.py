@@ -3,7 +3,9 @@
 Configured from the environment: ``ASYNCWSGI_TEST_STORE`` (a store URL, or
 ``memory:``), ``ASYNCWSGI_TEST_MAX_BODY``, ``ASYNCWSGI_TEST_MAX_STORED_BYTES``,
 ``ASYNCWSGI_TEST_RESULTS_DIR``, ``ASYNCWSGI_TEST_RESULT_TTL``,
-``ASYNCWSGI_TEST_SPOOL_THRESHOLD``.
+``ASYNCWSGI_TEST_SPOOL_THRESHOLD``, ``ASYNCWSGI_TEST_MAX_RESULT`` (2 GiB by
+default, and a budget of 4 GiB unless one is given: room for a 1 GiB upload
+and the worst case of its result).
 
 ``/work/big?size=N`` streams :func:`stream` (N bytes in 64 KiB chunks, each
 one different); ``/work/upload`` answers ``<sha256 hex> <length>`` of the
@@ -101,8 +103,8 @@ application = AsyncMiddleware(
     paths=["/work/*"],
     store=os.environ.get("ASYNCWSGI_TEST_STORE", "memory:"),
     max_body=_optional_int("ASYNCWSGI_TEST_MAX_BODY") or 10 * 2**20,
-    max_result=2**31,
-    max_stored_bytes=_optional_int("ASYNCWSGI_TEST_MAX_STORED_BYTES"),
+    max_result=_optional_int("ASYNCWSGI_TEST_MAX_RESULT") or 2**31,
+    max_stored_bytes=_optional_int("ASYNCWSGI_TEST_MAX_STORED_BYTES") or 4 * 2**30,
     results_dir=os.environ.get("ASYNCWSGI_TEST_RESULTS_DIR") or None,
     result_ttl=float(os.environ.get("ASYNCWSGI_TEST_RESULT_TTL", "300")),
     spool_threshold=_optional_int("ASYNCWSGI_TEST_SPOOL_THRESHOLD") or 2**20,
