@@ -41,7 +41,7 @@ class Spool:
         "limit",
         "too_large",
         "size",
-        "open_sink",
+        "_open_sink",
         "_chunks",
         "_hash",
         "sink",
@@ -59,7 +59,7 @@ class Spool:
         self.limit = limit
         self.too_large = too_large
         self.size = 0
-        self.open_sink = open_sink
+        self._open_sink = open_sink
         self._chunks: list[bytes] = []
         self._hash = hashlib.sha256()
         self.sink: BodySink | None = None
@@ -73,10 +73,10 @@ class Spool:
         sink = self.sink
         try:
             if sink is None:
-                if size <= self.threshold or self.open_sink is None:
+                if size <= self.threshold or self._open_sink is None:
                     self._chunks.append(data)
                     return
-                sink = self.sink = self.open_sink()
+                sink = self.sink = self._open_sink()
                 chunks, self._chunks = self._chunks, []
                 for chunk in chunks:
                     sink.write(chunk)

@@ -270,7 +270,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("spool_threshold", int, 1 * MiB, _count(0),
            "body bytes kept in memory; larger results and request bodies go to the store"),
     Option("max_stored_bytes", _optional_int, None, _count(0, optional=True),
-           "bytes of spooled bodies a store holds; beyond it 503 (None: the store's default)"),
+           "bytes of spooled bodies a store holds; a large result reserves max_result of it "
+           "first, new tasks get 503 without room (None: the store's default)"),
     Option("results_dir", _optional_text, None, _any,
            "directory of spooled bodies (memory and SQLite stores)"),
     Option("retry_after", int, 1, _count(0),

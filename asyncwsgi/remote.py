@@ -10,7 +10,8 @@ thread pool, so a task behaves the same on every engine: progress,
 What the message holds (:func:`job_message`): the task id, the store URL, the
 JSON-safe part of the environ (:func:`~asyncwsgi.environ.json_environ`), the
 body in base64 when it is small (up to ``spool_threshold``), ``max_result``,
-``lease``, ``spool_threshold``, the ``timeout`` deadline and the
+the store's ``max_stored_bytes`` (which the worker's store, opened from the
+URL, takes on), ``lease``, ``spool_threshold``, the ``timeout`` deadline and the
 ``queue_timeout`` one. The engine itself is told nothing else of the request.
 A larger request body never enters the engine's queue: it was spooled into
 the store before the 202 (chunks in Redis, a file beside an SQLite
@@ -111,6 +112,9 @@ def job_message(runner: TaskRunner, job: Job) -> dict[str, Any]:
         "environ": json_environ(job.environ),
         "body": body,
         "max_result": runner.max_result,
+        # The worker's store, opened from the URL, learns the budget here:
+        # its result writers reserve from the same one as the web side's.
+        "max_stored_bytes": runner.store.max_stored_bytes,
         "lease": runner.lease,
         "deadline": None if runner.timeout is None else time.time() + runner.timeout,
         "queued_until": (
@@ -131,6 +135,8 @@ def run_message(app: str, message: dict[str, Any]) -> None:
             message["lease"],
             message.get("spool_threshold") or 2**20,
         )
+        if message.get("max_stored_bytes") is not None:
+            runner.store.max_stored_bytes = message["max_stored_bytes"]
     except Exception:
         # Left queued, the task would wait for its queue_timeout: end it now.
         logger.exception("asyncwsgi: could not load %s for task %s", app, message["id"])

@@ -174,8 +174,11 @@ class TaskRunner:
         logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
         result: Result | None = None
         stop: BaseException | None = None
-        spool = Spool(self.spool_threshold, None, limit=self.max_result)
-        spool.open_sink = lambda: self._result_sink(task_id, spool.limit or self.max_result)
+        spool = Spool(
+            self.spool_threshold,
+            lambda: self._result_sink(task_id, self.max_result),
+            limit=self.max_result,
+        )
         stream = None
         failure = error_result(500)
         try:

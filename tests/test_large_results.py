@@ -264,7 +264,12 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_disk_that_fills_while_spooling_ends_that_task_only(tmpfs, tmp_path):
-    env = {"ASYNCWSGI_TEST_STORE": "memory:", "ASYNCWSGI_TEST_RESULTS_DIR": str(tmpfs)}
+    env = {
+        "ASYNCWSGI_TEST_STORE": "memory:",
+        "ASYNCWSGI_TEST_RESULTS_DIR": str(tmpfs),
+        # Far above the 8 MiB disk: the budget leaves the disk to fill.
+        "ASYNCWSGI_TEST_MAX_RESULT": str(64 * MIB),
+    }
     args = ("-w", "1", "-k", "gthread", "--threads", "8")
     with Gunicorn(APP, *args, env=env, log=tmp_path / "gunicorn.log") as server:
         port = server.port

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,7 @@ def test_the_job_holds_the_message_and_nothing_else_of_the_request(queue: Any) -
         "environ",
         "body",
         "max_result",
+        "max_stored_bytes",
         "lease",
         "deadline",
         "queued_until",
@@ -228,3 +230,60 @@ def test_an_app_the_worker_cannot_import_ends_the_task_as_500(queue: Any) -> Non
     assert response.status_code == 500, response.get_data()
     assert b"could not load" in response.get_data()
     middleware.close(timeout=1)
+
+
+def _big_app(environ: dict[str, Any], start_response: Any) -> Any:
+    """``/work/big``: 2 MiB in 64 KiB chunks."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return (bytes([i]) * 65536 for i in range(32))
+
+
+@pytest.mark.slow
+def test_a_worker_reserves_from_the_web_sides_byte_budget(queue: Any) -> None:
+    """The budget travels in the job: a worker whose store was opened from
+    a URL alone waits for room like the thread pool does, never past it."""
+    from asyncwsgi.contrib.rq import RQExecutor
+
+    port = queue.connection.connection_pool.connection_kwargs["port"]
+    budget = 3 * 2**20
+    middleware = AsyncMiddleware(
+        _big_app,
+        paths=["/work/*"],
+        store=f"redis://127.0.0.1:{port}/1",
+        executor=RQExecutor(queue, "tests.test_rq:_big_app"),
+        spool_threshold=64 * 1024,
+        max_stored_bytes=budget,
+        max_result=2 * 2**20 + 4096,
+    )
+    client = Client(middleware)
+    first, second = (client.post("/work/big").headers["Location"] for _ in range(2))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", "asyncwsgi.contrib.rq.Worker",
+         "-u", f"redis://127.0.0.1:{port}/0", "reports", "--logging_level", "WARNING"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while client.get(first).status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.get(first).get_data() == b"".join(_big_app({}, lambda *a: None))
+        # The second waits for room: 2 MiB stored, 2 MiB + 4 KiB more would pass 3 MiB.
+        for _ in range(20):
+            assert client.get(second).status_code == 202
+            assert middleware.store.stored_bytes <= budget
+            time.sleep(0.05)
+        assert client.post("/work/big").status_code == 503
+        assert client.delete(first).status_code == 204
+        while (late := client.get(second)).status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert late.status_code == 200
+        assert late.get_data() == b"".join(_big_app({}, lambda *a: None))
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        middleware.close(timeout=1)
