@@ -64,7 +64,7 @@ class MemoryStore(Store):
         max_tombstones: int = 10_000,
         tombstone_ttl: float = 3600.0,
         results_dir: str | None = None,
-        max_stored_bytes: int | None = 2 * 2**30,
+        max_stored_bytes: int | None = 8 * 2**30,
     ) -> None:
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
         self.results_dir = results_dir
