@@ -4,7 +4,13 @@ With prometheus_client installed, every process that accepts or runs tasks
 (a web worker, a Celery worker) counts them in the process's metric objects
 (:data:`INSTRUMENTS`, registered in prometheus_client's default registry);
 without it nothing is counted and nothing is imported. Labels are bounded:
-the rejection reason and the status class, never a path or a task id.
+the rejection reason, the status class and the configured path pattern that
+made the request a task (``pattern="/reports/*"``), never a path or a task
+id. The pattern labels what is counted where the request is at hand: tasks
+accepted and rejected, their queue wait and run time, on whichever process
+runs them (it travels with the task). Tasks finished, lost, timed out,
+cancelled or expired are counted where only the task's record is known (the
+store's lease sweep, the timeout watchdog, a ``DELETE``), so without it.
 
 The queued and running gauges are read from the store when scraped
 (:class:`StoreCollector`), so every process of a deployment reports the same
@@ -17,8 +23,8 @@ and a scrape, whichever worker answers it, sums them
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 try:
     import prometheus_client
@@ -32,7 +38,14 @@ if TYPE_CHECKING:
     from .stores.base import Store
     from .task import Result
 
-__all__ = ["INSTRUMENTS", "REJECT_REASONS", "Instruments", "StoreCollector", "scrape_registry"]
+__all__ = [
+    "INSTRUMENTS",
+    "REJECT_REASONS",
+    "ByPattern",
+    "Instruments",
+    "StoreCollector",
+    "scrape_registry",
+]
 
 #: Why a task was refused, the label values of ``asyncwsgi_tasks_rejected_total``.
 REJECT_REASONS = ("full", "closed", "too_large", "store_unavailable", "executor_unavailable")
@@ -48,6 +61,15 @@ def status_class(status: str) -> str:
     return f"{head}xx" if head and head in "12345" else "5xx"
 
 
+class ByPattern(NamedTuple):
+    """The metrics of one pattern's tasks (children of :class:`Instruments`'
+    labelled metrics)."""
+
+    accepted: Counter
+    queue_wait: Histogram
+    run_time: Histogram
+
+
 class Instruments:
     """The metric objects of one process: counters, histograms and the gauge
     of requests waiting for a task (``Prefer: wait``)."""
@@ -61,11 +83,11 @@ class Instruments:
             registry = prometheus_client.REGISTRY
         self.accepted = Counter(
             "asyncwsgi_tasks_accepted", "Tasks accepted (written to the store and queued)",
-            registry=registry,
+            ["pattern"], registry=registry,
         )  # fmt: skip
         self.rejected = Counter(
-            "asyncwsgi_tasks_rejected", "Task submissions refused, by reason", ["reason"],
-            registry=registry,
+            "asyncwsgi_tasks_rejected", "Task submissions refused, by reason",
+            ["reason", "pattern"], registry=registry,
         )  # fmt: skip
         self.finished = Counter(
             "asyncwsgi_tasks_finished",
@@ -94,11 +116,11 @@ class Instruments:
         )
         self.queue_wait = Histogram(
             "asyncwsgi_task_queue_wait_seconds", "Time from acceptance to the start of the run",
-            buckets=_TIME_BUCKETS, registry=registry,
+            ["pattern"], buckets=_TIME_BUCKETS, registry=registry,
         )  # fmt: skip
         self.run_time = Histogram(
             "asyncwsgi_task_run_seconds", "Time the app took to answer a task",
-            buckets=_TIME_BUCKETS, registry=registry,
+            ["pattern"], buckets=_TIME_BUCKETS, registry=registry,
         )  # fmt: skip
         self.result_bytes = Histogram(
             "asyncwsgi_task_result_bytes", "Size of the stored response bodies",
@@ -110,16 +132,39 @@ class Instruments:
             multiprocess_mode="livesum",
             registry=registry,
         )
-        # Every label value from the start: a series that appears only on the
-        # first event makes rate() and alerts miss it.
-        for reason in REJECT_REASONS:
-            self.rejected.labels(reason)
         # The children by label value, looked up once: labels() takes a lock.
         self._finished_by_class = {name: self.finished.labels(name) for name in _STATUS_CLASSES}
+        self._by_pattern: dict[str, ByPattern] = {}
 
     def collectors(self) -> list[Any]:
         """Every metric object, to register in a registry."""
         return [value for value in vars(self).values() if hasattr(value, "collect")]
+
+    def declare(self, patterns: Iterable[str]) -> None:
+        """Every series of these patterns from the start, at 0: a series that
+        appears only on the first event makes rate() and alerts miss it."""
+        for pattern in patterns:
+            self.of(pattern)
+            for reason in REJECT_REASONS:
+                self.rejected.labels(reason, pattern)
+
+    def of(self, pattern: object) -> ByPattern:
+        """The metrics of the tasks of ``pattern`` (a label value; anything
+        else, such as the absent pattern of a message from an older version,
+        is counted under the empty label)."""
+        label = pattern if isinstance(pattern, str) else ""
+        found = self._by_pattern.get(label)
+        if found is None:
+            # A race makes the same children twice: labels() returns one child.
+            found = self._by_pattern[label] = ByPattern(
+                self.accepted.labels(label),
+                self.queue_wait.labels(label),
+                self.run_time.labels(label),
+            )
+        return found
+
+    def reject(self, reason: str, pattern: str) -> None:
+        self.rejected.labels(reason, pattern).inc()
 
     def finish(self, result: Result) -> None:
         """A task ended with ``result`` (its store write succeeded)."""

@@ -33,11 +33,11 @@ from .logs import task_extra
 from .metrics import INSTRUMENTS, scrape_registry
 from .options import check_options
 from .owner import owner_hash
-from .patterns import Pattern, compile_patterns
+from .patterns import Pattern, compile_patterns, pattern_label
 from .prefer import parse_prefer, wait_seconds
 from .replay import BodyGone, replay
 from .results import error_result
-from .runner import ACCEPTED, TaskRunner
+from .runner import ACCEPTED, PATTERN, TaskRunner
 from .stores import Store, open_store
 from .stores.base import ACTIVE, StoreFull, StoreUnavailable
 from .task import Callback, Job, Result, State, TaskRecord
@@ -149,6 +149,8 @@ class AsyncMiddleware:
         self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
         self._refuse_overlap(self.paths, "paths")
         self._refuse_overlap(self.prefer_paths, "prefer_paths")
+        if INSTRUMENTS is not None:
+            INSTRUMENTS.declare(map(pattern_label, [*self.paths, *self.prefer_paths]))
         # A store opened here from a URL is this middleware's to close.
         self._owns_store = not isinstance(store, Store)
         store_options: dict[str, object] = {}
@@ -228,14 +230,14 @@ class AsyncMiddleware:
             if path.startswith(self.status_path):
                 return self._status(environ, start_response, path[len(self.status_path) :])
             if method in self.methods:
-                if self._match(path, method):
-                    return self._submit(environ, start_response, "")
+                if (pattern := self._match(path, method)) is not None:
+                    return self._submit(environ, start_response, "", pattern)
                 if (
                     self._prefer_match is not None
-                    and self._prefer_match(path, method)
+                    and (pattern := self._prefer_match(path, method)) is not None
                     and "respond-async" in parse_prefer(environ.get("HTTP_PREFER"))
                 ):
-                    return self._submit(environ, start_response, "respond-async")
+                    return self._submit(environ, start_response, "respond-async", pattern)
         except StoreFull as exc:
             # A byte budget spent or a full disk: said as such (it passes).
             logger.warning("asyncwsgi: %s %s: the task store is full: %s", method, path, exc)
@@ -251,7 +253,7 @@ class AsyncMiddleware:
     # -- submitting ------------------------------------------------------
 
     def _submit(
-        self, environ: WSGIEnvironment, start_response: StartResponse, applied: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, applied: str, pattern: str
     ) -> Iterable[bytes]:
         if "asyncwsgi.task" in environ:
             # A task's own request replayed through this middleware again.
@@ -259,11 +261,11 @@ class AsyncMiddleware:
         span = start_submit(environ)
         try:
             if span is None:
-                return self._accept(environ, start_response, applied, None)
+                return self._accept(environ, start_response, applied, pattern, None)
             with activate(span):
-                return self._accept(environ, start_response, applied, span)
+                return self._accept(environ, start_response, applied, pattern, span)
         except StoreUnavailable:
-            _rejected("store_unavailable")  # answered 503 by __call__
+            _rejected("store_unavailable", pattern)  # answered 503 by __call__
             raise
 
     def _accept(
@@ -271,10 +273,11 @@ class AsyncMiddleware:
         environ: WSGIEnvironment,
         start_response: StartResponse,
         applied: str,
+        pattern: str,
         span: Span | None,
     ) -> Iterable[bytes]:
         if self.closed:
-            _rejected("closed")
+            _rejected("closed", pattern)
             return self._unavailable("not accepting new tasks")(environ, start_response)
         if environ.get("wsgi.multiprocess") and not self.store.shared:
             self._warn_multiprocess()
@@ -322,7 +325,7 @@ class AsyncMiddleware:
                 body = read_body(environ, self.max_body, spool)
             except HTTPException as exc:
                 if exc.code == 413:
-                    _rejected("too_large")
+                    _rejected("too_large", pattern)
                 return exc(environ, start_response)
 
             now = time.time()
@@ -357,11 +360,13 @@ class AsyncMiddleware:
                 )
             return self._status(environ, start_response, outcome.existing.task_id, retried=True)
         if not outcome.created:
-            _rejected("full")
+            _rejected("full", pattern)
             return self._unavailable("too many pending tasks")(environ, start_response)
         job_environ = snapshot(environ)
         # When it was accepted, for the queue wait measured where it runs.
         job_environ[ACCEPTED] = repr(now)
+        # Which pattern made it a task: the label of its metrics where it runs.
+        job_environ[PATTERN] = pattern
         if span is not None:
             span.set_attribute(TASK_ID, record.id)
             inject(job_environ, span)
@@ -374,10 +379,10 @@ class AsyncMiddleware:
                 "asyncwsgi: could not queue task %s", record.id, extra=task_extra(record.id)
             )
             self.store.delete(record.id)
-            _rejected("executor_unavailable")
+            _rejected("executor_unavailable", pattern)
             return self._unavailable("could not queue the task")(environ, start_response)
         if INSTRUMENTS is not None:
-            INSTRUMENTS.accepted.inc()
+            INSTRUMENTS.of(pattern).accepted.inc()
 
         wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
         if wait:
@@ -547,7 +552,8 @@ class AsyncMiddleware:
         for pattern in patterns:
             match = compile_patterns([pattern])
             if (isinstance(pattern, str) and pattern.startswith(self.status_path)) or any(
-                match(under, method) and not match(elsewhere, method) for method in methods
+                match(under, method) is not None and match(elsewhere, method) is None
+                for method in methods
             ):
                 raise ValueError(
                     f"{name}: pattern {pattern!r} overlaps status_path {self.status_path!r}; "
@@ -850,6 +856,6 @@ def _gone(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
     return _text(410, "this task's result has expired")(environ, start_response)
 
 
-def _rejected(reason: str) -> None:
+def _rejected(reason: str, pattern: str) -> None:
     if INSTRUMENTS is not None:
-        INSTRUMENTS.rejected.labels(reason).inc()
+        INSTRUMENTS.reject(reason, pattern)

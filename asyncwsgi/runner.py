@@ -33,6 +33,9 @@ logger = logging.getLogger("asyncwsgi")
 #: The job environ's key for when the task was accepted (``repr(time.time())``,
 #: a string so that it crosses a JSON broker); the app never sees it.
 ACCEPTED = "asyncwsgi.accepted"
+#: The job environ's key for the path pattern that made the request a task
+#: (its metrics' label, wherever it runs); the app never sees it either.
+PATTERN = "asyncwsgi.pattern"
 
 # A store call that failed is tried again after a delay that doubles from the
 # first value up to the last: quick after a blip, one call every two seconds
@@ -169,8 +172,9 @@ class TaskRunner:
         begun = time.time()
         accepted = _accepted(job.environ)
         span = start_run(job.environ, task_id, accepted, begun)
-        if INSTRUMENTS is not None and accepted is not None:
-            INSTRUMENTS.queue_wait.observe(max(0.0, begun - accepted))
+        counted = INSTRUMENTS.of(job.environ.get(PATTERN)) if INSTRUMENTS is not None else None
+        if counted is not None and accepted is not None:
+            counted.queue_wait.observe(max(0.0, begun - accepted))
         logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
         result: Result | None = None
         stop: BaseException | None = None
@@ -185,8 +189,9 @@ class TaskRunner:
             environ = task_environ(job.environ, job.body)
             # The app (or a middleware of its) may replace wsgi.input: close ours.
             stream = environ["wsgi.input"]
-            # Travels with the job for the queue wait; not part of the request.
+            # Travel with the job for its metrics; not part of the request.
             environ.pop(ACCEPTED, None)
+            environ.pop(PATTERN, None)
             environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
             if span is not None:
                 inject(environ, span)  # the app's server span continues the trace
@@ -214,8 +219,8 @@ class TaskRunner:
             )  # fmt: skip
             if threading.current_thread() is threading.main_thread():
                 stop = exc
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.run_time.observe(time.time() - begun)
+        if counted is not None:
+            counted.run_time.observe(time.time() - begun)
         if stream is not None:
             try:
                 stream.close()

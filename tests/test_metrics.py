@@ -25,6 +25,9 @@ from bench.services import free_port
 from tests.helpers import wait_done
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tasks' pattern labels them (the tests mark paths=["/work/*"]).
+ACCEPTED = 'asyncwsgi_tasks_accepted_total{pattern="/work/*"}'
+RUN_COUNT = 'asyncwsgi_task_run_seconds_count{pattern="/work/*"}'
 
 
 def parse(text: str) -> dict[str, float]:
@@ -76,7 +79,7 @@ def test_metrics_path_is_answered_by_the_middleware(wrap: Any) -> None:
 
     client = Client(wrap(recording, metrics_path="/metrics", paths=["*"]))
     samples = scrape(client)
-    assert "asyncwsgi_tasks_accepted_total" in samples
+    assert 'asyncwsgi_tasks_accepted_total{pattern="*"}' in samples
     assert samples["asyncwsgi_store_up"] == 1
     assert client.head("/metrics").status_code == 200
     refused = client.post("/metrics")
@@ -124,18 +127,18 @@ def test_counts_every_outcome(wrap: Any) -> None:
 
     # The timed-out app runs on past its 504; its run time counts when it ends.
     deadline = time.monotonic() + 5
-    while (counted := delta(before, scrape(client)))["asyncwsgi_task_run_seconds_count"] < 6:
+    while (counted := delta(before, scrape(client)))[RUN_COUNT] < 6:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert counted["asyncwsgi_tasks_accepted_total"] == 6
+    assert counted[ACCEPTED] == 6
     assert counted['asyncwsgi_tasks_finished_total{status_class="2xx"}'] == 3
     assert counted['asyncwsgi_tasks_finished_total{status_class="5xx"}'] == 2
     assert counted["asyncwsgi_tasks_timed_out_total"] == 1
     assert counted["asyncwsgi_tasks_cancelled_total"] == 1
-    assert counted['asyncwsgi_tasks_rejected_total{reason="too_large"}'] == 1
+    assert counted['asyncwsgi_tasks_rejected_total{pattern="/work/*",reason="too_large"}'] == 1
     assert counted["asyncwsgi_expired_polls_total"] == 1
-    assert counted["asyncwsgi_task_queue_wait_seconds_count"] == 6
-    assert counted["asyncwsgi_task_run_seconds_count"] == 6
+    assert counted['asyncwsgi_task_queue_wait_seconds_count{pattern="/work/*"}'] == 6
+    assert counted[RUN_COUNT] == 6
     # The app's result (300 bytes) 3 times, the failure's and the timeout's
     # short error bodies: sizes, never contents.
     assert counted["asyncwsgi_task_result_bytes_count"] == 5
@@ -143,7 +146,8 @@ def test_counts_every_outcome(wrap: Any) -> None:
 
     middleware.close()
     assert client.post("/work/ok").status_code == 503
-    assert delta(before, scrape(client))['asyncwsgi_tasks_rejected_total{reason="closed"}'] == 1
+    closed = 'asyncwsgi_tasks_rejected_total{pattern="/work/*",reason="closed"}'
+    assert delta(before, scrape(client))[closed] == 1
 
 
 def test_full_is_a_rejection(wrap: Any) -> None:
@@ -152,7 +156,8 @@ def test_full_is_a_rejection(wrap: Any) -> None:
     held = client.post("/work/hold").headers["Location"]
     assert client.post("/work/ok").status_code == 503
     client.delete(held)
-    assert delta(before, scrape(client))['asyncwsgi_tasks_rejected_total{reason="full"}'] == 1
+    full = 'asyncwsgi_tasks_rejected_total{pattern="/work/*",reason="full"}'
+    assert delta(before, scrape(client))[full] == 1
 
 
 def test_gauges_are_read_from_the_store(wrap: Any, tmp_path: Path) -> None:
@@ -204,7 +209,7 @@ def test_registry_for_an_exporter_of_ones_own(wrap: Any) -> None:
 
     middleware = wrap(app)
     samples = parse(generate_latest(middleware.metrics_registry).decode())
-    assert {"asyncwsgi_tasks_accepted_total", "asyncwsgi_tasks_queued"} <= set(samples)
+    assert {ACCEPTED, "asyncwsgi_tasks_queued"} <= set(samples)
 
 
 # -- gunicorn -w 3 on SQLite ---------------------------------------------------
@@ -309,12 +314,12 @@ def scrapes(port: int, times: int) -> tuple[list[dict[str, float]], set[str]]:
 
 
 TOTALS = (
-    "asyncwsgi_tasks_accepted_total",
+    ACCEPTED,
     'asyncwsgi_tasks_finished_total{status_class="2xx"}',
     'asyncwsgi_tasks_finished_total{status_class="5xx"}',
     "asyncwsgi_tasks_cancelled_total",
     "asyncwsgi_tasks_lost_total",
-    'asyncwsgi_tasks_rejected_total{reason="too_large"}',
+    'asyncwsgi_tasks_rejected_total{pattern="/work/*",reason="too_large"}',
     "asyncwsgi_tasks_queued",
     "asyncwsgi_tasks_running",
 )
@@ -323,7 +328,7 @@ TOTALS = (
 def adds_up(sample: dict[str, float]) -> bool:
     """accepted = finished + cancelled + lost + in flight (queued, running)."""
     finished = sum(v for k, v in sample.items() if k.startswith("asyncwsgi_tasks_finished_total"))
-    return sample["asyncwsgi_tasks_accepted_total"] == (
+    return sample[ACCEPTED] == (
         finished
         + sample["asyncwsgi_tasks_cancelled_total"]
         + sample["asyncwsgi_tasks_lost_total"]

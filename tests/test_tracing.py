@@ -279,6 +279,8 @@ def test_spans_and_metrics_of_a_task_on_a_celery_worker(
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(metrics_dir))
     assert registry.get_sample_value("asyncwsgi_tasks_finished_total", {"status_class": "2xx"}) == 1
-    assert registry.get_sample_value("asyncwsgi_task_run_seconds_count") == 1
-    assert registry.get_sample_value("asyncwsgi_task_queue_wait_seconds_count") == 1
+    # Labelled with the web side's pattern, which travelled with the task.
+    pattern = {"pattern": "/task/*"}
+    assert registry.get_sample_value("asyncwsgi_task_run_seconds_count", pattern) == 1
+    assert registry.get_sample_value("asyncwsgi_task_queue_wait_seconds_count", pattern) == 1
     assert queue["attributes"][TASK_ID] == run["attributes"][TASK_ID] == task_id
