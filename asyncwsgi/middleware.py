@@ -41,7 +41,7 @@ from .runner import ACCEPTED, PATTERN, TaskRunner
 from .stores import Store, open_store
 from .stores.base import ACTIVE, StoreFull, StoreUnavailable
 from .task import Callback, Job, Result, State, TaskRecord
-from .tracing import TASK_ID, activate, inject, start_submit
+from .tracing import activate, carry, start_submit
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -368,8 +368,7 @@ class AsyncMiddleware:
         # Which pattern made it a task: the label of its metrics where it runs.
         job_environ[PATTERN] = pattern
         if span is not None:
-            span.set_attribute(TASK_ID, record.id)
-            inject(job_environ, span)
+            carry(job_environ, span, record.id)
         logger.debug("asyncwsgi: task %s accepted", record.id, extra=task_extra(record.id))
         try:
             self.executor.submit(Job(record.id, job_environ, body))

@@ -19,7 +19,7 @@ from .metrics import INSTRUMENTS
 from .results import error_result, store_full_result, too_large_result
 from .stores.base import Store, StoreFull, StoreUnavailable
 from .task import BodySink, Result, TaskHandle
-from .tracing import end_run, inject, start_run
+from .tracing import PARENT, end_run, inject, start_run
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -189,9 +189,10 @@ class TaskRunner:
             environ = task_environ(job.environ, job.body)
             # The app (or a middleware of its) may replace wsgi.input: close ours.
             stream = environ["wsgi.input"]
-            # Travel with the job for its metrics; not part of the request.
+            # Travel with the job for its metrics and trace; not the request's.
             environ.pop(ACCEPTED, None)
             environ.pop(PATTERN, None)
+            environ.pop(PARENT, None)
             environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
             if span is not None:
                 inject(environ, span)  # the app's server span continues the trace

@@ -167,6 +167,22 @@ def test_an_unsampled_submit_makes_no_more_spans(
     assert int(carried["HTTP_TRACEPARENT"][-2:], 16) & 1 == 0  # the submit's: not sampled
 
 
+def test_what_travels_with_the_job_for_asyncwsgi_never_reaches_the_app(
+    wrap: Any, spans: InMemorySpanExporter
+) -> None:
+    seen: list[set[str]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        seen.append({key for key in environ if key.startswith("asyncwsgi.")})
+        return inner(environ, start_response)
+
+    client = Client(wrap(app))
+    response = client.post("/work/x")
+    assert wait_done(client, response.headers["Location"]).status_code == 200
+    finished(spans, TASK_SPANS)  # traced: the submit span's context went with the job
+    assert seen == [{"asyncwsgi.task"}]
+
+
 def test_no_work_for_unmarked_requests(wrap: Any, spans: InMemorySpanExporter) -> None:
     client = Client(wrap(inner))
     assert client.get("/elsewhere").status_code == 200
