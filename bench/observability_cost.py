@@ -11,7 +11,15 @@ several batches: the machine is shared).
   provider set (tracing installed, not set up);
 - ``traced``: that, and the OpenTelemetry SDK recording every task's spans
   (batch processor, an exporter that drops them);
-- ``sampled``: the SDK sampling 10 % of traces (parent-based).
+- ``sampled``: the SDK sampling 10 % of traces (parent-based);
+- ``spans``: no middleware, only what the SDK itself costs for one task's
+  three spans (as ``traced`` sets it up: same processor, same parents, kinds,
+  attributes and explicit queue times), so that ``traced - metrics - spans``
+  is roughly the work asyncwsgi adds around the SDK's spans (roughly: spans
+  made between a middleware's allocations cost more than in a loop alone);
+- ``own``: that work measured in one traced process instead: batches of
+  tasks traced, alternating with batches of the same tasks untraced each
+  followed by the SDK's three bare spans; the median difference per task.
 """
 
 from __future__ import annotations
@@ -25,14 +33,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("off", "metrics", "traced", "sampled")
+MODES = ("off", "metrics", "traced", "sampled", "spans", "own")
 
 
 def _setup(mode: str) -> None:
     if mode == "off":
         sys.modules["prometheus_client"] = None  # type: ignore[assignment]
         sys.modules["opentelemetry"] = None  # type: ignore[assignment]
-    if mode in ("traced", "sampled"):
+    if mode in ("traced", "sampled", "spans", "own"):
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import (
@@ -53,9 +61,84 @@ def _setup(mode: str) -> None:
         trace.set_tracer_provider(provider)
 
 
+def _sdk_spans():
+    """One task's three spans, made with the SDK directly: what tracing a task
+    costs before any work of asyncwsgi's."""
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    from asyncwsgi.tracing import TASK_ID
+
+    tracer = trace.get_tracer("asyncwsgi")
+    attributes = {TASK_ID: "x" * 22}
+
+    def once() -> None:
+        submit = tracer.start_span("asyncwsgi submit", kind=SpanKind.PRODUCER)
+        parent = trace.set_span_in_context(submit)
+        now = time.time_ns()
+        queue = tracer.start_span(
+            "asyncwsgi queue", context=parent, attributes=attributes, start_time=now
+        )
+        queue.end(end_time=now)
+        run = tracer.start_span(
+            "asyncwsgi run", context=parent, kind=SpanKind.CONSUMER, attributes=attributes,
+            start_time=now,
+        )  # fmt: skip
+        run.set_attribute("http.response.status_code", 200)
+        run.end()
+        submit.set_attribute(TASK_ID, attributes[TASK_ID])
+        submit.end()
+
+    return once
+
+
 def measure(mode: str, tasks: int = 2000, batches: int = 7) -> float:
     """CPU microseconds per task, in this process (call in a fresh one)."""
     _setup(mode)
+    if mode == "spans":
+        return _best(_sdk_spans(), tasks, batches)
+    once = _task(metrics=mode != "off")
+    if mode == "own":
+        return _own(once, tasks, batches + 2)
+    return _best(once, tasks, batches)
+
+
+def _own(traced, tasks: int, pairs: int) -> float:
+    """Per task, CPU of ``traced`` minus that of the same task untraced plus
+    the SDK's three spans, each the least over ``pairs`` small batches, side
+    by side (small: a batch the machine's other work got into is not the
+    least; the figures vary by far more than the difference sought)."""
+    import asyncwsgi.tracing
+
+    spans = _sdk_spans()
+    active = asyncwsgi.tracing._active
+
+    def untraced_then_spans() -> None:
+        asyncwsgi.tracing._active = lambda: None  # the hook the tests use too
+        try:
+            traced()
+        finally:
+            asyncwsgi.tracing._active = active
+        spans()
+
+    size = max(tasks // 10, 1)
+
+    def batch(once) -> float:
+        started = time.process_time()
+        for _ in range(size):
+            once()
+        return (time.process_time() - started) / size * 1e6
+
+    batch(traced), batch(untraced_then_spans)  # warm up
+    a, b = [], []
+    for i in range(pairs * 5):
+        for once, figures in ((traced, a), (untraced_then_spans, b))[:: 1 if i % 2 else -1]:
+            figures.append(batch(once))
+    return min(a) - min(b)
+
+
+def _task(metrics: bool):
+    """A call of the middleware that submits a task and runs it inline."""
     from asyncwsgi import AsyncMiddleware
     from asyncwsgi.executor import Executor
 
@@ -70,7 +153,7 @@ def measure(mode: str, tasks: int = 2000, batches: int = 7) -> float:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"ok"]
 
-    kwargs = {"metrics_path": "/metrics"} if mode != "off" else {}
+    kwargs = {"metrics_path": "/metrics"} if metrics else {}
     middleware = AsyncMiddleware(
         app, paths=["/task"], executor=Inline(), max_pending=10**9, result_ttl=0, **kwargs
     )
@@ -80,6 +163,11 @@ def measure(mode: str, tasks: int = 2000, batches: int = 7) -> float:
     def once() -> None:
         list(middleware(dict(environ), lambda status, headers, exc_info=None: None))
 
+    return once
+
+
+def _best(once, tasks: int, batches: int) -> float:
+    """The least CPU microseconds per call of ``once`` over ``batches``."""
     for _ in range(tasks):
         once()
     best = float("inf")

@@ -632,6 +632,10 @@ def observability(servers: Servers, cfg: Config) -> dict:
         ("metrics", "metrics on (tracing installed, no provider)"),
         ("traced", "metrics+tracing on (SDK, every task)"),
         ("sampled", "metrics+tracing on (SDK, 10% sampled)"),
+        # What tracing every task costs, split: the SDK's own three spans, and
+        # asyncwsgi's work around them (the latter measured in one process).
+        ("spans", "the SDK alone: a task's 3 spans, no middleware"),
+        ("own", "asyncwsgi's tracing work beyond the SDK's spans"),
     ):
         rows.append(row(f"8 {label}", "CPU us/task in-process (lower is better)", cpu[mode],
                         "off", cpu["off"], higher=False))  # fmt: skip
