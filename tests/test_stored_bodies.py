@@ -143,6 +143,66 @@ def test_the_budget_refuses_new_tasks_and_a_body_past_it(store_factory):
     assert store.create(new_record())
 
 
+def test_a_reservation_is_all_or_nothing_and_gives_back_what_was_not_written(store_factory):
+    store = store_factory(max_stored_bytes=4 * MIB)
+    first, second = new_record(), new_record()
+    assert store.create(first) and store.create(second)
+    sink = store.open_sink(first.id, "result")
+    sink.reserve(3 * MIB)
+    assert stored(store) == 3 * MIB
+    other = store.open_sink(second.id, "result")
+    with pytest.raises(StoreFull):
+        other.reserve(2 * MIB)  # only 1 MiB is free: none of it is taken
+    other.discard()
+    assert stored(store) == 3 * MIB
+    sink.write(DATA[:MIB])  # within the reservation: takes nothing more
+    assert stored(store) == 3 * MIB
+    body = sink.commit(MIB, hashlib.sha256(DATA[:MIB]).hexdigest())
+    assert stored(store) == MIB
+    assert store.finish(first.id, Result("200 OK", [], body))
+    sink.close()
+    assert read_all(store.get(first.id).result.body) == DATA[:MIB]  # type: ignore[union-attr]
+
+
+def test_a_task_is_refused_without_the_room_it_asks_for_or_while_a_writer_waits(store_factory):
+    store = store_factory(max_stored_bytes=4 * MIB)
+    with pytest.raises(StoreFull):
+        store.create(new_record(), room=5 * MIB)
+    assert store.create(new_record(), room=4 * MIB)
+    store.want_room(30)
+    with pytest.raises(StoreFull):
+        store.create(new_record())
+    # The writer has its room: new tasks are taken again.
+    store.want_room(0)
+    assert store.create(new_record(), room=4 * MIB)
+
+
+def test_a_sqlite_body_is_on_disk_before_its_record_names_it(tmp_path, monkeypatch):
+    from asyncwsgi.stores import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "tasks.db"))
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    try:
+        record = new_record()
+        assert store.create(record)
+        writer = spool(store, record.id, "result")
+        monkeypatch.setattr(os, "fsync", fsync)
+        body = writer.result()
+        monkeypatch.undo()
+        results = str(tmp_path / "tasks.db-results")
+        assert synced == [os.path.join(results, f"{record.id}.result"), results]
+        assert store.finish(record.id, Result("200 OK", [], body))
+        writer.close()
+    finally:
+        store.close()
+
+
 def test_a_sqlite_store_opening_removes_what_a_crashed_writer_left(tmp_path):
     db = tmp_path / "tasks.db"
     code = (

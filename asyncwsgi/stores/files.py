@@ -44,7 +44,9 @@ class FileSink(BodySink):
 
     Bytes are taken from the store's budget (``reserve``, which may raise
     ``StoreFull``) ``grant`` bytes at a time ahead of the writes, and what was
-    not used is given back (``release``) at the commit.
+    not used is given back (``release``) at the commit. A ``durable`` sink
+    (a store that outlives the process) is on disk before :meth:`commit`
+    returns, so that a record that names the body never outlives its bytes.
     """
 
     def __init__(
@@ -54,8 +56,10 @@ class FileSink(BodySink):
         reserve: Callable[[int], None],
         release: Callable[[int], None],
         grant: int = 2**20,
+        durable: bool = False,
     ) -> None:
         self.path = path
+        self.durable = durable
         self._reserve = reserve
         self._release = release
         self.grant = grant
@@ -88,6 +92,14 @@ class FileSink(BodySink):
     def commit(self, size: int, sha256: str) -> Body:
         if self._file is not None:
             self._file.flush()
+            if self.durable:
+                os.fsync(self._file.fileno())
+                # The file's name too: its directory entry is what the record finds.
+                directory = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
         unused = self.reserved - self.written
         if unused > 0:
             self._release(unused)
@@ -127,8 +139,9 @@ def _open_locked(path: str) -> IO[bytes]:
 class ResultsDir:
     """The files of one store's bodies."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, durable: bool = False) -> None:
         self.path = os.path.abspath(path)
+        self.durable = durable
         os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     def file(self, task_id: str, kind: BodyKind) -> str:
@@ -142,7 +155,9 @@ class ResultsDir:
         reserve: Callable[[int], None],
         release: Callable[[int], None],
     ) -> FileSink:
-        return FileSink(self.file(task_id, kind), reserve=reserve, release=release)
+        return FileSink(
+            self.file(task_id, kind), reserve=reserve, release=release, durable=self.durable
+        )
 
     def remove(self, task_id: str, *kinds: BodyKind) -> None:
         for kind in kinds or _KINDS:

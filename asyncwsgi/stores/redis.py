@@ -479,7 +479,8 @@ return 0
 """
 )
 
-# ARGV[4] member, ARGV[5] bytes reserved and not written: given back.
+# KEYS[1] body (for a cluster's routing). ARGV[4] member, ARGV[5] bytes
+# reserved and not written: given back.
 _RELEASE = (
     _LIB
     + """
@@ -493,12 +494,12 @@ return give
 """
 )
 
-# ARGV[4] milliseconds: new tasks are refused meanwhile (a writer waits); 0
-# ends that (the writer has its room).
+# KEYS[1] room_wanted. ARGV[4] milliseconds: new tasks are refused meanwhile
+# (a writer waits); 0 ends that (the writer has its room).
 _WANT_ROOM = (
     _LIB
     + """
-local room = prefix .. 'room_wanted'
+local room = KEYS[1]
 if tonumber(ARGV[4]) == 0 then
   redis.call('DEL', room)
 elseif redis.call('PTTL', room) < tonumber(ARGV[4]) then
@@ -1010,7 +1011,9 @@ class RedisStore(Store):
             return
         with self._translated():
             millis = max(1, round(seconds * 1000)) if seconds else 0
-            self._want_room_script(args=[*self._lib_args, millis])
+            self._want_room_script(
+                keys=[self.prefix + "room_wanted"], args=[*self._lib_args, millis]
+            )
 
     @contextmanager
     def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
@@ -1234,7 +1237,7 @@ class RedisSink(BodySink):
         if unused > 0:
             store = self.store
             with store._translated():
-                store._release_script(args=[*store._lib_args, self.member, unused])
+                store._release_script(keys=[self.key], args=[*store._lib_args, self.member, unused])
             self.counted = self.pushed
         return RedisBody(self.store, self.key, size, sha256)
 

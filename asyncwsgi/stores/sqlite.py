@@ -183,7 +183,7 @@ class SQLiteStore(Store):
         self._closed = False
         self.results_dir = os.path.abspath(results_dir or self.path + "-results")
         self.max_stored_bytes = max_stored_bytes
-        self._files = ResultsDir(self.results_dir)
+        self._files = ResultsDir(self.results_dir, durable=True)
         self._setup()
         with self._translated():
             self.sweep()
