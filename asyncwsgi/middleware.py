@@ -350,6 +350,8 @@ class AsyncMiddleware:
         finally:
             if created:
                 spool.close()
+                if spool.sink is not None:
+                    self.runner.keep_clean()
             else:
                 spool.discard()
         if outcome.existing is not None:

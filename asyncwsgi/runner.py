@@ -52,6 +52,9 @@ _NOT_STORED = "the task's result could not be stored: the task store is full"
 # delay that doubles up to this; without a queue_timeout it waits this long.
 _ROOM_POLL = 1.0
 _ROOM_PATIENCE = 600.0
+# Once a process has spooled a body, its janitor removes what is past its time
+# this often, so that files and budget come back with no traffic at all.
+_JANITOR_EVERY = 5.0
 
 
 def _why(exc: StoreUnavailable) -> str:
@@ -124,6 +127,7 @@ class TaskRunner:
         self._retries: dict[str, _Retry] = {}
         self._retry_cond = threading.Condition(threading.Lock())
         self._retrier: threading.Thread | None = None
+        self._janitor: threading.Thread | None = None
 
     @property
     def held(self) -> list[str]:
@@ -261,6 +265,7 @@ class TaskRunner:
             sink = self.store.open_sink(task_id, "result")
             try:
                 sink.reserve(worst)
+                self.keep_clean()
                 if waited:
                     self.store.want_room(0)
                     logger.info(
@@ -473,6 +478,33 @@ class TaskRunner:
                     extra=task_extra(task_id),
                 )
 
+    def keep_clean(self) -> None:
+        """Start (once) the janitor: a thread that has the store remove what
+        is past its time every few seconds (:meth:`Store.expire`). Called
+        when this process spools a body, so only processes that write files
+        or chunks run one."""
+        if self._janitor is not None:
+            return
+        with self._lock:
+            if self._janitor is not None or self._stop.is_set():
+                return
+            self._janitor = threading.Thread(
+                target=self._sweep, name="asyncwsgi-janitor", daemon=True
+            )
+            self._janitor.start()
+
+    def _sweep(self) -> None:
+        failing = False
+        while not self._stop.wait(_JANITOR_EVERY):
+            try:
+                self.store.expire()
+            except Exception:
+                if not failing:
+                    logger.exception("asyncwsgi: removing expired results failed; retrying")
+                failing = True
+            else:
+                failing = False
+
     def _start_heartbeat(self) -> None:
         with self._lock:
             if self._heartbeat is not None:
@@ -578,7 +610,7 @@ class TaskRunner:
                 self._retries.clear()
             self._retry_cond.notify_all()
         current = threading.current_thread()
-        for thread in (self._heartbeat, self._watchdog, self._retrier):
+        for thread in (self._heartbeat, self._watchdog, self._retrier, self._janitor):
             if thread is not None and thread is not current:
                 thread.join(timeout)
 

@@ -93,6 +93,20 @@ def test_an_expired_result_takes_its_file_with_it(wrap, store):
     assert store.stored_bytes == 0
 
 
+def test_an_expired_result_leaves_the_disk_with_no_call_at_all(wrap, store):
+    """The janitor: files and budget come back after result_ttl though
+    nobody polls, lists or submits."""
+    client = Client(wrap(streaming_app, store=store, spool_threshold=KIB, result_ttl=0.5))
+    location = client.post(f"/work/{MIB}", buffered=True).headers["Location"]
+    assert wait_done(client, location, buffered=True).data == _pattern(MIB)
+    assert len(_files(store)) == 1
+    deadline = time.monotonic() + 0.5 + 2 * 5.0 + 2
+    while _files(store):  # a directory listing: not a call of the store
+        assert time.monotonic() < deadline, "the expired result's file is still there"
+        time.sleep(0.1)
+    assert store.stored_bytes == 0
+
+
 def test_a_spooled_request_body_reaches_the_app_and_is_removed_at_the_finish(wrap, store):
     release = threading.Event()
 

@@ -110,6 +110,20 @@ def test_an_expired_result_takes_its_body(store_factory):
     assert stored(store) == 0
 
 
+def test_expire_removes_an_expired_body_without_reading_its_task(store_factory):
+    store = store_factory(tombstone_ttl=60)
+    record = new_record(ttl=0.2)
+    assert store.create(record)
+    writer = spool(store, record.id, "result")
+    body = writer.result()
+    assert store.finish(record.id, Result("200 OK", [], body))
+    writer.close()
+    time.sleep(0.3)
+    store.expire()
+    assert gone(body)
+    assert stored(store) == 0
+
+
 def test_a_lost_verdict_drops_what_the_writer_spooled(store_factory):
     store = store_factory()
     record = new_record()

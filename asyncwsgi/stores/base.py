@@ -219,6 +219,21 @@ class Store(abc.ABC):
             self._fault(exc)
             raise
 
+    def expire(self) -> None:
+        """Remove now what is past its time: finished tasks past their ``ttl``
+        with their bodies, tombstones past theirs, the bodies of writers that
+        died. Any call that touches the store does that lazily too; the
+        runner's janitor calls this so that the disk (and the byte budget)
+        comes back while nobody calls."""
+        try:
+            self._expire_due(time.time())
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
+
+    def _expire_due(self, now: float) -> None:  # noqa: B027 (a store may expire on every read)
+        """What :meth:`expire` does; nothing by default."""
+
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Block until the task is done (or gone), at most ``timeout``
         seconds; return the record as it is then. A lease that lapses during

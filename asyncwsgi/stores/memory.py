@@ -330,6 +330,10 @@ class MemoryStore(Store):
         if key is not None:
             self._keys.pop(key, None)
 
+    def _expire_due(self, now: float) -> None:
+        with self._lock:
+            self._expire(now)
+
     def _expire(self, now: float) -> None:
         # Called with the lock held: pops only what is due.
         deadlines = self._deadlines

@@ -1003,6 +1003,12 @@ class RedisStore(Store):
             )
         return int(held)
 
+    def _expire_due(self, now: float) -> None:
+        # Redis expires the records and chunks itself; what is left is the
+        # ledger of bodies (and their bytes in the budget), reaped a batch at
+        # a time by the script behind stored_bytes.
+        self._stored_script(keys=[self.prefix + "stored"], args=[*self._lib_args, _num(now)])
+
     def _budget(self) -> int:
         return -1 if self.max_stored_bytes is None else int(self.max_stored_bytes)
 

@@ -705,6 +705,12 @@ class SQLiteStore(Store):
         ).fetchone()
         return bool(row[0])
 
+    def _expire_due(self, now: float) -> None:
+        # A batch per transaction, so that writers are not held up long.
+        while self._expiry_due(self._conn(), now):
+            with self._write() as conn:
+                self._expire(conn, now)
+
     def _expire(self, conn: sqlite3.Connection, now: float, task_id: str | None = None) -> None:
         """Inside a write transaction: move at most a batch of expired tasks
         (and ``task_id`` if it is one) to the tombstones, drop their keys, and
