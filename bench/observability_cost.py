@@ -19,13 +19,21 @@ several batches: the machine is shared).
   made between a middleware's allocations cost more than in a loop alone);
 - ``own``: that work measured in one traced process instead: batches of
   tasks traced, alternating with batches of the same tasks untraced each
-  followed by the SDK's three bare spans; the median difference per task.
+  followed by the SDK's three bare spans; the difference per task.
+
+On a shared machine these CPU times vary by more than the differences
+sought. ``python -m bench.observability_cost --instructions`` counts
+instructions instead (valgrind's cachegrind, ``apt-get install valgrind``):
+per task, those of ``tasks`` tasks less those of none, each mode in its own
+process. Counts barely move from run to run, and subtract: ``traced -
+metrics - spans`` is asyncwsgi's own tracing work.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -194,8 +202,48 @@ def compare(rounds: int = 3) -> dict[str, float]:
     return {mode: statistics.median(values) for mode, values in figures.items()}
 
 
+INSTRUCTION_MODES = ("off", "metrics", "traced", "sampled", "spans")
+
+
+def _calls(mode: str, count: int) -> None:
+    """``count`` tasks of ``mode`` after a warm-up, for a count of instructions."""
+    _setup(mode)
+    once = _sdk_spans() if mode == "spans" else _task(metrics=mode != "off")
+    for _ in range(100 + count):
+        once()
+
+
+def _instructions(mode: str, count: int, env: dict[str, str]) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+         sys.executable, "-m", "bench.observability_cost", "--calls", mode, str(count)],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    match = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+    if match is None:
+        raise RuntimeError(f"no instruction count from valgrind: {out.stderr[-500:]}")
+    return int(match.group(1).replace(",", ""))
+
+
+def instructions(tasks: int = 1000) -> dict[str, float]:
+    """Thousands of instructions per task in each mode, and ``own``: traced
+    less metrics and the SDK's spans."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
+    counts = {
+        mode: (_instructions(mode, tasks, env) - _instructions(mode, 0, env)) / tasks / 1000
+        for mode in INSTRUCTION_MODES
+    }
+    counts["own"] = counts["traced"] - counts["metrics"] - counts["spans"]
+    return counts
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--mode":
         print(measure(sys.argv[2]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--calls":
+        _calls(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1:] == ["--instructions"]:
+        print(json.dumps(instructions(), indent=2))
     else:
         print(json.dumps(compare(), indent=2))
