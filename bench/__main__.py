@@ -62,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         done("celery", scenarios.celery(cfg))
     if 8 in only:
         client_cpus, server_cpus = pinning.split() or (None, None)
-        names = ("async", "async:metrics", "async:traced")
+        names = ("async", "async:metrics", "async:traced", "async:spans")
         options = {name: {"cpus": server_cpus} for name in names}
         options["async:metrics"]["observe"] = "metrics"
         options["async:traced"]["observe"] = "traced"
+        options["async:spans"]["observe"] = "spans"
         with Servers(*names, options=options) as servers, pinning.client_on(client_cpus):
             done("observability", scenarios.observability(servers, cfg))
     if 9 in only:

@@ -6,8 +6,10 @@ gunicorn loads ``bench.apps:app``; ``BENCH_APP`` picks the variant
 ``BENCH_OBSERVE`` turns observability on in the ``async`` variant:
 ``metrics`` (prometheus_client and ``metrics_path``; the OpenTelemetry API
 installed, no tracer provider set) or ``traced`` (that, and the SDK with a
-batch processor recording every task's spans). Without it the server runs as
-if the ``metrics`` and ``tracing`` extras were not installed: "off".
+batch processor recording every task's spans), or ``spans`` (as ``traced``,
+but asyncwsgi's tracing left out and the SDK's three bare spans made in each
+task instead: what the SDK itself costs, side by side). Without it the server
+runs as if the ``metrics`` and ``tracing`` extras were not installed: "off".
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def make_naive() -> Flask:
     return app
 
 
-def make_async(**options) -> AsyncMiddleware:
+def make_async(inner=None, **options) -> AsyncMiddleware:
     # Every client of the Prefer: wait scenario may wait at once (the default
     # bound of 2 would answer the others at once and measure something else).
     settings = {"paths": PATTERNS, "max_pending": 100_000, "max_waiting": 64}
@@ -134,14 +136,32 @@ def make_async(**options) -> AsyncMiddleware:
     if "executor" not in settings:
         # max_workers sizes the default pool only; an executor brings its own.
         settings.setdefault("max_workers", 8)
-    return AsyncMiddleware(make_flask(), **settings)
+    return AsyncMiddleware(inner or make_flask(), **settings)
+
+
+def _with_sdk_spans(app):
+    """``app``, making a task's three spans with the SDK directly in each task
+    (asyncwsgi's own tracing is left out): the SDK's cost alone."""
+    import asyncwsgi.tracing
+
+    from .observability_cost import _sdk_spans
+
+    asyncwsgi.tracing._active = lambda: None  # the hook the tests use too
+    spans = _sdk_spans()
+
+    def traced(environ, start_response):
+        if "asyncwsgi.task" in environ:
+            spans()
+        return app(environ, start_response)
+
+    return traced
 
 
 def _observed(how: str) -> dict[str, str]:
     """Metrics on, and with ``how == "traced"`` tracing too as in production:
     the OpenTelemetry SDK with a batch processor (its exporter drops the
     spans: no collector here); the options to give the middleware."""
-    if how != "traced":
+    if how not in ("traced", "spans"):
         return {"metrics_path": "/metrics"}
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -164,6 +184,8 @@ def _select():
     if kind == "async":
         how = os.environ.get("BENCH_OBSERVE")
         options = _observed(how) if how else {}
+        if how == "spans":
+            options["inner"] = _with_sdk_spans(make_flask())
         store = os.environ.get("BENCH_STORE")
         return make_async(store=store, **options) if store else make_async(**options)
     if kind == "naive":
