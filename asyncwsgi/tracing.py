@@ -122,10 +122,28 @@ def start_submit(environ: dict[str, Any]) -> Span | None:
     if tracer is None:
         return None
     context = None
-    if not trace.get_current_span().get_span_context().is_valid:
-        # No instrumentation around us: continue the caller's trace, if any.
+    if not trace.get_current_span().get_span_context().is_valid and any(
+        key in environ for key in _header_keys()
+    ):
+        # No instrumentation around us: continue the caller's trace. (Without
+        # any of the propagators' headers there is none: a root span.)
         context = propagate.extract(environ, getter=_GETTER)
     return tracer.start_span("asyncwsgi submit", context=context, kind=SpanKind.PRODUCER)
+
+
+_propagation: tuple[Any, tuple[str, ...]] = (None, ())
+
+
+def _header_keys() -> tuple[str, ...]:
+    """The environ keys of the headers the global propagators read, such as
+    ``HTTP_TRACEPARENT``: worked out again only when the propagators change."""
+    global _propagation
+    textmap = propagate.get_global_textmap()
+    known, keys = _propagation
+    if textmap is not known:
+        keys = tuple(sorted({"HTTP_" + f.upper().replace("-", "_") for f in textmap.fields}))
+        _propagation = (textmap, keys)
+    return keys
 
 
 class activate:
@@ -192,14 +210,14 @@ def start_run(
     if tracer is None:
         return None
     submitted = environ.get(PARENT)
-    parent: Context
-    if isinstance(submitted, SpanContext):
-        parent = trace.set_span_in_context(NonRecordingSpan(submitted))
-    else:  # from another process: the W3C headers
+    parent: Context | None = None
+    if not isinstance(submitted, SpanContext):  # from another process: the W3C headers
         parent = _W3C.extract(environ, getter=_GETTER)
         submitted = trace.get_current_span(parent).get_span_context()
     if submitted.is_valid and not submitted.trace_flags.sampled:
         return None
+    if parent is None:
+        parent = trace.set_span_in_context(NonRecordingSpan(submitted))
     attributes = {TASK_ID: task_id}
     start_ns = int(started * 1e9)
     if accepted is not None:
