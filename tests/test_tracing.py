@@ -116,6 +116,47 @@ def test_a_traceparent_header_is_continued_without_instrumentation_around(
     assert found["asyncwsgi submit"].parent.span_id == 0x00F067AA0BA902B7
 
 
+def test_the_request_is_read_with_the_apps_own_propagators(
+    wrap: Any, spans: InMemorySpanExporter
+) -> None:
+    """asyncwsgi looks for the headers the global propagators name, whichever
+    they are (it skips the extraction when none is there)."""
+    from opentelemetry import propagate
+    from opentelemetry.propagators.textmap import TextMapPropagator
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    class Vendor(TextMapPropagator):
+        """A made-up format: ``X-Vendor-Trace: <trace id>-<span id>``."""
+
+        def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+            found = getter.get(carrier, "x-vendor-trace") if getter is not None else None
+            if not found:
+                return context
+            trace_id, span_id = (int(part, 16) for part in found[0].split("-"))
+            parent = SpanContext(trace_id, span_id, True, TraceFlags(TraceFlags.SAMPLED))
+            return trace.set_span_in_context(NonRecordingSpan(parent), context)
+
+        def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+            return None
+
+        @property
+        def fields(self) -> set[str]:
+            return {"x-vendor-trace"}
+
+    saved = propagate.get_global_textmap()
+    propagate.set_global_textmap(Vendor())
+    try:
+        client = Client(wrap(inner))
+        header = {"X-Vendor-Trace": f"{TRACE_ID:032x}-00f067aa0ba902b7"}
+        response = client.post("/work/x", headers=header)
+        assert wait_done(client, response.headers["Location"]).status_code == 200
+    finally:
+        propagate.set_global_textmap(saved)
+    submit = finished(spans, TASK_SPANS)["asyncwsgi submit"]
+    assert submit.context.trace_id == TRACE_ID
+    assert submit.parent.span_id == 0x00F067AA0BA902B7
+
+
 def test_a_failing_task_marks_its_run_span(wrap: Any, spans: InMemorySpanExporter) -> None:
     def failing(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         raise RuntimeError("boom")
