@@ -10,6 +10,7 @@ import heapq
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .capture import ResponseTooLarge, Spool, capture
@@ -254,35 +255,37 @@ class TaskRunner:
         While the budget has no such room, the app's thread waits for it
         (results expire, tasks end and give back what they did not use);
         meanwhile new submissions are refused (``Store.want_room``), so the
-        room goes to work already accepted. The wait ends when the task does
-        (deleted, or past its timeout), or after ``queue_timeout``: then the
-        result is not stored and the task ends as 500 with the reason.
+        room goes to work already accepted. A store outage meanwhile only
+        prolongs the wait. The wait ends when the task does (deleted, or past
+        its timeout), or after ``queue_timeout``: then the result is not
+        stored and the task ends as 500 with the reason.
         """
         deadline = time.monotonic() + (self.queue_timeout or _ROOM_PATIENCE)
         delay = _RETRY_FIRST
         waited = False
         while True:
-            sink = self.store.open_sink(task_id, "result")
+            sink: BodySink | None = None
             try:
+                sink = self.store.open_sink(task_id, "result")  # full: no room either
                 sink.reserve(worst)
+            except StoreUnavailable:
+                # No room (StoreFull), or a store that cannot say now (an
+                # outage): either way the task waits, the app's work kept.
+                if sink is not None:
+                    self._quietly(task_id, sink.discard)
+                if time.monotonic() + delay > deadline or self._gone(task_id):
+                    raise
+            else:
                 self.keep_clean()
                 if waited:
-                    self.store.want_room(0)
+                    # Else the mark lapses by itself a second after the last renewal.
+                    self._quietly(task_id, self.store.want_room, 0)
                     logger.info(
                         "asyncwsgi: task %s got room for its result",
                         task_id,
                         extra=task_extra(task_id),
                     )
                 return sink
-            except StoreFull:
-                sink.discard()
-                record = self.store.get(task_id)
-                if (
-                    record is None
-                    or record.state != "running"
-                    or time.monotonic() + delay > deadline
-                ):
-                    raise
             if not waited:
                 waited = True
                 logger.warning(
@@ -293,9 +296,28 @@ class TaskRunner:
                     extra=task_extra(task_id),
                 )
             # Long enough to outlast the sleep: no gap for a submission.
-            self.store.want_room(delay + 1.0)
+            self._quietly(task_id, self.store.want_room, delay + 1.0)
             time.sleep(delay)
             delay = min(delay * 2, _ROOM_POLL)
+
+    def _gone(self, task_id: str) -> bool:
+        """Whether a task waiting for room has ended meanwhile (deleted, past
+        its timeout, lost); a store that cannot tell now says no."""
+        try:
+            record = self.store.get(task_id)
+        except StoreUnavailable:
+            return False
+        return record is None or record.state != "running"
+
+    @staticmethod
+    def _quietly(task_id: str, call: Callable[..., object], *args: object) -> None:
+        """A store call whose failure (an outage) costs only a moment: the
+        budget's mark lapses, a sweep removes a file, Redis reaps a ledger
+        entry. Logged, not raised."""
+        try:
+            call(*args)
+        except StoreUnavailable as exc:
+            logger.warning("asyncwsgi: task %s: %s", task_id, exc, extra=task_extra(task_id))
 
     @staticmethod
     def finished(task_id: str, result: Result) -> None:

@@ -223,6 +223,51 @@ def test_store_unavailable_during_a_poll(outage: Outage, caplog: Any) -> None:
         assert "unavailable" in caplog.text.lower()
 
 
+def test_store_unavailable_while_a_result_waits_for_room(outage: Outage, caplog: Any) -> None:
+    """A writer waiting for room in the byte budget outlives an outage and
+    gets its room once the store is back and a result goes."""
+    mib = 2**20
+    gate = threading.Event()
+    chunks = [bytes([i]) * 65536 for i in range(32)]  # 2 MiB
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        gate.wait(BOUND)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return chunks
+
+    mw = AsyncMiddleware(
+        app,
+        paths=["/work/*"],
+        store=outage.store,
+        max_workers=2,
+        spool_threshold=64 * 1024,
+        max_stored_bytes=3 * mib,
+        max_result=2 * mib + 4096,
+    )
+    client = Client(mw)
+    try:
+        first, second = (client.post("/work/big").headers["Location"] for _ in range(2))
+        gate.set()
+        deadline = time.monotonic() + BOUND
+        while True:  # one writer stores its result, the other waits for room
+            codes = [client.get(location).status_code for location in (first, second)]
+            if 200 in codes and "waits for room" in caplog.text:
+                break
+            assert time.monotonic() < deadline, codes
+            time.sleep(0.05)
+        done, waiting = (first, second) if codes[0] == 200 else (second, first)
+        outage.begin()
+        time.sleep(0.5)  # a few rounds of the wait fail against the store
+        outage.end()
+        assert client.delete(done).status_code == 204
+        response = final(client, waiting, time.monotonic())
+        assert response.status_code == 200
+        assert response.get_data() == b"".join(chunks)
+    finally:
+        gate.set()
+        assert mw.close(timeout=BOUND)
+
+
 # -- the process goes away ------------------------------------------------------
 
 
