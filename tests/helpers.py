@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from werkzeug.serving import make_server
 from werkzeug.test import Client, TestResponse
+
+from bench.services import stop_group
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_done(client: Client, location: str, timeout: float = 10.0, **kw: Any) -> TestResponse:
@@ -57,3 +65,40 @@ def captured_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 _RANGES = ("Accept-Ranges", "bytes")
+
+
+@contextmanager
+def rq_worker(
+    url: str,
+    queue: str = "reports",
+    worker_class: str = "asyncwsgi.contrib.rq.Worker",
+    env: dict[str, str] | None = None,
+    logging_level: str = "WARNING",
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``rq worker`` on ``queue``, stopped when the block ends.
+
+    Never ``--burst``: rq's burst exit can hang in its teardown (its pubsub
+    thread's join, rq issue 1613), so the test waits for its tasks' answers
+    instead and then ends the worker and its work horses itself, with a
+    bounded grace (SIGTERM, then SIGKILL to the whole group)."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "rq.cli", "worker", "-w", worker_class, "-u", url, queue,
+         "--logging_level", logging_level],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", **(env or {})},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if logging_level == "CRITICAL" else None,
+    )  # fmt: skip
+    try:
+        yield worker
+    finally:
+        # SIGTERM to the worker alone is rq's warm shutdown: a work horse
+        # still finishing its job (and its last writes) is let finish.
+        if worker.poll() is None:
+            worker.terminate()
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        stop_group(worker, timeout=0)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.patterns import Pattern, compile_patterns
 from bench.services import RedisServer
-from tests.helpers import wait_done
+from tests.helpers import rq_worker, wait_done
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.test_metric_patterns:app"
@@ -186,16 +184,13 @@ def test_an_rq_worker_labels_the_tasks_it_runs_with_their_pattern(tmp_path: Path
             client = Client(middleware)
             paths = ["/reports/a", "/reports/b", "/export"]
             locations = [client.post(path).headers["Location"] for path in paths]
-            subprocess.run(
-                [sys.executable, "-m", "rq.cli", "worker", "--burst",
-                 "-u", server.url(0), "reports", "--logging_level", "WARNING"],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore",
-                     "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-                check=True, timeout=60, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-            for location in locations:
-                assert client.get(location).status_code == 200
+            with rq_worker(
+                server.url(0),
+                worker_class="rq.Worker",
+                env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+            ):
+                for location in locations:
+                    assert wait_done(client, location, timeout=60).status_code == 200
         finally:
             middleware.close(timeout=1)
             middleware.store.close()

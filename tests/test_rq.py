@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 from bench.services import RedisServer
+from tests.helpers import rq_worker, wait_done
 
 if os.environ.get("CI") != "true":  # in CI, a missing package fails
     pytest.importorskip("rq")
@@ -183,15 +182,10 @@ def test_the_preloading_worker_imports_the_app_before_it_forks(
     )
     client = Client(middleware)
     locations = [client.post("/work").headers["Location"] for _ in range(3)]
-    subprocess.run(
-        [sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", worker_class,
-         "-u", f"redis://127.0.0.1:{port}/0", "reports", "--logging_level", "WARNING"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
-        check=True, timeout=60, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    with rq_worker(f"redis://127.0.0.1:{port}/0", worker_class=worker_class):
+        responses = [wait_done(client, location, timeout=60) for location in locations]
     answers = []
-    for location in locations:
-        response = client.get(location)
+    for response in responses:
         assert response.status_code == 200, response.get_data()
         imported_by, run_by = map(int, response.get_data().split())
         answers.append((imported_by, run_by))
@@ -219,14 +213,9 @@ def test_an_app_the_worker_cannot_import_ends_the_task_as_500(queue: Any) -> Non
     )
     client = Client(middleware)
     location = client.post("/work").headers["Location"]
-    subprocess.run(
-        [sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", "asyncwsgi.contrib.rq.Worker",
-         "-u", f"redis://127.0.0.1:{port}/0", "reports", "--logging_level", "CRITICAL"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
-        check=True, timeout=60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    # Not left queued until its queue_timeout: ended as soon as a worker took it.
-    response = client.get(location)
+    with rq_worker(f"redis://127.0.0.1:{port}/0", logging_level="CRITICAL"):
+        # Not left queued until its queue_timeout: ended as soon as a worker took it.
+        response = wait_done(client, location, timeout=60)
     assert response.status_code == 500, response.get_data()
     assert b"could not load" in response.get_data()
     middleware.close(timeout=1)
@@ -257,33 +246,30 @@ def test_a_worker_reserves_from_the_web_sides_byte_budget(queue: Any) -> None:
     )
     client = Client(middleware)
     first, second = (client.post("/work/big").headers["Location"] for _ in range(2))
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", "asyncwsgi.contrib.rq.Worker",
-         "-u", f"redis://127.0.0.1:{port}/0", "reports", "--logging_level", "WARNING"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while client.get(first).status_code == 202:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert client.get(first).get_data() == b"".join(_big_app({}, lambda *a: None))
-        # The second waits for room: 2 MiB stored, 2 MiB + 4 KiB more would pass 3 MiB.
-        for _ in range(20):
-            assert client.get(second).status_code == 202
-            assert middleware.store.stored_bytes <= budget
-            time.sleep(0.05)
-        assert client.post("/work/big").status_code == 503
-        assert client.delete(first).status_code == 204
-        while (late := client.get(second)).status_code == 202:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert late.status_code == 200
-        assert late.get_data() == b"".join(_big_app({}, lambda *a: None))
-        assert worker.wait(30) == 0
+        with rq_worker(f"redis://127.0.0.1:{port}/0"):
+            _budget_holds(client, middleware, first, second, budget)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
         middleware.close(timeout=1)
+
+
+def _budget_holds(
+    client: Client, middleware: AsyncMiddleware, first: str, second: str, budget: int
+) -> None:
+    deadline = time.monotonic() + 30
+    while client.get(first).status_code == 202:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get(first).get_data() == b"".join(_big_app({}, lambda *a: None))
+    # The second waits for room: 2 MiB stored, 2 MiB + 4 KiB more would pass 3 MiB.
+    for _ in range(20):
+        assert client.get(second).status_code == 202
+        assert middleware.store.stored_bytes <= budget
+        time.sleep(0.05)
+    assert client.post("/work/big").status_code == 503
+    assert client.delete(first).status_code == 204
+    while (late := client.get(second)).status_code == 202:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert late.status_code == 200
+    assert late.get_data() == b"".join(_big_app({}, lambda *a: None))
