@@ -13,12 +13,11 @@ that can use ``sendfile`` does).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING
 
-from werkzeug.datastructures import ContentRange
-from werkzeug.http import parse_range_header
-from werkzeug.sansio.http import is_resource_modified
+from werkzeug.http import parse_date
 
 from .task import Result
 
@@ -28,6 +27,16 @@ if TYPE_CHECKING:
 __all__ = ["BodyGone", "replay"]
 
 _CHUNK = 256 * 1024
+
+# One byte range (RFC 9110 14.1.2): first-last, first- or -suffix, digits only.
+_RANGE_RE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)-([0-9]*)[ \t]*", re.IGNORECASE)
+
+
+class _Unsatisfiable:
+    """A marker: the range is valid but selects nothing of this body."""
+
+
+_UNSATISFIABLE = _Unsatisfiable()
 
 
 class BodyGone(Exception):
@@ -76,45 +85,74 @@ def replay(
         http_range is not None
         and accept in (None, "bytes")
         and "content-range" not in names
-        and (
-            # If-Range: the range only if the body is still the one the
-            # client has (the same strong ETag, or Last-Modified); else all.
-            if_range is None
-            or not is_resource_modified(
-                http_range=http_range,
-                http_if_range=if_range,
-                etag=etag,
-                last_modified=last_modified,
-                ignore_if_range=False,
-            )
-        )
+        and (if_range is None or _same_body(if_range, etag, last_modified))
     ):
-        ranges = parse_range_header(http_range)
-        # A Range that cannot be parsed, or of several parts, is ignored (the
-        # whole body is sent), as RFC 9110 allows.
-        if ranges is not None and ranges.units == "bytes" and len(ranges.ranges) == 1:
-            span = ranges.range_for_length(size)
-            if span is None:
-                body = b"the requested range is not satisfiable\n"
-                start_response(
-                    "416 Range Not Satisfiable",
-                    [
-                        ("Content-Type", "text/plain; charset=utf-8"),
-                        ("Content-Length", str(len(body))),
-                        ("Content-Range", f"bytes */{size}"),
-                    ],
-                )
-                return [] if head else [body]
+        span = byte_range(http_range, size)
+        if isinstance(span, _Unsatisfiable):
+            body = b"the requested range is not satisfiable\n"
+            start_response(
+                "416 Range Not Satisfiable",
+                [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body))),
+                    ("Content-Range", f"bytes */{size}"),
+                ],
+            )
+            return [] if head else [body]
+        if span is not None:
             start, stop = span
             headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
             headers.append(("Content-Length", str(stop - start)))
-            headers.append(("Content-Range", ContentRange("bytes", start, stop, size).to_header()))
+            headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
             body_iter = [] if head else _body(environ, result, start, stop)
             start_response("206 Partial Content", headers)
             return body_iter
     body_iter = [] if head else _body(environ, result, 0, size)
     start_response(status, headers)
     return body_iter
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | _Unsatisfiable | None:
+    """The ``[start, stop)`` that a ``Range`` header selects from ``size``
+    bytes; ``_UNSATISFIABLE`` for a valid range outside them (416); None for
+    one to ignore (the whole body is sent, as RFC 9110 14.2 allows): not
+    parsed, another unit, several ranges, or an empty body."""
+    match = _RANGE_RE.fullmatch(header)
+    if match is None or size == 0:
+        return None
+    first, last = (_int(digits) for digits in match.groups())
+    if first is not None:
+        if last is not None and last < first:
+            return None  # invalid: first-pos after last-pos
+        if first >= size:
+            return _UNSATISFIABLE
+        return first, size if last is None else min(last + 1, size)
+    if last is None:
+        return None  # "bytes=-"
+    suffix = last
+    if suffix == 0:
+        return _UNSATISFIABLE
+    # A suffix longer than the body selects all of it (RFC 9110 14.1.3).
+    return max(0, size - suffix), size
+
+
+def _int(digits: str) -> int | None:
+    # Past 19 digits, a position is beyond any body: clamped, and int() is
+    # spared the thousands of digits it refuses (Python's digit limit).
+    return None if not digits else int(digits) if len(digits) <= 20 else 10**20
+
+
+def _same_body(if_range: str, etag: str | None, last_modified: str | None) -> bool:
+    """Whether ``If-Range`` names the body as it is now (RFC 9110 13.1.5):
+    an entity tag by the strong comparison (a weak tag, given or ours, never
+    matches), a date only if it is exactly the ``Last-Modified``."""
+    value = if_range.strip()
+    if value.startswith('"'):
+        return etag is not None and not etag.startswith("W/") and value == etag.strip()
+    if value.startswith("W/"):
+        return False
+    given = parse_date(value)
+    return given is not None and last_modified is not None and given == parse_date(last_modified)
 
 
 def _body(environ: WSGIEnvironment, result: Result, start: int, stop: int) -> Iterable[bytes]:

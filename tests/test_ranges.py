@@ -132,3 +132,81 @@ def test_only_a_200_is_ranged(wrap):
     missing = client.get(location, headers={"Range": "bytes=1-"}, buffered=True)
     assert missing.status_code == 404 and missing.data == b"nope"
     assert "ETag" not in missing.headers and "Accept-Ranges" not in missing.headers
+
+
+# -- RFC 9110 through a real server ------------------------------------------------
+
+
+def _request(port: int, method: str, path: str, headers: dict[str, str] | None = None):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+        response = conn.getresponse()
+        # response.headers: looked up without regard to case.
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def hundred(tmp_path_factory):
+    """waitress serving tests.apps.hostile_app; the status URLs of a finished
+    100-byte result without validators and of one with the app's weak ETag."""
+    import time
+    from urllib.parse import urlsplit
+
+    from tests.servers import wsgi_server
+
+    log = tmp_path_factory.mktemp("ranges") / "waitress.log"
+    with wsgi_server("waitress", "tests.apps.hostile_app:application", log) as port:
+        locations = {}
+        for name in ("hundred", "weak"):
+            status, headers, _ = _request(port, "POST", f"/work/{name}")
+            assert status == 202
+            locations[name] = urlsplit(headers["Location"]).path
+            deadline = time.monotonic() + 10
+            while _request(port, "GET", locations[name])[0] == 202:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        yield port, locations
+
+
+@pytest.mark.parametrize("suffix", ["100", "101", "1000", "9" * 30, "9" * 5000])
+def test_a_suffix_longer_than_the_body_selects_all_of_it(hundred, suffix):
+    # RFC 9110 14.1.3: "If the selected representation is shorter than the
+    # specified suffix-length, the entire representation is used."
+    port, locations = hundred
+    header = {"Range": "bytes=-" + suffix}
+    status, headers, body = _request(port, "GET", locations["hundred"], header)
+    assert status == 206
+    assert headers["Content-Range"] == "bytes 0-99/100"
+    assert body == bytes(range(100))
+
+
+def test_an_empty_suffix_is_416(hundred):
+    port, locations = hundred
+    status, headers, _ = _request(port, "GET", locations["hundred"], {"Range": "bytes=-0"})
+    assert status == 416 and headers["Content-Range"] == "bytes */100"
+
+
+def test_if_range_compares_strongly(hundred):
+    # RFC 9110 13.1.5: If-Range uses the strong comparison; a weak tag, ours
+    # marked weak or the app's own weak ETag, never matches: all of it, 200.
+    port, locations = hundred
+    status, headers, body = _request(port, "GET", locations["hundred"])
+    ours = headers["ETag"]
+    assert status == 200 and not ours.startswith("W/")
+    cases = [
+        (locations["hundred"], ours, 206),
+        (locations["hundred"], "W/" + ours, 200),
+        (locations["weak"], 'W/"v1"', 200),
+        (locations["weak"], '"v1"', 200),
+    ]
+    for location, tag, expected in cases:
+        status, headers, body = _request(
+            port, "GET", location, {"Range": "bytes=10-", "If-Range": tag}
+        )
+        assert status == expected, (location, tag)
+        assert body == bytes(range(100))[10 if expected == 206 else 0 :]
