@@ -1,18 +1,21 @@
-"""Every snippet of the README runs as written.
+"""Every snippet of the README, and of the docs pages its snippets moved to,
+runs as written.
 
 The Python blocks headed ``# name.py`` are saved under that name; every
 shell command is run, with port 8000 changed to a free port (for pserve,
 in a copy of its ini file); servers are started, sent a task and stopped; the
 ``curl`` sessions run against ``myapp.py`` served as the README says, and
-each answer is compared with the README's (status line, header names, and a
-result body when the README shows it whole); ``<id>`` stands for the id of
-the last 202's ``Location``, as the README says. Two commands are not run
-here: ``pip install`` (the README's install lines are checked in a fresh
-virtualenv) and ``bash .ci/run`` (which runs this test).
+each answer is compared with the page's (status line, header names, and a
+result body when the page shows it whole); ``<id>`` stands for the id of
+the last 202's ``Location``, as the README says. Some commands are not run
+here: making and activating the virtual environment, ``pip install`` (the
+README's first install line is checked to name this checkout) and
+``bash .ci/run`` (which runs this test).
 """
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shlex
@@ -30,39 +33,54 @@ from bench.services import free_port, stop_group, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-NOT_RUN = ("pip install ", "bash .ci/run")
+# The README, and the pages that hold the snippets it had before it became a
+# front page: each snippet is run from where it now lives.
+PAGES = {
+    name: (ROOT / name).read_text()
+    for name in ("README.md", "docs/http.md", "docs/frameworks.md", "docs/client.md")
+}
+NOT_RUN = ("pip install ", "bash .ci/run", "python3 -m venv ", ". .venv/bin/activate")
 SERVERS = ("python -m gunicorn ", "python -m flask ", "python -m pyramid.scripts.pserve ",
            "python -m examples.", "asyncwsgi serve ")  # fmt: skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```$", README, re.MULTILINE | re.DOTALL)
+def blocks(language: str, text: str = README) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
 
 
-def commands() -> list[str]:
-    """Every shell command of the README's ``sh`` blocks and of its
-    frameworks table, split at ``&&``, in order."""
+def commands(text: str = README) -> list[str]:
+    """Every shell command of a page's ``sh`` blocks and of the last column
+    of its tables, split at ``&&``, in order."""
     found: list[str] = []
-    for block in blocks("sh"):
+    for block in blocks("sh", text):
         for line in block.splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line:
                 found.extend(part.strip() for part in line.split(" && "))
-    frameworks = README.split("\n## Frameworks\n", 1)[1].split("\n## ", 1)[0]
-    for row in re.findall(r"^\|.*\|$", frameworks, re.MULTILINE):
+    for row in re.findall(r"^\|.*\|$", text, re.MULTILINE):
         found.extend(re.findall(r"`(python -m [^`]+)`", row.rsplit("|", 2)[1]))
     return found
+
+
+def every_command() -> list[str]:
+    return [command for text in PAGES.values() for command in commands(text)]
+
+
+def _myapp() -> str:
+    return next(c for c in commands() if c.startswith("python -m gunicorn ") and "myapp:" in c)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("readme")
     for block in blocks("python"):
-        header = re.match(r"# (\w+\.py)\n", block)
-        assert header, f"a README python block without a '# name.py' header:\n{block}"
-        (directory / header.group(1)).write_text(block)
+        assert re.match(r"# \w+\.py\n", block), f"a README python block without a header:\n{block}"
+    for text in PAGES.values():
+        for block in blocks("python", text):
+            if header := re.match(r"# (\w+\.py)\n", block):
+                (directory / header.group(1)).write_text(block)
     return directory
 
 
@@ -125,8 +143,6 @@ def run(command: str, workdir: Path, port: int) -> subprocess.CompletedProcess[s
 
 
 def test_the_readme_names_every_extra():
-    import configparser
-
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
     install = README.split("\n## Install and try it\n", 1)[1].split("\n## ", 1)[0]
@@ -141,15 +157,47 @@ def test_the_readme_links_to_files_that_exist():
                 assert (page.parent / target).exists(), f"{page.name} links to {target}"
 
 
-def test_the_readme_has_the_snippets_this_test_runs():
-    assert {"myapp.py", "flaskapp.py"} <= {
-        m.group(1) for b in blocks("python") if (m := re.match(r"# (\w+\.py)", b))
+def test_the_readme_is_a_front_page():
+    lines = README.count("\n")
+    assert lines <= 200, f"the README has {lines} lines; move the detail to docs/"
+
+
+def test_the_first_pip_install_line_installs_this_checkout():
+    """A new user's first install command works today: the distribution is
+    not on the package index yet, so it must name this checkout, with an
+    extra the checkout declares; and a virtual environment comes first."""
+    first = next(line for line in README.splitlines() if re.search(r"\bpip install\b", line))
+    words = shlex.split(re.sub(r"\s+#.*$", "", first).split("&&")[0])
+    assert words[:3] == ["pip", "install", "-e"], first
+    target = re.fullmatch(r"(?P<path>[^\[]+)(?:\[(?P<extras>[^\]]+)\])?", words[3])
+    assert target is not None, first
+    checkout = (ROOT / target["path"]).resolve()
+    assert checkout == ROOT, f"{first!r} does not install this checkout"
+    setup = configparser.ConfigParser()
+    setup.read(checkout / "setup.cfg")
+    assert setup["metadata"]["name"] == "asyncwsgi-middleware"
+    for extra in (target["extras"] or "").split(","):
+        assert extra in setup["options.extras_require"], (first, extra)
+    before = README[: README.index(first)]
+    assert "python3 -m venv .venv && . .venv/bin/activate" in before
+
+
+def test_the_pages_have_the_snippets_this_test_runs():
+    saved = {
+        m.group(1)
+        for text in PAGES.values()
+        for b in blocks("python", text)
+        if (m := re.match(r"# (\w+\.py)", b))
     }
-    assert len(blocks("console")) >= 2
+    assert {"myapp.py", "flaskapp.py"} <= saved
+    assert len(blocks("console")) >= 1
+    assert len(blocks("console", PAGES["docs/http.md"])) >= 2
     assert any(c.startswith("python -m gunicorn ") and "myapp:" in c for c in commands())
+    assert any(c.startswith("python -m flask ") for c in commands(PAGES["docs/frameworks.md"]))
+    assert any(c.startswith("asyncwsgi serve ") for c in commands(PAGES["docs/client.md"]))
 
 
-@pytest.mark.parametrize("command", [c for c in commands() if c.startswith(SERVERS)])
+@pytest.mark.parametrize("command", [c for c in every_command() if c.startswith(SERVERS)])
 def test_every_server_command_serves_a_task(command, workdir):
     with served(command, workdir) as port:
         response = fetch(
@@ -161,19 +209,18 @@ def test_every_server_command_serves_a_task(command, workdir):
 
 @pytest.mark.parametrize(
     "command",
-    [c for c in commands() if not c.startswith(SERVERS) and not c.startswith(NOT_RUN)],
+    [c for c in every_command() if not c.startswith(SERVERS) and not c.startswith(NOT_RUN)],
 )
 def test_every_other_command_succeeds(command, workdir):
-    myapp = next(c for c in commands() if c.startswith("python -m gunicorn ") and "myapp:" in c)
-    with served(myapp, workdir) as port:
+    with served(_myapp(), workdir) as port:
         result = run(command, workdir, port)
     assert result.returncode == 0, (command, result.stdout, result.stderr)
 
 
-def _sessions() -> list[tuple[str, list[str]]]:
-    """(command, the README's answer lines) of every ``$ `` line."""
+def _sessions(text: str) -> list[tuple[str, list[str]]]:
+    """(command, the page's answer lines) of every ``$ `` line."""
     sessions: list[tuple[str, list[str]]] = []
-    for block in blocks("console"):
+    for block in blocks("console", text):
         for line in block.splitlines():
             if line.startswith("$ "):
                 sessions.append((re.sub(r"\s+#.*$", "", line[2:]).strip(), []))
@@ -182,11 +229,11 @@ def _sessions() -> list[tuple[str, list[str]]]:
     return sessions
 
 
-def test_the_curl_sessions_answer_as_the_readme_shows(workdir):
-    myapp = next(c for c in commands() if c.startswith("python -m gunicorn ") and "myapp:" in c)
+@pytest.mark.parametrize("page", [name for name, text in PAGES.items() if blocks("console", text)])
+def test_the_curl_sessions_answer_as_the_page_shows(page, workdir):
     task_id = None
-    with served(myapp, workdir) as port:
-        for command, expected in _sessions():
+    with served(_myapp(), workdir) as port:
+        for command, expected in _sessions(PAGES[page]):
             if task_id is not None:
                 command = command.replace("<id>", task_id)
             assert "<id>" not in command, f"no 202 before {command!r}"
