@@ -13,19 +13,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .capture import ResponseTooLarge, Spool, capture
-from .environ import task_environ
-from .logs import current_task_id, task_extra
-from .metrics import INSTRUMENTS
-from .results import error_result, store_full_result, too_large_result
-from .stores.base import Store, StoreFull, StoreUnavailable
-from .task import BodySink, Result, TaskHandle
-from .tracing import PARENT, end_run, inject, start_run
+from ..capture import ResponseTooLarge, Spool, capture
+from ..environ import task_environ
+from ..logs import current_task_id, task_extra
+from ..metrics import INSTRUMENTS
+from ..results import error_result, store_full_result, too_large_result
+from ..stores.base import Store, StoreFull, StoreUnavailable
+from ..task import BodySink, Result, TaskHandle
+from ..tracing import PARENT, end_run, inject, start_run
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-    from .task import Job
+    from ..task import Job
 
 __all__ = ["TaskRunner"]
 
