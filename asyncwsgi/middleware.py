@@ -40,6 +40,7 @@ from .results import error_result
 from .runner import ACCEPTED, PATTERN, TaskRunner
 from .stores import Store, open_store
 from .stores.base import ACTIVE, StoreFull, StoreUnavailable
+from .stores.settings import STORE_SETTINGS
 from .task import Callback, Job, Result, State, TaskRecord
 from .tracing import activate, carry, start_submit
 
@@ -114,6 +115,12 @@ class AsyncMiddleware:
         spool_threshold: int = 2**20,
         max_stored_bytes: int | None = None,
         results_dir: str | None = None,
+        max_tombstones: int | None = None,
+        tombstone_ttl: float | None = None,
+        busy_timeout: float | None = None,
+        chunk_size: int | None = None,
+        spool_ttl: float | None = None,
+        min_replicas: int | None = None,
         retry_after: int = 1,
         max_retry_after: int = 30,
         prefer_paths: Iterable[Pattern] = (),
@@ -160,7 +167,9 @@ class AsyncMiddleware:
             store_options["results_dir"] = results_dir
         if max_stored_bytes is not None and not isinstance(store, Store):
             store_options["max_stored_bytes"] = max_stored_bytes
-        self.store = open_store(store, **store_options)
+        self.store = open_store(
+            store, {s.name: given[s.name] for s in STORE_SETTINGS}, **store_options
+        )
         if max_stored_bytes is not None:
             self.store.max_stored_bytes = max_stored_bytes
         self.max_stored_bytes = self.store.max_stored_bytes
@@ -174,6 +183,13 @@ class AsyncMiddleware:
                 "lower max_result or raise max_stored_bytes"
             )
         self.results_dir = results_dir
+        # The store's own settings as given (None: the store's default).
+        self.max_tombstones = max_tombstones
+        self.tombstone_ttl = tombstone_ttl
+        self.busy_timeout = busy_timeout
+        self.chunk_size = chunk_size
+        self.spool_ttl = spool_ttl
+        self.min_replicas = min_replicas
         self.spool_threshold = spool_threshold
         self.max_workers = _POOL_SIZE if max_workers is None and executor is None else max_workers
         self.max_pending = max_pending

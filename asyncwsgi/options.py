@@ -26,6 +26,7 @@ from werkzeug.utils import import_string
 
 from .executor import Executor
 from .stores import Store
+from .stores.settings import STORE_SETTINGS, StoreSetting
 
 __all__ = ["OPTIONS", "Option", "check_options", "convert_options", "option"]
 
@@ -238,6 +239,16 @@ def _metrics_path(name: str, value: Any) -> Any:
     return value
 
 
+def _store_row(setting: StoreSetting) -> Option:
+    """A store's own setting as a middleware option: None, the store's default."""
+
+    def check(name: str, value: Any) -> Any:
+        return None if value is None else setting.check(value)
+
+    convert = _optional_int if setting.kind is int else _optional_float
+    return Option(setting.name, convert, None, check, f"{setting.help} (None: the store's default)")
+
+
 def _any(name: str, value: Any) -> Any:
     """For options whose value the constructor checks itself."""
     return value
@@ -274,6 +285,7 @@ OPTIONS: tuple[Option, ...] = (
            "first, new tasks get 503 without room (None: the store's default)"),
     Option("results_dir", _optional_text, None, _any,
            "directory of spooled bodies (memory and SQLite stores)"),
+    *map(_store_row, STORE_SETTINGS),
     Option("retry_after", int, 1, _count(0),
            "seconds of Retry-After sent with a 202 (the starting value)"),
     Option("max_retry_after", int, 30, _count(0),

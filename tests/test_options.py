@@ -265,3 +265,95 @@ def test_close_leaves_a_store_given_as_an_object_open():
     mw = AsyncMiddleware(_app, paths=["/r/*"], store=store)
     mw.close()
     assert store.get("x" * 32) is None
+
+
+# -- the stores' own settings: options and store URL parameters -------------
+
+
+def test_store_settings_reach_an_sqlite_store_from_options(tmp_path):
+    mw = AsyncMiddleware(
+        _app,
+        store=f"sqlite:///{tmp_path}/tasks.db",
+        busy_timeout=2.5,
+        max_tombstones=7,
+        tombstone_ttl=60.0,
+    )
+    try:
+        assert (mw.store.timeout, mw.store.max_tombstones, mw.store.tombstone_ttl) == (2.5, 7, 60.0)
+        assert (mw.busy_timeout, mw.max_tombstones, mw.tombstone_ttl) == (2.5, 7, 60.0)
+    finally:
+        mw.close()
+
+
+def test_store_settings_reach_an_sqlite_store_from_its_url(tmp_path):
+    from asyncwsgi import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/tasks.db?busy_timeout=0.5&max_tombstones=3")
+    try:
+        assert (store.timeout, store.max_tombstones) == (0.5, 3)
+        assert store.path == str(tmp_path / "tasks.db")
+    finally:
+        store.close()
+
+
+def test_store_settings_from_a_paste_ini(tmp_path):
+    from paste.deploy import loadapp
+
+    ini = tmp_path / "app.ini"
+    ini.write_text(
+        "[pipeline:main]\npipeline = asyncwsgi inner\n\n"
+        "[filter:asyncwsgi]\nuse = egg:asyncwsgi-middleware\npaths = /r/*\n"
+        f"store = sqlite:///{tmp_path}/tasks.db\nbusy_timeout = 1.5\ntombstone_ttl = 9\n\n"
+        "[app:inner]\nuse = call:tests.test_options:make_app\n"
+    )
+    mw = loadapp(f"config:{ini}")
+    try:
+        assert (mw.store.timeout, mw.store.tombstone_ttl) == (1.5, 9.0)
+    finally:
+        mw.close()
+
+
+def test_redis_settings_travel_in_its_url(redis_url):
+    mw = AsyncMiddleware(_app, store=redis_url + "?chunk_size=1000&spool_ttl=30")
+    try:
+        assert (mw.store.chunk_size, mw.store.spool_ttl) == (1000, 30.0)
+        # A worker opening the store by its URL gets the same chunks.
+        assert "chunk_size=1000" in mw.store.url
+    finally:
+        mw.close()
+
+
+def test_min_replicas_is_a_redis_url_parameter():
+    from asyncwsgi.stores.settings import split_url, store_keywords
+
+    url, settings = split_url("redis://127.0.0.1:6379/0?min_replicas=2&prefix=a%3A")
+    assert url == "redis://127.0.0.1:6379/0?prefix=a%3A"
+    assert settings == {"min_replicas": 2}
+    assert store_keywords("redis", settings) == {"min_replicas": 2}
+    with pytest.raises(ValueError, match="min_replicas is a setting of the redis store"):
+        store_keywords("sqlite", settings)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param({"chunk_size": 1000}, "chunk_size is a setting of the redis store", id="kind"),
+        pytest.param({"busy_timeout": -1.0}, "busy_timeout must be a number", id="negative"),
+        pytest.param({"chunk_size": 0, "store": "redis://x"}, "chunk_size must be", id="zero"),
+        pytest.param(
+            {"store": "memory:?max_tombstones=x"}, "max_tombstones='x'", id="url-not-a-number"
+        ),
+        pytest.param({"store": "memory:?tombs=3"}, "unknown parameter", id="url-unknown"),
+        pytest.param(
+            {"store": "memory:?max_tombstones=3", "max_tombstones": 4},
+            "max_tombstones is 3 in the store URL but 4",
+            id="url-and-option-differ",
+        ),
+        pytest.param(
+            {"store": MemoryStore(), "tombstone_ttl": 5.0}, "set on the store given", id="object"
+        ),
+    ],
+)
+def test_store_setting_mistakes_fail_at_construction(options, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        AsyncMiddleware(_app, **options)

@@ -89,6 +89,7 @@ from ..task import (
     TaskRecord,
 )
 from .base import Store, StoreFull, StoreUnavailable
+from .settings import split_url
 
 __all__ = ["RedisStore"]
 
@@ -652,6 +653,8 @@ _UNAVAILABLE = (
 def _split_prefix(url: str) -> tuple[str, str | None]:
     """The URL without its ``prefix=`` query parameter (ours, not redis-py's),
     and that prefix."""
+    # The stores' own settings (chunk_size=...) come as keywords too (open_store).
+    url = split_url(url)[0]
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     prefixes = [value for name, value in query if name == "prefix"]
