@@ -18,7 +18,6 @@ import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
@@ -28,7 +27,7 @@ from .capture import Spool
 from .environ import read_body, snapshot
 from .events import DONE_ID, EventStream, wants_events
 from .executor import Executor, ThreadExecutor
-from .listing import decode_cursor, encode_cursor
+from .listing import BadQuery, encode_cursor, parse_list_query
 from .logs import task_extra
 from .metrics import INSTRUMENTS, scrape_registry
 from .options import check_options
@@ -41,7 +40,7 @@ from .runner import ACCEPTED, PATTERN, TaskRunner
 from .stores import Store, open_store
 from .stores.base import ACTIVE, StoreFull, StoreUnavailable
 from .stores.settings import STORE_SETTINGS
-from .task import Callback, Job, Result, State, TaskRecord
+from .task import Callback, Job, Result, TaskRecord
 from .tracing import activate, carry, start_submit
 
 if TYPE_CHECKING:
@@ -67,9 +66,6 @@ _ALLOW = ", ".join(_STATUS_METHODS)
 _POOL_SIZE = 8
 # One encoder for every 202: json.dumps() with options builds a new one per call.
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
-_LIST_STATES: tuple[State, ...] = ("queued", "running", "done")
-_LIST_LIMIT = 50
-_LIST_MAX = 500
 # The 202's confirmation that a submission's Callback-URL was taken.
 CALLBACK_HEADER = "Callback-Accepted"
 
@@ -637,28 +633,15 @@ class AsyncMiddleware:
                     environ, start_response
                 )
             owner = owner_hash(value)
-        query = parse_qs(environ.get("QUERY_STRING", ""))
-        state = _one(query, "state")
-        if state is not None and state not in _LIST_STATES:
-            return _text(400, "state must be queued, running or done")(environ, start_response)
-        raw_limit = _one(query, "limit")
-        limit = _LIST_LIMIT
-        if raw_limit is not None:
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _LIST_MAX:
-                return _text(400, f"limit must be a whole number from 1 to {_LIST_MAX}")(
-                    environ, start_response
-                )
-            limit = int(raw_limit)
-        before = None
-        raw_cursor = _one(query, "cursor")
-        if raw_cursor is not None:
-            before = decode_cursor(raw_cursor)
-            if before is None:
-                return _text(400, "cursor is not one this list gave")(environ, start_response)
+        try:
+            query = parse_list_query(environ.get("QUERY_STRING", ""))
+        except BadQuery as exc:
+            return _text(400, str(exc))(environ, start_response)
+        limit = query.limit
         records = self.store.list_tasks(
             owner,
-            state=state,
-            before=before,
+            state=query.state,
+            before=query.before,
             limit=limit + 1,
         )
         page = records[:limit]
@@ -852,11 +835,6 @@ def _document(record: TaskRecord, location: str) -> bytes:
         "progress": record.progress,
     }
     return _encode_json(document).encode()
-
-
-def _one(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
 
 
 def _text(code: int, message: str) -> Response:
