@@ -1,0 +1,238 @@
+"""Spooled bodies in Redis: ``body:<id>:<kind>`` is a list of chunks of
+``chunk_size`` bytes, counted against the store's byte budget as they are
+written. :class:`BodyIO` is every call the bodies make; :class:`RedisSink`
+writes one, :class:`RedisBody` reads one."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import redis
+from redis.cluster import RedisCluster
+
+from ...task import Body, BodyKind, BodySink
+from ..base import StoreFull
+from .codec import num
+from .faults import translated
+from .scripts import Scripts
+
+__all__ = ["BodyIO", "RedisBody", "RedisSink", "budget_spent"]
+
+
+def budget_spent(limit: int | None) -> StoreFull:
+    return StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+
+
+class BodyIO:
+    """The store's handle for its bodies: the scripts that count bytes, and
+    the reads of chunks. ``budget`` gives the store's ``max_stored_bytes``
+    (which the middleware may set after the store is made)."""
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        scripts: Scripts,
+        prefix: str,
+        *,
+        chunk_size: int,
+        spool_ttl: float,
+        budget: Callable[[], int | None],
+    ) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.prefix = prefix
+        self.chunk_size = chunk_size
+        self.spool_ttl = spool_ttl
+        self.budget = budget
+
+    def key(self, task_id: str, kind: BodyKind) -> str:
+        return f"{self.prefix}body:{task_id}:{kind}"
+
+    def _budget_arg(self) -> int:
+        limit = self.budget()
+        return -1 if limit is None else int(limit)
+
+    def reserve(self, task_id: str, kind: BodyKind, nbytes: int) -> bool:
+        """Count ``nbytes`` against the budget ahead of writing them; False
+        when they are not free."""
+        with translated():
+            taken = self.scripts.run(
+                "reserve_bytes",
+                [self.key(task_id, kind)],
+                [
+                    f"{task_id}:{kind}",
+                    num(time.time()),
+                    num(self.spool_ttl),
+                    self._budget_arg(),
+                    nbytes,
+                ],
+            )
+        return bool(int(taken))
+
+    def append(self, task_id: str, kind: BodyKind, index: int, chunk: bytes, extra: int) -> int:
+        """Append chunk number ``index``, ``extra`` of its bytes not reserved
+        yet: 1, 0 (the budget is spent) or -1 (the body was removed)."""
+        with translated():
+            return int(
+                self.scripts.run(
+                    "append_chunk",
+                    [self.key(task_id, kind)],
+                    [
+                        f"{task_id}:{kind}",
+                        num(time.time()),
+                        num(self.spool_ttl),
+                        self._budget_arg(),
+                        index,
+                        chunk,
+                        extra,
+                    ],
+                )
+            )
+
+    def release(self, task_id: str, kind: BodyKind, nbytes: int) -> None:
+        """Give back ``nbytes`` reserved and not written."""
+        with translated():
+            self.scripts.run(
+                "release_bytes", [self.key(task_id, kind)], [f"{task_id}:{kind}", nbytes]
+            )
+
+    def drop(self, task_id: str, kind: BodyKind) -> None:
+        """Remove a body and give its bytes back."""
+        with translated():
+            self.scripts.run("drop_body", [self.key(task_id, kind)], [task_id, kind])
+
+    def exists(self, key: str) -> bool:
+        with translated():
+            return bool(self.client.exists(key))
+
+    def chunk(self, key: str, index: int) -> bytes:
+        """Chunk number ``index`` of the body at ``key``."""
+        chunk = self.client.lindex(key, index)
+        if chunk is None:
+            raise OSError(f"the body at {key} was removed while it was read")
+        return cast(bytes, chunk)
+
+
+class RedisSink(BodySink):
+    """Writes a body to ``body:<id>:<kind>`` in chunks of ``chunk_size``: one
+    script call per chunk, which counts it against the budget."""
+
+    def __init__(self, io_: BodyIO, task_id: str, kind: BodyKind) -> None:
+        self.io = io_
+        self.task_id = task_id
+        self.kind = kind
+        self.key = io_.key(task_id, kind)
+        self.chunks = 0
+        self.pushed = 0
+        # Bytes counted against the budget: reserved ahead, or pushed past that.
+        self.counted = 0
+        self._buffer = bytearray()
+
+    def reserve(self, nbytes: int) -> None:
+        if not self.io.reserve(self.task_id, self.kind, nbytes):
+            raise budget_spent(self.io.budget())
+        self.counted += nbytes
+
+    def write(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        size = self.io.chunk_size
+        while len(buffer) >= size:
+            self._push(bytes(buffer[:size]))
+            del buffer[:size]
+
+    def _push(self, chunk: bytes) -> None:
+        extra = max(0, self.pushed + len(chunk) - self.counted)
+        answer = self.io.append(self.task_id, self.kind, self.chunks, chunk, extra)
+        if answer == 0:
+            raise budget_spent(self.io.budget())
+        if answer < 0:
+            raise StoreFull("the body was removed while it was being written")
+        self.chunks += 1
+        self.pushed += len(chunk)
+        self.counted += extra
+
+    def commit(self, size: int, sha256: str) -> Body:
+        if self._buffer:
+            self._push(bytes(self._buffer))
+            self._buffer = bytearray()
+        unused = self.counted - self.pushed
+        if unused > 0:
+            self.io.release(self.task_id, self.kind, unused)
+            self.counted = self.pushed
+        return RedisBody(self.io, self.key, size, sha256)
+
+    def discard(self) -> None:
+        self._buffer = bytearray()
+        self.io.drop(self.task_id, self.kind)
+
+
+class RedisBody(Body):
+    """A body in chunks in Redis, read a chunk at a time."""
+
+    __slots__ = ("io", "key")
+
+    def __init__(self, io_: BodyIO, key: str, size: int, sha256: str) -> None:
+        super().__init__(size, sha256)
+        self.io = io_
+        self.key = key
+
+    def open(self) -> io.BufferedReader:
+        if not self.io.exists(self.key):
+            raise FileNotFoundError(f"no body at {self.key}")
+        return io.BufferedReader(_ChunkReader(self), buffer_size=256 * 1024)
+
+    def chunks(self, start: int, stop: int) -> Iterator[bytes]:
+        # Redis's own chunks, sliced only at the ends of the range.
+        size = self.io.chunk_size
+        index = start // size
+        position = index * size
+        while position < stop:
+            piece = self.io.chunk(self.key, index)
+            end = position + len(piece)
+            if position < start or end > stop:
+                piece = piece[max(0, start - position) : stop - position]
+            yield piece
+            position = end
+            index += 1
+
+
+class _ChunkReader(io.RawIOBase):
+    def __init__(self, body: RedisBody) -> None:
+        self.body = body
+        self.chunk_size = body.io.chunk_size
+        self.position = 0
+        self._index = -1
+        self._chunk = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self.position
+        elif whence == io.SEEK_END:
+            offset += self.body.size
+        self.position = max(0, offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        if self.position >= self.body.size:
+            return 0
+        index, offset = divmod(self.position, self.chunk_size)
+        if index != self._index:
+            self._chunk = self.body.io.chunk(self.body.key, index)
+            self._index = index
+        piece = self._chunk[offset : offset + len(buffer)]
+        buffer[: len(piece)] = piece
+        self.position += len(piece)
+        return len(piece)

@@ -1,0 +1,55 @@
+"""The task record as the Redis store keeps it: a hash of strings and bytes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from ...task import Callback, Result, TaskRecord
+
+__all__ = ["headers_json", "num", "record", "text"]
+
+
+def num(value: float) -> str:
+    """A number as Lua and Redis read it back exactly."""
+    return repr(float(value))
+
+
+def text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def headers_json(headers: list[tuple[str, str]]) -> str:
+    return json.dumps([[name, value] for name, value in headers])
+
+
+def record(task_id: str, fields: dict[str, Any]) -> TaskRecord:
+    """The record of a task from its hash's fields."""
+
+    def number(name: str) -> float | None:
+        value = fields.get(name)
+        return None if value is None else float(value)
+
+    result: Result | None = None
+    if "status" in fields:
+        result = Result(
+            text(fields["status"]),
+            [(name, value) for name, value in json.loads(fields["headers"])],
+            bytes(fields.get("body", b"")),
+        )
+    progress = fields.get("progress")
+    owner = fields.get("owner")
+    callback = fields.get("callback")
+    return TaskRecord(
+        task_id,
+        state=cast(Any, text(fields["state"])),
+        created=number("created") or 0.0,
+        started=number("started"),
+        finished=number("finished"),
+        progress=None if progress is None else json.loads(progress),
+        result=result,
+        owner=None if owner is None else text(owner),
+        lease_until=number("lease_until"),
+        ttl=float(fields.get("ttl", 300.0)),
+        callback=None if callback is None else Callback(*json.loads(callback)),
+    )

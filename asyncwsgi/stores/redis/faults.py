@@ -1,0 +1,52 @@
+"""What a redis-py error means for the store: unavailable (``503`` with
+``Retry-After``), full, or a bug (raised as it is)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from ..base import StoreFull, StoreUnavailable
+
+__all__ = ["BACKEND_ERRORS", "UNAVAILABLE", "fault", "translated"]
+
+# Redis down, restarting, loading its data, failing over, or a cluster that
+# lost a slot: the store is unavailable, not broken (ConnectionError covers
+# BusyLoadingError, and redis-py's TimeoutError a Redis that stopped answering).
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
+#: What the store's calls catch and hand to :func:`fault`.
+BACKEND_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE, redis.ResponseError)
+
+
+def fault(exc: Exception) -> None:
+    """Raise the :class:`StoreUnavailable` or :class:`StoreFull` that ``exc``
+    means, from it; return when it means neither (a bug: the caller re-raises
+    it as it is)."""
+    if isinstance(exc, redis.OutOfMemoryError):  # maxmemory reached under noeviction
+        raise StoreFull(f"Redis is out of memory: {exc}") from exc
+    if isinstance(exc, UNAVAILABLE):
+        raise StoreUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
+    if str(exc).startswith("MISCONF"):
+        # A Redis that cannot persist refuses writes (stop-writes-on-bgsave-error).
+        raise StoreUnavailable(f"Redis refuses writes: {exc}") from exc
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Redis errors raised inside become the store's faults (see :func:`fault`)."""
+    try:
+        yield
+    except BACKEND_ERRORS as exc:
+        fault(exc)
+        raise

@@ -1,0 +1,13 @@
+-- Every script starts with this. KEYS are the main keys of a call; every
+-- other key is derived from the prefix (ARGV[1]) inside the script, and the
+-- step's own arguments start at ARGV[4].
+local prefix = ARGV[1]
+local tombstone_ms = tonumber(ARGV[2])
+local max_tombstones = tonumber(ARGV[3])
+
+-- Seconds as whole milliseconds for PEXPIRE and PX, at least one.
+local function ms(seconds)
+  local n = math.ceil(seconds * 1000)
+  if n < 1 then n = 1 end
+  return string.format('%d', n)
+end

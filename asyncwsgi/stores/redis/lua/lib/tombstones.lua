@@ -1,0 +1,15 @@
+-- Tombstones past their time go, and the oldest beyond max_tombstones.
+local function trim_tombstones(now)
+  local tombs = prefix .. 'tombs'
+  redis.call('ZREMRANGEBYSCORE', tombs, '-inf', now - tombstone_ms / 1000)
+  local excess = redis.call('ZCOUNT', tombs, '-inf', now) - max_tombstones
+  if excess > 0 then
+    local ids = redis.call('ZRANGEBYSCORE', tombs, '-inf', now, 'LIMIT', 0, excess)
+    for _, id in ipairs(ids) do
+      if redis.call('EXISTS', prefix .. 'task:' .. id) == 0 then
+        redis.call('DEL', prefix .. 'tomb:' .. id)
+        redis.call('ZREM', tombs, id)
+      end
+    end
+  end
+end

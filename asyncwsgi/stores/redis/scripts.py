@@ -1,0 +1,85 @@
+"""The store's Lua scripts, read from ``lua/`` beside this module, and the one
+place where a script runs.
+
+Each ``lua/<step>.lua`` is one atomic step. A first line ``-- uses: a b``
+names the parts of ``lua/lib/`` it needs (after ``lib/common.lua``, which every
+script gets): the source sent to Redis is those parts, then the step.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+    from redis.cluster import RedisCluster
+    from redis.commands.core import Script
+
+__all__ = ["STEPS", "Scripts", "source"]
+
+#: Every script the store runs, by the name of its file.
+STEPS = (
+    "create_task",
+    "read_task",
+    "start_task",
+    "renew_leases",
+    "set_progress",
+    "finish_task",
+    "delete_task",
+    "count_states",
+    "append_chunk",
+    "reserve_bytes",
+    "release_bytes",
+    "want_room",
+    "drop_body",
+    "stored_bytes",
+    "list_page",
+    "claim_callbacks",
+    "settle_callback",
+)
+
+_USES = "-- uses:"
+
+
+_LUA = files(__package__ or __name__) / "lua"
+
+
+def _read(name: str) -> str:
+    path = _LUA
+    for part in name.split("/"):
+        path = path / part
+    return path.read_text(encoding="utf-8")
+
+
+@cache
+def source(step: str) -> str:
+    """The Lua that Redis runs for ``step``: the library parts it uses, then
+    the step itself."""
+    text = _read(f"{step}.lua")
+    parts = ["common"]
+    first = text.split("\n", 1)[0]
+    if first.startswith(_USES):
+        parts += first[len(_USES) :].split()
+    return "\n".join([*(_read(f"lib/{part}.lua") for part in parts), text])
+
+
+class Scripts:
+    """The registered scripts of one client. Every script call of the store
+    goes through :meth:`run`, so that what must follow each write (say,
+    waiting for replicas) is added in one place."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, lib_args: list[str]) -> None:
+        self.client = client
+        # The library's arguments (prefix, tombstone_ttl in ms, max_tombstones),
+        # ARGV[1..3] of every script.
+        self.lib_args = lib_args
+        self._scripts: dict[str, Script] = {
+            step: client.register_script(source(step)) for step in STEPS
+        }
+
+    def run(self, step: str, keys: list[str], args: list[Any]) -> Any:
+        """Run ``step`` with ``keys`` and the library's arguments then ``args``;
+        the script's answer."""
+        return self._scripts[step](keys=keys, args=[*self.lib_args, *args])

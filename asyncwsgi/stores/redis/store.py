@@ -1,0 +1,392 @@
+"""The Redis store: the task table's primitives, each one script."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+from redis.cluster import RedisCluster
+
+from ...task import (
+    Body,
+    BodyKind,
+    BodySink,
+    Created,
+    Delivery,
+    KeyEntry,
+    Progress,
+    Result,
+    State,
+    TaskRecord,
+)
+from ..base import Store
+from . import connect
+from .bodies import BodyIO, RedisBody, RedisSink, budget_spent
+from .codec import headers_json, num, record, text
+from .faults import BACKEND_ERRORS, fault, translated
+from .scripts import Scripts
+
+__all__ = ["RedisStore"]
+
+
+class RedisStore(Store):
+    """Tasks in Redis, shared by every process that opens the same URL.
+
+    ``client_or_url`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster``
+    client (made with ``decode_responses=False``; the caller keeps closing it)
+    or a URL (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for
+    TLS, ``unix:///path/to/redis.sock?db=0``, ``redis+cluster://host:port/``
+    or ``rediss+cluster://`` naming any node of a cluster), for which the
+    store makes and closes its own client. A ``prefix=`` query parameter in
+    the URL sets ``prefix``; :attr:`url` carries a non-default prefix that
+    way, so a process that opens the store by its URL (a Celery worker) finds
+    the same table.
+
+    A finished task's keys expire through Redis TTLs after the record's
+    ``ttl``; a tombstone then answers 410 for ``tombstone_ttl`` seconds, at
+    most ``max_tombstones`` of them kept.
+
+    >>> store = RedisStore.from_url("redis://localhost:6379/0")
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str,
+        *,
+        prefix: str = connect.DEFAULT_PREFIX,
+        max_tombstones: int = 10_000,
+        tombstone_ttl: float = 3600.0,
+        max_stored_bytes: int | None = None,
+        chunk_size: int = 2**20,
+        spool_ttl: float = 600.0,
+    ) -> None:
+        self.max_stored_bytes = max_stored_bytes
+        connection = connect.connect(client_or_url, prefix)
+        self.client: redis.Redis | RedisCluster = connection.client
+        self.url = connection.url
+        self.prefix = prefix = connection.prefix
+        self._owns_client = connection.owns_client
+        self._block_limit = connect.block_limit(self.client)
+        super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
+        self.scripts = Scripts(
+            self.client, [prefix, num(tombstone_ttl * 1000), str(int(max_tombstones))]
+        )
+        self.bodies = BodyIO(
+            self.client,
+            self.scripts,
+            prefix,
+            chunk_size=chunk_size,
+            spool_ttl=spool_ttl,
+            budget=lambda: self.max_stored_bytes,
+        )
+        connect.warn_if_evicting(self.client, prefix)
+
+    @property
+    def chunk_size(self) -> int:
+        """The bytes of each chunk of a spooled body."""
+        return self.bodies.chunk_size
+
+    @property
+    def spool_ttl(self) -> float:
+        """How long a body's writer may take for its next chunk before the
+        body is reaped as a dead writer's."""
+        return self.bodies.spool_ttl
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """A store on its own client for ``redis://``, ``rediss://`` or
+        ``unix://`` URLs; ``options`` are the store's keyword arguments."""
+        return cls(url, **options)
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{kind}:{name}"
+
+    def _run(self, step: str, keys: list[str], args: list[Any]) -> Any:
+        return self.scripts.run(step, keys, args)
+
+    # -- the primitives --------------------------------------------------
+
+    _backend_errors = BACKEND_ERRORS
+
+    def _fault(self, exc: Exception) -> None:
+        fault(exc)
+
+    def _insert(
+        self,
+        record: TaskRecord,
+        key: str | None,
+        fingerprint: str | None,
+        limit: int | None,
+        room: int,
+    ) -> Created:
+        fields: list[str | bytes] = [
+            "state",
+            record.state,
+            "created",
+            num(record.created),
+            "ttl",
+            num(record.ttl),
+        ]
+        if record.owner is not None:
+            fields += ["owner", record.owner]
+        if record.started is not None:
+            fields += ["started", num(record.started)]
+        if record.lease_until is not None:
+            fields += ["lease_until", num(record.lease_until)]
+        if record.progress is not None:
+            fields += ["progress", json.dumps(record.progress)]
+        if record.callback is not None:
+            fields += ["callback", json.dumps([record.callback.url, record.callback.status_url])]
+        key_value = json.dumps([record.id, fingerprint]) if key is not None else ""
+        answer = self._run(
+            "create_task",
+            [self._key("task", record.id)],
+            [
+                record.id,
+                -1 if limit is None else int(limit),
+                num(time.time()),
+                num(record.created),
+                key or "",
+                key_value,
+                self._budget(),
+                room,
+                *fields,
+            ],
+        )
+        if answer == -1:
+            raise budget_spent(self.max_stored_bytes)
+        if isinstance(answer, bytes):
+            task_id, bound_fingerprint = json.loads(answer)
+            return Created(False, KeyEntry(task_id, bound_fingerprint))
+        return Created(bool(answer))
+
+    def _read(self, task_id: str) -> TaskRecord | None:
+        answer = cast(
+            "list[Any]",
+            self._run(
+                "read_task",
+                [self._key("task", task_id), self._key("tomb", task_id)],
+                [num(time.time())],
+            ),
+        )
+        kind = int(answer[0])
+        if kind == 0:
+            return None
+        if kind == 2:
+            return self._tombstone(task_id, text(answer[1]) or None)
+        raw = answer[1:]
+        fields = {text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+        found = record(task_id, fields)
+        if found.result is not None and "body_size" in fields:
+            found.result.body = RedisBody(
+                self.bodies,
+                self.bodies.key(task_id, "result"),
+                int(fields["body_size"]),
+                text(fields["body_sha256"]),
+            )
+        return found
+
+    def _start(self, task_id: str, now: float, lease_until: float) -> bool:
+        started = self._run(
+            "start_task", [self._key("task", task_id)], [task_id, num(now), num(lease_until)]
+        )
+        return bool(started)
+
+    def _heartbeat(self, task_ids: list[str], lease_until: float) -> None:
+        # The key is not read by the script: it routes the call in a cluster.
+        self._run("renew_leases", [self.prefix + "leases"], [num(lease_until), *task_ids])
+
+    def _set_progress(self, task_id: str, progress: Progress) -> None:
+        self._run("set_progress", [self._key("task", task_id)], [json.dumps(progress), task_id])
+
+    def _finish(
+        self, task_id: str, result: Result, now: float, *, lapsed_before: float | None
+    ) -> bool:
+        body = result.body
+        finished = self._run(
+            "finish_task",
+            [self._key("task", task_id)],
+            [
+                task_id,
+                num(now),
+                result.status,
+                headers_json(result.headers),
+                body if isinstance(body, bytes) else b"",
+                "" if lapsed_before is None else num(lapsed_before),
+                "" if isinstance(body, bytes) else f"{body.size} {body.sha256}",
+            ],
+        )
+        return bool(finished)
+
+    def _delete(self, task_id: str) -> bool:
+        return bool(self._run("delete_task", [self._key("task", task_id)], [task_id]))
+
+    def _lapsed(self, now: float, limit: int) -> list[str]:
+        ids = self.client.zrangebyscore(
+            self.prefix + "leases", "-inf", f"({num(now)}", start=0, num=limit
+        )
+        return [text(task_id) for task_id in ids]
+
+    def _count(self) -> int:
+        return int(self.client.zcard(self.prefix + "active"))
+
+    def _count_states(self) -> dict[str, int]:
+        # One script: the states of the active set, read in one step (the set
+        # is bounded by the middleware's max_pending).
+        queued, running = self._run("count_states", [self.prefix + "active"], [])
+        return {"queued": int(queued), "running": int(running)}
+
+    def _block(self, task_id: str, timeout: float, poll: float) -> None:
+        # Whole milliseconds: Redis reads a timeout under 1 ms as "forever".
+        # A finish pushes to done:<id> (kept a minute), so a finish that came
+        # before this call is seen at once. Rotating the list onto itself
+        # leaves it in place for the other waiters: every one of them wakes.
+        seconds = max(0.001, round(timeout, 3))
+        if self._block_limit is not None:
+            seconds = min(seconds, self._block_limit)
+        done = self._key("done", task_id)
+        try:
+            # (Redis takes a fractional timeout; some redis-py releases annotate
+            # it as int, so the call goes through Any.)
+            client: Any = self.client
+            client.blmove(done, done, seconds, "RIGHT", "LEFT")
+        except redis.TimeoutError:
+            pass  # the socket's timeout, not the wait's: the caller reads again
+
+    # -- bodies --------------------------------------------------------------
+
+    def open_sink(self, task_id: str, kind: BodyKind) -> BodySink:
+        if self.max_stored_bytes is not None and self.stored_bytes >= self.max_stored_bytes:
+            raise budget_spent(self.max_stored_bytes)
+        return RedisSink(self.bodies, task_id, kind)
+
+    def request_body(self, task_id: str, size: int, sha256: str) -> Body:
+        return RedisBody(self.bodies, self.bodies.key(task_id, "request"), size, sha256)
+
+    @property
+    def stored_bytes(self) -> int:
+        """The bytes of the spooled bodies held now."""
+        with translated():
+            held = self._run("stored_bytes", [self.prefix + "stored"], [num(time.time())])
+        return int(held)
+
+    def _expire_due(self, now: float) -> None:
+        # Redis expires the records and chunks itself; what is left is the
+        # ledger of bodies (and their bytes in the budget), reaped a batch at
+        # a time by the script behind stored_bytes.
+        self._run("stored_bytes", [self.prefix + "stored"], [num(now)])
+
+    def _budget(self) -> int:
+        return -1 if self.max_stored_bytes is None else int(self.max_stored_bytes)
+
+    def want_room(self, seconds: float) -> None:
+        if self.max_stored_bytes is None:
+            return
+        with translated():
+            millis = max(1, round(seconds * 1000)) if seconds else 0
+            self._run("want_room", [self.prefix + "room_wanted"], [millis])
+
+    @contextmanager
+    def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
+        if isinstance(self.client, RedisCluster):
+            # (Pub/sub on a cluster client is another API: read again instead.)
+            with super()._listen(task_id) as block:
+                yield block
+            return
+        # Subscribed before the caller reads, so that a change in between
+        # still wakes it: every change of state or progress publishes.
+        # (Through Any: redis-py 8.2 annotates pubsub(), earlier ones do not.)
+        client: Any = self.client
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._key("changed", task_id))
+
+            def block(timeout: float) -> None:
+                if self._block_limit is not None:
+                    timeout = min(timeout, self._block_limit)
+                try:
+                    pubsub.get_message(timeout=timeout)
+                except redis.TimeoutError:
+                    pass  # the socket's timeout: the caller reads again
+
+            yield block
+        finally:
+            pubsub.close()
+
+    def _list(
+        self,
+        owner: str | None,
+        state: State | None,
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        key = f"{self.prefix}list:{owner or ''}:{state or 'all'}"
+        answer = cast(
+            "list[Any]",
+            self._run(
+                "list_page",
+                [key],
+                [
+                    num(time.time()),
+                    int(limit),
+                    "" if before is None else num(before[0]),
+                    "" if before is None else before[1],
+                ],
+            ),
+        )
+        records = []
+        for i in range(0, len(answer), 2):
+            raw = answer[i + 1]
+            fields = {text(raw[j]): raw[j + 1] for j in range(0, len(raw), 2)}
+            records.append(record(text(answer[i]), fields))
+        return records
+
+    def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        claim = secrets.token_hex(8)
+        answer = cast(
+            "list[Any]",
+            self._run(
+                "claim_callbacks",
+                [self.prefix + "callbacks"],
+                [num(now), num(now + lease), int(limit), claim],
+            ),
+        )
+        deliveries = []
+        for i in range(0, len(answer), 6):
+            task_id, callback, status, finished, attempts, deadline = answer[i : i + 6]
+            url, status_url = json.loads(callback)
+            deliveries.append(
+                Delivery(
+                    text(task_id),
+                    url,
+                    status_url,
+                    int(status),
+                    float(finished),
+                    int(attempts),
+                    float(deadline),
+                    claim,
+                )
+            )
+        return deliveries
+
+    def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
+        settled = self._run(
+            "settle_callback",
+            [self._key("cb", delivery.task_id), self.prefix + "callbacks"],
+            [delivery.task_id, delivery.claim, "" if retry_at is None else num(retry_at)],
+        )
+        return bool(settled)
+
+    def close(self) -> None:
+        if self._owns_client:
+            connect.close(self.client)
+
+    def __repr__(self) -> str:
+        return f"<RedisStore prefix={self.prefix!r}>"
