@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -24,9 +24,12 @@ from typing import TypeVar
 __all__ = [
     "Gunicorn",
     "RedisClusterServers",
+    "RedisReplicated",
+    "RedisSentinel",
     "RssSampler",
     "RedisServer",
     "free_port",
+    "redis_cli",
     "stop_group",
     "terminate",
     "wait_port",
@@ -143,19 +146,194 @@ class RedisServer(_Service):
         self.proc.kill()
         self.proc.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a slow link, a
+        long fsync); :meth:`resume` goes on where it stopped."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot end
+        terminate(self.proc)
+        self._directory.cleanup()
+
+
+def redis_cli(port: int, *args: str, cli: str = "redis-cli", timeout: float = 5.0) -> str:
+    """The answer of ``redis-cli -p <port> <args>`` as text ('' when the server
+    does not answer)."""
+    try:
+        return subprocess.run(
+            [cli, "-p", str(port), *args], capture_output=True, text=True, timeout=timeout
+        ).stdout
+    except subprocess.TimeoutExpired:
+        return ""
+
+
+def _wait_until(ready: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} within {timeout} s")
+        time.sleep(0.1)
+
+
+def _link_up(port: int, cli: str) -> bool:
+    return "master_link_status:up" in redis_cli(port, "info", "replication", cli=cli)
+
+
+class RedisSentinel(_Service):
+    """One ``redis-server --sentinel`` on a free port watching the primary at
+    127.0.0.1:``primary_port`` as ``service`` (quorum 1: it decides alone),
+    in its own temporary directory (Sentinel rewrites its file)."""
+
+    def __init__(
+        self,
+        primary_port: int,
+        service: str = "svc",
+        executable: str = "redis-server",
+        cli: str = "redis-cli",
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 4000,
+    ) -> None:
+        self.service = service
+        self.cli = cli
+        self._directory = tempfile.TemporaryDirectory(prefix="asyncwsgi-sentinel-")
+        self.port = free_port()
+        conf = Path(self._directory.name) / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self._directory.name}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} 1\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+        )
+        self.proc = subprocess.Popen(
+            [executable, str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_port(self.port, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def primary_port(self) -> int | None:
+        """The port of the primary this sentinel names now (None: it names none)."""
+        answer = redis_cli(
+            self.port, "sentinel", "get-master-addr-by-name", self.service, cli=self.cli
+        ).split()
+        return int(answer[1]) if len(answer) == 2 and answer[1].isdigit() else None
+
+    def replicas_seen(self) -> int:
+        """How many replicas of the primary this sentinel knows of."""
+        answer = redis_cli(self.port, "sentinel", "replicas", self.service, cli=self.cli)
+        return answer.split("\n").count("name")
 
     def stop(self) -> None:
         terminate(self.proc)
         self._directory.cleanup()
 
 
+class RedisReplicated(_Service):
+    """A primary, ``replicas`` replicas of it and one :class:`RedisSentinel`,
+    each on a free port of 127.0.0.1 without persistence; returns once every
+    replica is in sync and the sentinel knows them all.
+
+    >>> with RedisReplicated(2) as group:
+    ...     group.replicas[0].pause(); group.primary.kill()
+    """
+
+    def __init__(
+        self,
+        replicas: int = 2,
+        executable: str = "redis-server",
+        cli: str = "redis-cli",
+        *,
+        service: str = "svc",
+        down_after_ms: int = 1000,
+        timeout: float = 30.0,
+    ) -> None:
+        self.cli = cli
+        self.replicas: list[RedisServer] = []
+        self.sentinel: RedisSentinel | None = None
+        self.primary = RedisServer(executable)
+        try:
+            for _ in range(replicas):
+                self.replicas.append(
+                    RedisServer(executable, "--replicaof", "127.0.0.1", str(self.primary.port))
+                )
+            self.wait_synced(timeout)
+            self.sentinel = RedisSentinel(
+                self.primary.port, service, executable, cli, down_after_ms=down_after_ms
+            )
+            _wait_until(
+                lambda: self._sentinel().replicas_seen() >= replicas,
+                timeout,
+                "the sentinel did not see every replica",
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _sentinel(self) -> RedisSentinel:
+        assert self.sentinel is not None
+        return self.sentinel
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.primary, *self.replicas]
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Return once every replica's link to its primary is up."""
+        _wait_until(
+            lambda: all(_link_up(r.port, self.cli) for r in self.replicas if r.proc.poll() is None),
+            timeout,
+            "the replicas were not in sync",
+        )
+
+    def url(self, db: int = 0, query: str = "") -> str:
+        """``redis+sentinel://127.0.0.1:<sentinel>/<service>/<db>[?query]``."""
+        sentinel = self._sentinel()
+        tail = f"?{query}" if query else ""
+        return f"redis+sentinel://127.0.0.1:{sentinel.port}/{sentinel.service}/{db}{tail}"
+
+    def wait_failover(self, timeout: float = 20.0) -> RedisServer:
+        """The server the sentinel promoted, once it names another than the
+        first primary and that server answers as a primary."""
+        sentinel = self._sentinel()
+        found: list[RedisServer] = []
+
+        def promoted() -> bool:
+            port = sentinel.primary_port()
+            for server in self.replicas:
+                if server.port == port and "role:master" in redis_cli(
+                    port, "info", "replication", cli=self.cli
+                ):
+                    found.append(server)
+                    return True
+            return False
+
+        _wait_until(promoted, timeout, "no replica was promoted")
+        return found[0]
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.stop()
+        for server in self.servers:
+            server.stop()
+
+
 class RedisClusterServers(_Service):
-    """A Redis Cluster of ``masters`` redis-servers (no replicas, no
-    persistence) on free ports, each in its own temporary directory, its slots
-    assigned by ``redis-cli --cluster create``; stopped by :meth:`stop` or at
-    the end of a ``with`` block."""
+    """A Redis Cluster of ``masters`` redis-servers, each with ``replicas``
+    replicas (no persistence), on free ports, each in its own temporary
+    directory, its slots assigned by ``redis-cli --cluster create``; stopped
+    by :meth:`stop` or at the end of a ``with`` block. ``node_timeout`` (ms)
+    is how long a node may be unreachable before the cluster fails it over."""
 
     def __init__(
         self,
@@ -163,10 +341,14 @@ class RedisClusterServers(_Service):
         executable: str = "redis-server",
         cli: str = "redis-cli",
         timeout: float = 30.0,
+        *,
+        replicas: int = 0,
+        node_timeout: int = 5000,
     ) -> None:
+        self.cli = cli
         self.nodes: list[RedisServer] = []
         try:
-            for _ in range(masters):
+            for _ in range(masters * (1 + replicas)):
                 # The bus port by name: the default (port + 10000) may not exist.
                 self.nodes.append(
                     RedisServer(
@@ -176,30 +358,74 @@ class RedisClusterServers(_Service):
                         "--cluster-port",
                         str(free_port()),
                         "--cluster-node-timeout",
-                        "5000",
+                        str(node_timeout),
                     )  # fmt: skip
                 )
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
             subprocess.run(
-                [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas),
                  "--cluster-yes"],
                 check=True, capture_output=True, timeout=timeout,
             )  # fmt: skip
-            deadline = time.monotonic() + timeout
-            while not all(self._ready(cli, node.port) for node in self.nodes):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the cluster was not ready within {timeout} s")
-                time.sleep(0.1)
+            _wait_until(
+                lambda: (
+                    all(self._ready(node.port) for node in self.nodes)
+                    and len(self.roles()) == len(self.nodes)
+                ),
+                timeout,
+                "the cluster was not ready",
+            )
+            _wait_until(
+                lambda: all(
+                    _link_up(port, cli) for port, (_, primary) in self.roles().items() if primary
+                ),
+                timeout,
+                "the cluster's replicas were not in sync",
+            )
         except BaseException:
             self.stop()
             raise
 
-    @staticmethod
-    def _ready(cli: str, port: int) -> bool:
-        info = subprocess.run(
-            [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=5
-        ).stdout
+    def _ready(self, port: int) -> bool:
+        info = redis_cli(port, "cluster", "info", cli=self.cli)
         return "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
+
+    def roles(self, port: int | None = None) -> dict[int, tuple[str, int | None]]:
+        """Each live node's port -> (node id, the port of the primary it
+        replicates, or None for a primary), as the node at ``port`` (the first
+        live one by default) sees the cluster."""
+        if port is None:
+            port = next(n.port for n in self.nodes if n.proc.poll() is None)
+        ids: dict[str, int] = {}
+        rows: list[tuple[int, str, str, str]] = []
+        for line in redis_cli(port, "cluster", "nodes", cli=self.cli).splitlines():
+            fields = line.split()
+            if len(fields) < 8 or "fail" in fields[2].split(","):
+                continue
+            node_port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            ids[fields[0]] = node_port
+            rows.append((node_port, fields[0], fields[2], fields[3]))
+        return {
+            node_port: (node_id, None if "master" in flags else ids.get(master))
+            for node_port, node_id, flags, master in rows
+        }
+
+    def primary_of_key(self, key: str) -> int:
+        """The port of the primary that serves ``key``'s slot now."""
+        port = next(n.port for n in self.nodes if n.proc.poll() is None)
+        slot = int(redis_cli(port, "cluster", "keyslot", key, cli=self.cli).strip())
+        for line in redis_cli(port, "cluster", "nodes", cli=self.cli).splitlines():
+            fields = line.split()
+            if len(fields) < 9 or "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                first, _, last = span.partition("-")
+                if first.isdigit() and int(first) <= slot <= int(last or first):
+                    return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        raise RuntimeError(f"no primary serves the slot of {key!r}")
+
+    def node(self, port: int) -> RedisServer:
+        return next(node for node in self.nodes if node.port == port)
 
     @property
     def ports(self) -> list[int]:
