@@ -30,13 +30,13 @@ from .executor import Executor, ThreadExecutor
 from .listing import BadQuery, encode_cursor, parse_list_query
 from .logs import task_extra
 from .metrics import INSTRUMENTS, scrape_registry
-from .options import check_options
 from .owner import owner_hash
 from .patterns import Pattern, compile_patterns, pattern_label
 from .prefer import parse_prefer, wait_seconds
 from .replay import BodyGone, replay
 from .results import error_result
 from .runner import ACCEPTED, PATTERN, TaskRunner
+from .settings import POOL_SIZE, Settings, check_budget
 from .stores import Store, open_store
 from .stores.base import ACTIVE, StoreFull, StoreUnavailable
 from .stores.settings import STORE_SETTINGS
@@ -62,8 +62,6 @@ _STATUS_METHODS = ("GET", "HEAD", "DELETE")
 # "running" until their lease runs out.
 _EXIT_GRACE = 10.0
 _ALLOW = ", ".join(_STATUS_METHODS)
-# Threads of the default pool when max_workers is not given.
-_POOL_SIZE = 8
 # One encoder for every 202: json.dumps() with options builds a new one per call.
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 # The 202's confirmation that a submission's Callback-URL was taken.
@@ -94,6 +92,42 @@ class AsyncMiddleware:
     ``close()`` stops accepting new tasks (503) and waits for the accepted
     ones; status URLs are answered while it waits.
     """
+
+    # The options, as checked (asyncwsgi.settings.Settings); ``store``,
+    # ``executor`` and ``max_stored_bytes`` are the ones in use.
+    paths: list[Pattern]
+    methods: frozenset[str]
+    status_path: str
+    store: Store
+    max_workers: int | None
+    max_pending: int
+    result_ttl: float
+    max_body: int
+    max_result: int
+    spool_threshold: int
+    max_stored_bytes: int | None
+    results_dir: str | None
+    max_tombstones: int | None
+    tombstone_ttl: float | None
+    busy_timeout: float | None
+    chunk_size: int | None
+    spool_ttl: float | None
+    min_replicas: int | None
+    retry_after: int
+    max_retry_after: int
+    prefer_paths: list[Pattern]
+    max_wait: float
+    max_waiting: int
+    owner: Callable[[WSGIEnvironment], str | None] | None
+    lease: float
+    timeout: float | None
+    queue_timeout: float
+    executor: Executor
+    location_base: str | None
+    metrics_path: str | None
+    list_tasks: bool | None
+    callback_allow: list[str] | None
+    callback_secret: str | None
 
     def __init__(
         self,
@@ -134,77 +168,38 @@ class AsyncMiddleware:
         callback_secret: str | None = None,
     ) -> None:
         # Every option is checked by its rule in options.OPTIONS (one line
-        # there for each keyword argument here: a test holds them together).
-        given = check_options(locals())
-        if executor is not None and max_workers is not None:
-            raise ValueError(
-                "max_workers sizes the default thread pool; with executor= give the "
-                "executor its own size (ThreadExecutor(max_workers=...))"
-            )
-        if metrics_path is not None and metrics_path.startswith(status_path):
-            raise ValueError(f"metrics_path must not be under status_path, not {metrics_path!r}")
+        # there for each keyword argument here: a test holds them together),
+        # then the rules across options.
+        settings = Settings.build(locals())
+        self.settings = settings
+        # Every option, an attribute of the same name (declared above).
+        self.__dict__.update(settings.as_dict())
         self.app = app
-        self.paths: list[Pattern] = given["paths"]
-        self.methods: frozenset[str] = given["methods"]
-        self.status_path = status_path
-        self.prefer_paths: list[Pattern] = given["prefer_paths"]
         self._match = compile_patterns(self.paths)
         self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
-        self._refuse_overlap(self.paths, "paths")
-        self._refuse_overlap(self.prefer_paths, "prefer_paths")
         if INSTRUMENTS is not None:
             INSTRUMENTS.declare(map(pattern_label, [*self.paths, *self.prefer_paths]))
         # A store opened here from a URL is this middleware's to close.
         self._owns_store = not isinstance(store, Store)
         store_options: dict[str, object] = {}
         if results_dir is not None:
-            if isinstance(store, Store):
-                raise ValueError("results_dir is an option of the store given: set it there")
             store_options["results_dir"] = results_dir
         if max_stored_bytes is not None and not isinstance(store, Store):
             store_options["max_stored_bytes"] = max_stored_bytes
-        self.store = open_store(
-            store, {s.name: given[s.name] for s in STORE_SETTINGS}, **store_options
-        )
+        store_settings = {s.name: getattr(settings, s.name) for s in STORE_SETTINGS}
+        self.store = open_store(store, store_settings, **store_options)
         if max_stored_bytes is not None:
             self.store.max_stored_bytes = max_stored_bytes
         self.max_stored_bytes = self.store.max_stored_bytes
-        if self.max_stored_bytes is not None and max_result > self.max_stored_bytes:
+        try:
+            check_budget(max_result, self.max_stored_bytes)
+        except ValueError:
             if self._owns_store:
                 self.store.close()
-            raise ValueError(
-                f"max_result ({max_result}) is larger than max_stored_bytes "
-                f"({self.max_stored_bytes}): a result's writer reserves max_result bytes of "
-                "the budget, so no result above the threshold could ever be stored; "
-                "lower max_result or raise max_stored_bytes"
-            )
-        self.results_dir = results_dir
-        # The store's own settings as given (None: the store's default).
-        self.max_tombstones = max_tombstones
-        self.tombstone_ttl = tombstone_ttl
-        self.busy_timeout = busy_timeout
-        self.chunk_size = chunk_size
-        self.spool_ttl = spool_ttl
-        self.min_replicas = min_replicas
-        self.spool_threshold = spool_threshold
-        self.max_workers = _POOL_SIZE if max_workers is None and executor is None else max_workers
-        self.max_pending = max_pending
-        self.result_ttl = result_ttl
-        self.max_body = max_body
-        self.max_result = max_result
-        self.retry_after = retry_after
-        self.max_retry_after = max(max_retry_after, retry_after)
-        self.max_wait = max_wait
-        self.max_waiting = max_waiting
-        self.owner = owner
-        self.lease = lease
-        self.timeout = timeout
-        self.queue_timeout = queue_timeout
+            raise
         self.executor = (
-            executor if executor is not None else ThreadExecutor(self.max_workers or _POOL_SIZE)
+            executor if executor is not None else ThreadExecutor(self.max_workers or POOL_SIZE)
         )
-        self.location_base: str | None = given["location_base"]
-        self.metrics_path = metrics_path
         self._metrics_registry: CollectorRegistry | None = None
         self.runner = TaskRunner(
             app,
@@ -216,13 +211,8 @@ class AsyncMiddleware:
             spool_threshold=spool_threshold,
         )
         self.executor.bind(self.runner)
-        self.list_tasks = list_tasks
-        self.callback_allow: list[str] | None = given["callback_allow"]
-        self.callback_secret = callback_secret
         self.callbacks: CallbackSender | None = None
-        if self.callback_allow is not None:
-            if callback_secret is None:
-                raise ValueError("callback_allow needs callback_secret, to sign the callbacks")
+        if self.callback_allow is not None and callback_secret is not None:
             self.callbacks = CallbackSender(self.store, parse_secret(callback_secret))
         self._callbacks_pid = 0
         self._callbacks_lock = threading.Lock()
@@ -554,25 +544,6 @@ class AsyncMiddleware:
             headers += extra
         start_response("202 Accepted", headers)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
-
-    def _refuse_overlap(self, patterns: list[Pattern], name: str) -> None:
-        """A pattern meant for paths under status_path would mark requests that
-        never reach the app (status URLs are answered first): refuse it. A
-        pattern for every path (``/*``) is fine: it means everything else."""
-        under = self.status_path + "A" * 32
-        elsewhere = "/" + "A" * 32
-        methods = self.methods or frozenset({"GET"})
-        for pattern in patterns:
-            match = compile_patterns([pattern])
-            if (isinstance(pattern, str) and pattern.startswith(self.status_path)) or any(
-                match(under, method) is not None and match(elsewhere, method) is None
-                for method in methods
-            ):
-                raise ValueError(
-                    f"{name}: pattern {pattern!r} overlaps status_path {self.status_path!r}; "
-                    "requests there are status requests and never reach the app: narrow "
-                    "the pattern or choose another status_path"
-                )
 
     def status_url(self, environ: WSGIEnvironment, task_id: str) -> str:
         """The task's status URL as sent in ``Location`` and ``status_url``:

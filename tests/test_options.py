@@ -357,3 +357,18 @@ def test_min_replicas_is_a_redis_url_parameter():
 def test_store_setting_mistakes_fail_at_construction(options, message):
     with pytest.raises((TypeError, ValueError), match=message):
         AsyncMiddleware(_app, **options)
+
+
+def test_settings_have_exactly_the_table_and_are_frozen():
+    import dataclasses
+
+    from asyncwsgi.settings import Settings
+
+    assert [f.name for f in dataclasses.fields(Settings)] == NAMES
+    mw = AsyncMiddleware(_app, paths=["/r/*"], retry_after=5, max_retry_after=2)
+    try:
+        assert mw.settings.max_retry_after == mw.max_retry_after == 5
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            mw.settings.max_wait = 1.0  # type: ignore[misc]
+    finally:
+        mw.close()

@@ -109,6 +109,6 @@ def test_the_cycle_finder_finds_cycles(graph, cycle):
 
 def test_the_graph_sees_a_real_edge():
     graph = import_graph()
-    assert "asyncwsgi.options" in graph["asyncwsgi.middleware"]
+    assert "asyncwsgi.settings" in graph["asyncwsgi.middleware"]
     # importing asyncwsgi.stores.base from outside runs asyncwsgi.stores first
     assert "asyncwsgi.stores" in graph["asyncwsgi.middleware"]
