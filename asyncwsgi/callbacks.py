@@ -84,9 +84,11 @@ def check_allow_list(prefixes: Iterable[str]) -> list[str]:
 
 
 def allowed_callback(url: str, prefixes: list[str]) -> bool:
-    """Whether ``url`` may be called back: an absolute http(s) URL without
-    credentials, fragment or dot segments, under one of ``prefixes``."""
-    if not url.isprintable() or " " in url:
+    """Whether ``url`` may be called back: an absolute http(s) URL in printable
+    ASCII (non-ASCII must come percent-encoded, as RFC 3986 writes it),
+    without credentials, fragment, backslash or dot segment, under one of
+    ``prefixes``."""
+    if not url.isascii() or not url.isprintable() or " " in url or "\\" in url:
         return False
     try:
         parts = urlsplit(url)
@@ -97,10 +99,26 @@ def allowed_callback(url: str, prefixes: list[str]) -> bool:
         return False
     if "@" in parts.netloc or parts.fragment or "#" in url:
         return False
-    # A dot segment would be resolved by the receiver, outside the prefix.
-    if any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
+    if _leaves_its_path(parts.path):
         return False
     return any(url.startswith(prefix) for prefix in prefixes)
+
+
+def _leaves_its_path(path: str) -> bool:
+    """Whether a receiver could resolve ``path`` outside itself: a dot
+    segment (or a backslash, which WHATWG URL parsers read as a slash) in
+    any decoding of it, since a receiver or a proxy before it may decode
+    %2e, %5c or %2f once or more; a ";" ends a segment for servers that
+    take path parameters ("..;" is ".." to them)."""
+    while True:
+        if "\\" in path:
+            return True
+        if any(segment.split(";", 1)[0] in (".", "..") for segment in path.split("/")):
+            return True
+        decoded = unquote(path)
+        if decoded == path:
+            return False
+        path = decoded
 
 
 def backoff(attempts: int, cap: float) -> float:

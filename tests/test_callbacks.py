@@ -40,6 +40,7 @@ class Delivery:
     body: bytes
     verified: Any
     status: int
+    path: str = ""  # as the request line had it, query included
 
 
 @dataclass
@@ -69,7 +70,8 @@ class Receiver:
             status = self.script.pop(0) if self.script else 200
             if isinstance(verified, Exception):
                 status = 400
-            self.deliveries.append(Delivery(time.time(), headers, body, verified, status))
+            path = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+            self.deliveries.append(Delivery(time.time(), headers, body, verified, status, path))
         extra = [("Location", self.redirect_to)] if self.redirect_to else []
         start_response(f"{status} Whatever", [("Content-Type", "text/plain"), *extra])
         return [b"noted"]
