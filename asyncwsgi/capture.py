@@ -114,7 +114,7 @@ class Spool:
 
 def _too_large(limit: int) -> Exception:
     # ``limit`` is what was left for the body: the message names max_result.
-    return ResponseTooLarge("the response exceeds max_result")
+    return ResponseTooLarge("the status line, headers and body exceed max_result")
 
 
 class ProtocolError(Exception):

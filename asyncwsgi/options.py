@@ -277,7 +277,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body", int, 10 * MiB, _count(0),
            "request body bytes; beyond it 413"),
     Option("max_result", int, 1024 * MiB, _count(0),
-           "captured response bytes; beyond it the task fails as 500 (result too large)"),
+           "bytes of the captured response, status line, headers and body together; "
+           "beyond it the task fails as 500 (result too large)"),
     Option("spool_threshold", int, 1 * MiB, _count(0),
            "body bytes kept in memory; larger results and request bodies go to the store"),
     Option("max_stored_bytes", _optional_int, None, _count(0, optional=True),

@@ -47,7 +47,8 @@ def lost_result(state: str = "running") -> Result:
 def too_large_result(max_result: int) -> Result:
     return error_result(
         500,
-        f"the result was too large: the response passed max_result ({max_result} bytes)",
+        f"the result was too large: its status line, headers and body passed max_result "
+        f"({max_result} bytes)",
     )
 
 

@@ -4,9 +4,12 @@ Configured from the environment: ``ASYNCWSGI_TEST_STORE`` (store URL, memory
 when unset), ``ASYNCWSGI_TEST_CALLBACK_ALLOW`` (space-separated prefixes) and
 ``ASYNCWSGI_TEST_CALLBACK_SECRET``. The task list is on.
 
+``ASYNCWSGI_TEST_MAX_RESULT`` sets ``max_result``.
+
 ``/work/hundred`` answers 100 bytes with no validator (the middleware adds
 its strong ETag); ``/work/weak`` the same 100 bytes with the app's own weak
-ETag ``W/"v1"``; anything else under ``/work/`` answers ``made``.
+ETag ``W/"v1"``; ``/work/sized?n=N`` N bytes with only ``Content-Length``;
+anything else under ``/work/`` answers ``made``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
     headers = [("Content-Type", "application/octet-stream")]
     if path == "/work/hundred":
         body = HUNDRED
+    elif path == "/work/sized":
+        start_response("200 OK", [("Content-Length", environ["QUERY_STRING"][2:])])
+        return [b"x" * int(environ["QUERY_STRING"][2:])]
     elif path == "/work/weak":
         body = HUNDRED
         headers.append(("ETag", 'W/"v1"'))
@@ -43,6 +49,8 @@ def _options() -> dict[str, Any]:
     store = os.environ.get("ASYNCWSGI_TEST_STORE")
     if store:
         options["store"] = store
+    if os.environ.get("ASYNCWSGI_TEST_MAX_RESULT"):
+        options["max_result"] = int(os.environ["ASYNCWSGI_TEST_MAX_RESULT"])
     allow = os.environ.get("ASYNCWSGI_TEST_CALLBACK_ALLOW")
     if allow:
         options["callback_allow"] = allow.split()
