@@ -4,10 +4,12 @@
 >>> response.status, response.body
 
 ``fetch`` submits with ``Prefer: wait=<n>`` so that a fast task is answered in
-one round trip; a ``202 Accepted`` is followed to its ``Location`` (long polls,
-again with ``Prefer: wait``, or sleeps of ``Retry-After``) until the app's
-response is ready, which is returned exactly as the app gave it: any status,
-no redirects followed.
+one round trip; a ``202 Accepted`` is followed to its ``Location`` until the
+app's response is ready, which is returned exactly as the app gave it: any
+status, no redirects followed. With ``on_progress``, the status URL's event
+stream is followed when the server offers one (each progress change arrives
+as it happens); otherwise, and without ``on_progress``, long polls (again
+with ``Prefer: wait``) or sleeps of ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def fetch(
     max_interval: float = 5.0,
     poll_headers: Iterable[str] | None = None,
     retry_for: float = 30.0,
+    events: bool = True,
 ) -> Response:
     """Send a request to an asyncwsgi endpoint and follow it to its result.
 
@@ -73,6 +76,15 @@ def fetch(
     ``max_interval`` caps a ``Retry-After`` between polls. ``on_progress`` is
     called with the task's ``progress`` object each time it changes. Raises
     :class:`TaskTimeout` when ``timeout`` seconds pass first.
+
+    Progress as it happens: with ``on_progress`` (and ``events``, the
+    default), the submission does not wait, and the status URL is read as
+    Server-Sent Events (``Accept: text/event-stream``): each ``progress``
+    event reaches ``on_progress`` when the server sends it, and after
+    ``done`` the result is fetched from the status URL. A server that
+    answers the status URL with anything but an event stream is long-polled
+    instead, as without ``on_progress`` (a long poll answers when the task
+    ends, so progress seen that way may lag by up to ``wait`` seconds).
 
     Polls repeat the caller's headers named in ``poll_headers``; by default
     every header given except those that describe the submission itself
@@ -99,21 +111,33 @@ def fetch(
     else:
         wanted = {name.lower() for name in poll_headers}
         repeated = {k: v for k, v in extra.items() if k.lower() in wanted}
-    response = _retrying(method, url, body, extra, wait, deadline, retry_for, max_interval, None)
-    last_progress: Progress | None = None
+    # Progress wanted and a stream to show it: a submission that waited would
+    # hide every change made while it waits.
+    follow = events and on_progress is not None
+    submit_wait = 0 if follow else wait
+    response = _retrying(
+        method, url, body, extra, submit_wait, deadline, retry_for, max_interval, None
+    )
+    seen = _Changes(on_progress)
     current = url
     while response.status == 202 and response.headers.get("Location"):
         status_url = urllib.parse.urljoin(current, response.headers["Location"])
-        progress = _progress_of(response.body)
-        if progress is not None and progress != last_progress:
-            last_progress = progress
-            if on_progress is not None:
-                on_progress(progress)
+        seen.report(_progress_of(response.body))
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise TaskTimeout(
                 f"the task at {status_url} was not done after {timeout} s", status_url
             )
+        if follow:
+            streamed = _follow_events(
+                status_url, repeated, deadline, retry_for, max_interval, seen
+            )
+            if streamed is _NOT_OFFERED:
+                follow = False  # the server answers polls only: long-poll from now on
+            elif isinstance(streamed, Response):
+                response, current = streamed, status_url
+                continue
+            # else the stream broke: one ordinary poll (it retries), then again
         if not response.headers.get("Preference-Applied"):
             # The server did not wait for us: honour Retry-After before polling.
             pause = min(_retry_after(response.headers.get("Retry-After")), max_interval)
@@ -125,6 +149,153 @@ def fetch(
             "GET", status_url, None, repeated, wait, deadline, retry_for, max_interval, status_url
         )
     return response
+
+
+class _Changes:
+    """Calls ``on_progress`` once per change of the progress object, however
+    it arrived (a 202 document, an event, a reconnected stream's first event)."""
+
+    def __init__(self, on_progress: Callable[[Progress], None] | None) -> None:
+        self.on_progress = on_progress
+        self.last: Progress | None = None
+
+    def report(self, progress: Progress | None) -> None:
+        if progress is not None and progress != self.last:
+            self.last = progress
+            if self.on_progress is not None:
+                self.on_progress(progress)
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# What _follow_events returns besides the answer after ``done``.
+_NOT_OFFERED = _Marker("not offered")  # the status URL answered a poll, not a stream
+_BROKEN = _Marker("broken")  # the stream failed: poll once (that retries), then again
+
+# How long a stream may stay silent before the client gives up on it: the
+# server sends a comment every 15 s on a quiet stream.
+_STREAM_SILENCE = 45.0
+
+
+def _follow_events(
+    status_url: str,
+    headers: Mapping[str, str],
+    deadline: float | None,
+    retry_for: float,
+    max_interval: float,
+    seen: _Changes,
+) -> Response | _Marker:
+    """Read the task's event stream, reconnecting when the server ends it
+    (it does after ``max_wait``), until ``done``; then the status URL's
+    answer, fetched as a poll would. A first answer that is not an event
+    stream is returned as it is, unless it is a 202 (no stream offered) or
+    a 503 (come back later), which the polling loop handles."""
+    last_event_id: str | None = None
+    retry = 1.0
+    while True:
+        started = time.monotonic()
+        outcome = _read_stream(status_url, headers, last_event_id, deadline, seen)
+        if isinstance(outcome, Response):
+            if outcome.status == 202:
+                seen.report(_progress_of(outcome.body))
+                return _NOT_OFFERED
+            if outcome.status == 503:
+                return _BROKEN
+            return outcome
+        if outcome is None:
+            return _BROKEN
+        last_event_id, retry, location = outcome
+        if location is not None:
+            done_url = urllib.parse.urljoin(status_url, location)
+            return _retrying(
+                "GET", done_url, None, headers, 0, deadline, retry_for, max_interval, done_url
+            )
+        # The server ended the stream before the task: reconnect, no sooner
+        # than ``retry`` after the last connection (as EventSource does).
+        pause = min(retry, max_interval) - (time.monotonic() - started)
+        if deadline is not None:
+            if time.monotonic() >= deadline:
+                raise TaskTimeout(f"the task at {status_url} was not done in time", status_url)
+            pause = min(pause, deadline - time.monotonic())
+        if pause > 0:
+            time.sleep(pause)
+
+
+def _read_stream(
+    url: str,
+    headers: Mapping[str, str],
+    last_event_id: str | None,
+    deadline: float | None,
+    seen: _Changes,
+) -> Response | tuple[str | None, float, str | None] | None:
+    """One connection to the event stream. Returns the answer when it is not
+    a stream; else (the last event id, the retry interval in seconds, the
+    ``done`` event's location or None) once the server ends it; None when
+    the connection failed."""
+    sent = dict(headers)
+    sent["Accept"] = "text/event-stream"
+    if last_event_id is not None:
+        sent["Last-Event-ID"] = last_event_id
+    silence = _STREAM_SILENCE
+    if deadline is not None:
+        silence = min(silence, max(deadline - time.monotonic(), 0.01))
+    connection = _connect(url, silence)
+    retry = 1.0
+    try:
+        connection.request("GET", _target(url), headers=sent)
+        answer = connection.getresponse()
+        media_type = (answer.getheader("Content-Type") or "").split(";")[0].strip().lower()
+        if answer.status != 200 or media_type != "text/event-stream":
+            return Response(answer.status, answer.msg, answer.read(), url)
+        name, data = "message", []
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TaskTimeout(f"the task at {url} was not done in time", url)
+                if connection.sock is not None:
+                    connection.sock.settimeout(min(_STREAM_SILENCE, left))
+            raw = answer.readline()
+            if not raw:
+                return last_event_id, retry, None  # the server ended the stream
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line:
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    name = value
+                elif field == "data":
+                    data.append(value)
+                elif field == "id":
+                    last_event_id = value
+                elif field == "retry" and value.isdigit():
+                    retry = int(value) / 1000
+                continue
+            # A blank line ends an event.
+            if name == "progress" and data:
+                seen.report(_progress_of("\n".join(data).encode()))
+            elif name == "done" and data:
+                try:
+                    done = json.loads("\n".join(data))
+                except ValueError:
+                    done = None
+                location = done.get("location") if isinstance(done, dict) else None
+                return last_event_id, retry, location if isinstance(location, str) else url
+            name, data = "message", []
+    except TimeoutError:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TaskTimeout(f"the task at {url} was not done in time", url) from None
+        return None  # a stream silent for too long: the caller polls
+    except (http.client.HTTPException, OSError):
+        return None
+    finally:
+        connection.close()
 
 
 class ServerUnreachable(ConnectionError):
@@ -219,6 +390,26 @@ def _progress_of(body: bytes) -> Progress | None:
 _PATH_SAFE = "/%!$&'()*+,;=:@"
 
 
+def _connect(url: str, socket_timeout: float | None) -> http.client.HTTPConnection:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=socket_timeout)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=socket_timeout)
+
+
+def _target(url: str) -> str:
+    """The request target: what a server sent may be an IRI or hold spaces,
+    so it is sent percent-encoded (existing escapes kept), as browsers and
+    requests do."""
+    parts = urllib.parse.urlsplit(url)
+    target = urllib.parse.quote(parts.path or "/", safe=_PATH_SAFE)
+    if parts.query:
+        target += "?" + urllib.parse.quote(parts.query, safe=_PATH_SAFE + "?")
+    return target
+
+
 def _request(
     method: str,
     url: str,
@@ -227,24 +418,13 @@ def _request(
     wait: int,
     deadline: float | None,
 ) -> Response:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
     # The socket timeout covers the server's wait plus some slack.
     if deadline is None:
         socket_timeout: float | None = None
     else:
         socket_timeout = max(deadline - time.monotonic(), 0.0) + wait + 5.0
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=socket_timeout)
-    else:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=socket_timeout)
-    # What a server sent may be an IRI or hold spaces: sent percent-encoded
-    # (existing escapes kept), as browsers and requests do.
-    target = urllib.parse.quote(parts.path or "/", safe=_PATH_SAFE)
-    if parts.query:
-        target += "?" + urllib.parse.quote(parts.query, safe=_PATH_SAFE + "?")
+    connection = _connect(url, socket_timeout)
+    target = _target(url)
     sent = {k: v for k, v in headers.items() if k.lower() != "prefer"}
     prefer = [v for k, v in headers.items() if k.lower() == "prefer"]
     if wait:
