@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import atexit
-import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
 import secrets
 import threading
 import time
-import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException
@@ -27,6 +23,9 @@ from .capture import Spool
 from .environ import read_body, snapshot
 from .events import DONE_ID, EventStream, wants_events
 from .executor import Executor, ThreadExecutor
+from .http.accepted import Accepted, document, encode_json, iso
+from .http.responses import gone, method_not_allowed, not_found, text, unavailable
+from .http.urls import StatusURLs
 from .listing import BadQuery, encode_cursor, parse_list_query
 from .logs import task_extra
 from .metrics import INSTRUMENTS, scrape_registry
@@ -62,17 +61,8 @@ _STATUS_METHODS = ("GET", "HEAD", "DELETE")
 # "running" until their lease runs out.
 _EXIT_GRACE = 10.0
 _ALLOW = ", ".join(_STATUS_METHODS)
-# One encoder for every 202: json.dumps() with options builds a new one per call.
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 # The 202's confirmation that a submission's Callback-URL was taken.
 CALLBACK_HEADER = "Callback-Accepted"
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AsyncMiddleware:
@@ -201,6 +191,8 @@ class AsyncMiddleware:
             executor if executor is not None else ThreadExecutor(self.max_workers or POOL_SIZE)
         )
         self._metrics_registry: CollectorRegistry | None = None
+        self.urls = StatusURLs(self.status_path, self.location_base)
+        self._accepted = Accepted(settings, self.urls)
         self.runner = TaskRunner(
             app,
             self.store,
@@ -243,13 +235,15 @@ class AsyncMiddleware:
         except StoreFull as exc:
             # A byte budget spent or a full disk: said as such (it passes).
             logger.warning("asyncwsgi: %s %s: the task store is full: %s", method, path, exc)
-            return self._unavailable("the task store is unavailable: it is full")(
+            return unavailable("the task store is unavailable: it is full", self.retry_after)(
                 environ, start_response
             )
         except StoreUnavailable as exc:
             # Every store call comes before start_response: nothing was sent.
             logger.warning("asyncwsgi: %s %s: the task store is unavailable: %s", method, path, exc)
-            return self._unavailable("the task store is unavailable")(environ, start_response)
+            return unavailable("the task store is unavailable", self.retry_after)(
+                environ, start_response
+            )
         return self.app(environ, start_response)
 
     # -- submitting ------------------------------------------------------
@@ -280,7 +274,7 @@ class AsyncMiddleware:
     ) -> Iterable[bytes]:
         if self.closed:
             _rejected("closed", pattern)
-            return self._unavailable("not accepting new tasks")(environ, start_response)
+            return unavailable("not accepting new tasks", self.retry_after)(environ, start_response)
         if environ.get("wsgi.multiprocess") and not self.store.shared:
             self._warn_multiprocess()
 
@@ -288,7 +282,7 @@ class AsyncMiddleware:
         if self.owner is not None:
             value = self.owner(environ)
             if not value:
-                return _text(403, "this request has no owner to bind a task to")(
+                return text(403, "this request has no owner to bind a task to")(
                     environ, start_response
                 )
             owner = owner_hash(value)
@@ -300,7 +294,7 @@ class AsyncMiddleware:
             if callback_url is not None and not allowed_callback(
                 callback_url, self.callback_allow or []
             ):
-                return _text(400, "Callback-URL is not an address this service calls back")(
+                return text(400, "Callback-URL is not an address this service calls back")(
                     environ, start_response
                 )
 
@@ -308,7 +302,7 @@ class AsyncMiddleware:
         raw_key = environ.get("HTTP_IDEMPOTENCY_KEY")
         if raw_key is not None:
             if not _KEY_RE.fullmatch(raw_key):
-                return _text(400, "Idempotency-Key must be 1 to 255 visible ASCII characters")(
+                return text(400, "Idempotency-Key must be 1 to 255 visible ASCII characters")(
                     environ, start_response
                 )
             key = hashlib.sha256(f"{owner or ''}\x00{raw_key}".encode()).hexdigest()
@@ -359,13 +353,13 @@ class AsyncMiddleware:
         if outcome.existing is not None:
             bound = outcome.existing.fingerprint
             if fingerprint is None or bound is None or not hmac.compare_digest(bound, fingerprint):
-                return _text(422, "this Idempotency-Key was used with a different request")(
+                return text(422, "this Idempotency-Key was used with a different request")(
                     environ, start_response
                 )
             return self._status(environ, start_response, outcome.existing.task_id, retried=True)
         if not outcome.created:
             _rejected("full", pattern)
-            return self._unavailable("too many pending tasks")(environ, start_response)
+            return unavailable("too many pending tasks", self.retry_after)(environ, start_response)
         job_environ = snapshot(environ)
         # When it was accepted, for the queue wait measured where it runs.
         job_environ[ACCEPTED] = repr(now)
@@ -383,7 +377,9 @@ class AsyncMiddleware:
             )
             self.store.delete(record.id)
             _rejected("executor_unavailable", pattern)
-            return self._unavailable("could not queue the task")(environ, start_response)
+            return unavailable("could not queue the task", self.retry_after)(
+                environ, start_response
+            )
         if INSTRUMENTS is not None:
             INSTRUMENTS.of(pattern).accepted.inc()
 
@@ -399,7 +395,7 @@ class AsyncMiddleware:
                 done, waited = record, None
             if waited is not None:
                 if done is None:
-                    return _not_found(environ, start_response)  # deleted while we waited
+                    return not_found(environ, start_response)  # deleted while we waited
                 record = done
                 applied = f"wait={waited}" if not applied else f"{applied}, wait={waited}"
             if record.state == "done" and record.result is not None:
@@ -420,18 +416,17 @@ class AsyncMiddleware:
     ) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
         if not retried and method not in _STATUS_METHODS:
-            response = _text(405, "use GET, HEAD or DELETE on a status URL")
-            response.headers["Allow"] = _ALLOW
+            response = method_not_allowed("use GET, HEAD or DELETE on a status URL", _ALLOW)
             return response(environ, start_response)
         if self.callbacks is not None:
             self._start_callbacks()
         if not task_id and not retried and method != "DELETE":
             return self._list(environ, start_response)
         if not _ID_RE.fullmatch(task_id):
-            return _not_found(environ, start_response)
+            return not_found(environ, start_response)
         record = self.store.get(task_id)
         if record is None or not self._owns(environ, record):
-            return _not_found(environ, start_response)
+            return not_found(environ, start_response)
         if method == "DELETE" and not retried:
             if self.store.delete(task_id):
                 self.executor.cancel(task_id)
@@ -440,9 +435,9 @@ class AsyncMiddleware:
                         INSTRUMENTS.cancelled.inc()
                     logger.info("asyncwsgi: task %s cancelled", task_id, extra=task_extra(task_id))
                 return Response(status=204)(environ, start_response)
-            return _not_found(environ, start_response)
+            return not_found(environ, start_response)
         if record.state == "expired":
-            return _gone(environ, start_response)
+            return gone(environ, start_response)
         if method == "GET" and not retried and wants_events(environ):
             return self._events(environ, start_response, record)
 
@@ -453,15 +448,15 @@ class AsyncMiddleware:
                 done, waited = self._wait(task_id, wait)
                 if waited is not None:
                     if done is None:
-                        return _not_found(environ, start_response)  # deleted while we waited
+                        return not_found(environ, start_response)  # deleted while we waited
                     applied = f"wait={waited}"
                     record = done
                 if record.state == "expired":
-                    return _gone(environ, start_response)
+                    return gone(environ, start_response)
         if record.state == "done" and record.result is not None:
             return self._replay(environ, start_response, record.result, "")
         if record.state not in ("queued", "running"):
-            return _not_found(environ, start_response)  # deleted while we waited
+            return not_found(environ, start_response)  # deleted while we waited
         return self._accepted(environ, start_response, record, applied)
 
     def _wait(self, task_id: str, wait: int) -> tuple[TaskRecord | None, int | None]:
@@ -509,7 +504,7 @@ class AsyncMiddleware:
         try:
             return replay(environ, start_response, result, headers)
         except BodyGone:
-            return _text(410, "this task's result has expired")(environ, start_response)
+            return text(410, "this task's result has expired")(environ, start_response)
 
     def _owns(self, environ: WSGIEnvironment, record: TaskRecord) -> bool:
         if self.owner is None:
@@ -519,41 +514,10 @@ class AsyncMiddleware:
             return False
         return hmac.compare_digest(owner_hash(value), record.owner)
 
-    def _accepted(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        record: TaskRecord,
-        applied: str,
-        extra: list[tuple[str, str]] | None = None,
-    ) -> Iterable[bytes]:
-        location = self.status_url(environ, record.id)
-        body = _document(record, location)
-        # Written directly rather than through a Response object: every 202
-        # of a busy service goes through here.
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("Location", location),
-            ("Retry-After", str(self.retry_after_for(time.time() - record.created))),
-            ("Vary", "Prefer"),
-        ]
-        if applied:
-            headers.append(("Preference-Applied", applied))
-        if extra:
-            headers += extra
-        start_response("202 Accepted", headers)
-        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
-
     def status_url(self, environ: WSGIEnvironment, task_id: str) -> str:
-        """The task's status URL as sent in ``Location`` and ``status_url``:
-        ``SCRIPT_NAME`` + ``status_path`` + id, percent-encoded as a URI
-        reference (a mount such as ``/my app`` or a non-ASCII one is sent as
-        ``/my%20app``), after ``location_base`` when that is set. Never built
-        from the request's ``Host``, which the client chooses."""
-        # Task ids are URL-safe already: only the prefix needs encoding.
-        location = _quoted(environ.get("SCRIPT_NAME", "") + self.status_path) + task_id
-        return location if self.location_base is None else self.location_base + location
+        """The task's status URL as sent in ``Location`` and ``status_url``
+        (see :class:`~asyncwsgi.http.urls.StatusURLs`)."""
+        return self.urls(environ, task_id)
 
     # -- live progress and the task list ------------------------------------
 
@@ -572,7 +536,7 @@ class AsyncMiddleware:
         stream = EventStream(
             self.store,
             record,
-            document=lambda current: _document(current, location),
+            document=lambda current: document(current, location),
             location=location,
             last_event_id=last_event_id,
             max_wait=self.max_wait if waits else 0.0,
@@ -594,20 +558,20 @@ class AsyncMiddleware:
         owner: str | None = None
         if self.owner is None:
             if not self.list_tasks:
-                return _not_found(environ, start_response)
+                return not_found(environ, start_response)
         else:
             if self.list_tasks is False:
-                return _not_found(environ, start_response)
+                return not_found(environ, start_response)
             value = self.owner(environ)
             if not value:
-                return _text(403, "this request has no owner to list the tasks of")(
+                return text(403, "this request has no owner to list the tasks of")(
                     environ, start_response
                 )
             owner = owner_hash(value)
         try:
             query = parse_list_query(environ.get("QUERY_STRING", ""))
         except BadQuery as exc:
-            return _text(400, str(exc))(environ, start_response)
+            return text(400, str(exc))(environ, start_response)
         limit = query.limit
         records = self.store.list_tasks(
             owner,
@@ -622,15 +586,15 @@ class AsyncMiddleware:
                 "id": record.id,
                 "state": record.state,
                 "status_url": self.status_url(environ, record.id),
-                "created": _iso(record.created),
-                "started": _iso(record.started),
-                "finished": _iso(record.finished),
+                "created": iso(record.created),
+                "started": iso(record.started),
+                "finished": iso(record.finished),
                 "progress": record.progress,
                 "status": None if record.result is None else record.result.code,
             }
             tasks.append(item)
         next_cursor = encode_cursor(page[-1]) if len(records) > limit else None
-        body = _encode_json({"tasks": tasks, "next": next_cursor}).encode()
+        body = encode_json({"tasks": tasks, "next": next_cursor}).encode()
         start_response(
             "200 OK",
             [
@@ -656,7 +620,7 @@ class AsyncMiddleware:
         """Seconds a client should wait before the next poll of a task this old:
         ``retry_after`` while the task is young, then a tenth of its age,
         capped at ``max_retry_after``; a long task is polled less often."""
-        return min(self.max_retry_after, max(self.retry_after, int(age / 10)))
+        return self._accepted.retry_after_for(age)
 
     # -- metrics -----------------------------------------------------------
 
@@ -674,8 +638,7 @@ class AsyncMiddleware:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
-            response = _text(405, "use GET or HEAD on the metrics URL")
-            response.headers["Allow"] = "GET, HEAD"
+            response = method_not_allowed("use GET or HEAD on the metrics URL", "GET, HEAD")
             return response(environ, start_response)
         body = generate_latest(self.metrics_registry)
         start_response(
@@ -687,11 +650,6 @@ class AsyncMiddleware:
             ],
         )
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
-
-    def _unavailable(self, message: str) -> Response:
-        response = _text(503, message)
-        response.headers["Retry-After"] = str(self.retry_after)
-        return response
 
     def _warn_multiprocess(self) -> None:
         if not self._warned_multiprocess:
@@ -739,22 +697,6 @@ class AsyncMiddleware:
         return finished
 
 
-# What may stay as it is in a path (RFC 3986 pchar and "/"); "%" is not in
-# it: SCRIPT_NAME is already decoded, so a "%" there is a real percent sign.
-_PATH_SAFE = "/!$&'()*+,;=:@"
-
-
-@functools.lru_cache(maxsize=64)
-def _quoted(path: str) -> str:
-    """``path`` percent-encoded as a URI reference; cached, as a service has
-    a handful of mounts and every 202 needs one."""
-    try:
-        raw = path.encode("latin-1")  # a WSGI string: the bytes the server got
-    except UnicodeEncodeError:
-        raw = path.encode("utf-8")  # set by an outer middleware as text
-    return urllib.parse.quote(raw, safe=_PATH_SAFE)
-
-
 class _ClosedAtExit:
     """The middlewares with a shared store that a normal exit of this process
     closes, so that the store never keeps their tasks "running" until the
@@ -793,33 +735,6 @@ def _fingerprint(environ: WSGIEnvironment, body_sha256: str) -> str:
         digest.update(environ.get(part, "").encode("latin-1", "replace") + b"\x00")
     digest.update(body_sha256.encode())
     return digest.hexdigest()
-
-
-def _document(record: TaskRecord, location: str) -> bytes:
-    """The JSON of a 202 (and of a progress event)."""
-    document = {
-        "id": record.id,
-        "state": record.state,
-        "status_url": location,
-        "created": _iso(record.created),
-        "started": _iso(record.started),
-        "progress": record.progress,
-    }
-    return _encode_json(document).encode()
-
-
-def _text(code: int, message: str) -> Response:
-    return Response(message + "\n", status=code, content_type="text/plain; charset=utf-8")
-
-
-def _not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    return _text(404, "no such task")(environ, start_response)
-
-
-def _gone(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    if INSTRUMENTS is not None:
-        INSTRUMENTS.expired.inc()
-    return _text(410, "this task's result has expired")(environ, start_response)
 
 
 def _rejected(reason: str, pattern: str) -> None:
