@@ -25,10 +25,11 @@ from .events import DONE_ID, EventStream, wants_events
 from .executor import Executor, ThreadExecutor
 from .http.accepted import Accepted, document, encode_json, iso
 from .http.responses import gone, method_not_allowed, not_found, text, unavailable
+from .http.scrape import Scrape
 from .http.urls import StatusURLs
 from .listing import BadQuery, encode_cursor, parse_list_query
 from .logs import task_extra
-from .metrics import INSTRUMENTS, scrape_registry
+from .metrics import INSTRUMENTS
 from .owner import owner_hash
 from .patterns import Pattern, compile_patterns, pattern_label
 from .prefer import parse_prefer, wait_seconds
@@ -190,7 +191,7 @@ class AsyncMiddleware:
         self.executor = (
             executor if executor is not None else ThreadExecutor(self.max_workers or POOL_SIZE)
         )
-        self._metrics_registry: CollectorRegistry | None = None
+        self._scrape = Scrape(self.store)
         self.urls = StatusURLs(self.status_path, self.location_base)
         self._accepted = Accepted(settings, self.urls)
         self.runner = TaskRunner(
@@ -218,7 +219,7 @@ class AsyncMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == self.metrics_path:
-            return self._metrics(environ, start_response)
+            return self._scrape(environ, start_response)
         method = environ["REQUEST_METHOD"]
         try:
             if path.startswith(self.status_path):
@@ -622,34 +623,13 @@ class AsyncMiddleware:
         capped at ``max_retry_after``; a long task is polled less often."""
         return self._accepted.retry_after_for(age)
 
-    # -- metrics -----------------------------------------------------------
-
     @property
     def metrics_registry(self) -> CollectorRegistry:
         """The registry ``metrics_path`` answers from: asyncwsgi's metrics
         (every process's, summed, in prometheus_client's multiprocess mode)
         and the queued/running gauges read from this middleware's store.
         Needs prometheus_client."""
-        if self._metrics_registry is None:
-            self._metrics_registry = scrape_registry(self.store)
-        return self._metrics_registry
-
-    def _metrics(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
-            response = method_not_allowed("use GET or HEAD on the metrics URL", "GET, HEAD")
-            return response(environ, start_response)
-        body = generate_latest(self.metrics_registry)
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", CONTENT_TYPE_LATEST),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
-        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+        return self._scrape.registry
 
     def _warn_multiprocess(self) -> None:
         if not self._warned_multiprocess:
