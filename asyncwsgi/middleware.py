@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
@@ -23,11 +23,11 @@ from .capture import Spool
 from .environ import read_body, snapshot
 from .events import DONE_ID, EventStream, wants_events
 from .executor import Executor, ThreadExecutor
-from .http.accepted import Accepted, document, encode_json, iso
+from .http.accepted import Accepted, document
 from .http.responses import gone, method_not_allowed, not_found, text, unavailable
 from .http.scrape import Scrape
+from .http.tasklist import TaskList
 from .http.urls import StatusURLs
-from .listing import BadQuery, encode_cursor, parse_list_query
 from .logs import task_extra
 from .metrics import INSTRUMENTS
 from .owner import owner_hash
@@ -191,9 +191,11 @@ class AsyncMiddleware:
         self.executor = (
             executor if executor is not None else ThreadExecutor(self.max_workers or POOL_SIZE)
         )
-        self._scrape = Scrape(self.store)
+        # The answers, each given what it needs.
         self.urls = StatusURLs(self.status_path, self.location_base)
         self._accepted = Accepted(settings, self.urls)
+        self._scrape = Scrape(self.store)
+        self._task_list = TaskList(self.store, settings, self.urls)
         self.runner = TaskRunner(
             app,
             self.store,
@@ -422,7 +424,7 @@ class AsyncMiddleware:
         if self.callbacks is not None:
             self._start_callbacks()
         if not task_id and not retried and method != "DELETE":
-            return self._list(environ, start_response)
+            return self._task_list(environ, start_response)
         if not _ID_RE.fullmatch(task_id):
             return not_found(environ, start_response)
         record = self.store.get(task_id)
@@ -554,57 +556,6 @@ class AsyncMiddleware:
             ],
         )
         return stream
-
-    def _list(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        owner: str | None = None
-        if self.owner is None:
-            if not self.list_tasks:
-                return not_found(environ, start_response)
-        else:
-            if self.list_tasks is False:
-                return not_found(environ, start_response)
-            value = self.owner(environ)
-            if not value:
-                return text(403, "this request has no owner to list the tasks of")(
-                    environ, start_response
-                )
-            owner = owner_hash(value)
-        try:
-            query = parse_list_query(environ.get("QUERY_STRING", ""))
-        except BadQuery as exc:
-            return text(400, str(exc))(environ, start_response)
-        limit = query.limit
-        records = self.store.list_tasks(
-            owner,
-            state=query.state,
-            before=query.before,
-            limit=limit + 1,
-        )
-        page = records[:limit]
-        tasks = []
-        for record in page:
-            item: dict[str, Any] = {
-                "id": record.id,
-                "state": record.state,
-                "status_url": self.status_url(environ, record.id),
-                "created": iso(record.created),
-                "started": iso(record.started),
-                "finished": iso(record.finished),
-                "progress": record.progress,
-                "status": None if record.result is None else record.result.code,
-            }
-            tasks.append(item)
-        next_cursor = encode_cursor(page[-1]) if len(records) > limit else None
-        body = encode_json({"tasks": tasks, "next": next_cursor}).encode()
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
-        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
 
     def _start_callbacks(self) -> None:
         # In each process that serves requests, on its first one: threads
