@@ -28,12 +28,13 @@ def budget_spent(limit: int | None) -> StoreFull:
 
 class BodyIO:
     """The store's handle for its bodies: the scripts that count bytes, and
-    the reads of chunks. ``budget`` gives the store's ``max_stored_bytes``
+    the reads of chunks, each inside the store's fault mapping. ``client``
+    gives the client (made when first needed), ``budget`` the store's ``max_stored_bytes``
     (which the middleware may set after the store is made)."""
 
     def __init__(
         self,
-        client: redis.Redis | RedisCluster,
+        client: Callable[[], redis.Redis | RedisCluster],
         scripts: Scripts,
         prefix: str,
         *,
@@ -106,11 +107,12 @@ class BodyIO:
 
     def exists(self, key: str) -> bool:
         with translated():
-            return bool(self.client.exists(key))
+            return bool(self.client().exists(key))
 
     def chunk(self, key: str, index: int) -> bytes:
         """Chunk number ``index`` of the body at ``key``."""
-        chunk = self.client.lindex(key, index)
+        with translated():
+            chunk = self.client().lindex(key, index)
         if chunk is None:
             raise OSError(f"the body at {key} was removed while it was read")
         return cast(bytes, chunk)

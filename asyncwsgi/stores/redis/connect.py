@@ -1,19 +1,35 @@
 """How the Redis store reaches Redis: its URL (with the store's own
-``prefix=``), the client made from it, and the checks made at start."""
+``prefix=``), the client made from it, and the checks made once it is up.
+
+A client is made when it is first needed, not when the store is: a Redis
+Cluster client asks a node for the cluster's layout as it is made, and a
+cluster that cannot be reached then is a :class:`StoreUnavailable` (a 503)
+on each call until it can, as a plain Redis down is."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
 
+from ..base import StoreUnavailable
 from ..settings import split_url
+from .faults import unreachable_cluster
 
-__all__ = ["DEFAULT_PREFIX", "Connection", "block_limit", "close", "connect", "warn_if_evicting"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "Connection",
+    "Client",
+    "block_limit",
+    "close",
+    "connect",
+    "warn_if_evicting",
+]
 
 logger = logging.getLogger("asyncwsgi")
 
@@ -24,16 +40,54 @@ DEFAULT_PREFIX = "asyncwsgi:"
 TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
 
 
-@dataclass(frozen=True)
-class Connection:
-    """A client, the URL another process opens the same table by (None for a
-    client given by the caller), the prefix, and whether the store closes
-    the client."""
+Client = redis.Redis | RedisCluster
 
-    client: redis.Redis | RedisCluster
-    url: str | None
-    prefix: str
-    owns_client: bool
+
+class Connection:
+    """The store's client, made on first use; the URL another process opens
+    the same table by (None for a client given by the caller), the prefix,
+    and whether the store closes the client."""
+
+    def __init__(
+        self,
+        make: Callable[[], Client],
+        *,
+        url: str | None,
+        prefix: str,
+        cluster: bool,
+        owns_client: bool,
+    ) -> None:
+        self._make = make
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+        self.url = url
+        self.prefix = prefix
+        self.cluster = cluster
+        self.owns_client = owns_client
+
+    @property
+    def client(self) -> Client:
+        """The client; :class:`StoreUnavailable` while a cluster that it must
+        ask for its layout cannot be reached."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                try:
+                    made = self._make()
+                except redis.exceptions.RedisClusterException as exc:
+                    if not unreachable_cluster(exc):
+                        raise
+                    raise StoreUnavailable(f"Redis Cluster: {exc}") from exc
+                warn_if_evicting(made, self.prefix)
+                self._client = made
+            return self._client
+
+    @property
+    def made(self) -> Client | None:
+        """The client if it was made."""
+        return self._client
 
 
 def split_prefix(url: str) -> tuple[str, str | None]:
@@ -74,9 +128,13 @@ def connect(client_or_url: redis.Redis | RedisCluster | str, prefix: str) -> Con
     if not isinstance(client_or_url, str):
         if connection_kwargs(client_or_url).get("decode_responses"):
             raise ValueError("RedisStore needs a client with decode_responses=False")
-        if isinstance(client_or_url, RedisCluster):
+        cluster = isinstance(client_or_url, RedisCluster)
+        if cluster:
             check_cluster_prefix(prefix)
-        return Connection(client_or_url, None, prefix, owns_client=False)
+        given = client_or_url
+        return Connection(
+            lambda: given, url=None, prefix=prefix, cluster=cluster, owns_client=False
+        )
     connect_url, url_prefix = split_prefix(client_or_url)
     if url_prefix is not None:
         if prefix not in (DEFAULT_PREFIX, url_prefix):
@@ -88,15 +146,20 @@ def connect(client_or_url: redis.Redis | RedisCluster | str, prefix: str) -> Con
         separator = "&" if urlsplit(client_or_url).query else "?"
         url = f"{client_or_url}{separator}{urlencode({'prefix': prefix})}"
     scheme, _, rest = connect_url.partition(":")
-    client: redis.Redis | RedisCluster
-    if scheme.lower().endswith("+cluster"):
-        check_cluster_prefix(prefix)  # before a client exists to be closed
-        client = RedisCluster.from_url(
-            scheme[: -len("+cluster")] + ":" + rest, decode_responses=False, **TIMEOUTS
-        )
+    cluster = scheme.lower().endswith("+cluster")
+    make: Callable[[], Client]
+    if cluster:
+        check_cluster_prefix(prefix)
+        cluster_url = scheme[: -len("+cluster")] + ":" + rest
+
+        def make() -> Client:
+            return RedisCluster.from_url(cluster_url, decode_responses=False, **TIMEOUTS)
     else:
-        client = redis.Redis.from_url(connect_url, decode_responses=False, **TIMEOUTS)
-    return Connection(client, url, prefix, owns_client=True)
+
+        def make() -> Client:
+            return redis.Redis.from_url(connect_url, decode_responses=False, **TIMEOUTS)
+
+    return Connection(make, url=url, prefix=prefix, cluster=cluster, owns_client=True)
 
 
 def block_limit(client: redis.Redis | RedisCluster) -> float | None:
@@ -124,7 +187,7 @@ def warn_if_evicting(client: redis.Redis | RedisCluster, prefix: str) -> None:
         else:
             info = client.info("memory")
     except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
-        # Down at start: the calls will say so.
+        # Gone again already: the calls will say so; this check is advice.
         logger.debug("asyncwsgi: could not read Redis's maxmemory-policy: %s", exc)
         return
     # A cluster may answer per node ({"host:port": {...}}), a server directly.
@@ -139,8 +202,11 @@ def warn_if_evicting(client: redis.Redis | RedisCluster, prefix: str) -> None:
         )
 
 
-def close(client: redis.Redis | RedisCluster) -> None:
-    """Close a client the store made."""
+def close(connection: Connection) -> None:
+    """Close the client if the store made it."""
+    client = connection.made
+    if client is None or not connection.owns_client:
+        return
     client.close()
     if isinstance(client, RedisCluster):
         # RedisCluster.close() leaves its nodes' connection pools open

@@ -8,6 +8,7 @@ script gets): the source sent to Redis is those parts, then the step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -70,16 +71,22 @@ class Scripts:
     goes through :meth:`run`, so that what must follow each write (say,
     waiting for replicas) is added in one place."""
 
-    def __init__(self, client: redis.Redis | RedisCluster, lib_args: list[str]) -> None:
+    def __init__(
+        self, client: Callable[[], redis.Redis | RedisCluster], lib_args: list[str]
+    ) -> None:
+        # (A function: the client is made when first needed.)
         self.client = client
         # The library's arguments (prefix, tombstone_ttl in ms, max_tombstones),
         # ARGV[1..3] of every script.
         self.lib_args = lib_args
-        self._scripts: dict[str, Script] = {
-            step: client.register_script(source(step)) for step in STEPS
-        }
+        self._scripts: dict[str, Script] = {}
 
     def run(self, step: str, keys: list[str], args: list[Any]) -> Any:
         """Run ``step`` with ``keys`` and the library's arguments then ``args``;
         the script's answer."""
-        return self._scripts[step](keys=keys, args=[*self.lib_args, *args])
+        client = self.client()
+        script = self._scripts.get(step)
+        if script is None:
+            # Sent to Redis by its digest (EVALSHA), loaded on the first NOSCRIPT.
+            script = self._scripts[step] = client.register_script(source(step))
+        return script(keys=keys, args=[*self.lib_args, *args], client=client)

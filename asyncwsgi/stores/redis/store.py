@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
-from redis.cluster import RedisCluster
 
 from ...task import (
     Body,
@@ -24,7 +23,7 @@ from ...task import (
     State,
     TaskRecord,
 )
-from ..base import Store
+from ..base import Store, StoreUnavailable
 from . import connect
 from .bodies import BodyIO, RedisBody, RedisSink, budget_spent
 from .codec import headers_json, num, record, text
@@ -68,25 +67,35 @@ class RedisStore(Store):
         spool_ttl: float = 600.0,
     ) -> None:
         self.max_stored_bytes = max_stored_bytes
-        connection = connect.connect(client_or_url, prefix)
-        self.client: redis.Redis | RedisCluster = connection.client
+        self._connection = connection = connect.connect(client_or_url, prefix)
         self.url = connection.url
         self.prefix = prefix = connection.prefix
-        self._owns_client = connection.owns_client
-        self._block_limit = connect.block_limit(self.client)
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
         self.scripts = Scripts(
-            self.client, [prefix, num(tombstone_ttl * 1000), str(int(max_tombstones))]
+            lambda: connection.client, [prefix, num(tombstone_ttl * 1000), str(int(max_tombstones))]
         )
         self.bodies = BodyIO(
-            self.client,
+            lambda: connection.client,
             self.scripts,
             prefix,
             chunk_size=chunk_size,
             spool_ttl=spool_ttl,
             budget=lambda: self.max_stored_bytes,
         )
-        connect.warn_if_evicting(self.client, prefix)
+        try:
+            connection.client  # noqa: B018 (made now where it can be, and checked)
+        except StoreUnavailable:
+            pass  # a cluster down at start: every call says so until it is up
+
+    @property
+    def client(self) -> connect.Client:
+        """The redis-py client (:class:`StoreUnavailable` while a cluster
+        cannot be reached to make it)."""
+        return self._connection.client
+
+    @property
+    def _block_limit(self) -> float | None:
+        return connect.block_limit(self.client)
 
     @property
     def chunk_size(self) -> int:
@@ -295,7 +304,7 @@ class RedisStore(Store):
 
     @contextmanager
     def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
-        if isinstance(self.client, RedisCluster):
+        if self._connection.cluster:
             # (Pub/sub on a cluster client is another API: read again instead.)
             with super()._listen(task_id) as block:
                 yield block
@@ -385,8 +394,7 @@ class RedisStore(Store):
         return bool(settled)
 
     def close(self) -> None:
-        if self._owns_client:
-            connect.close(self.client)
+        connect.close(self._connection)
 
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.prefix!r}>"
