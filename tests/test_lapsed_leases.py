@@ -1,10 +1,13 @@
 """A worker SIGKILLed under gunicorn leaves its tasks queued or running in the
 shared store. Once their lease has passed they stop counting against
 ``max_pending``, even if nobody ever polls them: a full table takes new work
-again (issue 12 item 6: SQLite stayed full)."""
+again (issue 12 item 6: SQLite stayed full). Nor do they keep the byte budget
+spent or their "lost" callback unsent: every process sweeps lapsed leases on
+its own (issue 24 item 1)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -13,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_gunicorn_shared import call, gunicorn, store_url  # noqa: F401 (a fixture)
+from tests.test_callbacks import SECRET, Receiver, receiving
+from tests.test_gunicorn_shared import Answer, call, gunicorn, store_url  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +68,81 @@ def test_a_killed_workers_tasks_do_not_keep_the_table_full(
             assert (status == 500 and b"lost" in body) or (
                 status == 503 and b"not started in time" in body
             ), (status, body)
+
+
+def post(port: int, path: str, headers: dict[str, str]) -> Answer:
+    """A POST with ``headers`` on its own connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, headers={**headers, "Connection": "close"})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_a_worker_killed_mid_spool_gives_back_the_budget_and_is_called_back_unpolled(
+    tmp_path: Path,
+    store_url: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The killed worker's writer had reserved ``max_result``, the whole byte
+    budget: until its lease is judged, every submission is refused. Nobody
+    polls its task; the processes' sweepers alone end it."""
+    receiver = Receiver()
+    with receiving(receiver) as hooks:
+        environ = {
+            "ASYNCWSGI_TEST_CALLBACK_ALLOW": hooks,
+            "ASYNCWSGI_TEST_CALLBACK_SECRET": SECRET,
+        }
+        if store_url.startswith("sqlite:"):
+            environ["ASYNCWSGI_TEST_RESULTS_DIR"] = str(tmp_path / "results")
+        args = ["-w", "2", "-k", "gthread", "--threads", "4"]
+        app = "tests.apps.spool_app:application"
+        with gunicorn(tmp_path, store_url, args, lease=LEASE, app=app, environ=environ) as (
+            port,
+            master,
+        ):
+            status, headers, _ = post(
+                port, "/work/spool?chunks=12&ms=2000", {"Callback-URL": hooks + "lost"}
+            )
+            assert status == 202
+            location = headers["Location"]
+            task_id = location.rsplit("/", 1)[1]
+            deadline = time.monotonic() + 20
+            while True:  # past the threshold: its writer holds the budget
+                progress = json.loads(call(port, "GET", location)[2])["progress"]
+                if progress and progress["message"].startswith("spooling pid="):
+                    worker = int(progress["message"].rpartition("=")[2])
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert worker != master.pid
+            status, _, body = call(port, "POST", "/work/quick")
+            assert status == 503 and b"full" in body, (status, body)
+            os.kill(worker, signal.SIGKILL)
+            killed = time.monotonic()
+
+            # No poll of the killed task: only submissions.
+            while True:
+                status, _, body = call(port, "POST", "/work/quick")
+                if status == 202:
+                    break
+                assert status == 503, body
+                assert time.monotonic() - killed < LEASE + 10, "the byte budget stayed spent"
+                time.sleep(0.2)
+            accepted = time.monotonic() - killed
+            while not receiver.deliveries:
+                assert time.monotonic() - killed < LEASE + 20, "no lost callback"
+                time.sleep(0.05)
+            called = time.monotonic() - killed
+            time.sleep(3)  # room for a second delivery, which must not come
+            kind = store_url.partition(":")[0]
+            print(
+                f"\n[{kind}] after the kill: a submission accepted in {accepted:.1f} s, "
+                f"the lost callback in {called:.1f} s"
+            )
+            assert accepted < LEASE + 5
+            assert [d.headers["webhook-id"] for d in receiver.deliveries] == [task_id]
+            assert json.loads(receiver.deliveries[0].body)["status"] == 500
+            status, _, body = call(port, "GET", location)
+            assert status == 500 and b"lost" in body, (status, body)
