@@ -206,6 +206,8 @@ class AsyncMiddleware:
             spool_threshold=spool_threshold,
         )
         self.executor.bind(self.runner)
+        # Lapsed leases are judged by every process, unasked (a shared store).
+        self.runner.sweep()
         self.callbacks: CallbackSender | None = None
         if self.callback_allow is not None and callback_secret is not None:
             self.callbacks = CallbackSender(self.store, parse_secret(callback_secret))

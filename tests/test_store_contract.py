@@ -22,7 +22,7 @@ from asyncwsgi.results import error_result
 from asyncwsgi.stores import Store, open_store
 from asyncwsgi.stores.memory import MemoryStore
 from asyncwsgi.stores.sqlite import SQLiteStore
-from asyncwsgi.task import Result, TaskRecord
+from asyncwsgi.task import Callback, Result, TaskRecord
 
 STORES = ["memory", "sqlite", "redis", "redis-cluster"]
 
@@ -697,6 +697,59 @@ def test_a_lapsed_lease_is_reclaimed_on_submit(store: Store) -> None:
         assert got is not None and got.state == "done"
         assert got.result is not None and got.result.status.startswith(status)
     assert store.count_active() == 1
+
+
+def test_sweepers_at_once_end_each_lapsed_task_once(store_factory: StoreFactory) -> None:
+    """``reclaim`` (the sweep every process runs, unasked): every lapsed task
+    ends with the verdict of its state, its callback due once and counted
+    lost once, however many callers sweep at once; a live lease is left."""
+    import prometheus_client
+
+    first = store_factory()
+    # Shared stores: one instance per sweeper, as in several processes.
+    stores = [first, store_factory(), store_factory()] if first.shared else [first] * 3
+    lapsed: dict[str, str] = {}
+    for i in range(24):
+        record = new_record()
+        record.callback = Callback(f"http://127.0.0.1:9/hooks/{i}", f"/status/{record.id}")
+        if i % 2:
+            record.lease_until = time.time() + 0.2  # queued in a pool that died
+            assert first.create(record)
+            lapsed[record.id] = "503"
+        else:
+            assert first.create(record)
+            assert first.start(record.id, time.time() + 0.2)  # its worker died
+            lapsed[record.id] = "500"
+    alive = new_record()
+    assert first.create(alive)
+    assert first.start(alive.id, time.time() + 60)
+    time.sleep(0.3)
+    lost = "asyncwsgi_tasks_lost_total"
+    before = prometheus_client.REGISTRY.get_sample_value(lost) or 0.0
+    ended: list[int] = []
+    barrier = threading.Barrier(len(stores))
+
+    def sweep(store: Store) -> None:
+        barrier.wait(5)
+        for _ in range(3):
+            ended.append(store.reclaim())
+
+    threads = [threading.Thread(target=sweep, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(ended) == len(lapsed)
+    assert (prometheus_client.REGISTRY.get_sample_value(lost) or 0.0) - before == len(lapsed)
+    for task_id, status in lapsed.items():
+        got = first.get(task_id)
+        assert got is not None and got.state == "done" and got.result is not None
+        assert got.result.status.startswith(status)
+    still = first.get(alive.id)
+    assert still is not None and still.state == "running"
+    due = first.claim_callbacks(time.time(), 60, 100)
+    assert sorted(d.task_id for d in due) == sorted(lapsed)
+    assert {d.status for d in due} == {500, 503}
 
 
 def test_count_active_applies_the_lease_rule(store: Store) -> None:

@@ -6,7 +6,6 @@ behaves the same wherever it runs.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
@@ -19,8 +18,10 @@ from ..logs import current_task_id, task_extra
 from ..metrics import INSTRUMENTS
 from ..results import error_result, store_full_result, too_large_result
 from ..stores.base import Store, StoreFull, StoreUnavailable
+from ..stores.upkeep import janitor
 from ..task import BodySink, Result, TaskHandle
 from ..tracing import PARENT, end_run, inject, start_run
+from .leases import Leases
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -53,9 +54,6 @@ _NOT_STORED = "the task's result could not be stored: the task store is full"
 # delay that doubles up to this; without a queue_timeout it waits this long.
 _ROOM_POLL = 1.0
 _ROOM_PATIENCE = 600.0
-# Once a process has spooled a body, its janitor removes what is past its time
-# this often, so that files and budget come back with no traffic at all.
-_JANITOR_EVERY = 5.0
 
 
 def _why(exc: StoreUnavailable) -> str:
@@ -118,32 +116,25 @@ class TaskRunner:
         self.lease = lease
         self.timeout = timeout
         self.queue_timeout = queue_timeout
-        self._deadlines: list[tuple[float, str]] = []
-        self._watchdog: threading.Thread | None = None
-        self._wake = threading.Condition(threading.Lock())
-        self._held: set[str] = set()
-        self._lock = threading.Lock()
-        self._heartbeat: threading.Thread | None = None
+        self.leases = Leases(
+            store, lease=lease, timeout=timeout, end=self.deliver, cancel=self.cancel
+        )
+        self.janitor = janitor(store)
         self._stop = threading.Event()
         self._retries: dict[str, _Retry] = {}
         self._retry_cond = threading.Condition(threading.Lock())
         self._retrier: threading.Thread | None = None
-        self._janitor: threading.Thread | None = None
 
     @property
     def held(self) -> list[str]:
         """Tasks this process runs, or holds queued in its pool."""
-        with self._lock:
-            return list(self._held)
+        return self.leases.held
 
     def hold(self, task_id: str) -> None:
         """Keep the lease of a task queued in this process's pool alive, so that
         it dies with the process (and is then answered as lost) rather than
         staying queued for ever."""
-        with self._lock:
-            self._held.add(task_id)
-        if self._heartbeat is None:
-            self._start_heartbeat()
+        self.leases.hold(task_id)
 
     def run(self, job: Job) -> None:
         """Start the task, call the app, store what it answers. Never raises
@@ -166,10 +157,7 @@ class TaskRunner:
         if not started:
             self._release(task_id)
             return  # deleted while queued: it never runs
-        with self._lock:
-            self._held.add(task_id)
-        if self.store.shared and self._heartbeat is None:
-            self._start_heartbeat()
+        self.leases.hold(task_id)
 
         # The app's own log records name the task too (logs.TaskIdFilter).
         context = current_task_id.set(task_id)
@@ -477,8 +465,7 @@ class TaskRunner:
             logger.exception("asyncwsgi: task %s: releasing its spooled body failed", task_id)
 
     def _release(self, task_id: str) -> None:
-        with self._lock:
-            self._held.discard(task_id)
+        self.leases.release(task_id)
 
     def fail_running(self, message: str) -> None:
         """End every task this process still holds as a 500 (a shutdown that
@@ -501,127 +488,32 @@ class TaskRunner:
                 )
 
     def keep_clean(self) -> None:
-        """Start (once) the janitor: a thread that has the store remove what
-        is past its time every few seconds (:meth:`Store.expire`). Called
-        when this process spools a body, so only processes that write files
-        or chunks run one."""
-        if self._janitor is not None:
-            return
-        with self._lock:
-            if self._janitor is not None or self._stop.is_set():
-                return
-            self._janitor = threading.Thread(
-                target=self._sweep, name="asyncwsgi-janitor", daemon=True
-            )
-            self._janitor.start()
-
-    def _sweep(self) -> None:
-        failing = False
-        while not self._stop.wait(_JANITOR_EVERY):
-            try:
-                self.store.expire()
-            except Exception:
-                if not failing:
-                    logger.exception("asyncwsgi: removing expired results failed; retrying")
-                failing = True
-            else:
-                failing = False
-
-    def _start_heartbeat(self) -> None:
-        with self._lock:
-            if self._heartbeat is not None:
-                return
-            self._heartbeat = threading.Thread(
-                target=self._beat, name="asyncwsgi-heartbeat", daemon=True
-            )
-            self._heartbeat.start()
-
-    def _beat(self) -> None:
-        interval = max(0.05, self.lease / 3)
-        wait = interval
-        failing_since: float | None = None
-        while not self._stop.wait(wait):
-            try:
-                running = self.held
-                if running:
-                    self.store.heartbeat(running, time.time() + self.lease)
-            except Exception:
-                # Soon again, not a whole interval later: once the store is
-                # back, the first to reach it judges the leases, and ours
-                # should be renewed by then.
-                wait = min(interval, _RETRY_FIRST if failing_since is None else wait * 2)
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    logger.exception("asyncwsgi: heartbeat failed; retrying")
-            else:
-                if failing_since is not None:
-                    logger.warning(
-                        "asyncwsgi: heartbeat renewed after %.1f s of failures",
-                        time.monotonic() - failing_since,
-                    )
-                wait, failing_since = interval, None
+        """Start (once) the janitor (:func:`~asyncwsgi.stores.upkeep.janitor`).
+        Called when this process spools a body, so only processes that write
+        files or chunks run one."""
+        if not self._stop.is_set():
+            self.janitor.start()
 
     def watch(self, task_id: str, within: float | None = None) -> None:
-        """Start the clock of an accepted task: ``within`` seconds from now, or
-        ``timeout`` when not given (nothing when neither is set)."""
-        seconds = self.timeout if within is None else within
-        if seconds is None:
-            return
-        deadline = time.monotonic() + max(0.0, seconds)
-        with self._wake:
-            heapq.heappush(self._deadlines, (deadline, task_id))
-            if self._watchdog is None:
-                self._watchdog = threading.Thread(
-                    target=self._expire_overdue, name="asyncwsgi-watchdog", daemon=True
-                )
-                self._watchdog.start()
-            self._wake.notify()
+        """Start the clock of an accepted task (see :meth:`Leases.watch`)."""
+        self.leases.watch(task_id, within)
 
-    def _expire_overdue(self) -> None:
-        deadlines = self._deadlines
-        while not self._stop.is_set():
-            try:
-                with self._wake:
-                    now = time.monotonic()
-                    due = []
-                    while deadlines and deadlines[0][0] <= now:
-                        due.append(heapq.heappop(deadlines)[1])
-                    if not due:
-                        self._wake.wait(deadlines[0][0] - now if deadlines else 1.0)
-                        continue
-                for task_id in due:
-                    self._time_out(task_id)
-            except Exception:
-                logger.exception("asyncwsgi: the timeout watchdog failed a round; going on")
-                self._stop.wait(_RETRY_LAST)
+    def sweep(self) -> None:
+        """Start this process's sweeper of lapsed leases (see :meth:`Leases.sweep`)."""
+        if not self._stop.is_set():
+            self.leases.sweep()
 
-    def _time_out(self, task_id: str) -> None:
-        # finish() is a no-op for tasks already done or deleted
-        result = error_result(504, "the task ran past its timeout")
-        try:
-            if self.store.finish(task_id, result):
-                logger.error(
-                    "asyncwsgi: task %s ran past its timeout", task_id, extra=task_extra(task_id)
-                )
-                if INSTRUMENTS is not None:
-                    INSTRUMENTS.timed_out.inc()
-                self.finished(task_id, result)
-        except Exception as exc:
-            logger.error(
-                "asyncwsgi: task %s ran past its timeout; storing its 504 failed (%s): retrying",
-                task_id,
-                exc,
-                extra=task_extra(task_id),
-            )
-            self.deliver(task_id, result)
+    def cancel(self, task_id: str) -> None:
+        """The task ended while it ran (timed out, deleted here): its writer
+        stops at its next chunk."""
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the heartbeat and the watchdog, and wait (up to ``timeout``
         seconds) for a call of theirs already under way: once this returns,
         neither touches the store again, so it may be closed."""
         self._stop.set()
-        with self._wake:
-            self._wake.notify()
+        self.leases.stop(timeout)
+        self.janitor.stop(timeout)
         with self._retry_cond:
             if self._retries:
                 logger.error(
@@ -632,9 +524,8 @@ class TaskRunner:
                 self._retries.clear()
             self._retry_cond.notify_all()
         current = threading.current_thread()
-        for thread in (self._heartbeat, self._watchdog, self._retrier, self._janitor):
-            if thread is not None and thread is not current:
-                thread.join(timeout)
+        if self._retrier is not None and self._retrier is not current:
+            self._retrier.join(timeout)
 
 
 def _accepted(environ: dict[str, object]) -> float | None:

@@ -37,6 +37,8 @@ ACTIVE = ("queued", "running")
 
 # How many lapsed tasks one call reclaims at most (the rest on the next call).
 RECLAIM_BATCH = 100
+# How many batches one sweep (reclaim()) ends at most: a bound on one round.
+_RECLAIM_ROUNDS = 10
 # The generic wait() reads again after a sleep that grows from the first to
 # the last value: a short task answers at once, a long wait costs at most ten
 # cheap reads a second.
@@ -231,6 +233,27 @@ class Store(abc.ABC):
             self._fault(exc)
             raise
 
+    def reclaim(self) -> int:
+        """Finish as lost, now, every task whose lease has lapsed: what a read
+        of such a task does, done unasked. Every process that shares the store
+        calls it every few seconds (the runner's sweeper), so a task whose
+        process died ends, gives its byte budget back and has its "lost"
+        callback sent though nobody reads it. Several callers at once end
+        each task once (the finish is conditional on the lapsed lease). How
+        many tasks this call ended."""
+        try:
+            now = time.time()
+            ended = 0
+            for _ in range(_RECLAIM_ROUNDS):
+                found = self._lapsed(now, RECLAIM_BATCH)
+                ended += self._end_all(found, now)
+                if len(found) < RECLAIM_BATCH:
+                    break
+            return ended
+        except self._backend_errors as exc:
+            self._fault(exc)
+            raise
+
     def _expire_due(self, now: float) -> None:  # noqa: B027 (a store may expire on every read)
         """What :meth:`expire` does; nothing by default."""
 
@@ -341,8 +364,11 @@ class Store(abc.ABC):
         many were finished. Each is read first, for its verdict depends on
         its state (:func:`~asyncwsgi.results.lost_result`); one that started
         meanwhile has a new lease and is left alone by ``lapsed_before``."""
+        return self._end_all(self._lapsed(now, RECLAIM_BATCH), now)
+
+    def _end_all(self, task_ids: list[str], now: float) -> int:
         finished = 0
-        for task_id in self._lapsed(now, RECLAIM_BATCH):
+        for task_id in task_ids:
             record = self._read(task_id)
             if record is not None and lapsed(record, now):
                 finished += self._end_lapsed(record, now)
