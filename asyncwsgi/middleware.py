@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Response
 
 from .callbacks import CallbackSender, allowed_callback, parse_secret
 from .capture import Spool
@@ -24,7 +23,15 @@ from .environ import read_body, snapshot
 from .events import DONE_ID, EventStream, wants_events
 from .executor import Executor, ThreadExecutor
 from .http.accepted import Accepted, document
-from .http.responses import gone, method_not_allowed, not_found, text, unavailable
+from .http.responses import (
+    gone,
+    http_error,
+    method_not_allowed,
+    no_content,
+    not_found,
+    text,
+    unavailable,
+)
 from .http.scrape import Scrape
 from .http.tasklist import TaskList
 from .http.urls import StatusURLs
@@ -327,7 +334,7 @@ class AsyncMiddleware:
             except HTTPException as exc:
                 if exc.code == 413:
                     _rejected("too_large", pattern)
-                return exc(environ, start_response)
+                return http_error(exc)(environ, start_response)
 
             now = time.time()
             record = TaskRecord(task_id, created=now, owner=owner, ttl=self.result_ttl)
@@ -439,7 +446,7 @@ class AsyncMiddleware:
                     if INSTRUMENTS is not None:
                         INSTRUMENTS.cancelled.inc()
                     logger.info("asyncwsgi: task %s cancelled", task_id, extra=task_extra(task_id))
-                return Response(status=204)(environ, start_response)
+                return no_content(environ, start_response)
             return not_found(environ, start_response)
         if record.state == "expired":
             return gone(environ, start_response)
@@ -532,7 +539,7 @@ class AsyncMiddleware:
         last_event_id = environ.get("HTTP_LAST_EVENT_ID")
         if record.state == "done" and last_event_id == DONE_ID:
             # Seen to the end: 204 tells an EventSource not to reconnect.
-            return Response(status=204)(environ, start_response)
+            return no_content(environ, start_response)
         location = self.status_url(environ, record.id)
         # A stream waits, so it takes one of the process's waiting slots; with
         # none free it sends what there is now and ends at once, and the

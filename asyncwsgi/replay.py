@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING
 
 from werkzeug.http import parse_date
 
+from .results import status_line
 from .task import Result
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def replay(
         if isinstance(span, _Unsatisfiable):
             body = b"the requested range is not satisfiable\n"
             start_response(
-                "416 Range Not Satisfiable",
+                status_line(416),
                 [
                     ("Content-Type", "text/plain; charset=utf-8"),
                     ("Content-Length", str(len(body))),
@@ -105,7 +106,7 @@ def replay(
             headers.append(("Content-Length", str(stop - start)))
             headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
             body_iter = [] if head else _body(environ, result, start, stop)
-            start_response("206 Partial Content", headers)
+            start_response(status_line(206), headers)
             return body_iter
     body_iter = [] if head else _body(environ, result, 0, size)
     start_response(status, headers)

@@ -6,18 +6,46 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from ..metrics import INSTRUMENTS
+from ..results import status_line
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["gone", "method_not_allowed", "not_found", "text", "unavailable"]
+__all__ = [
+    "gone",
+    "http_error",
+    "method_not_allowed",
+    "no_content",
+    "not_found",
+    "text",
+    "unavailable",
+]
 
 
 def text(code: int, message: str) -> Response:
-    return Response(message + "\n", status=code, content_type="text/plain; charset=utf-8")
+    # The standard reason phrase: werkzeug's status strings are upper case
+    # (``404 NOT FOUND``).
+    return Response(
+        message + "\n", status=status_line(code), content_type="text/plain; charset=utf-8"
+    )
+
+
+def http_error(exc: HTTPException) -> Response:
+    """werkzeug's answer to one of its HTTP exceptions, with a standard status line."""
+    response = exc.get_response()
+    response.status = status_line(response.status_code)
+    return response
+
+
+def no_content(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """204: no body, so no Content-Type either (PEP 3333's validator, and
+    RFC 9110, refuse content metadata on a response that has no content)."""
+    start_response(status_line(204), [])
+    return []
 
 
 def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
