@@ -20,9 +20,9 @@ from werkzeug.exceptions import HTTPException
 from .callbacks import CallbackSender, allowed_callback, parse_secret
 from .capture import Spool
 from .environ import read_body, snapshot
-from .events import DONE_ID, EventStream, wants_events
+from .events import wants_events
 from .executor import Executor, ThreadExecutor
-from .http.accepted import Accepted, document
+from .http.accepted import Accepted
 from .http.responses import (
     gone,
     http_error,
@@ -33,8 +33,10 @@ from .http.responses import (
     unavailable,
 )
 from .http.scrape import Scrape
+from .http.stream import Streams
 from .http.tasklist import TaskList
 from .http.urls import StatusURLs
+from .http.waits import Waits
 from .logs import task_extra
 from .metrics import INSTRUMENTS
 from .owner import owner_hash
@@ -203,6 +205,8 @@ class AsyncMiddleware:
         self._accepted = Accepted(settings, self.urls)
         self._scrape = Scrape(self.store)
         self._task_list = TaskList(self.store, settings, self.urls)
+        self._waits = Waits(self.store, settings)
+        self._streams = Streams(self.store, settings, self.urls, self._waits)
         self.runner = TaskRunner(
             app,
             self.store,
@@ -222,8 +226,6 @@ class AsyncMiddleware:
         self._callbacks_lock = threading.Lock()
         self.closed = False
         self._warned_multiprocess = False
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()
         if self.store.shared:
             _AT_EXIT.add(self)
 
@@ -398,7 +400,7 @@ class AsyncMiddleware:
         wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
         if wait:
             try:
-                done, waited = self._wait(record.id, wait)
+                done, waited = self._waits.wait(record.id, wait)
             except StoreUnavailable as exc:
                 # The task is accepted: its 202 stands, the client polls later.
                 logger.warning(
@@ -451,13 +453,13 @@ class AsyncMiddleware:
         if record.state == "expired":
             return gone(environ, start_response)
         if method == "GET" and not retried and wants_events(environ):
-            return self._events(environ, start_response, record)
+            return self._streams(environ, start_response, record)
 
         applied = ""
         if record.state != "done":
             wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
             if wait:
-                done, waited = self._wait(task_id, wait)
+                done, waited = self._waits.wait(task_id, wait)
                 if waited is not None:
                     if done is None:
                         return not_found(environ, start_response)  # deleted while we waited
@@ -470,37 +472,6 @@ class AsyncMiddleware:
         if record.state not in ("queued", "running"):
             return not_found(environ, start_response)  # deleted while we waited
         return self._accepted(environ, start_response, record, applied)
-
-    def _wait(self, task_id: str, wait: int) -> tuple[TaskRecord | None, int | None]:
-        """Honour ``Prefer: wait``: block until the task is done, at most
-        ``max_wait`` seconds, unless ``max_waiting`` requests of this process
-        wait already; then answer at once (the preference is not applied), so
-        that waits never hold every thread of the server. Returns the record
-        read at the end and the seconds applied (None when not applied)."""
-        if not self._take_wait_slot():
-            return None, None
-        try:
-            seconds = min(wait, self.max_wait)
-            return self.store.wait(task_id, seconds), int(seconds)
-        finally:
-            self._give_wait_slot()
-
-    def _take_wait_slot(self) -> bool:
-        """One of the ``max_waiting`` requests of this process that may wait at
-        once (a ``Prefer: wait`` or an event stream); False if all are taken."""
-        with self._waiting_lock:
-            if self._waiting >= self.max_waiting:
-                return False
-            self._waiting += 1
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.waiting.inc()
-        return True
-
-    def _give_wait_slot(self) -> None:
-        with self._waiting_lock:
-            self._waiting -= 1
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.waiting.dec()
 
     def _replay(
         self,
@@ -532,39 +503,6 @@ class AsyncMiddleware:
         return self.urls(environ, task_id)
 
     # -- live progress and the task list ------------------------------------
-
-    def _events(
-        self, environ: WSGIEnvironment, start_response: StartResponse, record: TaskRecord
-    ) -> Iterable[bytes]:
-        last_event_id = environ.get("HTTP_LAST_EVENT_ID")
-        if record.state == "done" and last_event_id == DONE_ID:
-            # Seen to the end: 204 tells an EventSource not to reconnect.
-            return no_content(environ, start_response)
-        location = self.status_url(environ, record.id)
-        # A stream waits, so it takes one of the process's waiting slots; with
-        # none free it sends what there is now and ends at once, and the
-        # client reconnects after ``retry``: polling, at its pace.
-        waits = self._take_wait_slot()
-        stream = EventStream(
-            self.store,
-            record,
-            document=lambda current: document(current, location),
-            location=location,
-            last_event_id=last_event_id,
-            max_wait=self.max_wait if waits else 0.0,
-            retry_ms=self.retry_after * 1000,
-            release=self._give_wait_slot if waits else None,
-        )
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "text/event-stream"),
-                ("Cache-Control", "no-cache"),
-                # Tells nginx not to buffer the stream.
-                ("X-Accel-Buffering", "no"),
-            ],
-        )
-        return stream
 
     def _start_callbacks(self) -> None:
         # In each process that serves requests, on its first one: threads
