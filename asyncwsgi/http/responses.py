@@ -37,6 +37,8 @@ def text(code: int, message: str) -> Response:
 def http_error(exc: HTTPException) -> Response:
     """werkzeug's answer to one of its HTTP exceptions, with a standard status line."""
     response = exc.get_response()
+    # (werkzeug 3.0 annotates the sans-I/O base class; the object is the WSGI one.)
+    assert isinstance(response, Response)
     response.status = status_line(response.status_code)
     return response
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -153,7 +153,9 @@ def connect(client_or_url: redis.Redis | RedisCluster | str, prefix: str) -> Con
         cluster_url = scheme[: -len("+cluster")] + ":" + rest
 
         def make() -> Client:
-            return RedisCluster.from_url(cluster_url, decode_responses=False, **TIMEOUTS)
+            # (Through Any: redis-py before 6 leaves it unannotated.)
+            cluster: Any = RedisCluster
+            return cast(Client, cluster.from_url(cluster_url, decode_responses=False, **TIMEOUTS))
     else:
 
         def make() -> Client:
@@ -183,9 +185,11 @@ def warn_if_evicting(client: redis.Redis | RedisCluster, prefix: str) -> None:
             # this method is annotated, so no one ignore fits them all.)
             cluster: Any = client
             node = cluster.get_node_from_key(prefix + "active")
-            info: dict[str, Any] = client.info("memory", target_nodes=node)
+            info: dict[str, Any] = cluster.info("memory", target_nodes=node)
         else:
-            info = client.info("memory")
+            # (Through Any: redis-py 7 annotates an answer that may be awaitable.)
+            plain: Any = client
+            info = plain.info("memory")
     except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         # Gone again already: the calls will say so; this check is advice.
         logger.debug("asyncwsgi: could not read Redis's maxmemory-policy: %s", exc)
@@ -207,7 +211,8 @@ def close(connection: Connection) -> None:
     client = connection.made
     if client is None or not connection.owns_client:
         return
-    client.close()
+    # (Through Any: redis-py before 6 leaves RedisCluster.close unannotated.)
+    cast(Any, client).close()
     if isinstance(client, RedisCluster):
         # RedisCluster.close() leaves its nodes' connection pools open
         # (the node clients do not own their pools): close them too.

@@ -84,8 +84,11 @@ class Scripts:
     def run(self, step: str, keys: list[str], args: list[Any]) -> Any:
         """Run ``step`` with ``keys`` and the library's arguments then ``args``;
         the script's answer."""
-        client = self.client()
-        script = self._scripts.get(step)
+        # (Through Any: redis-py releases annotate register_script and a
+        # script's call for a plain Redis only, or not at all; the store
+        # runs them on a cluster client too.)
+        client: Any = self.client()
+        script: Any = self._scripts.get(step)
         if script is None:
             # Sent to Redis by its digest (EVALSHA), loaded on the first NOSCRIPT.
             script = self._scripts[step] = client.register_script(source(step))

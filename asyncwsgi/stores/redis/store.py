@@ -238,13 +238,15 @@ class RedisStore(Store):
         return bool(self._run("delete_task", [self._key("task", task_id)], [task_id]))
 
     def _lapsed(self, now: float, limit: int) -> list[str]:
-        ids = self.client.zrangebyscore(
+        # (Answers through Any: redis-py 7 annotates them as maybe awaitable.)
+        ids: Any = self.client.zrangebyscore(
             self.prefix + "leases", "-inf", f"({num(now)}", start=0, num=limit
         )
         return [text(task_id) for task_id in ids]
 
     def _count(self) -> int:
-        return int(self.client.zcard(self.prefix + "active"))
+        count: Any = self.client.zcard(self.prefix + "active")
+        return int(count)
 
     def _count_states(self) -> dict[str, int]:
         # One script: the states of the active set, read in one step (the set
