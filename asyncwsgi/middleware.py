@@ -23,6 +23,7 @@ from .environ import read_body, snapshot
 from .events import wants_events
 from .executor import Executor, ThreadExecutor
 from .http.accepted import Accepted
+from .http.replay import answer_result
 from .http.responses import (
     gone,
     http_error,
@@ -42,14 +43,13 @@ from .metrics import INSTRUMENTS
 from .owner import owner_hash
 from .patterns import Pattern, compile_patterns, pattern_label
 from .prefer import parse_prefer, wait_seconds
-from .replay import BodyGone, replay
 from .results import error_result
 from .runner import ACCEPTED, PATTERN, TaskRunner
 from .settings import POOL_SIZE, Settings, check_budget
 from .stores import Store, open_store
 from .stores.base import ACTIVE, StoreFull, StoreUnavailable
 from .stores.settings import STORE_SETTINGS
-from .task import Callback, Job, Result, TaskRecord
+from .task import Callback, Job, TaskRecord
 from .tracing import activate, carry, start_submit
 
 if TYPE_CHECKING:
@@ -413,7 +413,7 @@ class AsyncMiddleware:
                 record = done
                 applied = f"wait={waited}" if not applied else f"{applied}, wait={waited}"
             if record.state == "done" and record.result is not None:
-                return self._replay(environ, start_response, record.result, applied, extra)
+                return answer_result(environ, start_response, record.result, applied, extra)
             if record.state not in ACTIVE:  # expired already: a 202 never says so
                 return self._status(environ, start_response, record.id, retried=True)
         return self._accepted(environ, start_response, record, applied, extra)
@@ -468,26 +468,10 @@ class AsyncMiddleware:
                 if record.state == "expired":
                     return gone(environ, start_response)
         if record.state == "done" and record.result is not None:
-            return self._replay(environ, start_response, record.result, "")
+            return answer_result(environ, start_response, record.result, "")
         if record.state not in ("queued", "running"):
             return not_found(environ, start_response)  # deleted while we waited
         return self._accepted(environ, start_response, record, applied)
-
-    def _replay(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        result: Result,
-        applied: str,
-        extra: list[tuple[str, str]] | None = None,
-    ) -> Iterable[bytes]:
-        headers = list(extra or [])
-        if applied:
-            headers += [("Preference-Applied", applied), ("Vary", "Prefer")]
-        try:
-            return replay(environ, start_response, result, headers)
-        except BodyGone:
-            return text(410, "this task's result has expired")(environ, start_response)
 
     def _owns(self, environ: WSGIEnvironment, record: TaskRecord) -> bool:
         if self.owner is None:

@@ -19,13 +19,14 @@ from typing import IO, TYPE_CHECKING
 
 from werkzeug.http import parse_date
 
-from .results import status_line
-from .task import Result
+from ..results import status_line
+from ..task import Result
+from .responses import text
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["BodyGone", "replay"]
+__all__ = ["BodyGone", "answer_result", "replay"]
 
 _CHUNK = 256 * 1024
 
@@ -187,3 +188,22 @@ def _is_file(reader: IO[bytes]) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return True
+
+
+def answer_result(
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    result: Result,
+    applied: str = "",
+    extra: list[tuple[str, str]] | None = None,
+) -> Iterable[bytes]:
+    """A finished task's answer, as a status URL (or a submission that waited)
+    gives it: the result replayed, with ``Preference-Applied`` when a wait
+    was; 410 when its body went away before it could be opened."""
+    headers = list(extra or [])
+    if applied:
+        headers += [("Preference-Applied", applied), ("Vary", "Prefer")]
+    try:
+        return replay(environ, start_response, result, headers)
+    except BodyGone:
+        return text(410, "this task's result has expired")(environ, start_response)
