@@ -6,7 +6,6 @@ import atexit
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import threading
@@ -20,20 +19,18 @@ from werkzeug.exceptions import HTTPException
 from .callbacks import CallbackSender, allowed_callback, parse_secret
 from .capture import Spool
 from .environ import read_body, snapshot
-from .events import wants_events
 from .executor import Executor, ThreadExecutor
 from .http.accepted import Accepted
+from .http.callbacks import SenderPerProcess
 from .http.replay import answer_result
 from .http.responses import (
-    gone,
     http_error,
-    method_not_allowed,
-    no_content,
     not_found,
     text,
     unavailable,
 )
 from .http.scrape import Scrape
+from .http.status import Status
 from .http.stream import Streams
 from .http.tasklist import TaskList
 from .http.urls import StatusURLs
@@ -63,14 +60,11 @@ logger = logging.getLogger("asyncwsgi")
 
 # secrets.token_urlsafe(24): 192 random bits in 32 URL-safe characters.
 _ID_BYTES = 24
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{32}")
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
-_STATUS_METHODS = ("GET", "HEAD", "DELETE")
 # How long a process exiting normally (a server's graceful stop) waits for its
 # running tasks before it fails them, so that a shared store never keeps them
 # "running" until their lease runs out.
 _EXIT_GRACE = 10.0
-_ALLOW = ", ".join(_STATUS_METHODS)
 # The 202's confirmation that a submission's Callback-URL was taken.
 CALLBACK_HEADER = "Callback-Accepted"
 
@@ -171,6 +165,8 @@ class AsyncMiddleware:
         # there for each keyword argument here: a test holds them together),
         # then the rules across options.
         settings = Settings.build(locals())
+        # Set by close(): new submissions get 503 (shared with the parts that ask).
+        self._closing = threading.Event()
         self.settings = settings
         # Every option, an attribute of the same name (declared above).
         self.__dict__.update(settings.as_dict())
@@ -220,11 +216,20 @@ class AsyncMiddleware:
         # Lapsed leases are judged by every process, unasked (a shared store).
         self.runner.sweep()
         self.callbacks: CallbackSender | None = None
+        self._sender: SenderPerProcess | None = None
         if self.callback_allow is not None and callback_secret is not None:
             self.callbacks = CallbackSender(self.store, parse_secret(callback_secret))
-        self._callbacks_pid = 0
-        self._callbacks_lock = threading.Lock()
-        self.closed = False
+            self._sender = SenderPerProcess(self.callbacks, self._closing)
+        self._status = Status(
+            self.store,
+            settings,
+            executor=self.executor,
+            accepted=self._accepted,
+            task_list=self._task_list,
+            streams=self._streams,
+            waits=self._waits,
+            callbacks=self._sender,
+        )
         self._warned_multiprocess = False
         if self.store.shared:
             _AT_EXIT.add(self)
@@ -302,8 +307,8 @@ class AsyncMiddleware:
             owner = owner_hash(value)
 
         callback_url: str | None = None
-        if self.callbacks is not None:
-            self._start_callbacks()
+        if self._sender is not None:
+            self._sender.start()
             callback_url = environ.get("HTTP_CALLBACK_URL")
             if callback_url is not None and not allowed_callback(
                 callback_url, self.callback_allow or []
@@ -370,7 +375,7 @@ class AsyncMiddleware:
                 return text(422, "this Idempotency-Key was used with a different request")(
                     environ, start_response
                 )
-            return self._status(environ, start_response, outcome.existing.task_id, retried=True)
+            return self._status.existing(environ, start_response, outcome.existing.task_id)
         if not outcome.created:
             _rejected("full", pattern)
             return unavailable("too many pending tasks", self.retry_after)(environ, start_response)
@@ -415,71 +420,8 @@ class AsyncMiddleware:
             if record.state == "done" and record.result is not None:
                 return answer_result(environ, start_response, record.result, applied, extra)
             if record.state not in ACTIVE:  # expired already: a 202 never says so
-                return self._status(environ, start_response, record.id, retried=True)
+                return self._status.existing(environ, start_response, record.id)
         return self._accepted(environ, start_response, record, applied, extra)
-
-    # -- the status URL --------------------------------------------------
-
-    def _status(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        task_id: str,
-        *,
-        retried: bool = False,
-    ) -> Iterable[bytes]:
-        method = environ["REQUEST_METHOD"]
-        if not retried and method not in _STATUS_METHODS:
-            response = method_not_allowed("use GET, HEAD or DELETE on a status URL", _ALLOW)
-            return response(environ, start_response)
-        if self.callbacks is not None:
-            self._start_callbacks()
-        if not task_id and not retried and method != "DELETE":
-            return self._task_list(environ, start_response)
-        if not _ID_RE.fullmatch(task_id):
-            return not_found(environ, start_response)
-        record = self.store.get(task_id)
-        if record is None or not self._owns(environ, record):
-            return not_found(environ, start_response)
-        if method == "DELETE" and not retried:
-            if self.store.delete(task_id):
-                self.executor.cancel(task_id)
-                if record.state in ACTIVE:
-                    if INSTRUMENTS is not None:
-                        INSTRUMENTS.cancelled.inc()
-                    logger.info("asyncwsgi: task %s cancelled", task_id, extra=task_extra(task_id))
-                return no_content(environ, start_response)
-            return not_found(environ, start_response)
-        if record.state == "expired":
-            return gone(environ, start_response)
-        if method == "GET" and not retried and wants_events(environ):
-            return self._streams(environ, start_response, record)
-
-        applied = ""
-        if record.state != "done":
-            wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
-            if wait:
-                done, waited = self._waits.wait(task_id, wait)
-                if waited is not None:
-                    if done is None:
-                        return not_found(environ, start_response)  # deleted while we waited
-                    applied = f"wait={waited}"
-                    record = done
-                if record.state == "expired":
-                    return gone(environ, start_response)
-        if record.state == "done" and record.result is not None:
-            return answer_result(environ, start_response, record.result, "")
-        if record.state not in ("queued", "running"):
-            return not_found(environ, start_response)  # deleted while we waited
-        return self._accepted(environ, start_response, record, applied)
-
-    def _owns(self, environ: WSGIEnvironment, record: TaskRecord) -> bool:
-        if self.owner is None:
-            return True
-        value = self.owner(environ)
-        if not value or record.owner is None:
-            return False
-        return hmac.compare_digest(owner_hash(value), record.owner)
 
     def status_url(self, environ: WSGIEnvironment, task_id: str) -> str:
         """The task's status URL as sent in ``Location`` and ``status_url``
@@ -488,16 +430,17 @@ class AsyncMiddleware:
 
     # -- live progress and the task list ------------------------------------
 
-    def _start_callbacks(self) -> None:
-        # In each process that serves requests, on its first one: threads
-        # started before a fork (gunicorn --preload) would not run in the child.
-        pid = os.getpid()
-        if self._callbacks_pid == pid or self.callbacks is None:
-            return
-        with self._callbacks_lock:
-            if self._callbacks_pid != pid and not self.closed:
-                self._callbacks_pid = pid
-                self.callbacks.start()
+    @property
+    def closed(self) -> bool:
+        """True once close() was called: new submissions get 503."""
+        return self._closing.is_set()
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        if value:
+            self._closing.set()
+        else:
+            self._closing.clear()
 
     def retry_after_for(self, age: float) -> int:
         """Seconds a client should wait before the next poll of a task this old:
@@ -550,8 +493,8 @@ class AsyncMiddleware:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         finished = self.runner.drain(remaining) and finished
         self.runner.stop()
-        if self.callbacks is not None and self._callbacks_pid == os.getpid():
-            self.callbacks.stop()
+        if self._sender is not None:
+            self._sender.stop()
         if finished and self._owns_store:
             # Opened here from a URL, so closed here; after a timeout an app
             # may still be running and write its late result, so it stays open.
