@@ -16,6 +16,15 @@ processes sharing a store send it once. A failed attempt (an error status, a
 redirect, which is never followed, a refused or timed out connection) is
 tried again after 1 s, 2 s, 4 s... (at most ``max_backoff``) until the
 result expires: past that the receiver could not fetch it anyway.
+
+Each attempt has one deadline for everything (connecting, sending, reading
+the status line), whatever the receiver does: one that answers a byte a
+second is cut off at the deadline like one that never answers. An attempt
+starts only if it can end, and be recorded, before its claim lapses, so a
+live process never has two attempts of one delivery under way. Receivers are
+kept apart by origin (scheme, host, port): a bound per origin, at most
+``per_origin`` attempts at once and as many waiting, so slow receivers hold
+a few of the sending threads and never all of them.
 """
 
 from __future__ import annotations
@@ -24,18 +33,20 @@ import base64
 import binascii
 import hashlib
 import hmac
-import http.client
 import json
 import logging
-import queue
+import re
+import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
-from .stores.base import Store
+from .stores.base import Store, StoreUnavailable
 from .task import Delivery
 
 __all__ = ["CallbackSender", "allowed_callback", "check_allow_list", "parse_secret", "sign"]
@@ -131,15 +142,57 @@ def _iso(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# What an attempt can fail of: the network (OSError: refused, reset, timed
+# out, TLS, name resolution) or a receiver that does not speak HTTP
+# (ValueError). Anything else is a bug, logged with its traceback.
+_ATTEMPT_FAULTS = (OSError, ValueError)
+_STATUS_LINE = re.compile(rb"HTTP/[0-9]\.[0-9] ([0-9]{3})(?: [^\r\n]*)?\r?")
+# The status line and interim responses must come within this many bytes.
+_MAX_HEAD = 65536
+# Time kept between an attempt's deadline and its claim's end, to record it.
+_SETTLE_MARGIN = 1.0
+# An idle sending thread ends after this many seconds.
+_IDLE = 5.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """A delivery this process claimed, and when (monotonic seconds)."""
+
+    delivery: Delivery
+    origin: str
+    claimed: float
+
+
+class _Origin:
+    """One receiver's deliveries: those waiting, and how many are being sent."""
+
+    __slots__ = ("sending", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: deque[_Held] = deque()
+        self.sending = 0
+
+
+def origin_of(url: str) -> str:
+    """The receiver a URL names, as RFC 6454 counts them: scheme, host, port."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
 class CallbackSender:
     """Sends the completion callbacks due in ``store``, signed with ``key``.
 
-    One thread claims due deliveries (every ``poll`` seconds) for ``workers``
-    sending threads; each attempt connects within ``connect_timeout`` and
-    must be answered within ``read_timeout``. A claim lasts ``claim_lease``
-    seconds, longer than any attempt: a process that dies holding one leaves
-    it to another after that. Every step survives its own failure (a store
-    that is down, a receiver that hangs): the threads log it and go on.
+    One thread claims due deliveries (every ``poll`` seconds); up to
+    ``workers`` sending threads, started as they are needed, send them, at
+    most ``per_origin`` at once to one origin. Each attempt ends within
+    ``attempt_timeout`` seconds in all (connecting within
+    ``connect_timeout``, and the status line read within ``read_timeout``
+    of the request sent). A claim lasts ``claim_lease`` seconds, longer than
+    any attempt and its wait: a process that dies holding one leaves it to
+    another after that. Every step survives its own failure (a store that is
+    down, a receiver that hangs): the threads log it and go on.
     """
 
     def __init__(
@@ -147,112 +200,260 @@ class CallbackSender:
         store: Store,
         key: bytes,
         *,
-        workers: int = 4,
+        workers: int = 32,
+        per_origin: int = 4,
         poll: float = 0.25,
         connect_timeout: float = 3.0,
         read_timeout: float = 5.0,
+        attempt_timeout: float = 10.0,
         max_backoff: float = 60.0,
         claim_lease: float = 60.0,
     ) -> None:
         self.store = store
         self.key = key
         self.workers = workers
+        self.per_origin = per_origin
         self.poll = poll
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.attempt_timeout = attempt_timeout
         self.max_backoff = max_backoff
         self.claim_lease = claim_lease
-        self._queue: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
-        self._busy = 0
-        self._lock = threading.Lock()
+        self._check()
+        self._cond = threading.Condition()
+        self._origins: dict[str, _Origin] = {}
+        self._held = 0  # claimed and not yet settled: waiting or being sent
+        self._senders: set[threading.Thread] = set()
+        self._idle = 0  # sending threads waiting for work
+        self._serial = 0
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        # Set when a sending thread finishes one: a place may be free.
+        self._wake = threading.Event()
+        self._probed = 0.0
+        self._claimer: threading.Thread | None = None
+        # Deliveries sent (or given up) whose record the store did not take
+        # before their claim lapsed: forgotten when claimed again, not resent.
+        self._unrecorded: dict[str, float] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def _check(self) -> None:
+        if self.claim_lease <= self.attempt_timeout + _SETTLE_MARGIN:
+            raise ValueError(
+                f"claim_lease ({self.claim_lease} s) must exceed attempt_timeout "
+                f"({self.attempt_timeout} s) by {_SETTLE_MARGIN} s: a claim must outlive "
+                "any attempt, or a live process could send one delivery twice"
+            )
+        if self.workers < 1 or self.per_origin < 1:
+            raise ValueError("workers and per_origin must be at least 1")
 
     def start(self) -> None:
-        threads = [
-            threading.Thread(target=self._claim_loop, name="asyncwsgi-callbacks", daemon=True)
-        ]
-        threads += [
-            threading.Thread(target=self._send_loop, name=f"asyncwsgi-callback-{i}", daemon=True)
-            for i in range(self.workers)
-        ]
-        self._threads = threads
-        for thread in threads:
-            thread.start()
+        self._check()
+        self._claimer = threading.Thread(
+            target=self._claim_loop, name="asyncwsgi-callbacks", daemon=True
+        )
+        self._claimer.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop claiming; deliveries under way finish their attempt (within
-        ``timeout``); those only claimed return to the store when their claim
-        lapses."""
+        """Stop claiming; attempts under way finish (within ``timeout``);
+        deliveries claimed but not started are handed back to the store at
+        once (one attempt counted), else when their claim lapses."""
         self._stop.set()
-        for _ in range(self.workers):
-            self._queue.put(None)
+        self._wake.set()
+        with self._cond:
+            waiting = [held for origin in self._origins.values() for held in origin.waiting]
+            for origin in self._origins.values():
+                origin.waiting.clear()
+            self._held -= len(waiting)
+            self._cond.notify_all()
+        for held in waiting:
+            try:
+                self.store.settle_callback(held.delivery, time.time())
+            except StoreUnavailable:
+                pass  # its claim lapses instead
         deadline = time.monotonic() + timeout
         current = threading.current_thread()
-        for thread in self._threads:
-            if thread is not current:
+        with self._cond:
+            threads = [self._claimer, *self._senders]
+        for thread in threads:
+            if thread is not None and thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
-    # -- the threads -------------------------------------------------------
+    # -- claiming ------------------------------------------------------------
 
     def _claim_loop(self) -> None:
         delay = self.poll
-        while not self._stop.wait(delay):
-            with self._lock:
-                free = self.workers - self._busy
-            if free <= 0:
-                continue
-            try:
-                deliveries = self.store.claim_callbacks(time.time(), self.claim_lease, free)
-            except Exception:
-                # The store is down: try again, less often, until it is back.
-                logger.exception("asyncwsgi: could not claim completion callbacks")
-                delay = min(delay * 2, 5.0)
-                continue
+        while True:
+            self._wake.wait(delay)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             delay = self.poll
-            with self._lock:
-                self._busy += len(deliveries)
+            try:
+                if self._claim_once():
+                    delay = 0.0  # a full claim: more may be due now
+            except StoreUnavailable:
+                # The store is down: try again, less often, until it is back.
+                logger.warning("asyncwsgi: could not claim completion callbacks: store unavailable")
+                delay = min(max(delay, self.poll) * 2, 5.0)
+            except Exception:
+                # A bug: logged with its traceback; the claiming thread must
+                # survive it, or no callback would ever be sent again.
+                logger.exception("asyncwsgi: claiming completion callbacks failed")
+                delay = 5.0
+
+    def _claim_once(self) -> bool:
+        """Claim what can be placed; True if the claim was full (and room is left)."""
+        cap = 2 * self.per_origin  # being sent and waiting, per origin
+        with self._cond:
+            room = self.workers - self._held
+            busiest = max((o.sending + len(o.waiting) for o in self._origins.values()), default=0)
+        # A claim takes deliveries in due order, whoever receives them: no
+        # more than the busiest origin can still take, so a burst to one
+        # receiver is claimed as it drains. A saturated origin must not stop
+        # the others: then a small claim once a poll, and what it brings for
+        # the saturated one goes back with a backoff, as a failed attempt.
+        if busiest < cap:
+            limit = min(room, cap - busiest)
+        else:
+            now = time.monotonic()
+            if now - self._probed < self.poll:
+                return False
+            self._probed = now
+            limit = min(room, self.per_origin)
+        if limit <= 0:
+            return False
+        deliveries = self.store.claim_callbacks(time.time(), self.claim_lease, limit)
+        claimed = time.monotonic()
+        refused: list[Delivery] = []
+        recorded: list[Delivery] = []
+        with self._cond:
             for delivery in deliveries:
-                self._queue.put(delivery)
+                if self._unrecorded.pop(delivery.task_id, None) is not None:
+                    recorded.append(delivery)
+                    continue
+                origin = origin_of(delivery.url)
+                queue = self._origins.setdefault(origin, _Origin())
+                if queue.sending + len(queue.waiting) >= cap:
+                    refused.append(delivery)
+                    continue
+                queue.waiting.append(_Held(delivery, origin, claimed))
+                self._held += 1
+            self._spawn()
+            self._cond.notify_all()
+            self._prune_unrecorded()
+        for delivery in recorded:
+            self._record(delivery, None, claimed)
+        for delivery in refused:
+            retry_at = time.time() + backoff(delivery.attempts, self.max_backoff)
+            self._record(delivery, min(retry_at, delivery.deadline), claimed)
+        return len(deliveries) == limit and not refused and limit < room
+
+    def _prune_unrecorded(self) -> None:
+        # Called with the lock held. Bounded: past its deadline a delivery is
+        # dropped by whoever holds it, and a live process has few such.
+        now = time.time()
+        for task_id in [t for t, deadline in self._unrecorded.items() if deadline < now]:
+            del self._unrecorded[task_id]
+
+    # -- sending -------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        """Start sending threads for the work that can start now (called
+        with the lock held)."""
+        ready = sum(
+            min(len(o.waiting), self.per_origin - o.sending) for o in self._origins.values()
+        )
+        while self._idle < ready and len(self._senders) < self.workers:
+            self._serial += 1
+            thread = threading.Thread(
+                target=self._send_loop, name=f"asyncwsgi-callback-{self._serial}", daemon=True
+            )
+            self._senders.add(thread)
+            self._idle += 1  # counted idle until it takes its first delivery
+            thread.start()
+
+    def _next(self) -> _Held | None:
+        """The next delivery whose origin has a free place, origins taken in
+        turn (called with the lock held)."""
+        for name, origin in self._origins.items():
+            if origin.waiting and origin.sending < self.per_origin:
+                held = origin.waiting.popleft()
+                origin.sending += 1
+                # To the back of the line: the next one goes to another origin.
+                del self._origins[name]
+                self._origins[name] = origin
+                return held
+        return None
 
     def _send_loop(self) -> None:
+        me = threading.current_thread()
         while True:
-            delivery = self._queue.get()
-            if delivery is None:
-                return
+            with self._cond:
+                idle_until = time.monotonic() + _IDLE
+                held = None
+                while held is None:
+                    held = None if self._stop.is_set() else self._next()
+                    if held is not None:
+                        break
+                    left = idle_until - time.monotonic()
+                    if self._stop.is_set() or left <= 0:
+                        self._idle -= 1
+                        self._senders.discard(me)
+                        return
+                    self._cond.wait(left)
+                self._idle -= 1
             try:
-                self._send(delivery)
+                self._send(held)
             except BaseException:
-                logger.exception("asyncwsgi: callback of task %s failed", delivery.task_id)
+                # A bug (the receiver's faults are handled in _send): logged
+                # with its traceback; the thread goes on with the next one.
+                logger.exception("asyncwsgi: callback of task %s failed", held.delivery.task_id)
             finally:
-                with self._lock:
-                    self._busy -= 1
+                with self._cond:
+                    origin = self._origins.get(held.origin)
+                    if origin is not None:
+                        origin.sending -= 1
+                        if not origin.sending and not origin.waiting:
+                            del self._origins[held.origin]
+                    self._held -= 1
+                    self._idle += 1
+                    self._cond.notify_all()
+                self._wake.set()
 
     # -- one delivery --------------------------------------------------------
 
-    def _send(self, delivery: Delivery) -> None:
+    def _send(self, held: _Held) -> None:
+        delivery = held.delivery
         now = time.time()
-        if now >= delivery.deadline:
+        if now >= delivery.deadline or not delivery.url.isascii():
+            # (A non-ASCII URL, stored before such URLs were refused, can
+            # never be sent: given up at once.)
             logger.error(
                 "asyncwsgi: gave up calling back task %s at %s after %d attempts",
                 delivery.task_id,
                 delivery.url,
                 delivery.attempts,
             )
-            self._settle(delivery, None)
+            self._record(delivery, None, held.claimed)
+            return
+        lapses = held.claimed + self.claim_lease
+        if time.monotonic() + self.attempt_timeout + _SETTLE_MARGIN > lapses:
+            # It waited too long: an attempt now could outlive the claim and
+            # run beside another process's. Back to the store, due at once.
+            self._record(delivery, now, held.claimed)
             return
         try:
-            status = self.post(delivery)
-        except Exception as exc:
+            status: int | None = self.post(delivery)
+        except _ATTEMPT_FAULTS as exc:
             status = None
             logger.warning(
                 "asyncwsgi: callback of task %s to %s failed: %s",
                 delivery.task_id,
                 delivery.url,
-                exc,
+                exc or type(exc).__name__,
             )
         if status is not None and 200 <= status < 300:
-            self._settle(delivery, None)
+            self._record(delivery, None, held.claimed)
             return
         if status is not None:
             logger.warning(
@@ -262,23 +463,30 @@ class CallbackSender:
                 status,
             )
         retry_at = time.time() + backoff(delivery.attempts, self.max_backoff)
-        self._settle(delivery, min(retry_at, delivery.deadline))
+        self._record(delivery, min(retry_at, delivery.deadline), held.claimed)
 
-    def _settle(self, delivery: Delivery, retry_at: float | None) -> None:
-        # Until the store takes it (or the claim lapses, when another process
-        # may have taken the delivery over): a settle lost to an outage would
-        # send the callback again.
-        give_up = time.monotonic() + self.claim_lease
+    def _record(self, delivery: Delivery, retry_at: float | None, claimed: float) -> None:
+        # Until the store takes it, or the claim lapses (another process may
+        # have taken the delivery over): a record lost to an outage would
+        # have the callback sent again.
+        give_up = claimed + self.claim_lease
         delay = 0.1
         while True:
             try:
                 self.store.settle_callback(delivery, retry_at)
                 return
-            except Exception:
-                if time.monotonic() > give_up or self._stop.is_set():
-                    logger.exception(
-                        "asyncwsgi: could not record the callback of task %s", delivery.task_id
+            except StoreUnavailable:
+                if time.monotonic() + delay > give_up or self._stop.is_set():
+                    logger.error(
+                        "asyncwsgi: could not record the callback of task %s: "
+                        "the store is unavailable",
+                        delivery.task_id,
                     )
+                    if retry_at is None:
+                        # Sent (or given up): if this process claims it again,
+                        # it is forgotten instead of sent twice.
+                        with self._cond:
+                            self._unrecorded[delivery.task_id] = delivery.deadline
                     return
                 logger.warning("asyncwsgi: the store is unavailable; retrying a callback's record")
                 time.sleep(delay)
@@ -293,41 +501,96 @@ class CallbackSender:
         }
         return json.dumps(notice, separators=(",", ":")).encode()
 
-    def post(self, delivery: Delivery) -> int:
-        """One attempt: the receiver's status code (a redirect is not followed)."""
-        parts = urlsplit(delivery.url)
-        connection: http.client.HTTPConnection
-        if parts.scheme == "https":
-            connection = http.client.HTTPSConnection(
-                parts.hostname or "",
-                parts.port,
-                timeout=self.connect_timeout,
-                context=ssl.create_default_context(),
-            )
-        else:
-            connection = http.client.HTTPConnection(
-                parts.hostname or "", parts.port, timeout=self.connect_timeout
-            )
+    def request(self, delivery: Delivery, parts: SplitResult) -> bytes:
+        """The attempt's bytes: an HTTP/1.1 POST, closed after its answer."""
         body = self.body(delivery)
         timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "asyncwsgi",
-            "Connection": "close",
-            "webhook-id": delivery.task_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self.key, delivery.task_id, timestamp, body),
-        }
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        head = (
+            f"POST {target} HTTP/1.1\r\n"
+            f"Host: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "User-Agent: asyncwsgi\r\n"
+            "Connection: close\r\n"
+            f"webhook-id: {delivery.task_id}\r\n"
+            f"webhook-timestamp: {timestamp}\r\n"
+            f"webhook-signature: {sign(self.key, delivery.task_id, timestamp, body)}\r\n"
+            "\r\n"
+        )
+        return head.encode("ascii") + body
+
+    def post(self, delivery: Delivery) -> int:
+        """One attempt: the receiver's status code (a redirect is not
+        followed). Everything, connecting to reading the status line, ends
+        within ``attempt_timeout``; raises OSError (TimeoutError past it) or
+        ValueError (an answer that is not HTTP)."""
+        started = time.monotonic()
+        deadline = started + self.attempt_timeout
+        parts = urlsplit(delivery.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        message = self.request(delivery, parts)
+        sock = _connect(host, port, min(deadline, started + self.connect_timeout))
         try:
-            connection.connect()
-            if connection.sock is not None:
-                connection.sock.settimeout(self.read_timeout)
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            response.read(65536)  # a little of the answer, never all of it
-            return response.status
+            if parts.scheme == "https":
+                if self._tls is None:
+                    self._tls = ssl.create_default_context()
+                sock.settimeout(_left(deadline))
+                sock = self._tls.wrap_socket(sock, server_hostname=host)
+            sock.settimeout(_left(deadline))
+            sock.sendall(message)
+            return _read_status(sock, min(deadline, time.monotonic() + self.read_timeout))
         finally:
-            connection.close()
+            sock.close()
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; TimeoutError once it has passed (a socket
+    timeout of 0 would mean "do not block", not "no time left")."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the attempt's deadline passed")
+    return left
+
+
+def _connect(host: str, port: int, deadline: float) -> socket.socket:
+    """A connection to one of ``host``'s addresses, all tried by ``deadline``.
+    (Name resolution is the system resolver's, bounded by its own timeouts.)"""
+    error: OSError = TimeoutError("the attempt's deadline passed")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_left(deadline))
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+def _read_status(sock: socket.socket, deadline: float) -> int:
+    """The status code of the final response (interim 1xx ones skipped), read
+    by ``deadline`` however slowly the bytes come; the rest is not read."""
+    data = b""
+    while True:
+        line, newline, _ = data.partition(b"\n")
+        if newline:
+            match = _STATUS_LINE.fullmatch(line)
+            if match is None:
+                raise ValueError("the receiver's answer is not an HTTP/1.x response")
+            status = int(match.group(1))
+            if status >= 200:
+                return status
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                data = data[end + 4 :]
+                continue
+        if len(data) > _MAX_HEAD:
+            raise ValueError("no status line in the receiver's first 64 KiB")
+        sock.settimeout(_left(deadline))
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the receiver closed the connection before answering")
+        data += chunk

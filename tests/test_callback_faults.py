@@ -5,8 +5,13 @@ outside the allowed prefix, and receivers that answer one byte a second."""
 from __future__ import annotations
 
 import http.client
+import select
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +97,189 @@ def test_percent_encoded_non_ascii_is_delivered_as_sent(
         time.sleep(0.05)
     # Nothing refused above reached the receiver: every delivery is under /hooks/.
     assert all(d.path.startswith("/hooks/") for d in receiver.deliveries)
+
+
+# -- receivers that answer one byte a second ------------------------------------------
+
+
+@dataclass
+class Attempt:
+    opened: float
+    closed: float | None = None
+    webhook_id: str = ""
+
+
+@dataclass
+class Trickler:
+    """A receiver on a real socket that reads each POST whole, then answers
+    ``HTTP/1.1 200 OOO...`` one byte every ``interval`` seconds (the reason
+    phrase ``length`` bytes long), for as long as the caller stays."""
+
+    interval: float = 1.0
+    length: int = 120
+    attempts: list[Attempt] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept)]
+        self.threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/"
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            attempt = Attempt(time.monotonic())
+            with self.lock:
+                self.attempts.append(attempt)
+            thread = threading.Thread(target=self._answer, args=(conn, attempt))
+            self.threads.append(thread)
+            thread.start()
+
+    def _answer(self, conn: socket.socket, attempt: Attempt) -> None:
+        try:
+            conn.settimeout(0.1)
+            raw = b""
+            while b"\r\n\r\n" not in raw and not self.stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                raw += chunk
+            for line in raw.split(b"\r\n"):
+                if line.lower().startswith(b"webhook-id:"):
+                    attempt.webhook_id = line.split(b":", 1)[1].strip().decode()
+            answer = b"HTTP/1.1 200 " + b"O" * self.length + b"\r\n\r\n"
+            for byte in answer:
+                if self._gone_within(conn, self.interval):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+            self._gone_within(conn, 3600)
+        finally:
+            attempt.closed = time.monotonic()
+            conn.close()
+
+    def _gone_within(self, conn: socket.socket, seconds: float) -> bool:
+        """Wait ``seconds``; True as soon as the caller closes its end (or
+        the receiver is stopped)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if select.select([conn], [], [], min(left, 0.05))[0]:
+                try:
+                    if conn.recv(65536, socket.MSG_PEEK) == b"":
+                        return True
+                except OSError:
+                    return True
+                time.sleep(0.01)  # readable with data: the caller is still there
+        return True
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+        self.listener.close()
+
+
+@contextmanager
+def trickling(count: int, **options: Any) -> Iterator[list[Trickler]]:
+    made = [Trickler(**options) for _ in range(count)]
+    try:
+        yield made
+    finally:
+        for trickler in made:
+            trickler.close()
+
+
+@contextmanager
+def bounded_server(
+    tmp_path: Path, store: str, allow: list[str], claim_lease: float, attempt_timeout: float
+) -> Iterator[int]:
+    env = {
+        "ASYNCWSGI_TEST_STORE": store,
+        "ASYNCWSGI_TEST_CALLBACK_ALLOW": " ".join(allow),
+        "ASYNCWSGI_TEST_CALLBACK_SECRET": SECRET,
+        "ASYNCWSGI_TEST_CLAIM_LEASE": str(claim_lease),
+        "ASYNCWSGI_TEST_ATTEMPT_TIMEOUT": str(attempt_timeout),
+    }
+    app = "tests.apps.hostile_app:application"
+    with wsgi_server("gunicorn-gthread", app, tmp_path / "gunicorn.log", env) as port:
+        yield port
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "tasks.db")
+    import redis
+
+    url: str = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+@pytest.mark.slow
+def test_an_attempt_has_a_total_deadline_and_a_live_process_never_overlaps_it(
+    tmp_path: Path, store: str
+) -> None:
+    # A claim of 4 s, attempts of at most 2 s; the receiver would take 120 s
+    # to answer. Each attempt must end by its deadline, and no attempt may
+    # start while another of the same delivery is still open (the claim
+    # lapsing under a running attempt used to start a second one).
+    with trickling(1) as (slow,):
+        with bounded_server(tmp_path, store, [slow.url], claim_lease=4, attempt_timeout=2) as port:
+            status, _, _ = _post(port, "/work/x", slow.url + "x")
+            assert status == 202
+            time.sleep(12)
+        attempts = list(slow.attempts)
+    assert len(attempts) >= 3, attempts  # tried, timed out, tried again
+    assert len({a.webhook_id for a in attempts}) == 1
+    for attempt in attempts[:-1]:
+        assert attempt.closed is not None
+        assert attempt.closed - attempt.opened < 2 + 1.0, attempts
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        assert before.closed is not None and after.opened >= before.closed - 0.05, attempts
+
+
+@pytest.mark.slow
+def test_slow_receivers_do_not_delay_a_healthy_one(tmp_path: Path, store: str) -> None:
+    healthy = Receiver()
+    with trickling(6) as slow, receiving(healthy) as hooks:
+        allow = [hooks] + [t.url for t in slow]
+        with bounded_server(tmp_path, store, allow, claim_lease=60, attempt_timeout=10) as port:
+            for trickler in slow:
+                for i in range(3):
+                    assert _post(port, "/work/x", trickler.url + str(i))[0] == 202
+            deadline = time.monotonic() + 10
+            while not all(t.attempts for t in slow):
+                assert time.monotonic() < deadline, [len(t.attempts) for t in slow]
+                time.sleep(0.05)
+            sent = time.monotonic()
+            assert _post(port, "/work/y", hooks + "y")[0] == 202
+            healthy.wait_for(1, timeout=10)
+            took = healthy.deliveries[0].at - time.time() + time.monotonic() - sent
+    # Six receivers trickling (each with an attempt open) leave a healthy one
+    # its callback at once: well within one attempt's deadline.
+    assert took < 3.0, took

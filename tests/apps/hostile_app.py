@@ -2,7 +2,8 @@
 
 Configured from the environment: ``ASYNCWSGI_TEST_STORE`` (store URL, memory
 when unset), ``ASYNCWSGI_TEST_CALLBACK_ALLOW`` (space-separated prefixes) and
-``ASYNCWSGI_TEST_CALLBACK_SECRET``. The task list is on.
+``ASYNCWSGI_TEST_CALLBACK_SECRET``, the sender's ``ASYNCWSGI_TEST_CLAIM_LEASE``
+and ``ASYNCWSGI_TEST_ATTEMPT_TIMEOUT`` (seconds). The task list is on.
 
 ``ASYNCWSGI_TEST_MAX_RESULT`` sets ``max_result``.
 
@@ -59,3 +60,10 @@ def _options() -> dict[str, Any]:
 
 
 application = AsyncMiddleware(inner, **_options())
+# The callback sender's timing, shortened by the tests that wait on it.
+if application.callbacks is not None:
+    if os.environ.get("ASYNCWSGI_TEST_CLAIM_LEASE"):
+        application.callbacks.claim_lease = float(os.environ["ASYNCWSGI_TEST_CLAIM_LEASE"])
+    if os.environ.get("ASYNCWSGI_TEST_ATTEMPT_TIMEOUT"):
+        timeout = float(os.environ["ASYNCWSGI_TEST_ATTEMPT_TIMEOUT"])
+        application.callbacks.attempt_timeout = timeout
