@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -10,14 +12,46 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 from werkzeug.serving import make_server
 from werkzeug.test import Client, TestResponse
 
 from bench.services import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Something a test needs is missing: skipped on a developer's machine, a
+    failure in CI (``CI=true``), where .ci/run installs everything."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (required under CI=true)")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def need(*modules: str, programs: tuple[str, ...] = ()) -> None:
+    """Python modules and programs on PATH a test needs (see ``unavailable``)."""
+    missing = [m for m in modules if not _importable(m)]
+    missing += [p for p in programs if shutil.which(p) is None]
+    if missing:
+        unavailable(f"not installed: {', '.join(missing)}")
+
+
+def program(name: str) -> str:
+    """The path of a program a test runs (see ``unavailable``)."""
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"{name} is not installed")
+    return path
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def wait_done(client: Client, location: str, timeout: float = 10.0, **kw: Any) -> TestResponse:

@@ -8,24 +8,17 @@ failure.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from bench.services import RedisClusterServers, RedisServer
+from tests.helpers import program
 
 
-def _need(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        message = f"{program} is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+def _need(name: str) -> str:
+    return program(name)
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import serving
+from tests.helpers import program, serving
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +22,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        message = "no chromium binary on PATH (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return program("chromium")
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +25,7 @@ from asyncwsgi import AsyncMiddleware
 from asyncwsgi.callbacks import allowed_callback, backoff, check_allow_list, parse_secret
 from asyncwsgi.middleware import CALLBACK_HEADER
 from bench.services import free_port, terminate, wait_port
-from tests.helpers import serving, wait_done
+from tests.helpers import program, serving, wait_done
 from tests.test_gunicorn_shared import gunicorn, store_url  # noqa: F401 (fixture)
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -222,11 +220,7 @@ def test_a_receiver_that_never_answers_holds_up_nothing(wrap: Any) -> None:
 
 @pytest.mark.slow
 def test_delivery_survives_a_store_outage(tmp_path: Path) -> None:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+    executable = program("redis-server")
     port = free_port()
     command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "yes", "--appendfsync", "always",

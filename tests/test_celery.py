@@ -9,7 +9,6 @@ request, so that polls land on either web process.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -26,16 +25,14 @@ import pytest
 
 from asyncwsgi import AsyncMiddleware
 from bench.services import free_port, stop_group
+from tests.helpers import need
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 2.0
 
 
 def _need(module: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{module} is not installed (required under CI=true)")
-        pytest.skip(f"{module} is not installed")
+    need(module)
 
 
 def _wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:

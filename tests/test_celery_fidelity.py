@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from bench.services import stop_group
+from tests.helpers import need
 
 from .helpers import captured_headers
 from .servers import ROOT, wsgi_server
@@ -33,12 +34,7 @@ Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
 def _need(module: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{module} is not installed (required under CI=true)")
-        pytest.skip(f"{module} is not installed")
+    need(module)
 
 
 def _db(url: str, db: int) -> str:

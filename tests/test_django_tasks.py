@@ -13,12 +13,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from tests.helpers import need
 
 ROOT = Path(__file__).resolve().parent.parent
 
-if os.environ.get("CI") != "true":  # in CI, a missing package fails
-    pytest.importorskip("django_tasks")
+need("django_tasks")
 
 _SETUP = """
 import tempfile

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from bench.services import RedisServer, free_port, stop_group
+from tests.helpers import need
 from tests.test_executor_contract import Web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,12 +31,7 @@ pytestmark = pytest.mark.slow
 
 
 def _need(*modules: str, programs: tuple[str, ...] = ()) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    missing += [p for p in programs if shutil.which(p) is None]
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"not installed: {', '.join(missing)}")
-        pytest.skip(f"not installed: {', '.join(missing)}")
+    need(*modules, programs=programs)
 
 
 def commands(docstring: str) -> list[str]:

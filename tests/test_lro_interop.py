@@ -5,8 +5,6 @@ guidelines describe, and wants that URL absolute)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -14,14 +12,11 @@ from typing import Any
 import pytest
 
 from asyncwsgi import AsyncMiddleware
-from tests.helpers import serving
+from tests.helpers import need, serving
 
 
 def _need_azure_core() -> None:
-    if importlib.util.find_spec("azure.core") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("azure-core is not installed (required under CI=true)")
-        pytest.skip("azure-core is not installed")
+    need("azure.core")
 
 
 def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

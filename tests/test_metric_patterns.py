@@ -4,7 +4,6 @@ middleware's ``metrics_path``, and on a real RQ worker that ran the task."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.patterns import Pattern, compile_patterns
 from bench.services import RedisServer
-from tests.helpers import rq_worker, wait_done
+from tests.helpers import need, rq_worker, wait_done
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.test_metric_patterns:app"
@@ -156,10 +155,7 @@ def test_task_metrics_are_labelled_by_the_pattern_not_the_path(wrap: Any) -> Non
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_an_rq_worker_labels_the_tasks_it_runs_with_their_pattern(tmp_path: Path) -> None:
-    if os.environ.get("CI") != "true":  # in CI, a missing package or server fails
-        pytest.importorskip("rq")
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
+    need("rq", programs=("redis-server",))
     import redis
     import rq
     from prometheus_client import CollectorRegistry

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.owner import by_cookie
-from tests.helpers import serving
+from tests.helpers import program, serving
 from tests.test_browser import CHROMIUM_ARGS, chromium  # noqa: F401 (fixture)
 from tests.test_callbacks import Receiver, receiving
 
@@ -43,12 +42,7 @@ def doc_secret() -> str:
 
 @pytest.fixture
 def curl() -> str:
-    path = shutil.which("curl")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("curl is not installed")
-        pytest.skip("curl is not installed")
-    return path
+    return program("curl")
 
 
 @pytest.fixture

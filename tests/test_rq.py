@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import time
 import zlib
 from collections.abc import Iterator
@@ -21,10 +20,9 @@ from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 from bench.services import RedisServer
-from tests.helpers import rq_worker, wait_done
+from tests.helpers import need, program, rq_worker, wait_done
 
-if os.environ.get("CI") != "true":  # in CI, a missing package fails
-    pytest.importorskip("rq")
+need("rq")
 import redis  # noqa: E402
 import rq  # noqa: E402
 
@@ -39,11 +37,7 @@ def _wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+    executable = program("redis-server")
     with RedisServer(executable) as server:
         yield server
 

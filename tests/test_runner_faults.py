@@ -24,6 +24,7 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.stores.sqlite import SQLiteStore
 from bench.services import RedisServer
+from tests.helpers import unavailable
 
 from .helpers import wait_done
 from .redis_fixture import _need
@@ -137,9 +138,7 @@ def test_sqlite_locked_when_a_task_starts_and_when_one_finishes(tmp_path, caplog
 def small_disk() -> Iterator[str]:
     """A 2 MB tmpfs (needs root, as CI has)."""
     if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("mounting a tmpfs needs root")
-        pytest.skip("mounting a tmpfs needs root")
+        unavailable("mounting a tmpfs needs root")
     directory = tempfile.mkdtemp(prefix="asyncwsgi-tmpfs-")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", directory], check=True)
     try:
