@@ -86,15 +86,21 @@ def serving(app: Any, threaded: bool = True) -> Iterator[str]:
         thread.join()
 
 
-def captured_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The headers of a replayed response without those the replay of a 200
-    adds after the captured ones (``Accept-Ranges: bytes``, then ``ETag``
-    unless the app set validators): what the app itself answered."""
+def captured_headers(
+    headers: list[tuple[str, str]], sent: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The headers of a replayed response without those the replay adds after
+    the captured ones: ``Content-Length`` when the app (which ``sent`` its
+    headers) framed its body neither way, then for a 200
+    ``Accept-Ranges: bytes`` and ``ETag`` unless the app set validators."""
     headers = list(headers)
     if len(headers) >= 2 and headers[-1][0] == "ETag" and headers[-2] == _RANGES:
         del headers[-2:]
     elif headers and headers[-1] == _RANGES:
         del headers[-1]  # the app set its own validators
+    framed = any(name.lower() in ("content-length", "transfer-encoding") for name, _ in sent)
+    if not framed and headers and headers[-1][0] == "Content-Length":
+        del headers[-1]
     return headers
 
 

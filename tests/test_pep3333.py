@@ -87,7 +87,7 @@ def test_random_responses_come_back_byte_for_byte(response):
         written = b"".join(c for c, w in zip(chunks, use_write, strict=True) if w)
         yielded = b"".join(c for c, w in zip(chunks, use_write, strict=True) if not w)
         assert done.status == status
-        assert captured_headers(done.headers.to_wsgi_list()) == headers
+        assert captured_headers(done.headers.to_wsgi_list(), headers) == headers
         assert done.data == written + yielded
     finally:
         mw.close(timeout=5)

@@ -4,7 +4,9 @@ A ``200`` result carries ``Accept-Ranges: bytes`` and a strong ``ETag`` made
 from the SHA-256 of its body (unless the app set its own ``ETag`` or
 ``Last-Modified``: the app's validators win), so that a client whose download
 broke can ask for the rest (``Range``, with ``If-Range``). A request without
-``Range`` gets the captured response exactly, plus those two headers.
+``Range`` gets the captured response exactly, plus those two headers, and
+``Content-Length`` (the stored length) when the app framed its body neither
+with it nor with ``Transfer-Encoding``.
 A spooled body is streamed in chunks, through the server's
 ``wsgi.file_wrapper`` when it offers one and the body is a file (a server
 that can use ``sendfile`` does).
@@ -66,6 +68,11 @@ def replay(
     status = result.status
     size = result.size
     head = environ["REQUEST_METHOD"] == "HEAD"
+    if _sized(status, headers):
+        # The stored length, said: a server would otherwise chunk a body the
+        # app streamed without one, and a download would show no size (nor
+        # could a cut connection be told from the end).
+        headers.append(("Content-Length", str(size)))
     if not status.startswith("200 "):
         body_iter = [] if head else _body(environ, result, 0, size)
         start_response(status, headers)
@@ -155,6 +162,15 @@ def _same_body(if_range: str, etag: str | None, last_modified: str | None) -> bo
         return False
     given = parse_date(value)
     return given is not None and last_modified is not None and given == parse_date(last_modified)
+
+
+def _sized(status: str, headers: list[tuple[str, str]]) -> bool:
+    """Whether the replay should add ``Content-Length``: the status allows a
+    body and the app framed it neither way (``Transfer-Encoding`` is not the
+    app's to send under PEP 3333, but if it did, its framing is left alone)."""
+    if status[:1] == "1" or status[:3] in ("204", "304"):
+        return False
+    return not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in headers)
 
 
 def _body(environ: WSGIEnvironment, result: Result, start: int, stop: int) -> Iterable[bytes]:
