@@ -19,11 +19,16 @@ if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
-__all__ = ["ResponseTooLarge", "Spool", "capture"]
+__all__ = ["ResponseTooLarge", "Spool", "TaskEnded", "capture"]
 
 
 class ResponseTooLarge(Exception):
     """The app's response passed ``max_result``; the task fails."""
+
+
+class TaskEnded(Exception):
+    """The task ended while its app was still answering (past its timeout,
+    deleted): the capture stops at the next chunk and its iterable is closed."""
 
 
 class Spool:
@@ -34,9 +39,12 @@ class Spool:
 
     The owner ends it with :meth:`close` (the store took the body) or
     :meth:`discard` (it did not): until then a spooled body is the writer's.
+    Once :attr:`ended` is set (by another thread: the task ended meanwhile),
+    the next write raises :class:`TaskEnded`.
     """
 
     __slots__ = (
+        "ended",
         "threshold",
         "limit",
         "too_large",
@@ -63,8 +71,11 @@ class Spool:
         self._chunks: list[bytes] = []
         self._hash = hashlib.sha256()
         self.sink: BodySink | None = None
+        self.ended = False
 
     def write(self, data: bytes) -> None:
+        if self.ended:
+            raise TaskEnded("the task ended while its app was answering")
         size = self.size + len(data)
         if self.limit is not None and size > self.limit:
             raise (self.too_large or _too_large)(self.limit)

@@ -191,6 +191,29 @@ def test_a_task_is_refused_without_the_room_it_asks_for_or_while_a_writer_waits(
     assert store.create(new_record(), room=4 * MIB)
 
 
+@pytest.mark.parametrize("written", [0, 1000], ids=["before-any-write", "mid-write"])
+def test_a_writer_whose_task_was_deleted_is_refused_its_next_write(store_factory, written):
+    """The reservation went back with the DELETE: a write now would be outside
+    the budget. Also before the writer's first chunk reached the store (Redis
+    buffers a chunk's worth)."""
+    from asyncwsgi.stores.base import BodyRemoved
+
+    store = store_factory(max_stored_bytes=4 * MIB)
+    record = new_record()
+    assert store.create(record)
+    assert store.start(record.id, time.time() + 30)
+    sink = store.open_sink(record.id, "result")
+    sink.reserve(2 * MIB)
+    sink.write(DATA[:written])
+    assert store.delete(record.id)
+    assert stored(store) == 0
+    with pytest.raises(BodyRemoved):
+        sink.write(DATA[written : written + 2 * MIB - written])  # past a Redis chunk
+    sink.discard()
+    assert stored(store) == 0
+    assert store.create(new_record(), room=4 * MIB)  # the whole budget is free
+
+
 def test_a_sqlite_body_is_on_disk_before_its_record_names_it(tmp_path, monkeypatch):
     from asyncwsgi.stores import SQLiteStore
 

@@ -128,6 +128,8 @@ class Status:
         if not self.store.delete(task_id):
             return not_found(environ, start_response)
         self.executor.cancel(task_id)
+        if self.executor.runner is not None:
+            self.executor.runner.cancel(task_id)  # running here: its capture stops
         if record.state in ACTIVE:
             if INSTRUMENTS is not None:
                 INSTRUMENTS.cancelled.inc()

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..capture import ResponseTooLarge, Spool, capture
+from ..capture import ResponseTooLarge, Spool, TaskEnded, capture
 from ..environ import task_environ
 from ..logs import current_task_id, task_extra
 from ..metrics import INSTRUMENTS
 from ..results import error_result, store_full_result, too_large_result
-from ..stores.base import Store, StoreFull, StoreUnavailable
+from ..stores.base import BodyRemoved, Store, StoreFull, StoreUnavailable
 from ..stores.upkeep import janitor
 from ..task import BodySink, Result, TaskHandle
 from ..tracing import PARENT, end_run, inject, start_run
@@ -121,6 +121,9 @@ class TaskRunner:
         )
         self.janitor = janitor(store)
         self._stop = threading.Event()
+        # The spools of the tasks running here, by id: cancel() ends them.
+        self._spools: dict[str, Spool] = {}
+        self._lock = threading.Lock()
         self._retries: dict[str, _Retry] = {}
         self._retry_cond = threading.Condition(threading.Lock())
         self._retrier: threading.Thread | None = None
@@ -178,6 +181,8 @@ class TaskRunner:
         )
         stream = None
         failure = error_result(500)
+        with self._lock:
+            self._spools[task_id] = spool
         try:
             environ = task_environ(job.environ, job.body)
             # The app (or a middleware of its) may replace wsgi.input: close ours.
@@ -193,6 +198,14 @@ class TaskRunner:
         except ResponseTooLarge as exc:
             logger.error("asyncwsgi: task %s failed: %s", task_id, exc, extra=extra)
             failure = too_large_result(self.max_result)
+        except (TaskEnded, BodyRemoved):
+            # Deleted, past its timeout or lost: its answer is not wanted, and
+            # the bytes reserved for it are given back already.
+            logger.info(
+                "asyncwsgi: task %s ended while its app was answering: its result is dropped",
+                task_id,
+                extra=extra,
+            )
         except StoreUnavailable as exc:
             # Raised by the spool as the body was written (a budget spent, a
             # full disk, a store down): the app's work is lost, the task ends.
@@ -213,6 +226,8 @@ class TaskRunner:
             )  # fmt: skip
             if threading.current_thread() is threading.main_thread():
                 stop = exc
+        with self._lock:
+            self._spools.pop(task_id, None)
         if counted is not None:
             counted.run_time.observe(time.time() - begun)
         if stream is not None:
@@ -504,8 +519,12 @@ class TaskRunner:
             self.leases.sweep()
 
     def cancel(self, task_id: str) -> None:
-        """The task ended while it ran (timed out, deleted here): its writer
-        stops at its next chunk."""
+        """The task ended while it ran (past its timeout, deleted): its
+        capture stops at the app's next chunk (see :class:`TaskEnded`)."""
+        with self._lock:
+            spool = self._spools.get(task_id)
+        if spool is not None:
+            spool.ended = True
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the heartbeat and the watchdog, and wait (up to ``timeout``

@@ -28,7 +28,15 @@ from ..metrics import INSTRUMENTS
 from ..results import lost_result
 from ..task import Body, BodyKind, BodySink, Created, Delivery, Progress, Result, State, TaskRecord
 
-__all__ = ["ACTIVE", "Store", "StoreFull", "StoreUnavailable", "changed", "lapsed"]
+__all__ = [
+    "ACTIVE",
+    "BodyRemoved",
+    "Store",
+    "StoreFull",
+    "StoreUnavailable",
+    "changed",
+    "lapsed",
+]
 
 logger = logging.getLogger("asyncwsgi")
 
@@ -59,6 +67,15 @@ class StoreFull(StoreUnavailable):
     """The store is up but has no room for this write (a full disk, a byte
     budget spent). New work is refused with ``503``; a result that cannot be
     stored is replaced by a short error result rather than retried for ever."""
+
+
+class BodyRemoved(StoreFull):
+    """A body's writer found its body removed under it: its task was deleted,
+    timed out or judged lost, and the bytes it had reserved were given back.
+    A write now would be outside the byte budget, so the writer stops."""
+
+    def __init__(self) -> None:
+        super().__init__("the body was removed while it was being written")
 
 
 def lapsed(record: TaskRecord, now: float) -> bool:

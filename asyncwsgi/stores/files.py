@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import IO
 
 from ..task import Body, BodyKind, BodySink
-from .base import StoreFull
+from .base import BodyRemoved, StoreFull
 
 __all__ = ["FileBody", "FileSink", "ResultsDir", "process_dir"]
 
@@ -71,6 +71,10 @@ class FileSink(BodySink):
         file = self._file
         if file is None:
             raise ValueError("write to a closed body sink")
+        # Unlinked: the task was deleted, timed out or judged lost, and its
+        # reservation given back. A write now would be outside the budget.
+        if not os.fstat(file.fileno()).st_nlink:
+            raise BodyRemoved()
         need = self.written + len(data) - self.reserved
         if need > 0:
             grant = max(need, self.grant)

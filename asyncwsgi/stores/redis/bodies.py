@@ -14,7 +14,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...task import Body, BodyKind, BodySink
-from ..base import StoreFull
+from ..base import BodyRemoved, StoreFull
 from .codec import num
 from .faults import translated
 from .scripts import Scripts
@@ -152,7 +152,7 @@ class RedisSink(BodySink):
         if answer == 0:
             raise budget_spent(self.io.budget())
         if answer < 0:
-            raise StoreFull("the body was removed while it was being written")
+            raise BodyRemoved()
         self.chunks += 1
         self.pushed += len(chunk)
         self.counted += extra

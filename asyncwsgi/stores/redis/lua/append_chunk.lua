@@ -10,6 +10,11 @@ reap_bodies(now)
 if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[8]) then
   return -1
 end
+-- A writer that holds bytes of the budget (none to take now) but has no entry
+-- in the ledger: it was given back (a delete before the first chunk).
+if tonumber(ARGV[10]) == 0 and redis.call('HEXISTS', prefix .. 'bodies', ARGV[4]) == 0 then
+  return -1
+end
 redis.call('RPUSH', KEYS[1], ARGV[9])
 if not take_bytes(KEYS[1], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]),
                   tonumber(ARGV[10])) then
