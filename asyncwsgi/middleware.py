@@ -3,70 +3,47 @@
 from __future__ import annotations
 
 import atexit
-import hashlib
-import hmac
 import logging
-import re
-import secrets
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from werkzeug.exceptions import HTTPException
-
-from .callbacks import CallbackSender, allowed_callback, parse_secret
-from .capture import Spool
-from .environ import read_body, snapshot
+from .callbacks import CallbackSender, parse_secret
 from .executor import Executor, ThreadExecutor
 from .http.accepted import Accepted
 from .http.callbacks import SenderPerProcess
-from .http.replay import answer_result
-from .http.responses import (
-    http_error,
-    not_found,
-    text,
-    unavailable,
-)
+from .http.responses import unavailable
 from .http.scrape import Scrape
 from .http.status import Status
 from .http.stream import Streams
+from .http.submission import CALLBACK_HEADER, Submission
 from .http.tasklist import TaskList
 from .http.urls import StatusURLs
 from .http.waits import Waits
-from .logs import task_extra
 from .metrics import INSTRUMENTS
-from .owner import owner_hash
 from .patterns import Pattern, compile_patterns, pattern_label
-from .prefer import parse_prefer, wait_seconds
+from .prefer import parse_prefer
 from .results import error_result
-from .runner import ACCEPTED, PATTERN, TaskRunner
+from .runner import TaskRunner
 from .settings import POOL_SIZE, Settings, check_budget
 from .stores import Store, open_store
-from .stores.base import ACTIVE, StoreFull, StoreUnavailable
+from .stores.base import StoreFull, StoreUnavailable
 from .stores.settings import STORE_SETTINGS
-from .task import Callback, Job, TaskRecord
-from .tracing import activate, carry, start_submit
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-    from opentelemetry.trace import Span
     from prometheus_client import CollectorRegistry
 
-__all__ = ["AsyncMiddleware"]
+__all__ = ["CALLBACK_HEADER", "AsyncMiddleware"]
 
 logger = logging.getLogger("asyncwsgi")
 
-# secrets.token_urlsafe(24): 192 random bits in 32 URL-safe characters.
-_ID_BYTES = 24
-_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 # How long a process exiting normally (a server's graceful stop) waits for its
 # running tasks before it fails them, so that a shared store never keeps them
 # "running" until their lease runs out.
 _EXIT_GRACE = 10.0
-# The 202's confirmation that a submission's Callback-URL was taken.
-CALLBACK_HEADER = "Callback-Accepted"
 
 
 class AsyncMiddleware:
@@ -230,7 +207,19 @@ class AsyncMiddleware:
             waits=self._waits,
             callbacks=self._sender,
         )
-        self._warned_multiprocess = False
+        self._submission = Submission(
+            app,
+            self.store,
+            settings,
+            executor=self.executor,
+            runner=self.runner,
+            urls=self.urls,
+            accepted=self._accepted,
+            status=self._status,
+            waits=self._waits,
+            sender=self._sender,
+            closing=self._closing,
+        )
         if self.store.shared:
             _AT_EXIT.add(self)
 
@@ -244,13 +233,13 @@ class AsyncMiddleware:
                 return self._status(environ, start_response, path[len(self.status_path) :])
             if method in self.methods:
                 if (pattern := self._match(path, method)) is not None:
-                    return self._submit(environ, start_response, "", pattern)
+                    return self._submission(environ, start_response, "", pattern)
                 if (
                     self._prefer_match is not None
                     and (pattern := self._prefer_match(path, method)) is not None
                     and "respond-async" in parse_prefer(environ.get("HTTP_PREFER"))
                 ):
-                    return self._submit(environ, start_response, "respond-async", pattern)
+                    return self._submission(environ, start_response, "respond-async", pattern)
         except StoreFull as exc:
             # A byte budget spent or a full disk: said as such (it passes).
             logger.warning("asyncwsgi: %s %s: the task store is full: %s", method, path, exc)
@@ -265,182 +254,10 @@ class AsyncMiddleware:
             )
         return self.app(environ, start_response)
 
-    # -- submitting ------------------------------------------------------
-
-    def _submit(
-        self, environ: WSGIEnvironment, start_response: StartResponse, applied: str, pattern: str
-    ) -> Iterable[bytes]:
-        if "asyncwsgi.task" in environ:
-            # A task's own request replayed through this middleware again.
-            return self.app(environ, start_response)
-        span = start_submit(environ)
-        try:
-            if span is None:
-                return self._accept(environ, start_response, applied, pattern, None)
-            with activate(span):
-                return self._accept(environ, start_response, applied, pattern, span)
-        except StoreUnavailable:
-            _rejected("store_unavailable", pattern)  # answered 503 by __call__
-            raise
-
-    def _accept(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        applied: str,
-        pattern: str,
-        span: Span | None,
-    ) -> Iterable[bytes]:
-        if self.closed:
-            _rejected("closed", pattern)
-            return unavailable("not accepting new tasks", self.retry_after)(environ, start_response)
-        if environ.get("wsgi.multiprocess") and not self.store.shared:
-            self._warn_multiprocess()
-
-        owner: str | None = None
-        if self.owner is not None:
-            value = self.owner(environ)
-            if not value:
-                return text(403, "this request has no owner to bind a task to")(
-                    environ, start_response
-                )
-            owner = owner_hash(value)
-
-        callback_url: str | None = None
-        if self._sender is not None:
-            self._sender.start()
-            callback_url = environ.get("HTTP_CALLBACK_URL")
-            if callback_url is not None and not allowed_callback(
-                callback_url, self.callback_allow or []
-            ):
-                return text(400, "Callback-URL is not an address this service calls back")(
-                    environ, start_response
-                )
-
-        key: str | None = None
-        raw_key = environ.get("HTTP_IDEMPOTENCY_KEY")
-        if raw_key is not None:
-            if not _KEY_RE.fullmatch(raw_key):
-                return text(400, "Idempotency-Key must be 1 to 255 visible ASCII characters")(
-                    environ, start_response
-                )
-            key = hashlib.sha256(f"{owner or ''}\x00{raw_key}".encode()).hexdigest()
-
-        # The whole body first: the key is bound only together with the task,
-        # in one atomic create, so however slow the upload, a retry either
-        # finds the task or creates it, never a second one. A body above
-        # spool_threshold goes to the store as it arrives, not into memory.
-        task_id = secrets.token_urlsafe(_ID_BYTES)
-        store = self.store
-        spool = Spool(self.spool_threshold, lambda: store.open_sink(task_id, "request"))
-        created = False
-        extra: list[tuple[str, str]] = []
-        try:
-            try:
-                body = read_body(environ, self.max_body, spool)
-            except HTTPException as exc:
-                if exc.code == 413:
-                    _rejected("too_large", pattern)
-                return http_error(exc)(environ, start_response)
-
-            now = time.time()
-            record = TaskRecord(task_id, created=now, owner=owner, ttl=self.result_ttl)
-            # The executor knows where its queue lives, so how long a task may
-            # wait there (a lease renewed by this process, or a broker's limit).
-            record.lease_until = self.executor.queued_until(now)
-            if callback_url is not None:
-                record.callback = Callback(callback_url, self.status_url(environ, task_id))
-                extra.append((CALLBACK_HEADER, callback_url))
-            fingerprint = _fingerprint(environ, spool.sha256) if key is not None else None
-            # Refused unless the budget has room for one more result of
-            # max_result: what its writer will reserve (runner._result_sink).
-            outcome = store.create(
-                record,
-                key=key,
-                fingerprint=fingerprint,
-                limit=self.max_pending,
-                room=self.max_result if self.max_result > self.spool_threshold else 0,
-            )
-            created = outcome.created
-        finally:
-            if created:
-                spool.close()
-                if spool.sink is not None:
-                    self.runner.keep_clean()
-            else:
-                spool.discard()
-        if outcome.existing is not None:
-            bound = outcome.existing.fingerprint
-            if fingerprint is None or bound is None or not hmac.compare_digest(bound, fingerprint):
-                return text(422, "this Idempotency-Key was used with a different request")(
-                    environ, start_response
-                )
-            return self._status.existing(environ, start_response, outcome.existing.task_id)
-        if not outcome.created:
-            _rejected("full", pattern)
-            return unavailable("too many pending tasks", self.retry_after)(environ, start_response)
-        job_environ = snapshot(environ)
-        # When it was accepted, for the queue wait measured where it runs.
-        job_environ[ACCEPTED] = repr(now)
-        # Which pattern made it a task: the label of its metrics where it runs.
-        job_environ[PATTERN] = pattern
-        if span is not None:
-            carry(job_environ, span, record.id)
-        logger.debug("asyncwsgi: task %s accepted", record.id, extra=task_extra(record.id))
-        try:
-            self.executor.submit(Job(record.id, job_environ, body))
-            self.runner.watch(record.id)
-        except Exception:
-            logger.exception(
-                "asyncwsgi: could not queue task %s", record.id, extra=task_extra(record.id)
-            )
-            self.store.delete(record.id)
-            _rejected("executor_unavailable", pattern)
-            return unavailable("could not queue the task", self.retry_after)(
-                environ, start_response
-            )
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.of(pattern).accepted.inc()
-
-        wait = wait_seconds(parse_prefer(environ.get("HTTP_PREFER")))
-        if wait:
-            try:
-                done, waited = self._waits.wait(record.id, wait)
-            except StoreUnavailable as exc:
-                # The task is accepted: its 202 stands, the client polls later.
-                logger.warning(
-                    "asyncwsgi: waiting on task %s: %s", record.id, exc, extra=task_extra(record.id)
-                )
-                done, waited = record, None
-            if waited is not None:
-                if done is None:
-                    return not_found(environ, start_response)  # deleted while we waited
-                record = done
-                applied = f"wait={waited}" if not applied else f"{applied}, wait={waited}"
-            if record.state == "done" and record.result is not None:
-                return answer_result(environ, start_response, record.result, applied, extra)
-            if record.state not in ACTIVE:  # expired already: a 202 never says so
-                return self._status.existing(environ, start_response, record.id)
-        return self._accepted(environ, start_response, record, applied, extra)
-
     def status_url(self, environ: WSGIEnvironment, task_id: str) -> str:
         """The task's status URL as sent in ``Location`` and ``status_url``
         (see :class:`~asyncwsgi.http.urls.StatusURLs`)."""
         return self.urls(environ, task_id)
-
-    # -- live progress and the task list ------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        """True once close() was called: new submissions get 503."""
-        return self._closing.is_set()
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
-        if value:
-            self._closing.set()
-        else:
-            self._closing.clear()
 
     def retry_after_for(self, age: float) -> int:
         """Seconds a client should wait before the next poll of a task this old:
@@ -456,16 +273,19 @@ class AsyncMiddleware:
         Needs prometheus_client."""
         return self._scrape.registry
 
-    def _warn_multiprocess(self) -> None:
-        if not self._warned_multiprocess:
-            self._warned_multiprocess = True
-            logger.warning(
-                "asyncwsgi: the server runs several processes but the task store is "
-                "in-process: a poll that lands on another process gets 404. Use a shared "
-                "store (store='sqlite:///tasks.db' or 'redis://...')."
-            )
-
     # -- shutting down ---------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called: new submissions get 503."""
+        return self._closing.is_set()
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        if value:
+            self._closing.set()
+        else:
+            self._closing.clear()
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop accepting tasks (new submissions get 503), then wait until the
@@ -532,16 +352,3 @@ class _ClosedAtExit:
 
 # The one process-wide hook: atexit itself is process-wide state.
 _AT_EXIT = _ClosedAtExit()
-
-
-def _fingerprint(environ: WSGIEnvironment, body_sha256: str) -> str:
-    digest = hashlib.sha256()
-    for part in ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE"):
-        digest.update(environ.get(part, "").encode("latin-1", "replace") + b"\x00")
-    digest.update(body_sha256.encode())
-    return digest.hexdigest()
-
-
-def _rejected(reason: str, pattern: str) -> None:
-    if INSTRUMENTS is not None:
-        INSTRUMENTS.reject(reason, pattern)
