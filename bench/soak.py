@@ -2,7 +2,7 @@
 retries, store outages, a worker killed in the middle and every worker
 restarted near the end.
 
-    python -m bench.soak [--tasks 100000] [--clients 16] [--store sqlite|redis]
+    python -m bench.soak [--tasks 100000] [--clients 16] [--store sqlite|redis] [--callbacks]
 
 The store goes away twice during the run (at a quarter and at two fifths of
 the tasks): Redis is SIGKILLed and started again a second later (with an
@@ -20,12 +20,22 @@ tasks, completed with the right body, ended as 500 "worker lost" (the tasks on
 the killed worker), lost (none may be), run twice (none may be), and RSS and
 open file descriptors of the workers that lived through the whole soak,
 measured after a warm-up and at the end.
+
+With ``--callbacks`` every task carries a ``Callback-URL`` to a receiver in
+this process, which is slow (no answer within the sender's attempt deadline,
+then a 503) for one delivery in twenty and fails (500) for one in twenty,
+each on its first attempt, and accepts (200) every other attempt. Once the
+tasks are done it waits for their callbacks: each task that ended must be
+called back (accepted) exactly once.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import http.client
+import http.server
 import json
 import os
 import signal
@@ -35,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -43,6 +53,10 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 3.0
 SQLITE_TIMEOUT = 1.0
+# The sender's deadline for one attempt, and its longest wait between two, in
+# the soak: short, so that the run waits seconds for its retries, not minutes.
+ATTEMPT_TIMEOUT = 2.0
+MAX_BACKOFF = 2.0
 
 
 def app_factory() -> object:
@@ -88,7 +102,8 @@ def app_factory() -> object:
 
         # A busy timeout shorter than the soak's lock: the lock is an outage.
         store = SQLiteStore(str(store)[len("sqlite:///") :], timeout=SQLITE_TIMEOUT)
-    return AsyncMiddleware(
+    hooks = os.environ.get("SOAK_HOOKS")
+    middleware = AsyncMiddleware(
         inner,
         paths=["/work/*"],
         store=store,  # type: ignore[arg-type]
@@ -97,7 +112,14 @@ def app_factory() -> object:
         # Every thread of a worker may long-poll: the soak counts tasks, and
         # a client answered at once would only poll again.
         max_waiting=8,
+        callback_allow=[hooks] if hooks else None,
+        callback_secret=os.environ.get("SOAK_SECRET") if hooks else None,
     )
+    if middleware.callbacks is not None:
+        middleware.callbacks.attempt_timeout = ATTEMPT_TIMEOUT
+        middleware.callbacks.read_timeout = ATTEMPT_TIMEOUT
+        middleware.callbacks.max_backoff = MAX_BACKOFF
+    return middleware
 
 
 if os.environ.get("SOAK_JOURNAL"):
@@ -150,6 +172,58 @@ class Client:
             self.conn.close()
 
 
+class Receiver(http.server.ThreadingHTTPServer):
+    """The callbacks' receiver: slow on the first attempt of one delivery in
+    twenty, failing on the first of another one in twenty, accepting every
+    other attempt; it counts what it answered, per task."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Hook)
+        self.lock = threading.Lock()
+        self.answers: defaultdict[str, list[int]] = defaultdict(list)
+        self.first_accepted: dict[str, float] = {}
+
+    def answer(self, name: str) -> tuple[int, float]:
+        """The status for this attempt and how long to wait before it."""
+        with self.lock:
+            attempt = len(self.answers[name])
+            kind = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 20
+            if attempt == 0 and kind == 0:
+                status, pause = 503, ATTEMPT_TIMEOUT + 1.0  # slow: past the deadline
+            elif attempt == 0 and kind == 1:
+                status, pause = 500, 0.0
+            else:
+                status, pause = 200, 0.0
+            self.answers[name].append(status)
+            if status == 200:
+                self.first_accepted.setdefault(name, time.monotonic())
+            return status, pause
+
+    def accepted(self, name: str) -> int:
+        with self.lock:
+            return self.answers[name].count(200)
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, pause = self.server.answer(self.path.rsplit("/", 1)[-1])
+        time.sleep(pause)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        except OSError:
+            pass  # the sender gave up on a slow answer and closed
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
 def stats(port: int, samples: int = 40) -> dict[int, dict[str, int]]:
     """Ask fresh connections until every worker answered (they land anywhere)."""
     seen: dict[int, dict[str, int]] = {}
@@ -171,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--lock-seconds", type=float, default=2.0)
+    parser.add_argument("--callbacks", action="store_true", help="a Callback-URL on every task")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = parser.parse_args(argv)
 
@@ -186,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         store_url = f"sqlite:///{workdir}/tasks.db"
     env = dict(os.environ, SOAK_JOURNAL=str(journal), SOAK_STORE=store_url)
+    receiver = None
+    if args.callbacks:
+        receiver = Receiver()
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        env["SOAK_HOOKS"] = f"http://127.0.0.1:{receiver.server_address[1]}/hooks/"
+        env["SOAK_SECRET"] = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     outage = Outage(redis, workdir / "tasks.db", args.lock_seconds)
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-k", "gthread",
@@ -203,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("gunicorn did not start") from None
                 time.sleep(0.1)
-        return soak(args, port, journal, server, outage)
+        return soak(args, port, journal, server, outage, receiver, env.get("SOAK_HOOKS"))
     finally:
+        if receiver is not None:
+            receiver.shutdown()
+            receiver.server_close()
         server.terminate()
         server.wait(30)
         if redis is not None:
@@ -253,8 +337,11 @@ def soak(
     journal: Path,
     server: subprocess.Popen[bytes],
     outage: Outage,
+    receiver: Receiver | None = None,
+    hooks: str | None = None,
 ) -> int:
     outcomes: Counter[str] = Counter()
+    ended: dict[str, float] = {}  # the tasks that ended, and when the client saw it
     lock = threading.Lock()
     progress = tqdm(total=args.tasks, unit="task", file=sys.stderr, mininterval=1.0)
     next_task = iter(range(args.tasks))
@@ -275,6 +362,8 @@ def soak(
                 return
             name = f"t{number}" + ("-slow" if number == args.tasks // 2 else "")
             headers = {"Idempotency-Key": name, "Prefer": "wait=10"}
+            if hooks is not None:
+                headers["Callback-URL"] = hooks + name
             status, answer_headers, body = client.request("POST", f"/work/{name}", headers)
             give_up = time.monotonic() + 120
             while status == 202 and answer_headers.get("Location", "").startswith("/status/"):
@@ -297,6 +386,8 @@ def soak(
                 outcome = f"wrong:{status}"
             with lock:
                 outcomes[outcome] += 1
+                if outcome in ("completed", "worker_lost", "not_started"):
+                    ended[name] = time.monotonic()
             progress.update(1)
 
     def chaos() -> None:
@@ -340,6 +431,7 @@ def soak(
         thread.join()
     elapsed = time.monotonic() - started
     progress.close()
+    called_back = callbacks(receiver, ended, port) if receiver is not None else None
     # Memory and descriptors are compared on the workers that lived from the
     # warm-up to the last sample before the restart.
     after = samples[-1][1] if samples else stats(port)
@@ -384,6 +476,8 @@ def soak(
         "workers_at_the_end": sorted(stats(port)),
         "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
     }
+    if called_back is not None:
+        result["callbacks"] = called_back
     print(json.dumps(result, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -393,8 +487,55 @@ def soak(
         and not result["wrong"]
         and result["stuck_at_202"] == 0
         and server.poll() is None
+        and (
+            called_back is None
+            or (called_back["never"] == 0 and called_back["more_than_once"] == 0)
+        )
     )
     return 0 if ok else 1
+
+
+def callbacks(receiver: Receiver, ended: dict[str, float], port: int) -> dict[str, object]:
+    """Wait (up to two minutes) until every task that ended was called back,
+    then a little more for any second delivery; what the receiver saw."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        missing = [name for name in ended if not receiver.accepted(name)]
+        if not missing:
+            break
+        # Requests that land on any worker, as traffic would: a process
+        # starts its sender on the first status request it serves.
+        for _ in range(8):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", "/status/" + "x" * 32, headers={"Connection": "close"})
+                conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+        time.sleep(1.0)
+    time.sleep(2 * ATTEMPT_TIMEOUT + MAX_BACKOFF)
+    counts = Counter(receiver.accepted(name) for name in ended)
+    with receiver.lock:
+        attempts = [status for answers in receiver.answers.values() for status in answers]
+        delays = sorted(
+            receiver.first_accepted[name] - ended[name]
+            for name in ended
+            if name in receiver.first_accepted
+        )
+    return {
+        "tasks_ended": len(ended),
+        "called_back_once": counts[1],
+        "never": counts[0],
+        "more_than_once": sum(n for times, n in counts.items() if times > 1),
+        "attempts": len(attempts),
+        "attempts_slow_503": attempts.count(503),
+        "attempts_failed_500": attempts.count(500),
+        "not_for_an_ended_task": sorted(set(receiver.answers) - set(ended))[:20],
+        "seconds_after_the_answer_median": round(delays[len(delays) // 2], 2) if delays else None,
+        "seconds_after_the_answer_max": round(delays[-1], 2) if delays else None,
+    }
 
 
 if __name__ == "__main__":
