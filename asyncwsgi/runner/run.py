@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..capture import ResponseTooLarge, Spool, TaskEnded, capture
@@ -19,9 +18,11 @@ from ..metrics import INSTRUMENTS
 from ..results import error_result, store_full_result, too_large_result
 from ..stores.base import BodyRemoved, Store, StoreFull, StoreUnavailable
 from ..stores.upkeep import janitor
-from ..task import BodySink, Result, TaskHandle
+from ..task import Result, TaskHandle
 from ..tracing import PARENT, end_run, inject, start_run
+from .finish import Finisher, finished, settle
 from .leases import Leases
+from .spooling import ResultSpools
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -39,7 +40,7 @@ ACCEPTED = "asyncwsgi.accepted"
 #: (its metrics' label, wherever it runs); the app never sees it either.
 PATTERN = "asyncwsgi.pattern"
 
-# A store call that failed is tried again after a delay that doubles from the
+# A start that failed is tried again after a delay that doubles from the
 # first value up to the last: quick after a blip, one call every two seconds
 # during a long outage.
 _RETRY_FIRST = 0.05
@@ -49,11 +50,6 @@ _RETRY_LAST = 2.0
 # it the task ends as 503 (never started, safe to submit again).
 _START_PATIENCE = 5.0
 _NOT_STARTED = "the task could not be started: the task store was unavailable"
-_NOT_STORED = "the task's result could not be stored: the task store is full"
-# A result's writer waiting for room in the byte budget looks again after a
-# delay that doubles up to this; without a queue_timeout it waits this long.
-_ROOM_POLL = 1.0
-_ROOM_PATIENCE = 600.0
 
 
 def _why(exc: StoreUnavailable) -> str:
@@ -64,19 +60,6 @@ def _why(exc: StoreUnavailable) -> str:
     if "max_stored_bytes" in str(exc):
         return "the store's byte budget (max_stored_bytes) is spent"
     return "no space left in the task store"
-
-
-class _Retry:
-    """A finished result the store did not take yet."""
-
-    __slots__ = ("result", "spool", "delay", "due", "since")
-
-    def __init__(self, result: Result, spool: Spool | None = None) -> None:
-        self.result = result
-        self.spool = spool
-        self.delay = _RETRY_FIRST
-        self.since = time.monotonic()
-        self.due = self.since + self.delay
 
 
 class TaskRunner:
@@ -120,13 +103,15 @@ class TaskRunner:
             store, lease=lease, timeout=timeout, end=self.deliver, cancel=self.cancel
         )
         self.janitor = janitor(store)
+        self.finisher = Finisher(store, self.leases.release)
+        self.spools = ResultSpools(
+            store,
+            threshold=spool_threshold,
+            max_result=max_result,
+            patience=queue_timeout,
+            opened=self.keep_clean,
+        )
         self._stop = threading.Event()
-        # The spools of the tasks running here, by id: cancel() ends them.
-        self._spools: dict[str, Spool] = {}
-        self._lock = threading.Lock()
-        self._retries: dict[str, _Retry] = {}
-        self._retry_cond = threading.Condition(threading.Lock())
-        self._retrier: threading.Thread | None = None
 
     @property
     def held(self) -> list[str]:
@@ -146,7 +131,12 @@ class TaskRunner:
         task_id = job.task_id
         try:
             started = self._start(task_id)
-        except Exception as exc:
+        except BaseException as exc:
+            if not isinstance(exc, StoreUnavailable):
+                # A bug, not a store fault: the task ends as 500, and the
+                # error goes on to the caller, which logs it.
+                self.deliver(task_id, error_result(500))
+                raise
             logger.error(
                 "asyncwsgi: task %s could not start, the store was unavailable for %.0f s "
                 "(%s): ending it as 503",
@@ -158,7 +148,7 @@ class TaskRunner:
             self.deliver(task_id, error_result(503, _NOT_STARTED))
             return
         if not started:
-            self._release(task_id)
+            self.leases.release(task_id)
             return  # deleted while queued: it never runs
         self.leases.hold(task_id)
 
@@ -174,15 +164,9 @@ class TaskRunner:
         logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
         result: Result | None = None
         stop: BaseException | None = None
-        spool = Spool(
-            self.spool_threshold,
-            lambda: self._result_sink(task_id, self.max_result),
-            limit=self.max_result,
-        )
+        spool = self.spools.spool(task_id)
         stream = None
         failure = error_result(500)
-        with self._lock:
-            self._spools[task_id] = spool
         try:
             environ = task_environ(job.environ, job.body)
             # The app (or a middleware of its) may replace wsgi.input: close ours.
@@ -226,20 +210,19 @@ class TaskRunner:
             )  # fmt: skip
             if threading.current_thread() is threading.main_thread():
                 stop = exc
-        with self._lock:
-            self._spools.pop(task_id, None)
+        self.spools.done(task_id)
         if counted is not None:
             counted.run_time.observe(time.time() - begun)
         if stream is not None:
             try:
                 stream.close()
-            except Exception:
+            except (OSError, StoreUnavailable):
                 logger.exception("asyncwsgi: task %s: closing its request body failed", task_id)
         try:
             if result is None:
                 # What was spooled goes, and its bytes back to the budget,
                 # before the error is stored.
-                self._settle(task_id, spool, False)
+                settle(task_id, spool, False)
                 self.deliver(task_id, failure)
             else:
                 self.deliver(task_id, result, spool)
@@ -250,88 +233,6 @@ class TaskRunner:
         if stop is not None:
             raise stop
 
-    def _result_sink(self, task_id: str, worst: int) -> BodySink:
-        """Where a result too large for memory goes, with room for its worst
-        case (``max_result``) reserved before the first byte is written: a
-        task once accepted never finds the byte budget spent halfway.
-
-        While the budget has no such room, the app's thread waits for it
-        (results expire, tasks end and give back what they did not use);
-        meanwhile new submissions are refused (``Store.want_room``), so the
-        room goes to work already accepted. A store outage meanwhile only
-        prolongs the wait. The wait ends when the task does (deleted, or past
-        its timeout), or after ``queue_timeout``: then the result is not
-        stored and the task ends as 500 with the reason.
-        """
-        deadline = time.monotonic() + (self.queue_timeout or _ROOM_PATIENCE)
-        delay = _RETRY_FIRST
-        waited = False
-        while True:
-            sink: BodySink | None = None
-            try:
-                sink = self.store.open_sink(task_id, "result")  # full: no room either
-                sink.reserve(worst)
-            except StoreUnavailable:
-                # No room (StoreFull), or a store that cannot say now (an
-                # outage): either way the task waits, the app's work kept.
-                if sink is not None:
-                    self._quietly(task_id, sink.discard)
-                if time.monotonic() + delay > deadline or self._gone(task_id):
-                    raise
-            else:
-                self.keep_clean()
-                if waited:
-                    # Else the mark lapses by itself a second after the last renewal.
-                    self._quietly(task_id, self.store.want_room, 0)
-                    logger.info(
-                        "asyncwsgi: task %s got room for its result",
-                        task_id,
-                        extra=task_extra(task_id),
-                    )
-                return sink
-            if not waited:
-                waited = True
-                logger.warning(
-                    "asyncwsgi: task %s waits for room in the byte budget for its result "
-                    "(%d bytes, its max_result): new tasks are refused meanwhile",
-                    task_id,
-                    worst,
-                    extra=task_extra(task_id),
-                )
-            # Long enough to outlast the sleep: no gap for a submission.
-            self._quietly(task_id, self.store.want_room, delay + 1.0)
-            time.sleep(delay)
-            delay = min(delay * 2, _ROOM_POLL)
-
-    def _gone(self, task_id: str) -> bool:
-        """Whether a task waiting for room has ended meanwhile (deleted, past
-        its timeout, lost); a store that cannot tell now says no."""
-        try:
-            record = self.store.get(task_id)
-        except StoreUnavailable:
-            return False
-        return record is None or record.state != "running"
-
-    @staticmethod
-    def _quietly(task_id: str, call: Callable[..., object], *args: object) -> None:
-        """A store call whose failure (an outage) costs only a moment: the
-        budget's mark lapses, a sweep removes a file, Redis reaps a ledger
-        entry. Logged, not raised."""
-        try:
-            call(*args)
-        except StoreUnavailable as exc:
-            logger.warning("asyncwsgi: task %s: %s", task_id, exc, extra=task_extra(task_id))
-
-    @staticmethod
-    def finished(task_id: str, result: Result) -> None:
-        """Count and log a task that ended with ``result`` (its store write
-        succeeded: once per task, whichever process or thread ended it)."""
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.finish(result)
-        logger.debug(
-            "asyncwsgi: task %s finished: %s", task_id, result.status, extra=task_extra(task_id)
-        )
-
     def _start(self, task_id: str) -> bool:
         delay = _RETRY_FIRST
         give_up = time.monotonic() + _START_PATIENCE
@@ -340,7 +241,7 @@ class TaskRunner:
             lease_until = time.time() + self.lease if self.store.shared else float("inf")
             try:
                 return self.store.start(task_id, lease_until)
-            except Exception as exc:
+            except StoreUnavailable as exc:
                 if time.monotonic() + delay > give_up:
                     raise
                 if delay == _RETRY_FIRST:
@@ -354,147 +255,31 @@ class TaskRunner:
                 delay = min(delay * 2, _RETRY_LAST)
 
     def deliver(self, task_id: str, result: Result, spool: Spool | None = None) -> None:
-        """Store a task's final result; if the store cannot take it now, keep
-        it and retry in the background (the caller's thread is free at once).
-        ``spool`` holds the result's spooled body: closed once the store took
-        it, discarded if the store did not want it."""
-        pending = self._store_result(task_id, result, spool)
-        if pending is None:
-            self._release(task_id)
-            return
-        with self._retry_cond:
-            # A result already waiting for this task came first (the app's,
-            # or the watchdog's 504): a finished result is never replaced.
-            if task_id in self._retries:
-                self._settle(task_id, spool, False)
-            self._retries.setdefault(task_id, _Retry(pending, spool))
-            if self._retrier is None:
-                self._retrier = threading.Thread(
-                    target=self._retry_loop, name="asyncwsgi-results", daemon=True
-                )
-                self._retrier.start()
-            self._retry_cond.notify_all()
-
-    def _store_result(
-        self, task_id: str, result: Result, spool: Spool | None = None
-    ) -> Result | None:
-        """One attempt: None once the store took it (or the task is gone or
-        already finished), else the result to try again."""
-        try:
-            taken = self.store.finish(task_id, result)
-            self._settle(task_id, spool, taken)
-            if taken:
-                self.finished(task_id, result)
-            return None
-        except StoreFull as exc:
-            if isinstance(result.body, bytes) and result.body.endswith(
-                _NOT_STORED.encode() + b"\n"
-            ):
-                return result  # even the short error does not fit yet
-            logger.error(
-                "asyncwsgi: the result of task %s could not be stored (%s): ending it as 500",
-                task_id,
-                exc,
-                extra=task_extra(task_id),
-            )
-            self._settle(task_id, spool, False)
-            return self._store_result(task_id, error_result(500, _NOT_STORED))
-        except Exception as exc:
-            if task_id not in self._retries:
-                logger.warning(
-                    "asyncwsgi: could not store the result of task %s (%s): retrying",
-                    task_id,
-                    exc,
-                    extra=task_extra(task_id),
-                )
-            return result
-
-    def _retry_loop(self) -> None:
-        cond = self._retry_cond
-        while True:
-            try:
-                with cond:
-                    if self._stop.is_set() and not self._retries:
-                        return
-                    now = time.monotonic()
-                    due = [(k, r) for k, r in self._retries.items() if r.due <= now]
-                    if not due:
-                        if self._stop.is_set():
-                            return
-                        wake = min((r.due for r in self._retries.values()), default=now + 60)
-                        cond.wait(wake - now)
-                        continue
-                for task_id, retry in due:
-                    pending = self._store_result(task_id, retry.result, retry.spool)
-                    with cond:
-                        if pending is None:
-                            del self._retries[task_id]
-                            cond.notify_all()
-                        else:
-                            if pending is not retry.result:
-                                retry.spool = None  # replaced by an error: settled
-                            retry.result = pending
-                            retry.delay = min(retry.delay * 2, _RETRY_LAST)
-                            retry.due = time.monotonic() + retry.delay
-                    if pending is None:
-                        self._release(task_id)
-                        logger.warning(
-                            "asyncwsgi: stored the result of task %s after %.1f s of retries",
-                            task_id,
-                            time.monotonic() - retry.since,
-                            extra=task_extra(task_id),
-                        )
-            except Exception:
-                logger.exception("asyncwsgi: retrying results failed; going on")
-                time.sleep(_RETRY_LAST)
+        """Store a task's final result, or keep it for a retry in the
+        background (see :class:`~asyncwsgi.runner.finish.Finisher`)."""
+        self.finisher.deliver(task_id, result, spool)
 
     @property
     def pending_results(self) -> int:
         """Finished results waiting for the store to take them."""
-        with self._retry_cond:
-            return len(self._retries)
+        return self.finisher.pending
 
     def drain(self, timeout: float | None) -> bool:
         """Wait until every pending result is stored, at most ``timeout``
         seconds. True if none is left."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._retry_cond:
-            while self._retries:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._retry_cond.wait(remaining)
-        return True
-
-    def _settle(self, task_id: str, spool: Spool | None, taken: bool) -> None:
-        """The store took the spooled body (its writer lets go) or will never
-        have it (it is removed). Never raises: the task ends regardless."""
-        if spool is None:
-            return
-        try:
-            if taken:
-                spool.close()
-            else:
-                spool.discard()
-        except Exception:
-            logger.exception("asyncwsgi: task %s: releasing its spooled body failed", task_id)
-
-    def _release(self, task_id: str) -> None:
-        self.leases.release(task_id)
+        return self.finisher.drain(timeout)
 
     def fail_running(self, message: str) -> None:
         """End every task this process still holds as a 500 (a shutdown that
         cannot wait for them); a result already waiting for the store is
         tried once more instead."""
-        with self._retry_cond:
-            waiting = dict(self._retries)
+        waiting = self.finisher.waiting()
         for task_id in self.held:
-            retry = waiting.get(task_id)
-            result = retry.result if retry is not None else error_result(500, message)
+            result = waiting.get(task_id) or error_result(500, message)
             try:
                 if self.store.finish(task_id, result):
-                    self.finished(task_id, result)
-            except Exception as exc:
+                    finished(task_id, result)
+            except StoreUnavailable as exc:
                 logger.error(
                     "asyncwsgi: task %s could not be ended at shutdown (%s): its lease ends it",
                     task_id,
@@ -521,30 +306,17 @@ class TaskRunner:
     def cancel(self, task_id: str) -> None:
         """The task ended while it ran (past its timeout, deleted): its
         capture stops at the app's next chunk (see :class:`TaskEnded`)."""
-        with self._lock:
-            spool = self._spools.get(task_id)
-        if spool is not None:
-            spool.ended = True
+        self.spools.cancel(task_id)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the heartbeat and the watchdog, and wait (up to ``timeout``
-        seconds) for a call of theirs already under way: once this returns,
-        neither touches the store again, so it may be closed."""
+        """Stop every background thread (heartbeat, watchdog, sweeper,
+        janitor, result retries), and wait (up to ``timeout`` seconds each)
+        for a call of theirs already under way: once this returns, none
+        touches the store again, so it may be closed."""
         self._stop.set()
         self.leases.stop(timeout)
         self.janitor.stop(timeout)
-        with self._retry_cond:
-            if self._retries:
-                logger.error(
-                    "asyncwsgi: stopping with %d results the store never took: %s",
-                    len(self._retries),
-                    ", ".join(self._retries),
-                )
-                self._retries.clear()
-            self._retry_cond.notify_all()
-        current = threading.current_thread()
-        if self._retrier is not None and self._retrier is not current:
-            self._retrier.join(timeout)
+        self.finisher.stop(timeout)
 
 
 def _accepted(environ: dict[str, object]) -> float | None:
