@@ -40,7 +40,11 @@ class Option:
     #: The Python value checked (a ValueError/TypeError that says what is
     #: expected) and normalized as the middleware stores it.
     check: Callable[[str, Any], Any]
+    #: One line, for ``asyncwsgi serve --help``.
     help: str
+    #: The whole meaning in Markdown, for docs/options.md (generated from
+    #: this table by ``python -m asyncwsgi.optionspage``).
+    doc: str = ""
 
     @property
     def listed(self) -> bool:
@@ -246,7 +250,14 @@ def _store_row(setting: StoreSetting) -> Option:
         return None if value is None else setting.check(value)
 
     convert = _optional_int if setting.kind is int else _optional_float
-    return Option(setting.name, convert, None, check, f"{setting.help} (None: the store's default)")
+    return Option(
+        setting.name,
+        convert,
+        None,
+        check,
+        f"{setting.help} (None: the store's default)",
+        doc=setting.doc,
+    )
 
 
 def _any(name: str, value: Any) -> Any:
@@ -261,62 +272,151 @@ MiB = 2**20
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
     Option("paths", _words, (), _patterns,
-           "path patterns whose requests become tasks"),
+           "path patterns whose requests become tasks",
+           doc=(
+           'patterns of paths that become tasks: exact strings, `*` globs (`*` crosses `/`), '
+           'werkzeug rules (`/export/<int:id>`), `Rule` objects (their `methods` narrow the '
+           'match), compiled regexes (must match the whole `PATH_INFO`)')),
     Option("methods", _words, ("GET", "POST", "PUT", "PATCH", "DELETE"), _methods,
-           "methods that become tasks on marked paths (never HEAD or OPTIONS)"),
+           "methods that become tasks on marked paths (never HEAD or OPTIONS)",
+           doc=(
+           'methods that become tasks on marked paths; `HEAD` and `OPTIONS` never do')),
     Option("status_path", _text, "/status/", _status_path,
-           "prefix of the status URLs"),
+           "prefix of the status URLs",
+           doc=(
+           'prefix of status URLs, under `SCRIPT_NAME`; requests under it never reach the '
+           'app')),
     Option("store", _optional_text, None, _store,
-           "a Store or store URL: memory:, sqlite:///tasks.db, redis://host:6379/0"),
+           "a Store or store URL: memory:, sqlite:///tasks.db, redis://host:6379/0",
+           doc=(
+           'a `Store` or a store URL (`memory:`, `sqlite:///tasks.db`, '
+           '`sqlite:////abs/tasks.db`, `redis://host:6379/0`, `rediss://…`, `unix://…`, '
+           '`redis+cluster://host:6379/?prefix=…`); `None` is a new in-process `MemoryStore`')),
     Option("max_workers", _optional_int, None, _count(1, optional=True),
-           "threads of the default thread pool (8); not with executor"),
+           "threads of the default thread pool (8); not with executor",
+           doc=(
+           'threads in the default bounded pool (8 when not given); an error together with '
+           '`executor`')),
     Option("max_pending", int, 1000, _count(1),
-           "queued plus running tasks; beyond it submissions get 503"),
+           "queued plus running tasks; beyond it submissions get 503",
+           doc=(
+           'queued plus running tasks; beyond it submissions get `503`')),
     Option("result_ttl", float, 300.0, _seconds(positive=False),
-           "seconds a finished result is kept"),
+           "seconds a finished result is kept",
+           doc=(
+           'seconds a finished result is kept')),
     Option("max_body", int, 10 * MiB, _count(0),
-           "request body bytes; beyond it 413"),
+           "request body bytes; beyond it 413",
+           doc=(
+           'request body bytes; beyond it `413`')),
     Option("max_result", int, 1024 * MiB, _count(0),
            "bytes of the captured response, status line, headers and body together; "
-           "beyond it the task fails as 500 (result too large)"),
+           "beyond it the task fails as 500 (result too large)",
+           doc=(
+           'bytes of the captured response, status line, headers and body together (what is '
+           'stored); beyond it the task fails as `500` saying the result was too large')),
     Option("spool_threshold", int, 1 * MiB, _count(0),
-           "body bytes kept in memory; larger results and request bodies go to the store"),
+           "body bytes kept in memory; larger results and request bodies go to the store",
+           doc=(
+           'body bytes kept in memory; larger results and request bodies go to the store '
+           '([large results](results.md))')),
     Option("max_stored_bytes", _optional_int, None, _count(0, optional=True),
            "bytes of spooled bodies a store holds; a large result reserves max_result of it "
-           "first, new tasks get 503 without room (None: the store's default)"),
+           "first, new tasks get 503 without room (None: the store's default)",
+           doc=(
+           "bytes of spooled bodies a store holds (the memory store's default: 8 GiB); a "
+           'large result reserves `max_result` of it before it writes (and waits for room, '
+           'never fails for want of it); new tasks get `503` without room')),
     Option("results_dir", _optional_text, None, _any,
-           "directory of spooled bodies (memory and SQLite stores)"),
+           "directory of spooled bodies (memory and SQLite stores)",
+           doc=(
+           'directory of spooled bodies (memory store: a temporary directory; SQLite: beside '
+           'the database)')),
     *map(_store_row, STORE_SETTINGS),
     Option("retry_after", int, 1, _count(0),
-           "seconds of Retry-After sent with a 202 (the starting value)"),
+           "seconds of Retry-After sent with a 202 (the starting value)",
+           doc=(
+           'seconds, sent with every `202` (the starting value)')),
     Option("max_retry_after", int, 30, _count(0),
-           "cap of the adaptive Retry-After"),
+           "cap of the adaptive Retry-After",
+           doc=(
+           'the cap on the adaptive `Retry-After`')),
     Option("prefer_paths", _words, (), _patterns,
-           "path patterns that become tasks only with Prefer: respond-async"),
+           "path patterns that become tasks only with Prefer: respond-async",
+           doc=(
+           'patterns where a request becomes a task only with `Prefer: respond-async`')),
     Option("max_wait", float, 10.0, _seconds(positive=False),
-           "cap in seconds of any Prefer: wait=N (under gunicorn's 30 s worker timeout)"),
+           "cap in seconds of any Prefer: wait=N (under gunicorn's 30 s worker timeout)",
+           doc=(
+           "cap in seconds on any `Prefer: wait=N`; kept well under gunicorn's 30 s sync "
+           'worker timeout (see [faults.md](faults.md#long-polls))')),
     Option("max_waiting", int, 2, _count(0),
-           "requests of one process that may wait at once; others are answered at once"),
+           "requests of one process that may wait at once; others are answered at once",
+           doc=(
+           'requests of one process that may wait (`Prefer: wait`) at once; beyond it a '
+           'request is answered at once, without `Preference-Applied`, so waits never hold '
+           'every server thread')),
     Option("owner", _imported, None, _callable,
-           "owner(environ) -> str or None: binds each task to its submitter"),
+           "owner(environ) -> str or None: binds each task to its submitter",
+           doc=(
+           "`owner(environ) -> str | None`; binds each task to the submitter's value: status "
+           'requests with another or no value get `404`, as an unknown id; a submission '
+           'without a value gets `403`; only a SHA-256 of the value is stored. Ready-made: '
+           '`asyncwsgi.owner.by_header("Authorization")`, `by_cookie("session")`, '
+           '`by_remote_user`')),
     Option("lease", float, 30.0, _seconds(),
-           "seconds a shared store's task may miss its heartbeat before it is lost"),
+           "seconds a shared store's task may miss its heartbeat before it is lost",
+           doc=(
+           "with a shared store: seconds a task's heartbeat may be missed before any process "
+           'that reads it completes it as `500` "the worker running this task was lost"; '
+           "this covers running tasks and tasks queued in a process's own pool (those end as "
+           '`503` "the task was not started in time": they never ran), so a killed worker '
+           'leaves none at `202` (tasks are never re-run: the work may not be idempotent)')),
     Option("timeout", _optional_float, None, _seconds(optional=True),
-           "seconds from acceptance after which an unfinished task ends as 504"),
+           "seconds from acceptance after which an unfinished task ends as 504",
+           doc=(
+           'seconds from acceptance after which a task not yet done (queued or running) ends '
+           "as `504`; the app's thread is left to finish and its late result is dropped")),
     Option("queue_timeout", float, 600.0, _seconds(),
-           "seconds a task may wait in a broker queue before it ends as 503"),
+           "seconds a task may wait in a broker queue before it ends as 503",
+           doc=(
+           "seconds a task may wait in a broker's queue (Celery, RQ, Django Tasks) before it "
+           'ends as `503` "the task was not started in time"; applied by whichever process '
+           "reads it first (the deadline is in the task's record) and by the engine "
+           "(Celery's `expires`, RQ's `ttl`), so a worker that comes later never runs it")),
     Option("executor", _made, None, _executor,
-           "where tasks run; None: the thread pool of max_workers"),
+           "where tasks run; None: the thread pool of max_workers",
+           doc=(
+           'where tasks run; `None` is the thread pool of `max_workers`; '
+           '`asyncwsgi.contrib.celery.CeleryExecutor` runs them on Celery workers')),
     Option("location_base", _optional_text, None, _base_url,
-           "absolute base of status URLs (https://api.example.com); never from Host"),
+           "absolute base of status URLs (https://api.example.com); never from Host",
+           doc=(
+           'absolute base of status URLs, such as `https://api.example.com`: `Location` is '
+           "then absolute, never built from the request's `Host` (see "
+           '[client.md](client.md))')),
     Option("metrics_path", _optional_text, None, _metrics_path,
-           "path answered with the Prometheus metrics (needs prometheus_client); off by default"),
+           "path answered with the Prometheus metrics (needs prometheus_client); off by default",
+           doc=(
+           'a path (such as `/metrics`) answered by the middleware with the Prometheus '
+           'metrics, never reaching the app; needs `pip install '
+           "'asyncwsgi-middleware[metrics]'`; see [operating.md](operating.md)")),
     Option("list_tasks", _optional_flag, None, _optional_bool,
-           "GET on status_path lists tasks; None: only when owner is set"),
+           "GET on status_path lists tasks; None: only when owner is set",
+           doc=(
+           "`GET` on `status_path` itself lists the caller's tasks; `None`: on only when "
+           '`owner` is set; `True` also without an owner (every task is listed to everyone) '
+           '([push](push.md#the-task-list))')),
     Option("callback_allow", _words, None, _callback_allow,
-           "URL prefixes a Callback-URL may start with; None: callbacks off"),
+           "URL prefixes a Callback-URL may start with; None: callbacks off",
+           doc=(
+           'URL prefixes (each at least `https://host/`) a `Callback-URL` may start with; '
+           '`None`: callbacks off, the header ignored ([push](push.md#completion-callbacks))')),
     Option("callback_secret", _optional_text, None, _callback_secret,
-           "Standard Webhooks secret (whsec_...) that signs the callbacks"),
+           "Standard Webhooks secret (whsec_...) that signs the callbacks",
+           doc=(
+           'the Standard Webhooks secret (`whsec_` + base64, 24 bytes or more) that signs '
+           'every callback; required with `callback_allow`')),
 )
 # fmt: on
 

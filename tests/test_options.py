@@ -88,8 +88,31 @@ def test_every_option_is_read_from_flask_config(name):
 
 
 def test_the_options_page_table_lists_exactly_the_options():
-    rows = re.findall(r"^\| `([a-z_]+)` \|", OPTIONS_PAGE.read_text(), re.MULTILINE)
+    table = OPTIONS_PAGE.read_text().split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE)
     assert rows == NAMES, "docs/options.md's table and options.OPTIONS differ"
+
+
+def test_the_options_page_is_made_from_the_table():
+    from asyncwsgi.optionspage import page
+
+    assert OPTIONS_PAGE.read_text() == page(), (
+        "docs/options.md is stale: run python -m asyncwsgi.optionspage"
+    )
+
+
+def test_the_page_maker_finds_a_stale_page(tmp_path):
+    from asyncwsgi.optionspage import main, page
+
+    stale = tmp_path / "options.md"
+    stale.write_text(page().replace("`max_pending` | `1000`", "`max_pending` | `999`"))
+    assert main(["--check", "--path", str(stale)]) == 1
+    assert main(["--path", str(stale)]) == 0
+    assert main(["--check", "--path", str(stale)]) == 0
+
+
+def test_every_option_has_its_meaning_written():
+    assert [o.name for o in OPTIONS if not o.doc] == []
 
 
 # -- serve: the flags reach the middleware ---------------------------------

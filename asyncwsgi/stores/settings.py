@@ -30,7 +30,10 @@ class StoreSetting:
     minimum: int = 0
     #: The store's keyword argument, when it is named otherwise there.
     keyword: str = ""
+    #: One line, for ``asyncwsgi serve --help``.
     help: str = ""
+    #: The whole meaning in Markdown, for docs/options.md.
+    doc: str = ""
 
     def keyword_for(self) -> str:
         return self.keyword or self.name
@@ -51,17 +54,29 @@ class StoreSetting:
 # fmt: off
 STORE_SETTINGS: tuple[StoreSetting, ...] = (
     StoreSetting("max_tombstones", int, _EVERY,
-                 help="tombstones (410 Gone of an expired task) a store keeps at most"),
+                 help="tombstones (410 Gone of an expired task) a store keeps at most",
+                 doc="tombstones (`410 Gone` of an expired task) a store keeps at most; "
+                     "beyond them the oldest expired tasks answer `404`"),
     StoreSetting("tombstone_ttl", float, _EVERY,
-                 help="seconds an expired task answers 410 before it is unknown (404)"),
+                 help="seconds an expired task answers 410 before it is unknown (404)",
+                 doc="seconds an expired task answers `410` before it is unknown (`404`)"),
     StoreSetting("busy_timeout", float, ("sqlite",), keyword="timeout",
-                 help="SQLite: seconds a call waits for another process's write lock"),
+                 help="SQLite: seconds a call waits for another process's write lock",
+                 doc="SQLite: seconds a call waits for another process's write lock before "
+                     "the store counts as unavailable (`503`)"),
     StoreSetting("chunk_size", int, ("redis",), minimum=1,
-                 help="Redis: bytes per key of a spooled body"),
+                 help="Redis: bytes per key of a spooled body",
+                 doc="Redis: bytes per key of a spooled body (one script call per chunk); "
+                     "every process that opens the store must use the same, which the "
+                     "store's URL carries to workers"),
     StoreSetting("spool_ttl", float, ("redis",),
-                 help="Redis: seconds a body being written lives without a new chunk"),
+                 help="Redis: seconds a body being written lives without a new chunk",
+                 doc="Redis: seconds a body being written lives without a new chunk, so "
+                     "a writer that died leaves nothing behind for longer"),
     StoreSetting("min_replicas", int, ("redis",),
-                 help="Redis: replicas that must confirm a write before it counts"),
+                 help="Redis: replicas that must confirm a write before it counts",
+                 doc="Redis: replicas that must confirm a write before it counts (for a "
+                     "primary with replicas; see [stores](stores.md))"),
 )
 # fmt: on
 
