@@ -26,6 +26,7 @@ from ..periodic import Periodic
 from ..results import error_result
 from ..stores.base import Store, StoreUnavailable
 from ..task import Result
+from .finish import finished
 
 __all__ = ["Leases", "sweep_period"]
 
@@ -181,7 +182,7 @@ class Leases:
             )
             if INSTRUMENTS is not None:
                 INSTRUMENTS.timed_out.inc()
-                INSTRUMENTS.finish(result)
+            finished(task_id, result)
             self._cancel(task_id)
 
     # -- stopping ----------------------------------------------------------

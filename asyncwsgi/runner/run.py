@@ -26,6 +26,7 @@ from .spooling import ResultSpools
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
+    from opentelemetry.trace import Span
 
     from ..task import Job
 
@@ -65,20 +66,20 @@ def _why(exc: StoreUnavailable) -> str:
 class TaskRunner:
     """Runs jobs against ``app`` and writes results to ``store``.
 
-    While tasks run, one heartbeat thread (only for shared stores, where
-    another process may judge a lease) extends their leases every third of
-    ``lease``. With a ``timeout``, one watchdog thread ends as 504 a task not
-    done that long after it was accepted (see :meth:`watch`), queued or
-    running; the app's thread cannot be stopped and finishes on its own, its
-    late result dropped, and the pool never grows past its size.
+    One job at a time per calling thread (:meth:`run`); the duties around it
+    live in their own homes, each started the first time it has work:
 
-    A result the store cannot take right now (an outage) is kept and retried
-    by one background thread, with a growing delay, for as long as the
-    process lives (and up to ``close()``'s timeout when it stops); the task
-    stays held meanwhile, so its lease does not lapse. A result the store
-    has no room for (:class:`~asyncwsgi.stores.base.StoreFull`) is replaced
-    at once by a short 500 that names the cause. Every background thread
-    logs a failed round and goes on.
+    - :class:`~asyncwsgi.runner.leases.Leases`: the heartbeat of the tasks
+      held here, the ``timeout`` watchdog (a task not done that long after it
+      was accepted ends as 504; the app's thread finishes on its own, its
+      late result dropped), and the sweeper of lapsed leases;
+    - :class:`~asyncwsgi.runner.finish.Finisher`: the final result stored,
+      or retried in the background while the store is unavailable;
+    - :class:`~asyncwsgi.runner.spooling.ResultSpools`: the result spooled to
+      the store above ``spool_threshold``, with ``max_result`` reserved
+      first, and stopped when the task ends elsewhere (:meth:`cancel`);
+    - the store's janitor (:func:`~asyncwsgi.stores.upkeep.janitor`), once
+      this process spools a body.
     """
 
     def __init__(
@@ -128,7 +129,13 @@ class TaskRunner:
         """Start the task, call the app, store what it answers. Never raises
         (except a ``KeyboardInterrupt`` or ``SystemExit`` in the main thread,
         after the task was ended): whatever happens, the task ends."""
-        task_id = job.task_id
+        if self._begin(job.task_id):
+            self._run(job)
+
+    def _begin(self, task_id: str) -> bool:
+        """Move the task to running, held by this process. False when it is
+        not to run: deleted while queued, or ended here as 503 (the store was
+        unavailable for longer than a restart takes)."""
         try:
             started = self._start(task_id)
         except BaseException as exc:
@@ -146,12 +153,15 @@ class TaskRunner:
                 extra=task_extra(task_id),
             )
             self.deliver(task_id, error_result(503, _NOT_STARTED))
-            return
+            return False
         if not started:
             self.leases.release(task_id)
-            return  # deleted while queued: it never runs
+            return False  # deleted while queued: it never runs
         self.leases.hold(task_id)
+        return True
 
+    def _run(self, job: Job) -> None:
+        task_id = job.task_id
         # The app's own log records name the task too (logs.TaskIdFilter).
         context = current_task_id.set(task_id)
         extra = task_extra(task_id)
@@ -162,62 +172,11 @@ class TaskRunner:
         if counted is not None and accepted is not None:
             counted.queue_wait.observe(max(0.0, begun - accepted))
         logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
-        result: Result | None = None
-        stop: BaseException | None = None
         spool = self.spools.spool(task_id)
-        stream = None
-        failure = error_result(500)
-        try:
-            environ = task_environ(job.environ, job.body)
-            # The app (or a middleware of its) may replace wsgi.input: close ours.
-            stream = environ["wsgi.input"]
-            # Travel with the job for its metrics and trace; not the request's.
-            environ.pop(ACCEPTED, None)
-            environ.pop(PATTERN, None)
-            environ.pop(PARENT, None)
-            environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
-            if span is not None:
-                inject(environ, span)  # the app's server span continues the trace
-            result = capture(self.app, environ, spool=spool)
-        except ResponseTooLarge as exc:
-            logger.error("asyncwsgi: task %s failed: %s", task_id, exc, extra=extra)
-            failure = too_large_result(self.max_result)
-        except (TaskEnded, BodyRemoved):
-            # Deleted, past its timeout or lost: its answer is not wanted, and
-            # the bytes reserved for it are given back already.
-            logger.info(
-                "asyncwsgi: task %s ended while its app was answering: its result is dropped",
-                task_id,
-                extra=extra,
-            )
-        except StoreUnavailable as exc:
-            # Raised by the spool as the body was written (a budget spent, a
-            # full disk, a store down): the app's work is lost, the task ends.
-            logger.error(
-                "asyncwsgi: task %s: its result could not be stored: %s", task_id, exc, extra=extra
-            )
-            failure = store_full_result(_why(exc))
-        except Exception:
-            logger.exception("asyncwsgi: task %s failed in the app", task_id, extra=extra)
-        except BaseException as exc:
-            # SystemExit, KeyboardInterrupt, GeneratorExit from the app end
-            # its task, not the pool's thread. In the main thread (a Celery
-            # worker's) they may be the process being stopped: passed on
-            # once the task is ended.
-            logger.error(
-                "asyncwsgi: task %s failed in the app: %s", task_id, type(exc).__name__,
-                exc_info=True, extra=extra,
-            )  # fmt: skip
-            if threading.current_thread() is threading.main_thread():
-                stop = exc
+        result, failure, stop = self._call(job, spool, span)
         self.spools.done(task_id)
         if counted is not None:
             counted.run_time.observe(time.time() - begun)
-        if stream is not None:
-            try:
-                stream.close()
-            except (OSError, StoreUnavailable):
-                logger.exception("asyncwsgi: task %s: closing its request body failed", task_id)
         try:
             if result is None:
                 # What was spooled goes, and its bytes back to the budget,
@@ -232,6 +191,67 @@ class TaskRunner:
             current_task_id.reset(context)
         if stop is not None:
             raise stop
+
+    def _call(
+        self, job: Job, spool: Spool, span: Span | None
+    ) -> tuple[Result | None, Result, BaseException | None]:
+        """Call the app with the task's environ. Its result, or None and what
+        to store instead; and what to pass on once the task is ended (an
+        exit of the process itself)."""
+        task_id = job.task_id
+        extra = task_extra(task_id)
+        stream = None
+        try:
+            environ = task_environ(job.environ, job.body)
+            # The app (or a middleware of its) may replace wsgi.input: close ours.
+            stream = environ["wsgi.input"]
+            # Travel with the job for its metrics and trace; not the request's.
+            environ.pop(ACCEPTED, None)
+            environ.pop(PATTERN, None)
+            environ.pop(PARENT, None)
+            environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
+            if span is not None:
+                inject(environ, span)  # the app's server span continues the trace
+            return capture(self.app, environ, spool=spool), error_result(500), None
+        except ResponseTooLarge as exc:
+            logger.error("asyncwsgi: task %s failed: %s", task_id, exc, extra=extra)
+            return None, too_large_result(self.max_result), None
+        except (TaskEnded, BodyRemoved):
+            # Deleted, past its timeout or lost: its answer is not wanted, and
+            # the bytes reserved for it are given back already.
+            logger.info(
+                "asyncwsgi: task %s ended while its app was answering: its result is dropped",
+                task_id,
+                extra=extra,
+            )
+        except StoreUnavailable as exc:
+            # Raised by the spool as the body was written (a budget spent, a
+            # full disk, a store down): the app's work is lost, the task ends.
+            logger.error(
+                "asyncwsgi: task %s: its result could not be stored: %s", task_id, exc, extra=extra
+            )
+            return None, store_full_result(_why(exc)), None
+        # Broad on purpose: whatever the app raises ends its task as 500.
+        except Exception:
+            logger.exception("asyncwsgi: task %s failed in the app", task_id, extra=extra)
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, GeneratorExit from the app end
+            # its task, not the pool's thread. In the main thread (a Celery
+            # worker's) they may be the process being stopped: passed on
+            # once the task is ended.
+            logger.error(
+                "asyncwsgi: task %s failed in the app: %s", task_id, type(exc).__name__,
+                exc_info=True, extra=extra,
+            )  # fmt: skip
+            if threading.current_thread() is threading.main_thread():
+                return None, error_result(500), exc
+        finally:
+            if stream is not None:
+                try:
+                    stream.close()
+                except (OSError, StoreUnavailable):
+                    logger.exception("asyncwsgi: task %s: closing its request body failed", task_id)
+        return None, error_result(500), None
 
     def _start(self, task_id: str) -> bool:
         delay = _RETRY_FIRST
