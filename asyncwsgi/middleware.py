@@ -178,6 +178,7 @@ class AsyncMiddleware:
         self._accepted = Accepted(settings, self.urls)
         self._scrape = Scrape(self.store)
         self._task_list = TaskList(self.store, settings, self.urls)
+        self.store.use_listing(self._task_list.on)
         self._waits = Waits(self.store, settings)
         self._streams = Streams(self.store, settings, self.urls, self._waits)
         self.runner = TaskRunner(

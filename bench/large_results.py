@@ -99,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.large_results", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--stores", default="", help="only these rows, comma-separated (memory,sqlite,redis)"
+    )
     args = parser.parse_args(argv)
+    only = {name.strip() for name in args.stores.split(",") if name.strip()}
     size = 8 * MIB if args.quick else 100 * MIB
     rounds = 1 if args.quick else 5
     count, each = (2, 2 * MIB) if args.quick else (20, 10 * MIB)
@@ -113,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             "memory, not spooled": ("memory:", {"ASYNCWSGI_TEST_SPOOL_THRESHOLD": str(2**31)}),
         }
         for name, (url, extra) in stores.items():
+            if only and name not in only:
+                continue
             env = {"ASYNCWSGI_TEST_STORE": url, **extra}
             with Gunicorn(APP, "-w", "1", "--timeout", "300", env=env) as server:
                 row: dict[str, Any] = {"store": name}
@@ -128,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         "stored": f"{count} x {each // MIB} MiB",
         "rows": rows,
     }
-    (args.out / "large_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not only:
+        (args.out / "large_results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
     return 0
 

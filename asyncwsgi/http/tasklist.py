@@ -31,6 +31,14 @@ class TaskList:
         self.list_tasks = settings.list_tasks
         self.urls = urls
 
+    @property
+    def on(self) -> bool:
+        """Whether the list answers (else it is a 404, and the store keeps
+        no index for it)."""
+        if self.owner is None:
+            return bool(self.list_tasks)
+        return self.list_tasks is not False
+
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         owner: str | None = None
         if self.owner is None:

@@ -109,6 +109,20 @@ class Store(abc.ABC):
     #: result's writer reserves its worst case (``max_result``) before it
     #: writes, so a task once accepted never runs out of budget.
     max_stored_bytes: int | None = None
+    #: Whether the tasks created from now on enter the task list's index
+    #: (:meth:`list_tasks` finds only those). None, until a middleware says:
+    #: kept. A middleware without a task list turns it off, so that no task
+    #: pays for an index nobody reads; one with a task list turns it on, for
+    #: good (several middlewares may share a store). A store may keep its
+    #: index whatever this says (one that costs nothing to keep).
+    listing: bool | None = None
+
+    def use_listing(self, on: bool) -> None:
+        """What a middleware says of its task list (see :attr:`listing`)."""
+        if on:
+            self.listing = True
+        elif self.listing is None:
+            self.listing = False
 
     def __init__(self, *, max_tombstones: int = 10_000, tombstone_ttl: float = 3600.0) -> None:
         if max_tombstones < 0:

@@ -3,51 +3,65 @@ opens the same Redis.
 
 Needs redis-py (``pip install redis``) and Redis 6.2 or later.
 
-Layout, under ``prefix`` (``asyncwsgi:`` by default):
+Layout, under ``prefix`` (``asyncwsgi:`` by default). A task pays only for
+what it uses: each key below marked "only" is written for the tasks that use
+that feature, and nothing else is (``tests/test_redis_commands.py`` pins the
+commands of a task cycle with every feature off, and what each one adds).
 
 ``task:<id>``
-    a hash: the record, the result's status, headers (JSON) and body (bytes).
+    a hash: the record, the result's status, headers (JSON) and body (bytes),
+    and what the task uses (``listed``, ``key``, ``request_body``,
+    ``spooling``; ``waited`` and ``watched`` once someone waits or watches).
     Kept without expiry while the task is queued or running; from its finish
-    on it expires after the record's ``ttl``.
-``tomb:<id>``
-    the tombstone (its value is the owner hash): written at the finish,
-    it outlives ``task:<id>`` by ``tombstone_ttl`` seconds, so a poll after the
-    result expired gets 410 rather than 404.
-``active`` / ``leases`` / ``tombs``
-    sorted sets: queued and running ids (by creation), running ids (by lease
-    end), finished ids (by expiry, to bound the tombstones to ``max_tombstones``).
+    on it expires after the record's ``ttl``. A read is one ``HGETALL``.
+``leases``
+    a sorted set of the queued and running ids by the end of their lease
+    (``inf`` for none): the count that ``max_pending`` bounds, and the lapsed
+    leases that the lease rule ends.
+``tomb:<id>`` / ``tombs``
+    only with tombstones (``max_tombstones`` and ``tombstone_ttl`` above 0):
+    the tombstone (its value is the owner hash), written at the finish, that
+    outlives ``task:<id>`` by ``tombstone_ttl`` seconds, so a poll after the
+    result expired gets 410 rather than 404; and the finished ids by expiry,
+    to keep at most ``max_tombstones`` of them.
 ``key:<key>``
-    an idempotency key: ``[task id, fingerprint]`` as JSON, bound when the
-    task is created; it expires with its task.
+    only with an Idempotency-Key: ``[task id, fingerprint]`` as JSON, bound
+    when the task is created; it expires with its task.
 ``done:<id>``
-    a list pushed to when the task finishes or is deleted; :meth:`RedisStore.wait`
-    blocks on it (``BLMOVE`` of the list onto itself, so every waiter wakes).
+    only for a task someone waits for (``Prefer: wait``): a list pushed to
+    when it finishes or is deleted; :meth:`RedisStore.wait` blocks on it
+    (``BLMOVE`` of the list onto itself, so every waiter wakes).
+``changed:<id>``
+    only for a task an event stream watches: a pub/sub channel published to
+    on every change of its state or progress; :meth:`RedisStore.watch`
+    listens.
 ``body:<id>:request`` / ``body:<id>:result``
-    a body above the middleware's ``spool_threshold``: a list of chunks of
-    ``chunk_size`` bytes (1 MiB), never one value near Redis's limits. A
-    request body lives until its task finishes, a result as long as its task.
+    only for a body above the middleware's ``spool_threshold``: a list of
+    chunks of ``chunk_size`` bytes (1 MiB), never one value near Redis's
+    limits. A request body lives until its task finishes, a result as long
+    as its task.
 ``bodies`` / ``bodies:until`` / ``stored``
     the ledger of spooled bodies (``<id>:<kind>`` to bytes), when each is due
     to go (its task's expiry, or a writer's ``spool_ttl`` that each chunk
     renews: a writer that died), and their total, which ``max_stored_bytes``
     bounds. Bodies past their time are removed (and their bytes given back)
-    by the next write that counts bytes.
+    by the next write that counts against a budget, or by the janitor.
+``list:<owner>:<state>`` / ``list:<owner>:all`` / ``unlist``
+    only for the tasks created while a middleware's task list is on
+    (:attr:`~asyncwsgi.stores.base.Store.listing`): sorted sets by creation
+    time, per owner hash (empty for none); a finished task is also in
+    ``unlist`` (by its expiry, as ``<owner>|<id>``), from which it leaves the
+    index when it expires.
+``cb:<id>`` / ``callbacks``
+    only for a task with a Callback-URL: the callback still to send (a hash),
+    and the sorted set of them by when each is due; claiming one pushes its
+    due time past the claim.
 
 Bodies live in Redis rather than in a directory the machines share: Redis is
 already the one thing every web process and worker reaches, its own key
 expiry removes what a crashed process left, and Redis Cluster keeps them in
 the table's slot; the price is Redis's memory, which ``max_stored_bytes``
 bounds (set it below ``maxmemory``).
-``changed:<id>``
-    a pub/sub channel published to on every change of a task's state or
-    progress; :meth:`RedisStore.watch` (a Server-Sent Events stream) listens.
-``list:<owner>:<state>`` / ``list:<owner>:all``
-    sorted sets by creation time: the task list's index, per owner hash
-    (empty for none). A finished task is also in ``unlist`` (by its expiry,
-    as ``<owner>|<id>``), from which it leaves the index when it expires.
-``cb:<id>`` / ``callbacks``
-    a completion callback still to send (a hash), and the sorted set of them
-    by when each is due; claiming one pushes its due time past the claim.
 
 Every change of state is one Lua script (``lua/<step>.lua``), so it is atomic
 across processes.

@@ -6,6 +6,7 @@ writes one, :class:`RedisBody` reads one."""
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -17,9 +18,14 @@ from ...task import Body, BodyKind, BodySink
 from ..base import BodyRemoved, StoreFull
 from .codec import num
 from .faults import translated
+from .readahead import read_ahead
 from .scripts import Scripts
 
 __all__ = ["BodyIO", "RedisBody", "RedisSink", "budget_spent"]
+
+# The bytes of one round trip of a read ahead (several chunks of the default
+# 1 MiB): a replay holds at most three such batches.
+_READ_AHEAD = 4 * 2**20
 
 
 def budget_spent(limit: int | None) -> StoreFull:
@@ -48,6 +54,23 @@ class BodyIO:
         self.chunk_size = chunk_size
         self.spool_ttl = spool_ttl
         self.budget = budget
+        # The tasks of this process with a spooled request body that their
+        # create has not taken yet (it says so in the record, so that only
+        # they pay for removing one at their finish).
+        self._requests: set[str] = set()
+        self._lock = threading.Lock()
+
+    def opened_request(self, task_id: str) -> None:
+        with self._lock:
+            self._requests.add(task_id)
+
+    def claim_request(self, task_id: str) -> bool:
+        """Whether ``task_id`` has a spooled request body (said once)."""
+        with self._lock:
+            if task_id in self._requests:
+                self._requests.discard(task_id)
+                return True
+            return False
 
     def key(self, task_id: str, kind: BodyKind) -> str:
         return f"{self.prefix}body:{task_id}:{kind}"
@@ -109,6 +132,15 @@ class BodyIO:
         with translated():
             return bool(self.client().exists(key))
 
+    def fetch(self, key: str, first: int, last: int) -> list[bytes]:
+        """Chunks ``first`` to ``last`` (inclusive) of the body at ``key``, in
+        one round trip."""
+        with translated():
+            chunks = cast("list[bytes]", self.client().lrange(key, first, last))
+        if len(chunks) != last - first + 1:
+            raise OSError(f"the body at {key} was removed while it was read")
+        return chunks
+
     def chunk(self, key: str, index: int) -> bytes:
         """Chunk number ``index`` of the body at ``key``."""
         with translated():
@@ -132,6 +164,8 @@ class RedisSink(BodySink):
         # Bytes counted against the budget: reserved ahead, or pushed past that.
         self.counted = 0
         self._buffer = bytearray()
+        if kind == "request":
+            io_.opened_request(task_id)
 
     def reserve(self, nbytes: int) -> None:
         if not self.io.reserve(self.task_id, self.kind, nbytes):
@@ -169,6 +203,8 @@ class RedisSink(BodySink):
 
     def discard(self) -> None:
         self._buffer = bytearray()
+        if self.kind == "request":
+            self.io.claim_request(self.task_id)  # no task is made with it
         self.io.drop(self.task_id, self.kind)
 
 
@@ -188,18 +224,21 @@ class RedisBody(Body):
         return io.BufferedReader(_ChunkReader(self), buffer_size=256 * 1024)
 
     def chunks(self, start: int, stop: int) -> Iterator[bytes]:
-        # Redis's own chunks, sliced only at the ends of the range.
+        # Redis's own chunks, sliced only at the ends of the range, read
+        # ahead of the caller (the server writing them to the client).
+        if stop <= start:
+            return
         size = self.io.chunk_size
-        index = start // size
-        position = index * size
-        while position < stop:
-            piece = self.io.chunk(self.key, index)
+        first, last = start // size, (stop - 1) // size
+        position = first * size
+        key = self.key
+        batch = max(1, _READ_AHEAD // size)
+        for piece in read_ahead(lambda a, b: self.io.fetch(key, a, b), first, last, batch):
             end = position + len(piece)
             if position < start or end > stop:
                 piece = piece[max(0, start - position) : stop - position]
             yield piece
             position = end
-            index += 1
 
 
 class _ChunkReader(io.RawIOBase):

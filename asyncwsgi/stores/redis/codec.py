@@ -39,17 +39,19 @@ def record(task_id: str, fields: dict[str, Any]) -> TaskRecord:
         )
     progress = fields.get("progress")
     owner = fields.get("owner")
+    state = text(fields["state"])
     callback = fields.get("callback")
     return TaskRecord(
         task_id,
-        state=cast(Any, text(fields["state"])),
+        state=cast(Any, state),
         created=number("created") or 0.0,
         started=number("started"),
         finished=number("finished"),
         progress=None if progress is None else json.loads(progress),
         result=result,
         owner=None if owner is None else text(owner),
-        lease_until=number("lease_until"),
+        # A finished task keeps the field (one command less), not the lease.
+        lease_until=None if state == "done" else number("lease_until"),
         ttl=float(fields.get("ttl", 300.0)),
         callback=None if callback is None else Callback(*json.loads(callback)),
     )

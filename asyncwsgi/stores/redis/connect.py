@@ -184,7 +184,7 @@ def warn_if_evicting(client: redis.Redis | RedisCluster, prefix: str) -> None:
             # (Called through Any: redis-py releases differ on whether
             # this method is annotated, so no one ignore fits them all.)
             cluster: Any = client
-            node = cluster.get_node_from_key(prefix + "active")
+            node = cluster.get_node_from_key(prefix + "leases")
             info: dict[str, Any] = cluster.info("memory", target_nodes=node)
         else:
             # (Through Any: redis-py 7 annotates an answer that may be awaitable.)

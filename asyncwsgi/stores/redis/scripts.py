@@ -23,7 +23,8 @@ __all__ = ["STEPS", "Scripts", "source"]
 #: Every script the store runs, by the name of its file.
 STEPS = (
     "create_task",
-    "read_task",
+    "read_tombstone",
+    "mark_listener",
     "start_task",
     "renew_leases",
     "set_progress",

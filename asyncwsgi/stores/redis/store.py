@@ -153,6 +153,16 @@ class RedisStore(Store):
             fields += ["progress", json.dumps(record.progress)]
         if record.callback is not None:
             fields += ["callback", json.dumps([record.callback.url, record.callback.status_url])]
+        # Only what the task uses: its place in the task list, its body.
+        uses = ""
+        if self.listing is not False:
+            uses += "l"
+            fields += ["listed", "1"]
+        if self.bodies.claim_request(record.id):
+            uses += "r"
+            fields += ["request_body", "1"]
+        if key is not None:
+            fields += ["key", key]
         key_value = json.dumps([record.id, fingerprint]) if key is not None else ""
         answer = self._run(
             "create_task",
@@ -161,11 +171,14 @@ class RedisStore(Store):
                 record.id,
                 -1 if limit is None else int(limit),
                 num(time.time()),
-                num(record.created),
+                "inf" if record.lease_until is None else num(record.lease_until),
                 key or "",
                 key_value,
                 self._budget(),
                 room,
+                record.owner or "",
+                num(record.created),
+                uses,
                 *fields,
             ],
         )
@@ -177,21 +190,14 @@ class RedisStore(Store):
         return Created(bool(answer))
 
     def _read(self, task_id: str) -> TaskRecord | None:
-        answer = cast(
-            "list[Any]",
-            self._run(
-                "read_task",
-                [self._key("task", task_id), self._key("tomb", task_id)],
-                [num(time.time())],
-            ),
-        )
-        kind = int(answer[0])
-        if kind == 0:
-            return None
-        if kind == 2:
-            return self._tombstone(task_id, text(answer[1]) or None)
-        raw = answer[1:]
-        fields = {text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+        # A plain read: a script only for a task that is not there.
+        raw = cast("dict[bytes, Any]", self.client.hgetall(self._key("task", task_id)))
+        if not raw:
+            if not self._tombstones:
+                return None
+            owner = self._run("read_tombstone", [self._key("tomb", task_id)], [num(time.time())])
+            return None if owner is None else self._tombstone(task_id, text(owner) or None)
+        fields = {text(name): value for name, value in raw.items()}
         found = record(task_id, fields)
         if found.result is not None and "body_size" in fields:
             found.result.body = RedisBody(
@@ -201,6 +207,11 @@ class RedisStore(Store):
                 text(fields["body_sha256"]),
             )
         return found
+
+    @property
+    def _tombstones(self) -> bool:
+        """Whether a task past its expiry leaves a tombstone at all."""
+        return self.max_tombstones > 0 and self.tombstone_ttl > 0
 
     def _start(self, task_id: str, now: float, lease_until: float) -> bool:
         started = self._run(
@@ -245,13 +256,15 @@ class RedisStore(Store):
         return [text(task_id) for task_id in ids]
 
     def _count(self) -> int:
-        count: Any = self.client.zcard(self.prefix + "active")
+        # Every active task is in ``leases`` (by its lease's end, or inf).
+        # (Through Any: redis-py 7 annotates the answer as maybe awaitable.)
+        count: Any = self.client.zcard(self.prefix + "leases")
         return int(count)
 
     def _count_states(self) -> dict[str, int]:
-        # One script: the states of the active set, read in one step (the set
-        # is bounded by the middleware's max_pending).
-        queued, running = self._run("count_states", [self.prefix + "active"], [])
+        # One script: the states of the active tasks, read in one step (they
+        # are bounded by the middleware's max_pending).
+        queued, running = self._run("count_states", [self.prefix + "leases"], [])
         return {"queued": int(queued), "running": int(running)}
 
     def _block(self, task_id: str, timeout: float, poll: float) -> None:
@@ -262,6 +275,10 @@ class RedisStore(Store):
         seconds = max(0.001, round(timeout, 3))
         if self._block_limit is not None:
             seconds = min(seconds, self._block_limit)
+        # Marked first, so that its finish wakes this waiter (only a task
+        # that has one pays for waking); not active any more: read it again.
+        if not self._run("mark_listener", [self._key("task", task_id)], ["waited"]):
+            return
         done = self._key("done", task_id)
         try:
             # (Redis takes a fractional timeout; some redis-py releases annotate
@@ -318,6 +335,9 @@ class RedisStore(Store):
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self._key("changed", task_id))
+            # Marked once subscribed and before the caller reads: from then
+            # on every change of this task publishes (only a watched one does).
+            self._run("mark_listener", [self._key("task", task_id)], ["watched"])
 
             def block(timeout: float) -> None:
                 if self._block_limit is not None:

@@ -6,7 +6,9 @@
 -- reserved. Answers 1, 0 (budget spent) or -1 (the body was removed
 -- meanwhile: deleted, or its writer was too slow).
 local now = tonumber(ARGV[5])
-reap_bodies(now)
+if tonumber(ARGV[7]) >= 0 then
+  reap_bodies(now)  -- bytes past their time come back before they are counted
+end
 if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[8]) then
   return -1
 end
@@ -14,6 +16,9 @@ end
 -- in the ledger: it was given back (a delete before the first chunk).
 if tonumber(ARGV[10]) == 0 and redis.call('HEXISTS', prefix .. 'bodies', ARGV[4]) == 0 then
   return -1
+end
+if ARGV[8] == '0' then
+  mark_spooling(ARGV[4])
 end
 redis.call('RPUSH', KEYS[1], ARGV[9])
 if not take_bytes(KEYS[1], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]),

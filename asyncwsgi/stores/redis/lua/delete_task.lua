@@ -2,22 +2,34 @@
 -- Forgets a task: its record, key, tombstone, bodies and index entries.
 -- KEYS[1] task. ARGV[4] id. Answers 1, or 0 when there was no such task.
 local id = ARGV[4]
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local was = redis.call('HMGET', KEYS[1], 'state', 'owner', 'key', 'listed', 'watched',
+                       'waited', 'request_body', 'spooling', 'body_size')
+if not was[1] then
   return 0
 end
-local key = redis.call('HGET', KEYS[1], 'key')
-if key then
-  redis.call('DEL', prefix .. 'key:' .. key)
+local owner = was[2] or ''
+if was[3] then
+  redis.call('DEL', prefix .. 'key:' .. was[3])
 end
-local was = redis.call('HMGET', KEYS[1], 'state', 'owner')
-relist(id, was[2] or '', 0, was[1], nil)
-redis.call('ZREM', prefix .. 'unlist', (was[2] or '') .. '|' .. id)
-changed(id)
+if was[4] then
+  relist(id, owner, 0, was[1], nil)
+  redis.call('ZREM', prefix .. 'unlist', owner .. '|' .. id)
+end
 redis.call('DEL', KEYS[1], prefix .. 'tomb:' .. id)
-redis.call('ZREM', prefix .. 'active', id)
-redis.call('ZREM', prefix .. 'leases', id)
-redis.call('ZREM', prefix .. 'tombs', id)
-drop_body(id, 'request')
-drop_body(id, 'result')
-wake(id)
+redis.call('ZREM', leases, id)
+if tombstones and was[1] == 'done' then
+  redis.call('ZREM', prefix .. 'tombs', id)
+end
+if was[7] then
+  drop_body(id, 'request')
+end
+if was[8] or was[9] then
+  drop_body(id, 'result')
+end
+if was[5] then
+  changed(id)
+end
+if was[6] then
+  wake(id)
+end
 return 1

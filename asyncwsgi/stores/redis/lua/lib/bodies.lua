@@ -40,3 +40,13 @@ local function take_bytes(key, member, now, seconds, budget, n)
   end
   return true
 end
+
+-- A task whose result is being spooled says so, so that its finish or
+-- deletion removes what was written (only such tasks pay for that).
+local function mark_spooling(member)
+  local id, kind = string.match(member, '^(.*):(%a+)$')
+  local task = prefix .. 'task:' .. id
+  if kind == 'result' and redis.call('EXISTS', task) == 1 then
+    redis.call('HSET', task, 'spooling', '1')
+  end
+end

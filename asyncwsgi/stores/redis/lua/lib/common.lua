@@ -4,6 +4,10 @@
 local prefix = ARGV[1]
 local tombstone_ms = tonumber(ARGV[2])
 local max_tombstones = tonumber(ARGV[3])
+-- Tombstones are kept only where they can be seen.
+local tombstones = tombstone_ms > 0 and max_tombstones > 0
+-- Queued and running tasks, by the end of their lease ('inf': none).
+local leases = prefix .. 'leases'
 
 -- Seconds as whole milliseconds for PEXPIRE and PX, at least one.
 local function ms(seconds)

@@ -1,12 +1,14 @@
--- The task list's index: moves a task between its owner's state sets.
+-- The task list's index (for the tasks created 'listed'): moves a task
+-- between its owner's state sets; 'all' holds it from creation to removal.
 local function relist(id, owner, created, from, to)
   local base = prefix .. 'list:' .. owner .. ':'
   if from then
     redis.call('ZREM', base .. from, id)
+  else
+    redis.call('ZADD', base .. 'all', created, id)
   end
   if to then
     redis.call('ZADD', base .. to, created, id)
-    redis.call('ZADD', base .. 'all', created, id)
   else
     redis.call('ZREM', base .. 'all', id)
   end
