@@ -246,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--lock-seconds", type=float, default=2.0)
     parser.add_argument("--callbacks", action="store_true", help="a Callback-URL on every task")
+    parser.add_argument(
+        "--kills", type=int, default=1,
+        help="workers SIGKILLed: the one running the slow task halfway, then others",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = parser.parse_args(argv)
 
@@ -409,6 +413,20 @@ def soak(
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(int(pid))
                 break
+        # More kills, spread between 55 % and 85 % of the tasks: each the
+        # worker that ran the latest task, with tasks and callbacks in flight.
+        for kill in range(1, args.kills):
+            while progress.n < args.tasks * (0.55 + 0.3 * kill / args.kills):
+                time.sleep(0.2)
+            for line in journal.read_text().splitlines()[::-1]:
+                pid = int(line.split()[1])
+                if pid not in killed:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    killed.append(pid)
+                    break
         # Samples of the survivors' descriptors and memory: a leak grows with
         # every task, a per-thread connection stops growing.
         for share in (0.7, 0.9):
