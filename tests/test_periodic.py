@@ -1,0 +1,69 @@
+"""The loop behind every periodic duty (heartbeat, sweeper, janitor): it
+outlives a bad round, stops for good, and a forked child runs its own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from asyncwsgi.periodic import Periodic
+
+
+def test_a_bad_round_is_logged_once_and_the_duty_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rounds: list[float] = []
+    failures = [RuntimeError("bad round"), RuntimeError("bad again")]
+
+    def work() -> None:
+        rounds.append(time.monotonic())
+        if failures:
+            raise failures.pop(0)
+
+    duty = Periodic("asyncwsgi-test-duty", work, 0.05, what="the test duty")
+    caplog.set_level(logging.WARNING, logger="asyncwsgi")
+    duty.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(rounds) < 5:
+            assert time.monotonic() < deadline, rounds
+            time.sleep(0.01)
+    finally:
+        duty.stop()
+    failed = [r for r in caplog.records if "the test duty failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None  # once per run of failures
+    assert any("the test duty again after" in r.getMessage() for r in caplog.records)
+    # Stopped means stopped: no round after stop() returned, and no restart.
+    count = len(rounds)
+    duty.start()
+    time.sleep(0.2)
+    assert len(rounds) == count
+    assert not [t for t in threading.enumerate() if t.name == "asyncwsgi-test-duty"]
+
+
+def test_a_forked_child_runs_its_own(tmp_path: os.PathLike[str]) -> None:
+    mark = os.path.join(tmp_path, "child")
+
+    def work() -> None:
+        if os.getpid() != parent:
+            with open(mark, "a") as file:
+                file.write("ran\n")
+
+    parent = os.getpid()
+    duty = Periodic("asyncwsgi-test-forked", work, 0.05, what="the forked duty", survive_fork=True)
+    duty.start()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its duty runs a few rounds, then it leaves
+            time.sleep(0.5)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        duty.stop()
+    with open(mark) as file:
+        assert file.read().count("ran") >= 2
