@@ -142,74 +142,92 @@ class AsyncMiddleware:
         # there for each keyword argument here: a test holds them together),
         # then the rules across options.
         settings = Settings.build(locals())
-        # Set by close(): new submissions get 503 (shared with the parts that ask).
-        self._closing = threading.Event()
         self.settings = settings
-        # Every option, an attribute of the same name (declared above).
+        # Every option, an attribute of the same name (declared above);
+        # store, executor and max_stored_bytes become the ones in use below.
         self.__dict__.update(settings.as_dict())
         self.app = app
+        # A store opened here from a URL is this middleware's to close.
+        self._owns_store = not isinstance(store, Store)
+        self.store = self._open_store(settings)
+        self.max_stored_bytes = self.store.max_stored_bytes
+        self.executor = (
+            executor if executor is not None else ThreadExecutor(self.max_workers or POOL_SIZE)
+        )
+        self.runner = self._start_runner(settings)
+        # Set by close(): new submissions get 503 (shared with the parts that ask).
+        self._closing = threading.Event()
+        self._make_answers(settings)
+        if self.store.shared:
+            _AT_EXIT.add(self)
+
+    def _start_runner(self, settings: Settings) -> TaskRunner:
+        runner = TaskRunner(
+            self.app,
+            self.store,
+            max_result=settings.max_result,
+            lease=settings.lease,
+            timeout=settings.timeout,
+            queue_timeout=settings.queue_timeout,
+            spool_threshold=settings.spool_threshold,
+        )
+        self.executor.bind(runner)
+        # Lapsed leases are judged by every process, unasked (a shared store).
+        runner.sweep()
+        return runner
+
+    def _open_store(self, settings: Settings) -> Store:
+        """The store, given or opened from its URL with the store's settings;
+        a byte budget too small for ``max_result`` is refused here (the
+        store's default budget counts)."""
+        options: dict[str, object] = {}
+        if settings.results_dir is not None:
+            options["results_dir"] = settings.results_dir
+        budget = settings.max_stored_bytes
+        if budget is not None and self._owns_store:
+            options["max_stored_bytes"] = budget
+        store_settings = {s.name: getattr(settings, s.name) for s in STORE_SETTINGS}
+        store = open_store(settings.store, store_settings, **options)
+        if budget is not None:
+            store.max_stored_bytes = budget
+        try:
+            check_budget(settings.max_result, store.max_stored_bytes)
+        except ValueError:
+            if self._owns_store:
+                store.close()
+            raise
+        return store
+
+    def _make_answers(self, settings: Settings) -> None:
+        """The routes and the parts of the HTTP side, each given what it needs."""
         self._match = compile_patterns(self.paths)
         self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
         if INSTRUMENTS is not None:
             INSTRUMENTS.declare(map(pattern_label, [*self.paths, *self.prefer_paths]))
-        # A store opened here from a URL is this middleware's to close.
-        self._owns_store = not isinstance(store, Store)
-        store_options: dict[str, object] = {}
-        if results_dir is not None:
-            store_options["results_dir"] = results_dir
-        if max_stored_bytes is not None and not isinstance(store, Store):
-            store_options["max_stored_bytes"] = max_stored_bytes
-        store_settings = {s.name: getattr(settings, s.name) for s in STORE_SETTINGS}
-        self.store = open_store(store, store_settings, **store_options)
-        if max_stored_bytes is not None:
-            self.store.max_stored_bytes = max_stored_bytes
-        self.max_stored_bytes = self.store.max_stored_bytes
-        try:
-            check_budget(max_result, self.max_stored_bytes)
-        except ValueError:
-            if self._owns_store:
-                self.store.close()
-            raise
-        self.executor = (
-            executor if executor is not None else ThreadExecutor(self.max_workers or POOL_SIZE)
-        )
-        # The answers, each given what it needs.
         self.urls = StatusURLs(self.status_path, self.location_base)
         self._accepted = Accepted(settings, self.urls)
         self._scrape = Scrape(self.store)
-        self._task_list = TaskList(self.store, settings, self.urls)
-        self.store.use_listing(self._task_list.on)
         self._waits = Waits(self.store, settings)
-        self._streams = Streams(self.store, settings, self.urls, self._waits)
-        self.runner = TaskRunner(
-            app,
-            self.store,
-            max_result=max_result,
-            lease=lease,
-            timeout=timeout,
-            queue_timeout=queue_timeout,
-            spool_threshold=spool_threshold,
-        )
-        self.executor.bind(self.runner)
-        # Lapsed leases are judged by every process, unasked (a shared store).
-        self.runner.sweep()
         self.callbacks: CallbackSender | None = None
         self._sender: SenderPerProcess | None = None
-        if self.callback_allow is not None and callback_secret is not None:
-            self.callbacks = CallbackSender(self.store, parse_secret(callback_secret))
+        if settings.callback_allow is not None and settings.callback_secret is not None:
+            self.callbacks = CallbackSender(self.store, parse_secret(settings.callback_secret))
             self._sender = SenderPerProcess(self.callbacks, self._closing)
+        task_list = TaskList(self.store, settings, self.urls)
+        # The store keeps the list's index only while a list is on.
+        self.store.use_listing(task_list.on)
         self._status = Status(
             self.store,
             settings,
             executor=self.executor,
             accepted=self._accepted,
-            task_list=self._task_list,
-            streams=self._streams,
+            task_list=task_list,
+            streams=Streams(self.store, settings, self.urls, self._waits),
             waits=self._waits,
             callbacks=self._sender,
         )
         self._submission = Submission(
-            app,
+            self.app,
             self.store,
             settings,
             executor=self.executor,
@@ -221,8 +239,6 @@ class AsyncMiddleware:
             sender=self._sender,
             closing=self._closing,
         )
-        if self.store.shared:
-            _AT_EXIT.add(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
