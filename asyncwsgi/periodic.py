@@ -25,6 +25,11 @@ logger = logging.getLogger("asyncwsgi")
 # a long outage.
 _RETRY_FIRST = 0.05
 
+# The jitter draws from a generator of its own: the module-level one is the
+# app's (which may seed it, and then would make every process sweep in step),
+# and a thread that moves it under a test breaks property-based tests.
+_jitter = random.Random()
+
 
 class Periodic:
     """Call ``work`` every ``every`` seconds (up to ``jitter`` of it more or
@@ -94,7 +99,7 @@ class Periodic:
     def _next(self) -> float:
         if not self.jitter:
             return self.every
-        return self.every * (1 + random.uniform(-self.jitter, self.jitter))
+        return self.every * (1 + _jitter.uniform(-self.jitter, self.jitter))
 
     def _loop(self) -> None:
         wait = self._next()
