@@ -8,15 +8,15 @@ asyncwsgi demo
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import IO, Any
-
-from werkzeug.utils import import_string
+from typing import IO, Any, NoReturn
 
 from . import __version__
 from .client import Progress, TaskTimeout, fetch
@@ -33,10 +33,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except KeyboardInterrupt:
         return 130
+    except _Refused as exc:
+        print(f"asyncwsgi: {exc}", file=sys.stderr)
+        return 2
+
+
+class _Refused(Exception):
+    """A mistake on the command line: said in one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake said in one line: its usage of ``serve``
+    (every option a flag) runs to dozens of lines before the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="asyncwsgi", description="Background tasks for WSGI apps: client, server, demo."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -194,11 +209,33 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _load(spec: str) -> Any:
-    if ":" not in spec:
-        raise SystemExit(f"asyncwsgi: expected MODULE:APP, got {spec!r}")
+    """``MODULE:APP``, or ``MODULE:FACTORY()`` for an app factory called with
+    no arguments (as Flask's ``--app`` and gunicorn read it). A module or
+    name that is not there is a :class:`_Refused`; an error inside the
+    module, or in the factory, is the app's, and keeps its traceback."""
+    module_name, _, attribute = spec.partition(":")
+    call = attribute.endswith("()")
+    attribute = attribute.removesuffix("()")
+    if not module_name or not all(part.isidentifier() for part in attribute.split(".")):
+        raise _Refused(f"expected MODULE:APP (such as myapp:app), not {spec!r}")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like python -m: the current directory is importable
-    return import_string(spec)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name != missing and not module_name.startswith(missing + "."):
+            raise  # the module was found and imports something missing
+        raise _Refused(
+            f"no module named {missing!r} (in {spec!r}): run from the directory "
+            "it can be imported from"
+        ) from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise _Refused(f"module {module_name!r} has no {attribute!r} (in {spec!r})") from None
+    return target() if call else target
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -217,10 +254,18 @@ def _serve(args: argparse.Namespace) -> int:
     app = _load(args.app)
     try:
         application = AsyncMiddleware(app, **options)
-    except (TypeError, ValueError) as exc:
-        print(f"asyncwsgi: {exc}", file=sys.stderr)
-        return 2
-    server = make_server(args.host, args.port, application, threaded=True)
+    except (TypeError, ValueError, ImportError) as exc:
+        raise _Refused(str(exc)) from None
+    try:
+        # Bound here: werkzeug says a port in use in several lines and exits.
+        listening = socket.create_server((args.host, args.port))
+    except OSError as exc:
+        application.close()
+        raise _Refused(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    with listening:
+        server = make_server(
+            args.host, args.port, application, threaded=True, fd=listening.fileno()
+        )
     print(f"serving {args.app} on http://{args.host}:{server.port}/", flush=True)
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a process manager's stop) ends the server like Ctrl-C does.

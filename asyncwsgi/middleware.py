@@ -28,6 +28,7 @@ from .prefer import parse_prefer
 from .results import error_result
 from .runner import TaskRunner
 from .settings import POOL_SIZE, Settings, check_budget
+from .startup import announce_patterns, check_app, probe_store
 from .stores import Store, open_store
 from .stores.base import StoreFull, StoreUnavailable
 from .stores.settings import STORE_SETTINGS
@@ -138,6 +139,7 @@ class AsyncMiddleware:
         callback_allow: Iterable[str] | None = None,
         callback_secret: str | None = None,
     ) -> None:
+        check_app(app)
         # Every option is checked by its rule in options.OPTIONS (one line
         # there for each keyword argument here: a test holds them together),
         # then the rules across options.
@@ -196,12 +198,15 @@ class AsyncMiddleware:
             if self._owns_store:
                 store.close()
             raise
+        if self._owns_store and store.shared:
+            probe_store(store)
         return store
 
     def _make_answers(self, settings: Settings) -> None:
         """The routes and the parts of the HTTP side, each given what it needs."""
         self._match = compile_patterns(self.paths)
         self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
+        announce_patterns(self.paths, self.prefer_paths, self.methods)
         if INSTRUMENTS is not None:
             INSTRUMENTS.declare(map(pattern_label, [*self.paths, *self.prefer_paths]))
         self.urls = StatusURLs(self.status_path, self.location_base)

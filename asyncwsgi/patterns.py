@@ -45,6 +45,10 @@ def pattern_label(pattern: Pattern) -> str:
     return pattern
 
 
+# What only a regular expression has: anchors, escapes, classes, groups, ".*".
+_LOOKS_LIKE_REGEX = re.compile(r"^\^|\$$|\\[dDwWsS./]|\[|\(|\.\*|\.\+")
+
+
 def _never(path: str, method: str) -> str | None:
     return None
 
@@ -73,7 +77,10 @@ def compile_patterns(patterns: Iterable[Pattern]) -> Matcher:
                 alternatives.append((pattern.pattern, pattern.pattern))
         elif isinstance(pattern, str):
             if not pattern.startswith("/") and pattern != "*":
-                raise ValueError(f"path pattern {pattern!r} must start with '/'")
+                hint = ""
+                if _LOOKS_LIKE_REGEX.search(pattern):
+                    hint = f": for a regular expression, pass re.compile({pattern!r})"
+                raise ValueError(f"path pattern {pattern!r} must start with '/'{hint}")
             if "<" in pattern:
                 rules.append(Rule(pattern))
             elif "*" in pattern:

@@ -98,7 +98,7 @@ def task_list(cfg: Any) -> dict[str, Any]:
                 for size, url in (("big", big_url), ("small", small_url)):
                     store = open_store(url)
                     middle = _fill(store, n if size == "big" else small)
-                    mw = AsyncMiddleware(_trivial, store=store, owner=_owner)
+                    mw = AsyncMiddleware(_trivial, paths=["/work"], store=store, owner=_owner)
                     made[size] = (mw, f"limit={PAGE}&cursor={_cursor(mw, middle)}")
                 rates: dict[str, list[float]] = {"big": [], "small": [], "big deep": [],
                                                  "small deep": []}  # fmt: skip

@@ -14,6 +14,10 @@ import pytest
 from asyncwsgi import AsyncMiddleware, MemoryStore
 from asyncwsgi.options import OPTIONS, convert_options
 
+# Most tests here build a middleware with no pattern, to look at its options:
+# the warning that no request can become a task is not what they check.
+pytestmark = pytest.mark.filterwarnings("ignore:asyncwsgi. no paths and no prefer_paths")
+
 NAMES = [o.name for o in OPTIONS]
 OPTIONS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 

@@ -142,7 +142,7 @@ def test_off_without_an_owner_unless_asked(wrap: Any) -> None:
 
 
 def test_the_list_option_is_a_keyword_of_the_same_name() -> None:
-    middleware = AsyncMiddleware(quick, list_tasks=True)
+    middleware = AsyncMiddleware(quick, paths=["/work"], list_tasks=True)
     try:
         assert middleware.list_tasks is True
     finally:

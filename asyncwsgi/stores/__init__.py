@@ -57,7 +57,16 @@ def open_store(
         return MemoryStore(**options)
     if kind == "sqlite":
         return SQLiteStore.from_url(connect_url, **options)
-    from .redis import RedisStore
+    try:
+        from .redis import RedisStore
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
+        raise ModuleNotFoundError(
+            f"the store {kind_of(connect_url)}: URL needs redis-py: "
+            "pip install 'asyncwsgi-middleware[redis]'",
+            name="redis",
+        ) from None
 
     # The whole URL: the store's ``url`` carries the settings to workers.
     return RedisStore.from_url(store, **options)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from asyncwsgi import AsyncMiddleware
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 PACE = 0.8
 
@@ -39,3 +39,8 @@ application = AsyncMiddleware(app, paths=["/moves/*"])
 def no_streams(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     environ.pop("HTTP_ACCEPT", None)
     return application(environ, start_response)
+
+
+def create_app() -> WSGIApplication:
+    """An app factory, served as ``tests.apps.moving_app:create_app()``."""
+    return app
