@@ -69,7 +69,9 @@ class Spool:
         self.size = 0
         self._open_sink = open_sink
         self._chunks: list[bytes] = []
-        self._hash = hashlib.sha256()
+        # Counted from the moment the body goes to a sink; a body kept in
+        # memory is hashed only if someone asks (most never are).
+        self._hash: Any = None
         self.sink: BodySink | None = None
         self.ended = False
 
@@ -80,7 +82,6 @@ class Spool:
         if self.limit is not None and size > self.limit:
             raise (self.too_large or _too_large)(self.limit)
         self.size = size
-        self._hash.update(data)
         sink = self.sink
         try:
             if sink is None:
@@ -89,8 +90,11 @@ class Spool:
                     return
                 sink = self.sink = self._open_sink()
                 chunks, self._chunks = self._chunks, []
+                self._hash = hashlib.sha256()
                 for chunk in chunks:
+                    self._hash.update(chunk)
                     sink.write(chunk)
+            self._hash.update(data)
             sink.write(data)
         except OSError as exc:
             # A full disk (or quota) under the store: the same fault as a
@@ -103,13 +107,16 @@ class Spool:
         if self.sink is None:
             return b"".join(self._chunks)
         try:
-            return self.sink.commit(self.size, self._hash.hexdigest())
+            return self.sink.commit(self.size, self.sha256)
         except OSError as exc:
             raise StoreFull(f"no room to store the body: {exc.strerror or exc}") from exc
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        """The hex SHA-256 of what was written (before :meth:`close`)."""
+        if self._hash is None:
+            return hashlib.sha256(b"".join(self._chunks)).hexdigest()
+        return str(self._hash.hexdigest())
 
     def close(self) -> None:
         self._chunks = []

@@ -75,7 +75,10 @@ class ThreadExecutor(Executor):
         # A C queue: a job handed to an idle thread costs one put() and the
         # thread's wake-up, with no Python-level condition in between.
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._cond = threading.Condition(threading.Lock())
+        # The counts below are guarded by the lock itself (a C call on the
+        # path of every job); the condition over it serves the shutdown only.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
         self._queued = 0  # jobs put and not yet taken
         self._waiting = 0  # threads blocked on the queue
@@ -95,7 +98,7 @@ class ThreadExecutor(Executor):
     def submit(self, job: Job) -> None:
         thread: threading.Thread | None = None
         runner = self.runner
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 raise RuntimeError("executor is shut down")
             if runner is not None and runner.store.shared:
@@ -120,19 +123,19 @@ class ThreadExecutor(Executor):
 
     @property
     def unfinished(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._unfinished
 
     def _work(self) -> None:
         runner = self.runner
         assert runner is not None, "ThreadExecutor used before bind()"
-        cond = self._cond
+        lock = self._lock
         get = self._queue.get
+        with lock:
+            self._waiting += 1
         while True:
-            with cond:
-                self._waiting += 1
             job = get()
-            with cond:
+            with lock:
                 self._waiting -= 1
                 if job is None:
                     return
@@ -148,10 +151,13 @@ class ThreadExecutor(Executor):
                     extra={"task_id": job.task_id},
                 )
             finally:
-                with cond:
+                # One lock round per job: the job is done and the thread
+                # waits for the next one.
+                with lock:
                     self._unfinished -= 1
+                    self._waiting += 1
                     if self._stopping and not self._unfinished:
-                        cond.notify_all()
+                        self._cond.notify_all()
 
     def shutdown(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -54,6 +54,10 @@ try:
 except ImportError:  # the optional API is not installed: no spans
     trace = None  # type: ignore[assignment]
 
+#: Whether the OpenTelemetry API is installed. Without it nothing here can
+#: ever record a span, so callers skip even the calls that would find out.
+INSTALLED = trace is not None
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -61,6 +65,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 __all__ = [
+    "INSTALLED",
     "PARENT",
     "TASK_ID",
     "activate",

@@ -4,9 +4,9 @@ data of an event stream's ``progress`` events)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ..task import TaskRecord
@@ -21,27 +21,48 @@ __all__ = ["Accepted", "document", "encode_json", "iso"]
 
 # One encoder for every 202: json.dumps() with options builds a new one per call.
 encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_json_str = json.encoder.encode_basestring_ascii
+
+
+# The last second iso() formatted, and its text: a busy service formats the
+# same second over and over (one tuple, replaced whole: safe across threads).
+_last_second: tuple[int, str] = (-1, "")
 
 
 def iso(timestamp: float | None) -> str | None:
+    """``2026-12-07T08:12:16.123Z``: UTC, milliseconds truncated after the
+    microseconds are rounded (as ``datetime.isoformat`` gives them)."""
+    global _last_second
     if timestamp is None:
         return None
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second = math.floor(timestamp)
+    micros = round((timestamp - second) * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached = _last_second
+    if cached[0] == second:
+        text = cached[1]
+    else:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 def document(record: TaskRecord, location: str) -> bytes:
-    """The JSON of a 202 (and of a progress event)."""
-    return encode_json(
-        {
-            "id": record.id,
-            "state": record.state,
-            "status_url": location,
-            "created": iso(record.created),
-            "started": iso(record.started),
-            "progress": record.progress,
-        }
+    """The JSON of a 202 (and of a progress event): the keys in this order,
+    compact, ASCII. Written out rather than built as a dict and encoded, as
+    every 202 of a busy service comes through here; only the progress, the
+    app's own data, goes through the encoder."""
+    progress = "null" if record.progress is None else encode_json(record.progress)
+    return (
+        f'{{"id":{_json_str(record.id)},"state":{_json_str(record.state)},'
+        f'"status_url":{_json_str(location)},"created":{_json_time(record.created)},'
+        f'"started":{_json_time(record.started)},"progress":{progress}}}'
     ).encode()
+
+
+def _json_time(timestamp: float | None) -> str:
+    return "null" if timestamp is None else f'"{iso(timestamp)}"'
 
 
 class Accepted:

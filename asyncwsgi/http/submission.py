@@ -29,6 +29,7 @@ from ..prefer import parse_prefer, wait_seconds
 from ..runner import ACCEPTED, PATTERN
 from ..stores.base import ACTIVE, StoreUnavailable
 from ..task import Body, Callback, Job, TaskRecord
+from ..tracing import INSTALLED as TRACING
 from ..tracing import activate, carry, start_submit
 from .accepted import Accepted
 from .callbacks import SenderPerProcess
@@ -116,7 +117,7 @@ class Submission:
         if "asyncwsgi.task" in environ:
             # A task's own request replayed through this middleware again.
             return self.app(environ, start_response)
-        span = start_submit(environ)
+        span = start_submit(environ) if TRACING else None
         try:
             if span is None:
                 return self._accept(environ, start_response, applied, pattern, None)

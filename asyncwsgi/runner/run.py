@@ -19,6 +19,7 @@ from ..results import error_result, store_full_result, too_large_result
 from ..stores.base import BodyRemoved, Store, StoreFull, StoreUnavailable
 from ..stores.upkeep import janitor
 from ..task import Result, TaskHandle
+from ..tracing import INSTALLED as TRACING
 from ..tracing import PARENT, end_run, inject, start_run
 from .finish import Finisher, finished, settle
 from .leases import Leases
@@ -167,7 +168,7 @@ class TaskRunner:
         extra = task_extra(task_id)
         begun = time.time()
         accepted = _accepted(job.environ)
-        span = start_run(job.environ, task_id, accepted, begun)
+        span = start_run(job.environ, task_id, accepted, begun) if TRACING else None
         counted = INSTRUMENTS.of(job.environ.get(PATTERN)) if INSTRUMENTS is not None else None
         if counted is not None and accepted is not None:
             counted.queue_wait.observe(max(0.0, begun - accepted))
@@ -182,7 +183,7 @@ class TaskRunner:
                 # What was spooled goes, and its bytes back to the budget,
                 # before the error is stored.
                 settle(task_id, spool, False)
-                self.deliver(task_id, failure)
+                self.deliver(task_id, failure or error_result(500))
             else:
                 self.deliver(task_id, result, spool)
         finally:
@@ -194,10 +195,10 @@ class TaskRunner:
 
     def _call(
         self, job: Job, spool: Spool, span: Span | None
-    ) -> tuple[Result | None, Result, BaseException | None]:
+    ) -> tuple[Result | None, Result | None, BaseException | None]:
         """Call the app with the task's environ. Its result, or None and what
-        to store instead; and what to pass on once the task is ended (an
-        exit of the process itself)."""
+        to store instead (None: a plain 500); and what to pass on once the
+        task is ended (an exit of the process itself)."""
         task_id = job.task_id
         extra = task_extra(task_id)
         stream = None
@@ -212,7 +213,7 @@ class TaskRunner:
             environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
             if span is not None:
                 inject(environ, span)  # the app's server span continues the trace
-            return capture(self.app, environ, spool=spool), error_result(500), None
+            return capture(self.app, environ, spool=spool), None, None
         except ResponseTooLarge as exc:
             logger.error("asyncwsgi: task %s failed: %s", task_id, exc, extra=extra)
             return None, too_large_result(self.max_result), None

@@ -91,9 +91,14 @@ class MemoryStore(Store):
         # between a watcher's read and its wait.
         self._changed = threading.Condition(self._lock)
         self._version = 0
+        # How many watchers listen now: a change wakes them only if there are
+        # any, so that tasks nobody streams pay nothing for the streams.
+        self._watchers = 0
         # The task list's index: per (owner, state), and per (owner, None) for
-        # every state, the live tasks' (created, id) in ascending order.
-        self._listed: dict[tuple[str | None, State | None], list[tuple[float, str]]] = {}
+        # every state, the live tasks' (created, id) in ascending order. None
+        # until the list is first read: built then from the table, kept up
+        # from then on; a process whose list is off never pays for it.
+        self._listed: dict[tuple[str | None, State | None], list[tuple[float, str]]] | None = None
         # Completion callbacks not yet settled, and when each is due.
         self._deliveries: dict[str, tuple[Delivery, float]] = {}
 
@@ -117,7 +122,8 @@ class MemoryStore(Store):
             self._check_budget(room, now)
             self._tasks[record.id] = _snapshot(record)
             self._active.add(record.id)
-            self._index(record, None, record.state)
+            if self._listed is not None:
+                self._index(record, None, record.state)
             if key is not None:
                 self._keys[key] = KeyEntry(record.id, fingerprint)
                 self._key_of[record.id] = key
@@ -140,7 +146,8 @@ class MemoryStore(Store):
             record.state = "running"
             record.started = now
             record.lease_until = lease_until
-            self._index(record, "queued", "running")
+            if self._listed is not None:
+                self._index(record, "queued", "running")
             self._touch()
             return True
 
@@ -169,7 +176,8 @@ class MemoryStore(Store):
             self._drop_bodies(task_id, "request")
             if isinstance(result.body, bytes):
                 self._drop_bodies(task_id, "result")  # a lost verdict: the writer's file goes
-            self._index(record, record.state, "done")
+            if self._listed is not None:
+                self._index(record, record.state, "done")
             if record.callback is not None:
                 delivery = Delivery(
                     task_id,
@@ -197,7 +205,8 @@ class MemoryStore(Store):
             record = self._tasks.pop(task_id, None)
             if record is None:
                 return False
-            self._index(record, record.state, None)
+            if self._listed is not None:
+                self._index(record, record.state, None)
             self._active.discard(task_id)
             self._touch()
             self._drop_key(task_id)
@@ -246,6 +255,7 @@ class MemoryStore(Store):
     def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
         with self._lock:
             seen = self._version
+            self._watchers += 1
 
         def block(timeout: float) -> None:
             nonlocal seen
@@ -253,12 +263,19 @@ class MemoryStore(Store):
                 self._changed.wait_for(lambda: self._version != seen, timeout)
                 seen = self._version
 
-        yield block
+        try:
+            yield block
+        finally:
+            with self._lock:
+                self._watchers -= 1
 
     def _touch(self) -> None:
-        # With the lock held: a change of some task's state or progress.
+        # With the lock held: a change of some task's state or progress. A
+        # watcher counts itself before it reads the version it waits past,
+        # so none can be waiting unseen here.
         self._version += 1
-        self._changed.notify_all()
+        if self._watchers:
+            self._changed.notify_all()
 
     def _list(
         self,
@@ -269,6 +286,9 @@ class MemoryStore(Store):
     ) -> list[TaskRecord]:
         with self._lock:
             self._expire(time.time())
+            if self._listed is None:
+                self._build_index()
+            assert self._listed is not None
             index = self._listed.get((owner, state), [])
             end = len(index) if before is None else bisect.bisect_left(index, before)
             page = [
@@ -284,22 +304,36 @@ class MemoryStore(Store):
                 for record in page
             ]
 
+    def _build_index(self) -> None:
+        """With the lock held: the list's index of every live task, once."""
+        listed: dict[tuple[str | None, State | None], list[tuple[float, str]]] = {}
+        for record in self._tasks.values():
+            entry = (record.created, record.id)
+            for key in ((record.owner, record.state), (record.owner, None)):
+                listed.setdefault(key, []).append(entry)
+        for index in listed.values():
+            index.sort()
+        self._listed = listed
+
     def _index(self, record: TaskRecord, old: State | None, new: State | None) -> None:
-        """With the lock held: move a task in the list's index from state
-        ``old`` to ``new`` (None: not listed)."""
+        """With the lock held, once the list was read (``_listed`` is not
+        None): move a task in the list's index from state ``old`` to ``new``
+        (None: not listed)."""
+        listed = self._listed
+        assert listed is not None
         entry = (record.created, record.id)
         if old is not None:
             for key in ((record.owner, old), (record.owner, None)):
-                index = self._listed.get(key)
+                index = listed.get(key)
                 if index is not None:
                     at = bisect.bisect_left(index, entry)
                     if at < len(index) and index[at] == entry:
                         del index[at]
                     if not index:
-                        del self._listed[key]
+                        del listed[key]
         if new is not None:
             for key in ((record.owner, new), (record.owner, None)):
-                bisect.insort(self._listed.setdefault(key, []), entry)
+                bisect.insort(listed.setdefault(key, []), entry)
 
     def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
         with self._lock:
@@ -342,7 +376,8 @@ class MemoryStore(Store):
             record = self._tasks.pop(task_id, None)
             if record is None:
                 continue
-            self._index(record, record.state, None)
+            if self._listed is not None:
+                self._index(record, record.state, None)
             self._drop_key(task_id)
             self._drop_bodies(task_id)
             self._tombstones[task_id] = (now + self.tombstone_ttl, record.owner)

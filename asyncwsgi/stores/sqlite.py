@@ -56,6 +56,9 @@ _SQLITE_LOCKED = 6
 _SQLITE_FULL = 13
 # Ids per statement in heartbeat() (SQLite bounds the number of parameters).
 _ID_CHUNK = 500
+# UPDATE ... RETURNING (SQLite 3.35): finishing a task tells whether it asked
+# for a completion callback, so a task without one costs no statement for it.
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -184,6 +187,7 @@ class SQLiteStore(Store):
         self.results_dir = os.path.abspath(results_dir or self.path + "-results")
         self.max_stored_bytes = max_stored_bytes
         self._files = ResultsDir(self.results_dir, durable=True)
+        self._list_indexed = False
         self._setup()
         with self._translated():
             self.sweep()
@@ -262,9 +266,18 @@ class SQLiteStore(Store):
             columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
             if "callback" not in columns:  # a file made by an earlier version
                 conn.execute("ALTER TABLE tasks ADD COLUMN callback TEXT")
+
+    def _index_list(self) -> None:
+        """Create the task list's indexes, on the first read of the list: a
+        database whose list is never read never keeps them up. (Once made,
+        every process that writes the file keeps them.)"""
+        if self._list_indexed:
+            return
+        with self._write() as conn:
             for statement in _LIST_INDEXES.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+        self._list_indexed = True
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -451,9 +464,19 @@ class SQLiteStore(Store):
             query += _LAPSED
             params += (lapsed_before,)
         body = result.body
+        if _RETURNING:
+            query += " RETURNING callback IS NOT NULL"
         with self._write() as conn:
-            if conn.execute(query, params).rowcount != 1:
+            cursor = conn.execute(query, params)
+            if _RETURNING:
+                rows = cursor.fetchall()  # to the end: the statement completes
+                if not rows:
+                    return False
+                has_callback = bool(rows[0][0])
+            elif cursor.rowcount != 1:
                 return False
+            else:
+                has_callback = True  # cannot tell: the INSERT below looks
             gone: list[BodyKind] = ["request"]
             if isinstance(body, bytes):
                 gone.append("result")  # a lost verdict: a writer's file goes
@@ -463,14 +486,16 @@ class SQLiteStore(Store):
                     (body.size, body.sha256, task_id),
                 )
             self._forget_bodies(conn, [task_id], gone)
-            # Its completion callback, due at once, in the same transaction.
-            conn.execute(
-                "INSERT OR REPLACE INTO callbacks (id, url, status_url, status, finished,"
-                " attempts, deadline, due, claim) SELECT id, json_extract(callback, '$[0]'),"
-                " json_extract(callback, '$[1]'), ?, finished, 0, finished + ttl, finished, ''"
-                " FROM tasks WHERE id = ? AND callback IS NOT NULL",
-                (result.code, task_id),
-            )
+            # Its completion callback, due at once, in the same transaction
+            # (only for a task that asked for one, where the UPDATE says so).
+            if has_callback:
+                conn.execute(
+                    "INSERT OR REPLACE INTO callbacks (id, url, status_url, status, finished,"
+                    " attempts, deadline, due, claim) SELECT id, json_extract(callback, '$[0]'),"
+                    " json_extract(callback, '$[1]'), ?, finished, 0, finished + ttl, finished, ''"
+                    " FROM tasks WHERE id = ? AND callback IS NOT NULL",
+                    (result.code, task_id),
+                )
         self._files.remove(task_id, *gone)
         return True
 
@@ -517,6 +542,7 @@ class SQLiteStore(Store):
         before: tuple[float, str] | None,
         limit: int,
     ) -> list[TaskRecord]:
+        self._index_list()
         now = time.time()
         conn = self._conn()
         if self._expiry_due(conn, now):
