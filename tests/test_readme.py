@@ -150,6 +150,29 @@ def test_the_readme_names_every_extra():
         assert f"`{extra}`" in install, f"the README's install section does not name [{extra}]"
 
 
+def test_the_readme_says_django_tasks_needs_a_backend():
+    install = README.split("\n## Install and try it\n", 1)[1].split("\n## ", 1)[0]
+    extras = " ".join(install.split())
+    assert "`django-tasks` (with a backend" in extras and "`django-tasks-db`" in extras
+
+
+def test_the_changelog_keeps_its_form_and_names_what_shipped():
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "[Keep a Changelog](https://keepachangelog.com/" in changelog
+    versions = re.findall(r"^## \[([^\]]+)\]", changelog, re.MULTILINE)
+    assert versions and versions[0] == "Unreleased", versions
+    kinds = {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
+    headings = re.findall(r"^### (.+)$", changelog, re.MULTILINE)
+    assert headings and set(headings) <= kinds, headings
+    text = " ".join(changelog.split())
+    for shipped in (
+        "RQExecutor", "DjangoTasksExecutor", "Server-Sent Events", "Callback-URL",
+        "task list", "spool", "Range", "max_stored_bytes", "queue_timeout",
+        "location_base", "Metrics", "Tracing", "CeleryExecutor",
+    ):  # fmt: skip
+        assert shipped in text, f"the CHANGELOG does not say {shipped!r}"
+
+
 def test_the_readme_links_to_files_that_exist():
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
