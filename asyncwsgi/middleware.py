@@ -85,6 +85,7 @@ class AsyncMiddleware:
     chunk_size: int | None
     spool_ttl: float | None
     min_replicas: int | None
+    replica_timeout: float | None
     retry_after: int
     max_retry_after: int
     prefer_paths: list[Pattern]
@@ -123,6 +124,7 @@ class AsyncMiddleware:
         chunk_size: int | None = None,
         spool_ttl: float | None = None,
         min_replicas: int | None = None,
+        replica_timeout: float | None = None,
         retry_after: int = 1,
         max_retry_after: int = 30,
         prefer_paths: Iterable[Pattern] = (),

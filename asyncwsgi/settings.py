@@ -46,6 +46,7 @@ class Settings:
     chunk_size: int | None
     spool_ttl: float | None
     min_replicas: int | None
+    replica_timeout: float | None
     retry_after: int
     max_retry_after: int
     prefer_paths: list[Pattern]

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from asyncwsgi import AsyncMiddleware
-from tests.redis_fixture import redis_cluster_url, redis_url  # noqa: F401
+from tests.redis_fixture import redis_cluster_url, redis_sentinel_url, redis_url  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+RESULT_SIZE = 64 * 1024
+
+
+def expected(path: str) -> bytes:
+    """The body the test app (tests.apps.ha_app) answers for ``path``."""
+    line = f"{path}|".encode()
+    return (line * (RESULT_SIZE // len(line) + 1))[:RESULT_SIZE]
+
 
 @dataclass(frozen=True)
 class Answer:
     path: str
     sent: float  # time.monotonic() when the request was sent
+    answered: float  # time.monotonic() when the answer came
     status: int  # 0: no HTTP answer at all
     location: str | None
     retry_after: str | None
@@ -59,14 +68,24 @@ class Submitters:
             try:
                 status, headers, _ = request(self.port, "POST", f"{path}?{self.query}")
                 answer = Answer(
-                    path, sent, status, headers.get("Location"), headers.get("Retry-After")
+                    path,
+                    sent,
+                    time.monotonic(),
+                    status,
+                    headers.get("Location"),
+                    headers.get("Retry-After"),
                 )
             except OSError:
-                answer = Answer(path, sent, 0, None, None)
+                answer = Answer(path, sent, time.monotonic(), 0, None, None)
             with self._lock:
                 self.answers.append(answer)
             if answer.status != 202:
                 time.sleep(0.05)  # a 503 says to wait; do not spin on it
+
+    def accepted(self) -> int:
+        """How many submissions were answered 202 so far."""
+        with self._lock:
+            return sum(1 for a in self.answers if a.status == 202)
 
     def accepted_after(self, moment: float) -> Answer | None:
         """The first 202 to a request sent after ``moment``."""

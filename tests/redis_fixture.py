@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.services import RedisClusterServers, RedisServer
+from bench.services import RedisClusterServers, RedisReplicated, RedisServer
 from tests.helpers import program
 
 
@@ -45,3 +45,17 @@ def redis_cluster_url() -> Iterator[str]:
         pytest.fail(f"the Redis Cluster did not start: {exc}")
     with cluster:
         yield f"redis+cluster://127.0.0.1:{cluster.ports[0]}/"
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url() -> Iterator[str]:
+    """``redis+sentinel://127.0.0.1:<port>/svc/0?min_replicas=1`` of a primary,
+    one replica and a Sentinel started for this session: every write that
+    an answer depends on waits for the replica."""
+    executable, cli = _need("redis-server"), _need("redis-cli")
+    try:
+        group = RedisReplicated(1, executable, cli)
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"Redis with Sentinel did not start: {exc}")
+    with group:
+        yield group.url(0, "min_replicas=1")

@@ -24,7 +24,9 @@ from asyncwsgi.stores.memory import MemoryStore
 from asyncwsgi.stores.sqlite import SQLiteStore
 from asyncwsgi.task import Callback, Result, TaskRecord
 
-STORES = ["memory", "sqlite", "redis", "redis-cluster"]
+# redis-sentinel: through Sentinel, with min_replicas=1 (every step an answer
+# depends on runs in a pipeline with WAIT).
+STORES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"]
 
 
 def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **options: Any) -> Store:
@@ -34,11 +36,15 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **opti
         return MemoryStore(**options)
     if kind == "sqlite":
         return SQLiteStore(str(tmp_path / "tasks.db"), **options)
-    if kind in ("redis", "redis-cluster"):
+    if kind in ("redis", "redis-cluster", "redis-sentinel"):
         from asyncwsgi.stores.redis import RedisStore
 
         if kind == "redis":
             store = RedisStore.from_url(request.getfixturevalue("redis_url"), **options)
+        elif kind == "redis-sentinel":
+            url = request.getfixturevalue("redis_sentinel_url")
+            store = RedisStore.from_url(url, **options)
+            assert store.min_replicas == 1
         else:
             url = request.getfixturevalue("redis_cluster_url")
             store = RedisStore.from_url(url, prefix="{asyncwsgi-test}:", **options)

@@ -48,8 +48,10 @@ PATTERN = "asyncwsgi.pattern"
 _RETRY_FIRST = 0.05
 _RETRY_LAST = 2.0
 # How long a pool thread keeps trying to start a task while the store is
-# unavailable: a store back within that (a restart) and the task runs; past
-# it the task ends as 503 (never started, safe to submit again).
+# unavailable, at least: a store back within that (a restart) and the task
+# runs; past it the task ends as 503 (never started, safe to submit again).
+# A shared store's task waits as long as its lease would hold (30 s by
+# default), so that a failover of Redis (a few seconds) costs no task.
 _START_PATIENCE = 5.0
 _NOT_STARTED = "the task could not be started: the task store was unavailable"
 
@@ -149,7 +151,7 @@ class TaskRunner:
                 "asyncwsgi: task %s could not start, the store was unavailable for %.0f s "
                 "(%s): ending it as 503",
                 task_id,
-                _START_PATIENCE,
+                self._start_patience(),
                 exc,
                 extra=task_extra(task_id),
             )
@@ -254,9 +256,12 @@ class TaskRunner:
                     logger.exception("asyncwsgi: task %s: closing its request body failed", task_id)
         return None, error_result(500), None
 
+    def _start_patience(self) -> float:
+        return max(_START_PATIENCE, self.lease) if self.store.shared else _START_PATIENCE
+
     def _start(self, task_id: str) -> bool:
         delay = _RETRY_FIRST
-        give_up = time.monotonic() + _START_PATIENCE
+        give_up = time.monotonic() + self._start_patience()
         while True:
             # An in-process store dies with the process: nothing to lease there.
             lease_until = time.time() + self.lease if self.store.shared else float("inf")

@@ -19,7 +19,8 @@ def open_store(
     """A store from a Store, a URL (``memory:``, ``sqlite:///tasks.db``,
     ``sqlite:////abs/path/tasks.db``, ``redis://host:port/db``, ``rediss://``,
     ``unix:///path/redis.sock``, ``redis+cluster://host:port/?prefix=...``
-    for Redis Cluster) or None (a new in-process store).
+    for Redis Cluster, ``redis+sentinel://host:26379/<service>/0`` for
+    Redis Sentinel) or None (a new in-process store).
 
     ``settings`` are the stores' own settings by option name
     (:data:`~asyncwsgi.stores.settings.STORE_SETTINGS`; None: the store's

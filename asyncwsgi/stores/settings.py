@@ -77,6 +77,10 @@ STORE_SETTINGS: tuple[StoreSetting, ...] = (
                  help="Redis: replicas that must confirm a write before it counts",
                  doc="Redis: replicas that must confirm a write before it counts (for a "
                      "primary with replicas; see [stores](stores.md))"),
+    StoreSetting("replica_timeout", float, ("redis",),
+                 help="Redis: seconds a write waits for min_replicas before it is a 503",
+                 doc="Redis: seconds a write waits for `min_replicas` confirmations (1 by "
+                     "default) before the submission is a `503` or the result is retried"),
 )
 # fmt: on
 
@@ -86,7 +90,15 @@ _BY_NAME: Mapping[str, StoreSetting] = {s.name: s for s in STORE_SETTINGS}
 def kind_of(url: str) -> str:
     """``memory``, ``sqlite`` or ``redis`` for a store URL's scheme."""
     scheme = url.partition(":")[0].lower()
-    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+    if scheme in (
+        "redis",
+        "rediss",
+        "unix",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+    ):
         return "redis"
     return scheme
 

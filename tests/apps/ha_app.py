@@ -2,7 +2,7 @@
 
 The store URL comes from ``ASYNCWSGI_TEST_STORE``, the lease (seconds) from
 ``ASYNCWSGI_TEST_LEASE``. ``POST /work/<n>`` answers ``200`` with a body of
-:data:`RESULT_SIZE` bytes made from ``<n>`` (:func:`expected`), after
+64 KiB made from ``<n>`` (:func:`tests.failover.expected`), after
 ``ms`` milliseconds from the query string (none by default), so that a test
 can tell the app's own answer from any other.
 """
@@ -16,17 +16,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from asyncwsgi import AsyncMiddleware
+from tests.failover import expected
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-RESULT_SIZE = 64 * 1024
-
-
-def expected(path: str) -> bytes:
-    """The body the app answers for ``path``."""
-    line = f"{path}|".encode()
-    return (line * (RESULT_SIZE // len(line) + 1))[:RESULT_SIZE]
 
 
 def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -19,6 +19,7 @@ from redis.cluster import RedisCluster
 
 from ..base import StoreUnavailable
 from ..settings import split_url
+from . import sentinel
 from .faults import unreachable_cluster
 
 __all__ = [
@@ -156,6 +157,11 @@ def connect(client_or_url: redis.Redis | RedisCluster | str, prefix: str) -> Con
             # (Through Any: redis-py before 6 leaves it unannotated.)
             cluster: Any = RedisCluster
             return cast(Client, cluster.from_url(cluster_url, decode_responses=False, **TIMEOUTS))
+    elif scheme.lower() in sentinel.SCHEMES:
+
+        def make() -> Client:
+            return sentinel.sentinel_client(connect_url, **TIMEOUTS)
+
     else:
 
         def make() -> Client:
@@ -213,6 +219,7 @@ def close(connection: Connection) -> None:
         return
     # (Through Any: redis-py before 6 leaves RedisCluster.close unannotated.)
     cast(Any, client).close()
+    sentinel.close_sentinels(client)
     if isinstance(client, RedisCluster):
         # RedisCluster.close() leaves its nodes' connection pools open
         # (the node clients do not own their pools): close them too.

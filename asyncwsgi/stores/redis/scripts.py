@@ -13,10 +13,14 @@ from functools import cache
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
+from .replicas import CONFIRMED
+
 if TYPE_CHECKING:
     import redis
     from redis.cluster import RedisCluster
     from redis.commands.core import Script
+
+    from .replicas import Replication
 
 __all__ = ["STEPS", "Scripts", "source"]
 
@@ -73,10 +77,15 @@ class Scripts:
     waiting for replicas) is added in one place."""
 
     def __init__(
-        self, client: Callable[[], redis.Redis | RedisCluster], lib_args: list[str]
+        self,
+        client: Callable[[], redis.Redis | RedisCluster],
+        lib_args: list[str],
+        replication: Replication | None = None,
     ) -> None:
         # (A function: the client is made when first needed.)
         self.client = client
+        #: With ``min_replicas``: the steps in ``CONFIRMED`` wait for replicas.
+        self.replication = replication
         # The library's arguments (prefix, tombstone_ttl in ms, max_tombstones),
         # ARGV[1..3] of every script.
         self.lib_args = lib_args
@@ -84,13 +93,27 @@ class Scripts:
 
     def run(self, step: str, keys: list[str], args: list[Any]) -> Any:
         """Run ``step`` with ``keys`` and the library's arguments then ``args``;
-        the script's answer."""
-        # (Through Any: redis-py releases annotate register_script and a
-        # script's call for a plain Redis only, or not at all; the store
-        # runs them on a cluster client too.)
-        client: Any = self.client()
-        script: Any = self._scripts.get(step)
+        the script's answer (confirmed by replicas, with ``min_replicas``, for
+        the steps an answer depends on)."""
+        if self.replication is not None and step in CONFIRMED:
+            client = self.client()
+            script = self._script(step, client)
+            return self.replication.run(client, script, keys, [*self.lib_args, *args])
+        return self.run_unconfirmed(step, keys, args)
+
+    def run_unconfirmed(self, step: str, keys: list[str], args: list[Any]) -> Any:
+        """:meth:`run` without waiting for replicas (to undo a write that
+        they did not confirm)."""
+        client = self.client()
+        script: Any = self._script(step, client)
+        return script(keys=keys, args=[*self.lib_args, *args], client=client)
+
+    def _script(self, step: str, client: redis.Redis | RedisCluster) -> Script:
+        script = self._scripts.get(step)
         if script is None:
             # Sent to Redis by its digest (EVALSHA), loaded on the first NOSCRIPT.
-            script = self._scripts[step] = client.register_script(source(step))
-        return script(keys=keys, args=[*self.lib_args, *args], client=client)
+            # (Through Any: redis-py releases annotate register_script for a
+            # plain Redis only, or not at all; the store runs it on a cluster too.)
+            register: Any = client.register_script
+            script = self._scripts[step] = register(source(step))
+        return script

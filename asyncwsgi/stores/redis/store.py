@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any, cast
 
 import redis
 
+from ...logs import task_extra
 from ...task import (
     Body,
     BodyKind,
@@ -24,13 +26,17 @@ from ...task import (
     TaskRecord,
 )
 from ..base import Store, StoreUnavailable
+from ..settings import split_url, store_keywords
 from . import connect
 from .bodies import BodyIO, RedisBody, RedisSink, budget_spent
 from .codec import headers_json, num, record, text
 from .faults import BACKEND_ERRORS, fault, translated
+from .replicas import Replication, Unconfirmed
 from .scripts import Scripts
 
 __all__ = ["RedisStore"]
+
+logger = logging.getLogger("asyncwsgi")
 
 
 class RedisStore(Store):
@@ -50,6 +56,13 @@ class RedisStore(Store):
     ``ttl``; a tombstone then answers 410 for ``tombstone_ttl`` seconds, at
     most ``max_tombstones`` of them kept.
 
+    With ``min_replicas`` (or ``?min_replicas=`` in the URL), a submission,
+    a result, a deletion and a callback claim count only once that many
+    replicas confirmed them within ``replica_timeout`` seconds (Redis's
+    ``WAIT``); a submission they do not confirm is removed and answered 503,
+    a result is retried (see :mod:`.replicas`). ``redis+sentinel://`` URLs
+    find the primary through Sentinel (see :mod:`.sentinel`).
+
     >>> store = RedisStore.from_url("redis://localhost:6379/0")
     """
 
@@ -65,14 +78,27 @@ class RedisStore(Store):
         max_stored_bytes: int | None = None,
         chunk_size: int = 2**20,
         spool_ttl: float = 600.0,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
+        if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
+            raise ValueError(f"min_replicas must be a whole number >= 0, not {min_replicas!r}")
+        if not replica_timeout > 0:
+            raise ValueError(f"replica_timeout must be seconds > 0, not {replica_timeout!r}")
         self.max_stored_bytes = max_stored_bytes
         self._connection = connection = connect.connect(client_or_url, prefix)
         self.url = connection.url
         self.prefix = prefix = connection.prefix
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
+        replication = None
+        if min_replicas:
+            replication = Replication(min_replicas, replica_timeout, prefix + "wait")
         self.scripts = Scripts(
-            lambda: connection.client, [prefix, num(tombstone_ttl * 1000), str(int(max_tombstones))]
+            lambda: connection.client,
+            [prefix, num(tombstone_ttl * 1000), str(int(max_tombstones))],
+            replication,
         )
         self.bodies = BodyIO(
             lambda: connection.client,
@@ -86,6 +112,13 @@ class RedisStore(Store):
             connection.client  # noqa: B018 (made now where it can be, and checked)
         except StoreUnavailable:
             pass  # a cluster down at start: every call says so until it is up
+        limit = None if connection.made is None else self._block_limit
+        if min_replicas and limit is not None and replica_timeout >= limit:
+            self.close()
+            raise ValueError(
+                f"replica_timeout ({replica_timeout} s) must be shorter than the client's "
+                "socket_timeout, or every WAIT outlives the socket"
+            )
 
     @property
     def client(self) -> connect.Client:
@@ -110,9 +143,12 @@ class RedisStore(Store):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
-        """A store on its own client for ``redis://``, ``rediss://`` or
-        ``unix://`` URLs; ``options`` are the store's keyword arguments."""
-        return cls(url, **options)
+        """A store on its own client for a ``redis://``, ``rediss://``,
+        ``unix://``, ``redis+cluster://`` or ``redis+sentinel://`` URL;
+        ``options`` are the store's keyword arguments, over the settings the
+        URL carries (``?min_replicas=1``)."""
+        in_url = store_keywords("redis", split_url(url)[1])
+        return cls(url, **{**in_url, **options})
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
@@ -164,30 +200,52 @@ class RedisStore(Store):
         if key is not None:
             fields += ["key", key]
         key_value = json.dumps([record.id, fingerprint]) if key is not None else ""
-        answer = self._run(
-            "create_task",
-            [self._key("task", record.id)],
-            [
-                record.id,
-                -1 if limit is None else int(limit),
-                num(time.time()),
-                "inf" if record.lease_until is None else num(record.lease_until),
-                key or "",
-                key_value,
-                self._budget(),
-                room,
-                record.owner or "",
-                num(record.created),
-                uses,
-                *fields,
-            ],
-        )
+        try:
+            answer = self._run(
+                "create_task",
+                [self._key("task", record.id)],
+                [
+                    record.id,
+                    -1 if limit is None else int(limit),
+                    num(time.time()),
+                    "inf" if record.lease_until is None else num(record.lease_until),
+                    key or "",
+                    key_value,
+                    self._budget(),
+                    room,
+                    record.owner or "",
+                    num(record.created),
+                    uses,
+                    *fields,
+                ],
+            )
+        except Unconfirmed as exc:
+            if exc.answer == 1:
+                self._undo_create(record.id)
+            raise
         if answer == -1:
             raise budget_spent(self.max_stored_bytes)
         if isinstance(answer, bytes):
             task_id, bound_fingerprint = json.loads(answer)
             return Created(False, KeyEntry(task_id, bound_fingerprint))
         return Created(bool(answer))
+
+    def _undo_create(self, task_id: str) -> None:
+        """Remove a task whose creation the replicas did not confirm: its
+        submission is answered 503, so nothing may run it or answer for it.
+        Should this removal be lost too (the primary dies meanwhile), the
+        record that a replica may hold never runs (no executor got it) and
+        ends as lost when its queue lease lapses."""
+        try:
+            self.scripts.run_unconfirmed("delete_task", [self._key("task", task_id)], [task_id])
+        except BACKEND_ERRORS as exc:
+            logger.warning(
+                "asyncwsgi: could not remove task %s, which the replicas did not confirm "
+                "(%s): its lease ends it",
+                task_id,
+                exc,
+                extra=task_extra(task_id),
+            )
 
     def _read(self, task_id: str) -> TaskRecord | None:
         # A plain read: a script only for a task that is not there.

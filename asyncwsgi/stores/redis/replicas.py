@@ -1,0 +1,130 @@
+"""Acknowledged means replicated: a write followed by ``WAIT``.
+
+Redis replicates asynchronously: what a primary acknowledged and no replica
+had received yet is gone when a replica takes over. With ``min_replicas``
+the store sends each step that an answer depends on (a 202, a stored
+result, a DELETE, a callback claim) in one pipeline with ``WAIT
+min_replicas <timeout>``, on one connection, and gives the step's answer
+only once that many replicas confirmed it; otherwise :class:`Unconfirmed`
+(a :class:`~asyncwsgi.stores.base.StoreUnavailable`: the client gets 503,
+a result is retried).
+
+``WAIT`` waits for the replication offset of the connection's own last
+write. A step may write nothing (a result already stored by an earlier,
+unconfirmed try; a key already bound), and then that offset may be older
+than the write the answer rests on, so every pipeline writes one small key
+(``<prefix>wait``) between the step and the ``WAIT``: the replication
+stream is ordered, so a replica that has that write has everything the
+primary held when the step ran. (``WAIT`` cannot run inside a script or a
+``MULTI``: there it never blocks.)
+
+On a Redis Cluster the pipeline goes to the node that serves the table's
+slot (the prefix's hash tag puts the whole table in one slot, so
+``min_replicas`` counts that shard's replicas); after a failover that node
+answers ``MOVED`` or not at all, and the cluster client is told to read the
+topology again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from ..base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from redis.commands.core import Script
+
+__all__ = ["CONFIRMED", "Replication", "Unconfirmed"]
+
+logger = logging.getLogger("asyncwsgi")
+
+#: The steps whose answer a client relies on: a 202 (and an idempotent
+#: retry's answer), a stored result (and a lost verdict), a DELETE, a claim
+#: to send a callback.
+CONFIRMED = frozenset({"create_task", "finish_task", "delete_task", "claim_callbacks"})
+
+# How long the marker key lives: it only has to be written, never read.
+_MARKER_MS = 60_000
+
+
+class Unconfirmed(StoreUnavailable):
+    """Fewer than ``min_replicas`` replicas confirmed a step in time: it is
+    on the primary, and a failover now could undo it. ``answer`` is the
+    step's own answer."""
+
+    def __init__(self, message: str, answer: Any) -> None:
+        super().__init__(message)
+        self.answer = answer
+
+
+class Replication:
+    """Runs a script followed by ``WAIT`` (see the module's docstring)."""
+
+    def __init__(self, min_replicas: int, timeout: float, marker: str) -> None:
+        self.min_replicas = min_replicas
+        # WAIT takes whole milliseconds, and 0 would mean "for ever".
+        self.timeout_ms = max(1, round(timeout * 1000))
+        self.marker = marker
+
+    def run(
+        self, client: redis.Redis | RedisCluster, script: Script, keys: list[str], args: list[Any]
+    ) -> Any:
+        """The script's answer, once ``min_replicas`` replicas have it."""
+        loaded = False
+        while True:
+            target = _target(client, keys[0])
+            pipe = target.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.set(self.marker, b"1", px=_MARKER_MS)
+            pipe.wait(self.min_replicas, self.timeout_ms)
+            try:
+                answer, _, acked = pipe.execute(raise_on_error=False)
+            except (redis.ConnectionError, redis.TimeoutError):
+                _lost_node(client)
+                raise
+            if isinstance(answer, redis.exceptions.NoScriptError) and not loaded:
+                # A new primary (a failover) has not seen the script yet.
+                target.script_load(script.script)
+                loaded = True
+                continue
+            if isinstance(answer, redis.exceptions.AskError):  # MOVED too
+                _lost_node(client)
+                raise StoreUnavailable(f"Redis: the table's slot moved: {answer}")
+            if isinstance(answer, Exception):
+                raise answer
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < self.min_replicas:
+                raise Unconfirmed(
+                    f"Redis: {acked} of min_replicas={self.min_replicas} replicas confirmed "
+                    f"the write within {self.timeout_ms} ms",
+                    answer,
+                )
+            return answer
+
+
+def _target(client: redis.Redis | RedisCluster, key: str) -> redis.Redis:
+    """The client whose one connection carries the pipeline: the client
+    itself, or the cluster's client of the node serving ``key``."""
+    if not isinstance(client, RedisCluster):
+        return client
+    cluster: Any = client  # (annotated differently across redis-py releases)
+    node = cluster.get_node_from_key(key)
+    target: redis.Redis = cluster.get_redis_connection(node)
+    return target
+
+
+def _lost_node(client: redis.Redis | RedisCluster) -> None:
+    """The node went away or gave up the slot: have the cluster client read
+    the topology again before the next call (the plain and Sentinel clients
+    find the primary by themselves)."""
+    if not isinstance(client, RedisCluster):
+        return
+    try:
+        client.nodes_manager.initialize()
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        logger.debug("asyncwsgi: could not read the cluster's topology: %s", exc)
