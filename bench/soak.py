@@ -184,6 +184,7 @@ class Receiver(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.answers: defaultdict[str, list[int]] = defaultdict(list)
         self.first_accepted: dict[str, float] = {}
+        self.accepted_at: defaultdict[str, list[float]] = defaultdict(list)
 
     def answer(self, name: str) -> tuple[int, float]:
         """The status for this attempt and how long to wait before it."""
@@ -199,6 +200,7 @@ class Receiver(http.server.ThreadingHTTPServer):
             self.answers[name].append(status)
             if status == 200:
                 self.first_accepted.setdefault(name, time.monotonic())
+                self.accepted_at[name].append(time.monotonic())
             return status, pause
 
     def accepted(self, name: str) -> int:
@@ -351,6 +353,7 @@ def soak(
     next_task = iter(range(args.tasks))
     warm = args.tasks // 10
     killed: list[int] = []
+    kill_times: list[float] = []
     before: dict[int, dict[str, int]] = {}
     samples: list[tuple[int, dict[int, dict[str, int]]]] = []
     restarted: list[int] = []
@@ -412,6 +415,7 @@ def soak(
             if name.endswith("-slow"):
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(int(pid))
+                kill_times.append(time.monotonic())
                 break
         # More kills, spread between 55 % and 85 % of the tasks: each the
         # worker that ran the latest task, with tasks and callbacks in flight.
@@ -426,6 +430,7 @@ def soak(
                     except ProcessLookupError:
                         continue
                     killed.append(pid)
+                    kill_times.append(time.monotonic())
                     break
         # Samples of the survivors' descriptors and memory: a leak grows with
         # every task, a per-thread connection stops growing.
@@ -439,6 +444,7 @@ def soak(
             time.sleep(0.2)
         server.send_signal(signal.SIGHUP)
         restarted.append(progress.n)
+        kill_times.append(-time.monotonic())  # negative: the graceful restart
 
     started = time.monotonic()
     threads = [threading.Thread(target=run) for _ in range(args.clients)]
@@ -450,6 +456,18 @@ def soak(
     elapsed = time.monotonic() - started
     progress.close()
     called_back = callbacks(receiver, ended, port) if receiver is not None else None
+    if called_back is not None and receiver is not None:
+        # When each task called back twice was accepted, beside the kills
+        # (seconds from the start; a negative one is the graceful restart).
+        with receiver.lock:
+            called_back["twice"] = {
+                name: [round(at - started, 2) for at in times]
+                for name, times in receiver.accepted_at.items()
+                if len(times) > 1
+            }
+        called_back["kills_at"] = [
+            round(at - started, 2) if at > 0 else -round(-at - started, 2) for at in kill_times
+        ]
     # Memory and descriptors are compared on the workers that lived from the
     # warm-up to the last sample before the restart.
     after = samples[-1][1] if samples else stats(port)
