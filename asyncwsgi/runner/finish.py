@@ -119,6 +119,10 @@ class Finisher:
         try again."""
         try:
             taken = self.store.finish(task_id, result)
+            settle(task_id, spool, taken)
+            if taken:
+                finished(task_id, result)
+            return None
         except StoreFull as exc:
             if isinstance(result.body, bytes) and result.body.endswith(
                 _NOT_STORED.encode() + b"\n"
@@ -141,8 +145,9 @@ class Finisher:
                     extra=task_extra(task_id),
                 )
             return result
-        # Not a store fault: a bug, never retried. The task ends as a plain
-        # 500 if the store takes that, else by its lease once released.
+        # Broad on purpose: not a store fault but a bug, never retried (this
+        # also keeps the retry thread alive). The task ends as a plain 500 if
+        # the store takes that, else by its lease once released.
         except Exception:
             logger.exception(
                 "asyncwsgi: storing the result of task %s failed",
@@ -153,10 +158,6 @@ class Finisher:
             if isinstance(result.body, bytes) and result.body.endswith(_BUG.encode() + b"\n"):
                 return None
             return self._store(task_id, error_result(500, _BUG))
-        settle(task_id, spool, taken)
-        if taken:
-            finished(task_id, result)
-        return None
 
     def _loop(self) -> None:
         cond = self._cond
@@ -173,13 +174,7 @@ class Finisher:
                     cond.wait(wake - now)
                     continue
             for task_id, retry in due:
-                try:
-                    self._again(task_id, retry)
-                # Broad on purpose: this thread must outlive a bad round, or
-                # no result of this process would be retried again.
-                except Exception:
-                    logger.exception("asyncwsgi: retrying results failed; going on")
-                    time.sleep(_RETRY_LAST)
+                self._again(task_id, retry)  # never raises: see _store
 
     def _again(self, task_id: str, retry: _Retry) -> None:
         pending = self._store(task_id, retry.result, retry.spool)

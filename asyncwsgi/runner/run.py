@@ -234,19 +234,19 @@ class TaskRunner:
                 "asyncwsgi: task %s: its result could not be stored: %s", task_id, exc, extra=extra
             )
             return None, store_full_result(_why(exc)), None
-        # Broad on purpose: whatever the app raises ends its task as 500.
-        except Exception:
-            logger.exception("asyncwsgi: task %s failed in the app", task_id, extra=extra)
+        # Broad on purpose: whatever the app raises ends its task as 500, not
+        # the pool's thread (SystemExit, KeyboardInterrupt, GeneratorExit
+        # included). In the main thread (a Celery worker's) those may be the
+        # process being stopped: passed on once the task is ended.
         except BaseException as exc:
-            # SystemExit, KeyboardInterrupt, GeneratorExit from the app end
-            # its task, not the pool's thread. In the main thread (a Celery
-            # worker's) they may be the process being stopped: passed on
-            # once the task is ended.
             logger.error(
                 "asyncwsgi: task %s failed in the app: %s", task_id, type(exc).__name__,
                 exc_info=True, extra=extra,
             )  # fmt: skip
-            if threading.current_thread() is threading.main_thread():
+            if (
+                not isinstance(exc, Exception)
+                and threading.current_thread() is threading.main_thread()
+            ):
                 return None, error_result(500), exc
         finally:
             if stream is not None:
