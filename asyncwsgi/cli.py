@@ -238,6 +238,20 @@ def _load(spec: str) -> Any:
     return target() if call else target
 
 
+def _log_to_stderr() -> None:
+    """asyncwsgi's own lines (the patterns in force, a store that cannot be
+    reached, tasks cancelled) on stderr, unless logging is set up already:
+    the server is run by hand, and its user should see why a path does or
+    does not become a task."""
+    logger = logging.getLogger("asyncwsgi")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -253,16 +267,17 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     app = _load(args.app)
     try:
-        application = AsyncMiddleware(app, **options)
-    except (TypeError, ValueError, ImportError) as exc:
-        raise _Refused(str(exc)) from None
-    try:
-        # Bound here: werkzeug says a port in use in several lines and exits.
+        # Bound here, before anything starts: werkzeug says a port in use in
+        # several lines and exits.
         listening = socket.create_server((args.host, args.port))
     except OSError as exc:
-        application.close()
         raise _Refused(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     with listening:
+        _log_to_stderr()
+        try:
+            application = AsyncMiddleware(app, **options)
+        except (TypeError, ValueError, ImportError) as exc:
+            raise _Refused(str(exc)) from None
         server = make_server(
             args.host, args.port, application, threaded=True, fd=listening.fileno()
         )

@@ -276,16 +276,18 @@ def test_serve_says_in_one_line_that_its_port_is_taken() -> None:
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], result.stderr
 
 
-def test_serve_calls_an_app_factory_written_with_parentheses() -> None:
+def test_serve_calls_an_app_factory_written_with_parentheses(tmp_path: Any) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "asyncwsgi", "serve", "tests.apps.moving_app:create_app()",
-         "--path", "/moves/*", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = tmp_path / "stderr"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "asyncwsgi", "serve", "tests.apps.moving_app:create_app()",
+             "--path", "/moves/*", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )  # fmt: skip
     try:
         wait_port(port, process, timeout=30)
         from asyncwsgi.client import fetch
@@ -294,3 +296,6 @@ def test_serve_calls_an_app_factory_written_with_parentheses() -> None:
         assert response.status == 200 and response.body == b"moved 1 times\n"
     finally:
         terminate(process)
+    # What the user of the command sees: the patterns in force.
+    said = log.read_text()
+    assert "asyncwsgi: tasks for " in said and "'/moves/*' (* matches anything)" in said, said
