@@ -98,27 +98,44 @@ def replay(
     ):
         span = byte_range(http_range, size)
         if isinstance(span, _Unsatisfiable):
-            body = b"the requested range is not satisfiable\n"
-            start_response(
-                status_line(416),
-                [
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(body))),
-                    ("Content-Range", f"bytes */{size}"),
-                ],
-            )
-            return [] if head else [body]
+            return _unsatisfiable(start_response, size, head)
         if span is not None:
-            start, stop = span
-            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
-            headers.append(("Content-Length", str(stop - start)))
-            headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
-            body_iter = [] if head else _body(environ, result, start, stop)
-            start_response(status_line(206), headers)
-            return body_iter
+            return _partial(environ, start_response, result, headers, span)
     body_iter = [] if head else _body(environ, result, 0, size)
     start_response(status, headers)
     return body_iter
+
+
+def _partial(
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    result: Result,
+    headers: list[tuple[str, str]],
+    span: tuple[int, int],
+) -> Iterable[bytes]:
+    """206: the bytes ``[start, stop)`` of the body."""
+    start, stop = span
+    headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+    headers.append(("Content-Length", str(stop - start)))
+    headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{result.size}"))
+    head = environ["REQUEST_METHOD"] == "HEAD"
+    body_iter = [] if head else _body(environ, result, start, stop)
+    start_response(status_line(206), headers)
+    return body_iter
+
+
+def _unsatisfiable(start_response: StartResponse, size: int, head: bool) -> Iterable[bytes]:
+    """416: a range that selects nothing of the body."""
+    body = b"the requested range is not satisfiable\n"
+    start_response(
+        status_line(416),
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Content-Range", f"bytes */{size}"),
+        ],
+    )
+    return [] if head else [body]
 
 
 def byte_range(header: str, size: int) -> tuple[int, int] | _Unsatisfiable | None:
