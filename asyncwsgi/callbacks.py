@@ -153,6 +153,10 @@ _MAX_HEAD = 65536
 _SETTLE_MARGIN = 1.0
 # An idle sending thread ends after this many seconds.
 _IDLE = 5.0
+# Deliveries a process holds at once, per sending thread: those waiting for
+# a thread cost a few hundred bytes each, and slow receivers must not hold
+# every claim (each origin holds at most 2 * per_origin).
+_CLAIMS_PER_THREAD = 4
 
 
 @dataclass(slots=True)
@@ -184,9 +188,10 @@ def origin_of(url: str) -> str:
 class CallbackSender:
     """Sends the completion callbacks due in ``store``, signed with ``key``.
 
-    One thread claims due deliveries (every ``poll`` seconds); up to
-    ``workers`` sending threads, started as they are needed, send them, at
-    most ``per_origin`` at once to one origin. Each attempt ends within
+    One thread claims due deliveries (every ``poll`` seconds, and as soon as
+    a place frees); up to ``workers`` sending threads, started as they are
+    needed, send them, at most ``per_origin`` at once to one origin (and as
+    many more wait for it). Each attempt ends within
     ``attempt_timeout`` seconds in all (connecting within
     ``connect_timeout``, and the status line read within ``read_timeout``
     of the request sent). A claim lasts ``claim_lease`` seconds, longer than
@@ -200,8 +205,8 @@ class CallbackSender:
         store: Store,
         key: bytes,
         *,
-        workers: int = 32,
-        per_origin: int = 4,
+        workers: int = 64,
+        per_origin: int = 8,
         poll: float = 0.25,
         connect_timeout: float = 3.0,
         read_timeout: float = 5.0,
@@ -305,7 +310,7 @@ class CallbackSender:
         """Claim what can be placed; True if the claim was full (and room is left)."""
         cap = 2 * self.per_origin  # being sent and waiting, per origin
         with self._cond:
-            room = self.workers - self._held
+            room = _CLAIMS_PER_THREAD * self.workers - self._held
             busiest = max((o.sending + len(o.waiting) for o in self._origins.values()), default=0)
         # A claim takes deliveries in due order, whoever receives them: no
         # more than the busiest origin can still take, so a burst to one
@@ -322,8 +327,9 @@ class CallbackSender:
             limit = min(room, self.per_origin)
         if limit <= 0:
             return False
-        deliveries = self.store.claim_callbacks(time.time(), self.claim_lease, limit)
+        # Taken before the claim: the store counts the lease from then.
         claimed = time.monotonic()
+        deliveries = self.store.claim_callbacks(time.time(), self.claim_lease, limit)
         refused: list[Delivery] = []
         recorded: list[Delivery] = []
         with self._cond:
