@@ -151,13 +151,7 @@ class AsyncMiddleware:
         # store, executor and max_stored_bytes become the ones in use below.
         self.__dict__.update(settings.as_dict())
         self.app = app
-        # A store opened here from a URL is this middleware's to close.
-        self._owns_store = not isinstance(store, Store)
         self.store = self._open_store(settings)
-        self.max_stored_bytes = self.store.max_stored_bytes
-        self.executor = (
-            executor if executor is not None else ThreadExecutor(self.max_workers or POOL_SIZE)
-        )
         self.runner = self._start_runner(settings)
         # Set by close(): new submissions get 503 (shared with the parts that ask).
         self._closing = threading.Event()
@@ -166,6 +160,12 @@ class AsyncMiddleware:
             _AT_EXIT.add(self)
 
     def _start_runner(self, settings: Settings) -> TaskRunner:
+        """The task side: the runner, bound to the executor (the default
+        thread pool unless one was given)."""
+        given = settings.executor
+        self.executor = (
+            given if given is not None else ThreadExecutor(self.max_workers or POOL_SIZE)
+        )
         runner = TaskRunner(
             self.app,
             self.store,
@@ -184,6 +184,8 @@ class AsyncMiddleware:
         """The store, given or opened from its URL with the store's settings;
         a byte budget too small for ``max_result`` is refused here (the
         store's default budget counts)."""
+        # A store opened here from a URL is this middleware's to close.
+        self._owns_store = not isinstance(settings.store, Store)
         options: dict[str, object] = {}
         if settings.results_dir is not None:
             options["results_dir"] = settings.results_dir
@@ -202,6 +204,7 @@ class AsyncMiddleware:
             raise
         if self._owns_store and store.shared:
             probe_store(store)
+        self.max_stored_bytes = store.max_stored_bytes
         return store
 
     def _make_answers(self, settings: Settings) -> None:

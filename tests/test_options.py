@@ -399,3 +399,10 @@ def test_settings_have_exactly_the_table_and_are_frozen():
             mw.settings.max_wait = 1.0  # type: ignore[misc]
     finally:
         mw.close()
+
+
+def test_every_option_is_a_typed_attribute_of_the_class():
+    # Declared on the class (so type checkers know mw.max_wait is a float),
+    # in the table's order.
+    declared = [name for name in AsyncMiddleware.__annotations__ if name in NAMES]
+    assert declared == NAMES
