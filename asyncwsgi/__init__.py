@@ -1,6 +1,6 @@
 """Turn long WSGI requests into background tasks: 202 Accepted and a status URL."""
 
-from .executor import Executor, ThreadExecutor
+from .executors import Executor, ThreadExecutor
 from .middleware import AsyncMiddleware
 from .stores import MemoryStore, SQLiteStore, Store, open_store
 from .task import Result, TaskHandle, TaskRecord

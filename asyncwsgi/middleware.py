@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .callbacks import CallbackSender, parse_secret
-from .executor import Executor, ThreadExecutor
+from .executors import Executor, ThreadExecutor
 from .http.accepted import Accepted
 from .http.callbacks import SenderPerProcess
 from .http.responses import unavailable
@@ -313,6 +313,12 @@ class AsyncMiddleware:
             self._closing.set()
         else:
             self._closing.clear()
+
+    @property
+    def task_app(self) -> WSGIApplication:
+        """The application this middleware's tasks run: what a remote worker
+        given this middleware's import string calls instead of it."""
+        return self.app
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop accepting tasks (new submissions get 503), then wait until the

@@ -24,7 +24,7 @@ from typing import Any
 from werkzeug.routing import Rule
 from werkzeug.utils import import_string
 
-from .executor import Executor
+from .executors import Executor
 from .stores import Store
 from .stores.settings import STORE_SETTINGS, StoreSetting
 
@@ -388,7 +388,7 @@ OPTIONS: tuple[Option, ...] = (
            "where tasks run; None: the thread pool of max_workers",
            doc=(
            'where tasks run; `None` is the thread pool of `max_workers`; '
-           '`asyncwsgi.contrib.celery.CeleryExecutor` runs them on Celery workers')),
+           '`asyncwsgi.executors.celery.CeleryExecutor` runs them on Celery workers')),
     Option("location_base", _optional_text, None, _base_url,
            "absolute base of status URLs (https://api.example.com); never from Host",
            doc=(

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from .executor import Executor
+from .executors import Executor
 from .options import OPTIONS
 from .patterns import Pattern, compile_patterns
 from .stores import Store

@@ -1,5 +1,6 @@
-"""A task's data: its record in the store, its captured result, the job a worker
-runs, and ``environ["asyncwsgi.task"]``, what the app sees of its own task."""
+"""A task's data: its record in the store, its captured result, and
+``environ["asyncwsgi.task"]``, what the app sees of its own task. (The job an
+executor runs is :class:`asyncwsgi.job.Job`.)"""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ __all__ = [
     "Callback",
     "Created",
     "Delivery",
-    "Job",
     "KeyEntry",
     "Progress",
     "Result",
@@ -201,16 +201,6 @@ class Created:
 
     def __bool__(self) -> bool:
         return self.created
-
-
-@dataclass(slots=True)
-class Job:
-    """A task to run: its id, the environ snapshot and the request body
-    (in memory up to ``spool_threshold``, else spooled in the store)."""
-
-    task_id: str
-    environ: dict[str, Any]
-    body: bytes | Body
 
 
 class TaskHandle:

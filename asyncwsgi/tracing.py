@@ -23,9 +23,9 @@ The submit span's W3C ``traceparent``/``tracestate`` travel with the task in
 its environ (``HTTP_TRACEPARENT``, ``HTTP_TRACESTATE``), to a thread or a
 Celery worker alike; the app is called with those of the run span, so an app
 wrapped in OpenTelemetry's WSGI middleware continues the same trace. On the
-thread pool the submit span's context also travels as it is (``PARENT``, an
-object the JSON of a remote engine's message leaves behind), so that the run
-need not parse the header it was just given. The only attributes are the
+thread pool the submit span's context also travels as it is (the job's
+``trace_parent``, which the JSON of a remote engine's message leaves
+behind), so that the run need not parse the header it was just given. The only attributes are the
 task id (``asyncwsgi.task_id``) and the response's status code: no header,
 body or owner value.
 
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INSTALLED",
-    "PARENT",
     "TASK_ID",
     "activate",
     "carry",
@@ -78,9 +77,6 @@ __all__ = [
 
 #: The span attribute that names the task.
 TASK_ID = "asyncwsgi.task_id"
-#: The job environ's key for the submit span's context, in process only (the
-#: runner removes it before the app's call).
-PARENT = "asyncwsgi.trace_parent"
 _CARRIER_KEYS = ("HTTP_TRACEPARENT", "HTTP_TRACESTATE")
 
 # The SDK's tracer once a provider is set: the API's proxy tracer would look
@@ -177,13 +173,13 @@ class activate:
         self.span.end()
 
 
-def carry(environ: dict[str, Any], span: Span, task_id: str) -> None:
+def carry(environ: dict[str, Any], span: Span, task_id: str) -> SpanContext:
     """Name the task on its submit ``span`` and make the job's ``environ``
-    carry the span's context: the W3C headers for any executor, and the
-    context itself for one in this process."""
+    carry the span's context as W3C headers (for any executor); the context
+    itself is returned, for the job's ``trace_parent`` (in this process)."""
     span.set_attribute(TASK_ID, task_id)
     inject(environ, span)
-    environ[PARENT] = span.get_span_context()
+    return span.get_span_context()
 
 
 def inject(environ: dict[str, Any], span: Span) -> None:
@@ -206,15 +202,19 @@ def inject(environ: dict[str, Any], span: Span) -> None:
 
 
 def start_run(
-    environ: dict[str, Any], task_id: str, accepted: float | None, started: float
+    environ: dict[str, Any],
+    task_id: str,
+    accepted: float | None,
+    started: float,
+    submitted: object | None = None,
 ) -> Span | None:
     """Record the queue span (now that its end is known) and start the run
-    span, both children of the submit span carried in ``environ``; None when
-    not tracing, or when the submit span was not sampled."""
+    span, both children of the submit span: ``submitted``, its context, in
+    this process, else the one carried in ``environ``; None when not tracing,
+    or when the submit span was not sampled."""
     tracer = _active()
     if tracer is None:
         return None
-    submitted = environ.get(PARENT)
     parent: Context | None = None
     if not isinstance(submitted, SpanContext):  # from another process: the W3C headers
         parent = _W3C.extract(environ, getter=_GETTER)

@@ -10,7 +10,7 @@ Starts its own redis-server (Celery's broker and RQ's queues on db 0, the
 task store on db 1, the same store for every engine) and, per engine, one
 worker process on the queue ``one`` and two on the queue ``two``: Celery
 workers with ``--concurrency 1``; ``rq worker``, a forked work horse per
-job (``rq-preload``: ``asyncwsgi.contrib.rq.Worker``, which imports the app
+job (``rq-preload``: ``asyncwsgi.executors.rq.Worker``, which imports the app
 before it forks; ``rq-simple``: RQ's SimpleWorker, no fork); ``db_worker``
 on an SQLite database. Each round submits the same N tasks (each burns
 ``--cpu-ms`` of CPU in the app) through an AsyncMiddleware
@@ -66,7 +66,7 @@ def _celery_app(broker: str) -> Any:
 # the asyncwsgi task registered at import.
 celery_app = None
 if os.environ.get("BENCH_CELERY_BROKER"):
-    from asyncwsgi.contrib.celery import CeleryExecutor as _CeleryExecutor
+    from asyncwsgi.executors.celery import CeleryExecutor as _CeleryExecutor
 
     celery_app = _celery_app(os.environ["BENCH_CELERY_BROKER"])
     _CeleryExecutor(celery_app, APP)
@@ -101,7 +101,10 @@ class _Engine:
             # rq-preload: asyncwsgi's forking worker, which imports the app
             # before it forks; rq-simple: RQ's SimpleWorker runs jobs in the
             # worker process, keeping the app and the store between jobs.
-            classes = {"rq-preload": "asyncwsgi.contrib.rq.Worker", "rq-simple": "rq.SimpleWorker"}
+            classes = {
+                "rq-preload": "asyncwsgi.executors.rq.Worker",
+                "rq-simple": "rq.SimpleWorker",
+            }
             simple = ["-w", classes[self.name]] if self.name in classes else []
             return [py, "-m", "rq.cli", "worker", "-u", self.broker, f"{self.name}-{queue}",
                     "--logging_level", "WARNING", *simple]  # fmt: skip
@@ -125,7 +128,7 @@ class _Engine:
 
     def executor(self, queue: str) -> Executor:
         if self.name == "celery":
-            from asyncwsgi.contrib.celery import CeleryExecutor
+            from asyncwsgi.executors.celery import CeleryExecutor
 
             if self._celery is None:
                 self._celery = _celery_app(self.broker)
@@ -134,12 +137,12 @@ class _Engine:
             from redis import Redis
             from rq import Queue
 
-            from asyncwsgi.contrib.rq import RQExecutor
+            from asyncwsgi.executors.rq import RQExecutor
 
             # One queue name per engine: the two RQ variants share the Redis.
             name = f"{self.name}-{queue}"
             return RQExecutor(Queue(name, connection=Redis.from_url(self.broker)), APP)
-        from asyncwsgi.contrib.django_tasks import DjangoTasksExecutor
+        from asyncwsgi.executors.django_tasks import DjangoTasksExecutor
 
         return DjangoTasksExecutor(APP, queue_name=queue)
 

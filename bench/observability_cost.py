@@ -148,7 +148,7 @@ def _own(traced, tasks: int, pairs: int) -> float:
 def _task(metrics: bool):
     """A call of the middleware that submits a task and runs it inline."""
     from asyncwsgi import AsyncMiddleware
-    from asyncwsgi.executor import Executor
+    from asyncwsgi.executors import Executor
 
     class Inline(Executor):
         def submit(self, job):

@@ -14,9 +14,9 @@ import tracemalloc
 from dataclasses import dataclass
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.executor import Executor
+from asyncwsgi.executors import Executor
+from asyncwsgi.job import Job
 from asyncwsgi.stores.memory import MemoryStore
-from asyncwsgi.task import Job
 
 from . import apps, observability_cost
 from .client import (

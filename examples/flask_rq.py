@@ -6,7 +6,7 @@ Run it (Redis at ``$REDIS_URL``, ``redis://127.0.0.1:6379`` by default; the
 worker class imports the app once, before each job's fork):
 
     $ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-    $ python -m rq.cli worker -w asyncwsgi.contrib.rq.Worker --url "$REDIS_URL/0" reports
+    $ python -m rq.cli worker -w asyncwsgi.executors.rq.Worker --url "$REDIS_URL/0" reports
     $ python -m gunicorn -w 2 -b 127.0.0.1:8000 examples.flask_rq:app
 
 Try it:    curl -i -X POST http://127.0.0.1:8000/reports/q3
@@ -24,7 +24,7 @@ from redis import Redis
 from rq import Queue
 
 from asyncwsgi.contrib.flask import AsyncWSGI
-from asyncwsgi.contrib.rq import RQExecutor
+from asyncwsgi.executors.rq import RQExecutor
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 STEP_SECONDS = float(os.environ.get("STEP_SECONDS", "1"))

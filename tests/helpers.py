@@ -111,7 +111,7 @@ _RANGES = ("Accept-Ranges", "bytes")
 def rq_worker(
     url: str,
     queue: str = "reports",
-    worker_class: str = "asyncwsgi.contrib.rq.Worker",
+    worker_class: str = "asyncwsgi.executors.rq.Worker",
     env: dict[str, str] | None = None,
     logging_level: str = "WARNING",
 ) -> Iterator[subprocess.Popen[bytes]]:

@@ -8,8 +8,8 @@ from typing import Any
 from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.executor import Executor
-from asyncwsgi.task import Job
+from asyncwsgi.executors import Executor
+from asyncwsgi.job import Job
 
 
 class Inline(Executor):

@@ -47,7 +47,7 @@ def test_memory_store_is_refused() -> None:
     _need("celery")
     from celery import Celery
 
-    from asyncwsgi.contrib.celery import CeleryExecutor
+    from asyncwsgi.executors.celery import CeleryExecutor
 
     executor = CeleryExecutor(Celery("refused"), "tests.test_celery:_wsgi_app")
     with pytest.raises(ValueError, match="shared store"):
@@ -58,7 +58,7 @@ def test_registers_the_task_and_refuses_a_second_app() -> None:
     _need("celery")
     from celery import Celery
 
-    from asyncwsgi.contrib.celery import TASK_NAME, CeleryExecutor
+    from asyncwsgi.executors.celery import TASK_NAME, CeleryExecutor
 
     celery_app = Celery("registers")
     CeleryExecutor(celery_app, "tests.test_celery:_wsgi_app")
@@ -73,7 +73,7 @@ _wrapped = AsyncMiddleware(AsyncMiddleware(_wsgi_app, paths=["/x"]), paths=["/y"
 
 def test_worker_unwraps_the_middleware() -> None:
     _need("celery")
-    from asyncwsgi.contrib.celery import load_app
+    from asyncwsgi.executors.worker import load_app
 
     assert load_app("tests.test_celery:_wrapped") is _wsgi_app
     assert load_app("tests.test_celery._wsgi_app") is _wsgi_app
@@ -83,7 +83,7 @@ def test_worker_unwraps_the_middleware() -> None:
 
 def test_only_json_safe_environ_crosses() -> None:
     _need("celery")
-    from asyncwsgi.contrib.celery import json_environ
+    from asyncwsgi.environ import json_environ
 
     sent = json_environ(
         {
@@ -354,7 +354,7 @@ _ACCEPT_AND_VANISH = """
 import os, sys
 from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.contrib.celery import CeleryExecutor
+from asyncwsgi.executors.celery import CeleryExecutor
 from tests.apps import celery_web as web
 
 timeout, kill_after, marker = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]

@@ -34,7 +34,7 @@ settings.configure(
 django.setup()
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.contrib.django_tasks import DjangoTasksExecutor
+from asyncwsgi.executors.django_tasks import DjangoTasksExecutor
 
 
 STORE = "sqlite:///" + tempfile.mkdtemp() + "/tasks.db"
@@ -67,9 +67,9 @@ def test_the_task_is_found_by_its_import_path_with_any_queue_names() -> None:
         from django.utils.module_loading import import_string
         from django_tasks.base import Task
 
-        task = import_string("asyncwsgi.contrib.django_tasks.run")
+        task = import_string("asyncwsgi.executors.django_tasks.run")
         assert isinstance(task, Task), task
-        assert task.module_path == "asyncwsgi.contrib.django_tasks.run"
+        assert task.module_path == "asyncwsgi.executors.django_tasks.run"
         executor = DjangoTasksExecutor("m:app", queue_name="reports")
         AsyncMiddleware(app, paths=["/x"], store=STORE, executor=executor)
         print(executor._task.queue_name)

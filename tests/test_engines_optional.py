@@ -34,11 +34,39 @@ def _imported_after(*modules: str) -> set[str]:
     ("modules", "allowed"),
     [
         pytest.param(["asyncwsgi"], set(), id="asyncwsgi"),
-        pytest.param(["asyncwsgi.remote", "asyncwsgi.cli"], set(), id="core"),
-        pytest.param(["asyncwsgi.contrib.celery"], {"celery", "kombu", "redis"}, id="celery"),
-        pytest.param(["asyncwsgi.contrib.rq"], {"rq", "redis"}, id="rq"),
+        pytest.param(
+            ["asyncwsgi.executors.remote", "asyncwsgi.executors.worker", "asyncwsgi.cli"],
+            set(),
+            id="core",
+        ),
+        pytest.param(["asyncwsgi.executors.celery"], {"celery", "kombu", "redis"}, id="celery"),
+        pytest.param(["asyncwsgi.executors.rq"], {"rq", "redis"}, id="rq"),
     ],
 )
 def test_importing_imports_no_unused_engine(modules: list[str], allowed: set[str]) -> None:
     imported = _imported_after(*modules)
     assert imported & set(ENGINES) <= allowed, imported & set(ENGINES)
+
+
+_SAME = """
+import asyncwsgi.contrib.celery as old_celery, asyncwsgi.executors.celery as celery
+import asyncwsgi.contrib.rq as old_rq, asyncwsgi.executors.rq as rq
+import asyncwsgi.executor as old_executor, asyncwsgi.executors as executors
+import asyncwsgi.remote as old_remote
+assert old_celery.CeleryExecutor is celery.CeleryExecutor
+assert old_celery.TASK_NAME == celery.TASK_NAME == "asyncwsgi.run"
+assert old_rq.RQExecutor is rq.RQExecutor and old_rq.Worker is rq.Worker
+assert old_rq.run is rq.run
+assert old_executor.Executor is executors.Executor
+assert old_executor.ThreadExecutor is executors.ThreadExecutor
+assert old_remote.RemoteExecutor is executors.RemoteExecutor
+print("same")
+"""
+
+
+def test_the_first_import_paths_still_import_the_executors() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _SAME],
+        cwd=ROOT, capture_output=True, check=True, timeout=60, text=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == "same"

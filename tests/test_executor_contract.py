@@ -175,7 +175,7 @@ class Engine:
                     "--loglevel", "warning",
                     "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
         if self.name == "rq":
-            return [py, "-m", "rq.cli", "worker", "-w", "asyncwsgi.contrib.rq.Worker",
+            return [py, "-m", "rq.cli", "worker", "-w", "asyncwsgi.executors.rq.Worker",
                     "-u", self.records_url, queue, "--logging_level", "WARNING"]  # fmt: skip
         if self.name == "django-db":
             return [py, "-m", "django", "db_worker", "--queue-name", queue,

@@ -161,7 +161,7 @@ def test_an_rq_worker_labels_the_tasks_it_runs_with_their_pattern(tmp_path: Path
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from asyncwsgi.contrib.rq import RQExecutor
+    from asyncwsgi.executors.rq import RQExecutor
 
     executable = shutil.which("redis-server")
     assert executable is not None

@@ -51,7 +51,7 @@ def queue(redis_server: RedisServer) -> Iterator[Any]:
 
 
 def _middleware(queue: Any, **options: Any) -> AsyncMiddleware:
-    from asyncwsgi.contrib.rq import RQExecutor
+    from asyncwsgi.executors.rq import RQExecutor
 
     store = queue.connection.connection_pool.connection_kwargs
     url = f"redis://127.0.0.1:{store['port']}/1"
@@ -60,7 +60,7 @@ def _middleware(queue: Any, **options: Any) -> AsyncMiddleware:
 
 
 def test_memory_store_is_refused(queue: Any) -> None:
-    from asyncwsgi.contrib.rq import RQExecutor
+    from asyncwsgi.executors.rq import RQExecutor
 
     with pytest.raises(ValueError, match="shared store"):
         AsyncMiddleware(_wsgi_app, paths=["/x"], executor=RQExecutor(queue, APP))
@@ -81,23 +81,26 @@ def test_the_job_holds_the_message_and_nothing_else_of_the_request(queue: Any) -
     task_id = response.headers["Location"].rsplit("/", 1)[1]
 
     job = rq.job.Job.fetch(task_id, connection=queue.connection)
-    assert job.func_name == "asyncwsgi.contrib.rq.run"
+    assert job.func_name == "asyncwsgi.executors.rq.run"
     assert job.kwargs == {}
     app, message = job.args
     assert app == APP
     assert set(message) == {
-        "id",
-        "store",
+        "version",
+        "task_id",
         "environ",
         "body",
+        "accepted",
+        "pattern",
+        "deadline",
+        "queued_until",
+        "store",
         "max_result",
         "max_stored_bytes",
         "lease",
-        "deadline",
-        "queued_until",
         "spool_threshold",
     }
-    assert message["id"] == task_id
+    assert message["task_id"] == task_id
     assert base64.b64decode(message["body"]) == body
     environ = message["environ"]
     assert environ["HTTP_X_CUSTOM"] == "v" and environ["outer.text"] == "kept"
@@ -121,7 +124,7 @@ def test_the_job_holds_the_message_and_nothing_else_of_the_request(queue: Any) -
 def test_the_job_timeout_is_the_timeout_and_kill_after(
     queue: Any, timeout: float | None, kill_after: float, job_timeout: int
 ) -> None:
-    from asyncwsgi.contrib.rq import RQExecutor
+    from asyncwsgi.executors.rq import RQExecutor
 
     store = queue.connection.connection_pool.connection_kwargs
     middleware = AsyncMiddleware(
@@ -158,13 +161,13 @@ def test_delete_of_a_queued_task_cancels_its_job(queue: Any) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("worker_class", "preloaded"),
-    [("rq.Worker", False), ("asyncwsgi.contrib.rq.Worker", True)],
+    [("rq.Worker", False), ("asyncwsgi.executors.rq.Worker", True)],
     ids=["rq-default", "preloading"],
 )
 def test_the_preloading_worker_imports_the_app_before_it_forks(
     queue: Any, worker_class: str, preloaded: bool
 ) -> None:
-    from asyncwsgi.contrib.rq import RQExecutor
+    from asyncwsgi.executors.rq import RQExecutor
     from tests.apps.imported_where import app
 
     port = queue.connection.connection_pool.connection_kwargs["port"]
@@ -196,7 +199,7 @@ def test_the_preloading_worker_imports_the_app_before_it_forks(
 
 @pytest.mark.slow
 def test_an_app_the_worker_cannot_import_ends_the_task_as_500(queue: Any) -> None:
-    from asyncwsgi.contrib.rq import RQExecutor
+    from asyncwsgi.executors.rq import RQExecutor
 
     port = queue.connection.connection_pool.connection_kwargs["port"]
     middleware = AsyncMiddleware(
@@ -225,7 +228,7 @@ def _big_app(environ: dict[str, Any], start_response: Any) -> Any:
 def test_a_worker_reserves_from_the_web_sides_byte_budget(queue: Any) -> None:
     """The budget travels in the job: a worker whose store was opened from
     a URL alone waits for room like the thread pool does, never past it."""
-    from asyncwsgi.contrib.rq import RQExecutor
+    from asyncwsgi.executors.rq import RQExecutor
 
     port = queue.connection.connection_pool.connection_kwargs["port"]
     budget = 3 * 2**20

@@ -1,3 +1,4 @@
-"""Adapters over the core: framework integrations (Flask, Django, PasteDeploy)
-and executors that run tasks on other engines (Celery). Each imports its
-third-party package only when it is imported itself."""
+"""Framework integrations over the core: Flask, Django, Pyramid, PasteDeploy.
+Each imports its framework only when it is imported itself. (The executors of
+other engines live in :mod:`asyncwsgi.executors`; their old names here still
+import.)"""

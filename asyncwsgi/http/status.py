@@ -28,7 +28,7 @@ from .waits import Waits
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from ..executor import Executor
+    from ..executors import Executor
     from ..settings import Settings
     from ..stores import Store
 

@@ -22,13 +22,13 @@ from werkzeug.exceptions import HTTPException
 from ..callbacks import allowed_callback
 from ..capture import Spool
 from ..environ import read_body, snapshot
+from ..job import Job
 from ..logs import task_extra
 from ..metrics import INSTRUMENTS
 from ..owner import owner_hash
 from ..prefer import parse_prefer, wait_seconds
-from ..runner import ACCEPTED, PATTERN
 from ..stores.base import ACTIVE, StoreUnavailable
-from ..task import Body, Callback, Job, TaskRecord
+from ..task import Body, Callback, TaskRecord
 from ..tracing import INSTALLED as TRACING
 from ..tracing import activate, carry, start_submit
 from .accepted import Accepted
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from opentelemetry.trace import Span
 
-    from ..executor import Executor
+    from ..executors import Executor
     from ..runner import TaskRunner
     from ..settings import Settings
     from ..stores import Store
@@ -239,15 +239,25 @@ class Submission:
         """The task handed to the executor; an answer only if it could not be."""
         record = created.record
         job_environ = snapshot(environ)
-        # When it was accepted, for the queue wait measured where it runs.
-        job_environ[ACCEPTED] = repr(record.created)
-        # Which pattern made it a task: the label of its metrics where it runs.
-        job_environ[PATTERN] = pattern
-        if span is not None:
-            carry(job_environ, span, record.id)
+        settings, store, now = self.settings, self.store, record.created
+        job = Job(
+            task_id=record.id,
+            environ=job_environ,
+            body=created.body,
+            accepted=now,
+            pattern=pattern,
+            trace_parent=None if span is None else carry(job_environ, span, record.id),
+            deadline=None if settings.timeout is None else now + settings.timeout,
+            queued_until=None if settings.queue_timeout is None else now + settings.queue_timeout,
+            store=store.url,
+            max_result=settings.max_result,
+            max_stored_bytes=store.max_stored_bytes,
+            lease=settings.lease,
+            spool_threshold=settings.spool_threshold,
+        )
         logger.debug("asyncwsgi: task %s accepted", record.id, extra=task_extra(record.id))
         try:
-            self.executor.submit(Job(record.id, job_environ, created.body))
+            self.executor.submit(job)
             self.runner.watch(record.id)
         except Exception:
             # Any executor's failure to take the task (a broker down, a full

@@ -5,6 +5,6 @@
 
 from __future__ import annotations
 
-from .run import ACCEPTED, PATTERN, TaskRunner
+from .run import TaskRunner
 
-__all__ = ["ACCEPTED", "PATTERN", "TaskRunner"]
+__all__ = ["TaskRunner"]

@@ -20,7 +20,7 @@ from ..stores.base import BodyRemoved, Store, StoreFull, StoreUnavailable
 from ..stores.upkeep import janitor
 from ..task import Result, TaskHandle
 from ..tracing import INSTALLED as TRACING
-from ..tracing import PARENT, end_run, inject, start_run
+from ..tracing import end_run, inject, start_run
 from .finish import Finisher, finished, settle
 from .leases import Leases
 from .spooling import ResultSpools
@@ -29,18 +29,11 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
     from opentelemetry.trace import Span
 
-    from ..task import Job
+    from ..job import Job
 
 __all__ = ["TaskRunner"]
 
 logger = logging.getLogger("asyncwsgi")
-
-#: The job environ's key for when the task was accepted (``repr(time.time())``,
-#: a string so that it crosses a JSON broker); the app never sees it.
-ACCEPTED = "asyncwsgi.accepted"
-#: The job environ's key for the path pattern that made the request a task
-#: (its metrics' label, wherever it runs); the app never sees it either.
-PATTERN = "asyncwsgi.pattern"
 
 # A start that failed is tried again after a delay that doubles from the
 # first value up to the last: quick after a blip, one call every two seconds
@@ -169,10 +162,12 @@ class TaskRunner:
         context = current_task_id.set(task_id)
         extra = task_extra(task_id)
         begun = time.time()
-        accepted = _accepted(job.environ)
-        span = start_run(job.environ, task_id, accepted, begun) if TRACING else None
-        counted = INSTRUMENTS.of(job.environ.get(PATTERN)) if INSTRUMENTS is not None else None
-        if counted is not None and accepted is not None:
+        accepted = job.accepted
+        span = (
+            start_run(job.environ, task_id, accepted, begun, job.trace_parent) if TRACING else None
+        )
+        counted = INSTRUMENTS.of(job.pattern) if INSTRUMENTS is not None else None
+        if counted is not None:
             counted.queue_wait.observe(max(0.0, begun - accepted))
         logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
         spool = self.spools.spool(task_id)
@@ -208,10 +203,6 @@ class TaskRunner:
             environ = task_environ(job.environ, job.body)
             # The app (or a middleware of its) may replace wsgi.input: close ours.
             stream = environ["wsgi.input"]
-            # Travel with the job for its metrics and trace; not the request's.
-            environ.pop(ACCEPTED, None)
-            environ.pop(PATTERN, None)
-            environ.pop(PARENT, None)
             environ["asyncwsgi.task"] = TaskHandle(task_id, self.store)
             if span is not None:
                 inject(environ, span)  # the app's server span continues the trace
@@ -343,12 +334,3 @@ class TaskRunner:
         self.leases.stop(timeout)
         self.janitor.stop(timeout)
         self.finisher.stop(timeout)
-
-
-def _accepted(environ: dict[str, object]) -> float | None:
-    """When the task was accepted, as the middleware noted it in its environ."""
-    value = environ.get(ACCEPTED)
-    try:
-        return float(value) if isinstance(value, str) else None
-    except ValueError:
-        return None

@@ -19,7 +19,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_tasks_project.s
 django.setup()
 
 from asyncwsgi.contrib.django import get_wsgi_application  # noqa: E402
-from asyncwsgi.contrib.django_tasks import DjangoTasksExecutor  # noqa: E402
+from asyncwsgi.executors.django_tasks import DjangoTasksExecutor  # noqa: E402
 
 # The worker imports this module too, and calls Django through it.
 application = get_wsgi_application(

@@ -20,7 +20,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.wrappers import Request, Response
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.contrib.celery import CeleryExecutor
+from asyncwsgi.executors.celery import CeleryExecutor
 
 celery_app = Celery("celery_httpbin", broker=os.environ.get("ASYNCWSGI_TEST_BROKER"))
 celery_app.conf.update(

@@ -39,7 +39,7 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 
 def executor() -> Any:
-    from asyncwsgi.contrib.celery import CeleryExecutor
+    from asyncwsgi.executors.celery import CeleryExecutor
 
     return CeleryExecutor(celery_app, "tests.apps.celery_queue_app:app", queue=QUEUE)
 

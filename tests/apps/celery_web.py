@@ -22,7 +22,7 @@ import redis
 from celery import Celery
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.contrib.celery import CeleryExecutor
+from asyncwsgi.executors.celery import CeleryExecutor
 
 BROKER = os.environ.get("ASYNCWSGI_TEST_BROKER", "redis://127.0.0.1:6379/0")
 STORE = os.environ.get("ASYNCWSGI_TEST_STORE", "redis://127.0.0.1:6379/1")

@@ -66,18 +66,18 @@ def make_executor(queue: str = QUEUE, kill_after: float = 5.0) -> Executor:
     if ENGINE == "thread":
         return ThreadExecutor(1)
     if ENGINE == "celery":
-        from asyncwsgi.contrib.celery import CeleryExecutor
+        from asyncwsgi.executors.celery import CeleryExecutor
 
         return CeleryExecutor(celery_app, APP, queue=queue, kill_after=kill_after)
     if ENGINE == "rq":
         from rq import Queue
 
-        from asyncwsgi.contrib.rq import RQExecutor
+        from asyncwsgi.executors.rq import RQExecutor
 
         connection = redis.Redis.from_url(REDIS)
         return RQExecutor(Queue(queue, connection=connection), APP, kill_after=kill_after)
     if ENGINE in ("django-db", "django-rq"):
-        from asyncwsgi.contrib.django_tasks import DjangoTasksExecutor
+        from asyncwsgi.executors.django_tasks import DjangoTasksExecutor
 
         return DjangoTasksExecutor(APP, queue_name=queue)
     raise ValueError(f"unknown engine {ENGINE!r}")

@@ -18,7 +18,7 @@ from celery.signals import task_postrun
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.contrib.celery import CeleryExecutor
+from asyncwsgi.executors.celery import CeleryExecutor
 
 SPANS = os.environ.get("ASYNCWSGI_TEST_SPANS")
 
