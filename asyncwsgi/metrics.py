@@ -34,9 +34,10 @@ try:
 except ImportError:  # the optional extra is not installed: count nothing
     prometheus_client = None  # type: ignore[assignment]
 
+from .stores.base import Store
+
 if TYPE_CHECKING:
-    from .stores.base import Store
-    from .task import Result
+    from .task import Result, TaskRecord
 
 __all__ = [
     "INSTRUMENTS",
@@ -175,6 +176,16 @@ class Instruments:
 #: This process's metrics; None without prometheus_client. Created at import,
 #: so ``PROMETHEUS_MULTIPROC_DIR`` must be set before asyncwsgi is imported.
 INSTRUMENTS: Instruments | None = Instruments() if prometheus_client is not None else None
+
+
+def _count_lost(record: TaskRecord) -> None:
+    if INSTRUMENTS is not None:
+        INSTRUMENTS.lost.inc()
+
+
+if INSTRUMENTS is not None:
+    # The store that ends a lapsed task tells its hooks: counted here, once.
+    Store.lost_hooks.append(_count_lost)
 
 
 class StoreCollector:

@@ -10,10 +10,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from .stores.base import Store
+from typing import IO, Any, Literal, Protocol
 
 __all__ = [
     "Body",
@@ -203,6 +200,19 @@ class Created:
         return self.created
 
 
+class HandleStore(Protocol):
+    """What a task's handle needs of its store (any
+    :class:`~asyncwsgi.stores.base.Store`): named here, so that the task's
+    types need nothing of the stores, which are built on them."""
+
+    @property
+    def shared(self) -> bool: ...
+
+    def set_progress(self, task_id: str, progress: Progress) -> None: ...
+
+    def is_cancelled(self, task_id: str) -> bool: ...
+
+
 class TaskHandle:
     """The running task, as the app sees it.
 
@@ -224,7 +234,7 @@ class TaskHandle:
 
     __slots__ = ("id", "_store", "_cancelled", "_checked", "_failing", "cancel_check")
 
-    def __init__(self, task_id: str, store: Store, *, cancel_check: float = 0.25) -> None:
+    def __init__(self, task_id: str, store: HandleStore, *, cancel_check: float = 0.25) -> None:
         self.id = task_id
         self._store = store
         self._cancelled = False

@@ -18,7 +18,7 @@ import redis
 from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.executor import ThreadExecutor
+from asyncwsgi.executors import ThreadExecutor
 from bench.services import RedisServer
 from tests.redis_fixture import _need
 

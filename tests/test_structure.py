@@ -1,4 +1,7 @@
-"""The package's shape: no module imports one that imports it back."""
+"""The package's shape: no module imports one that imports it back (counting
+imports under ``TYPE_CHECKING``: a circle there is a circle in the design),
+and the layers import downwards only: the stores know nothing of metrics,
+logs, executors or the HTTP side; the executors nothing of the HTTP side."""
 
 from __future__ import annotations
 
@@ -23,30 +26,18 @@ def _modules() -> dict[str, tuple[Path, list[str]]]:
     return modules
 
 
-def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import that runs (at module level or in a function); those under
-    ``if TYPE_CHECKING:`` never do, so they cannot make a cycle."""
-    found: list[ast.Import | ast.ImportFrom] = []
-
-    def visit(node: ast.AST) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                for other in child.orelse:
-                    visit(other)
-                continue
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
-                found.append(child)
-            visit(child)
-
-    visit(tree)
-    return found
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import in a module: at module level, in a function, and under
+    ``if TYPE_CHECKING:`` (which never runs, but is a dependency all the
+    same: the types a module names are part of what it knows)."""
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, (path, package) in modules.items():
-        for node in _runtime_imports(ast.parse(path.read_text())):
+        for node in _imports(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 base = package[: len(package) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
@@ -112,3 +103,81 @@ def test_the_graph_sees_a_real_edge():
     assert "asyncwsgi.settings" in graph["asyncwsgi.middleware"]
     # importing asyncwsgi.stores.base from outside runs asyncwsgi.stores first
     assert "asyncwsgi.stores" in graph["asyncwsgi.middleware"]
+
+
+def test_a_type_checking_import_is_an_edge() -> None:
+    tree = ast.parse("if TYPE_CHECKING:\n    from .b import B\n")
+    assert [ast.unparse(node) for node in _imports(tree)] == ["from .b import B"]
+
+
+def _reached(graph: dict[str, set[str]], start: str) -> dict[str, str]:
+    """Every module ``start`` imports, directly or through others: each
+    mapped to the module that imports it on the way, to show the path."""
+    via: dict[str, str] = {}
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        for target in sorted(graph[node]):
+            if target not in via and target != start:
+                via[target] = node
+                todo.append(target)
+    return via
+
+
+def _path(via: dict[str, str], start: str, end: str) -> str:
+    steps = [end]
+    while steps[-1] != start:
+        steps.append(via[steps[-1]])
+    return " -> ".join(reversed(steps))
+
+
+def _under(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+# The HTTP side: the middleware and the modules that answer requests, the
+# framework adapters, and the package's own __init__ (which imports the
+# middleware).
+HTTP_SIDE = (
+    "asyncwsgi.middleware",
+    "asyncwsgi.http",
+    "asyncwsgi.events",
+    "asyncwsgi.replay",
+    "asyncwsgi.listing",
+    "asyncwsgi.prefer",
+    "asyncwsgi.contrib",
+)
+EXECUTORS = ("asyncwsgi.executors", "asyncwsgi.executor", "asyncwsgi.remote")
+
+
+def _forbidden(layer: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]:
+    graph = import_graph()
+    found = []
+    for name in sorted(graph):
+        if not _under(name, *layer):
+            continue
+        via = _reached(graph, name)
+        for target in sorted(via):
+            if target == "asyncwsgi" or _under(target, *forbidden):
+                found.append(_path(via, name, target))
+    return found
+
+
+def test_no_store_module_imports_metrics_logs_an_executor_or_the_http_side() -> None:
+    forbidden = ("asyncwsgi.metrics", "asyncwsgi.logs", *EXECUTORS, *HTTP_SIDE)
+    assert _forbidden(("asyncwsgi.stores",), forbidden) == []
+
+
+def test_no_executor_imports_the_http_side() -> None:
+    assert _forbidden(("asyncwsgi.executors",), HTTP_SIDE) == []
+
+
+def test_the_layer_check_sees_a_path() -> None:
+    # The HTTP side reaches the stores through the runner, for one.
+    graph = import_graph()
+    via = _reached(graph, "asyncwsgi.middleware")
+    assert "asyncwsgi.stores.base" in via
+    assert _path(via, "asyncwsgi.middleware", "asyncwsgi.stores.base").startswith(
+        "asyncwsgi.middleware -> "
+    )
+    assert _forbidden(("asyncwsgi.runner",), ("asyncwsgi.metrics",)) != []

@@ -22,9 +22,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
-from ..logs import task_extra
-from ..metrics import INSTRUMENTS
 from ..results import lost_result
 from ..task import Body, BodyKind, BodySink, Created, Delivery, Progress, Result, State, TaskRecord
 
@@ -123,6 +122,12 @@ class Store(abc.ABC):
             self.listing = True
         elif self.listing is None:
             self.listing = False
+
+    #: Told of each task a store ended as lost (its lease lapsed), once, by
+    #: the call that ended it, in whichever process that was: the metrics
+    #: add their lost counter here (the stores import no metrics). Shared by
+    #: every store of the process.
+    lost_hooks: ClassVar[list[Callable[[TaskRecord], None]]] = []
 
     def __init__(self, *, max_tombstones: int = 10_000, tombstone_ttl: float = 3600.0) -> None:
         if max_tombstones < 0:
@@ -533,8 +538,8 @@ class Store(abc.ABC):
 def _lost(record: TaskRecord, verdict: Result, now: float) -> None:
     """A task was finished as lost, by this call: counted and logged once,
     whichever process met the lapsed lease."""
-    if INSTRUMENTS is not None:
-        INSTRUMENTS.lost.inc()
+    for hook in Store.lost_hooks:
+        hook(record)
     logger.warning(
         "asyncwsgi: task %s ended as %s: %s (%s stopped renewing its lease %.1f s ago)",
         record.id,
@@ -542,5 +547,5 @@ def _lost(record: TaskRecord, verdict: Result, now: float) -> None:
         verdict.body.decode().strip() if isinstance(verdict.body, bytes) else "",
         "its queue" if record.state == "queued" else "its worker",
         now - (record.lease_until or now),
-        extra=task_extra(record.id),
+        extra={"task_id": record.id},
     )

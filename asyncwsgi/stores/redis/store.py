@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import redis
 
-from ...logs import task_extra
 from ...task import (
     Body,
     BodyKind,
@@ -244,7 +243,7 @@ class RedisStore(Store):
                 "(%s): its lease ends it",
                 task_id,
                 exc,
-                extra=task_extra(task_id),
+                extra={"task_id": task_id},
             )
 
     def _read(self, task_id: str) -> TaskRecord | None:
