@@ -158,8 +158,11 @@ def test_every_answer_is_valid_and_says_its_standard_phrase(site: Site) -> None:
     # (A malformed Content-Length is a 400 too, but the validator in front
     # refuses such an environ before the middleware sees it.)
     own(site.ask("POST", "/work/slow", {}, b"x" * 1001), 413)
-    site.submit("/work/fast", **{"Idempotency-Key": "k1"})
-    own(site.ask("POST", "/work/fast", {"Idempotency-Key": "k1"}, b"other"), 422)
+    site.submit("/work/slow", **{"Idempotency-Key": "k1"})
+    own(site.ask("POST", "/work/slow", {"Idempotency-Key": "k1"}, b"x"), 202)  # a retry
+    own(site.ask("POST", "/work/slow", {"Idempotency-Key": "k1"}, b"other"), 422)
+    waited = site.ask("POST", "/work/fast", {"Prefer": "wait=5"}, b"x")  # capped at max_wait
+    assert (waited.status, waited.headers["Preference-Applied"]) == (200, "wait=1"), waited
 
     # The status URL: the event stream, and one resumed after done.
     stream = site.ask("GET", location, {"Accept": "text/event-stream"})
@@ -168,6 +171,8 @@ def test_every_answer_is_valid_and_says_its_standard_phrase(site: Site) -> None:
     # The replay, whole and in part (the app's own status line, then ranges).
     replayed = site.ask("GET", location)
     assert (replayed.status, replayed.reason, replayed.body) == (200, "OK", b"0123456789")
+    headed = site.ask("HEAD", location)
+    assert (headed.status, headed.body, headed.headers["Content-Length"]) == (200, b"", "10")
     own(site.ask("GET", location, {"Range": "bytes=2-4"}), 206)
     own(site.ask("GET", location, {"Range": "bytes=50-60"}), 416)
     own(site.ask("PUT", location), 405)
@@ -181,6 +186,7 @@ def test_every_answer_is_valid_and_says_its_standard_phrase(site: Site) -> None:
 
     # The task list, the metrics, and what passes through.
     own(site.ask("GET", "/status/"), 200)
+    own(site.ask("GET", "/status/", {"X-User": ""}), 403)
     own(site.ask("GET", "/status/?limit=x"), 400)
     own(site.ask("GET", "/metrics"), 200)
     own(site.ask("POST", "/metrics"), 405)
