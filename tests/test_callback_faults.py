@@ -283,3 +283,62 @@ def test_slow_receivers_do_not_delay_a_healthy_one(tmp_path: Path, store: str) -
     # Six receivers trickling (each with an attempt open) leave a healthy one
     # its callback at once: well within one attempt's deadline.
     assert took < 3.0, took
+
+
+@pytest.mark.slow
+def test_a_delivery_sent_whose_record_was_lost_is_not_sent_again() -> None:
+    # The receiver accepts, then Redis stops answering before the sender can
+    # record it, until the claim has lapsed. When Redis is back the same
+    # process claims the delivery again: it records it instead of sending it.
+    from werkzeug.test import Client
+
+    from asyncwsgi import AsyncMiddleware
+    from bench.services import RedisServer
+    from tests.helpers import program, wait_done
+
+    redis = RedisServer(program("redis-server"))
+    app: AsyncMiddleware | None = None
+    try:
+
+        class Pausing(Receiver):
+            def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+                redis.pause()  # before the answer: the record cannot follow it
+                return super().__call__(environ, start_response)
+
+        receiver = Pausing()
+        with receiving(receiver) as hooks:
+            app = AsyncMiddleware(
+                lambda environ, start_response: (start_response("200 OK", []), [b"ok"])[1],
+                paths=["/work/*"],
+                store=redis.url(0) + "?socket_timeout=0.5&socket_connect_timeout=0.5",
+                callback_allow=[hooks],
+                callback_secret=SECRET,
+            )
+            assert app.callbacks is not None
+            app.callbacks.claim_lease = 4.0
+            app.callbacks.attempt_timeout = 2.0
+            client = Client(app)
+            location = client.post("/work/x", headers={"Callback-URL": hooks + "x"}).headers[
+                "Location"
+            ]
+            receiver.wait_for(1, timeout=10)
+            time.sleep(6)  # past the claim: the sender gave up recording it
+            redis.resume()
+            time.sleep(4)  # the claim loop takes the delivery again, and records it
+            assert len(receiver.deliveries) == 1
+            assert redis_client_zcard(redis.url(0), "asyncwsgi:callbacks") == 0
+            assert wait_done(client, location).status_code == 200
+    finally:
+        if app is not None:
+            app.close(timeout=5)
+        redis.stop()
+
+
+def redis_client_zcard(url: str, key: str) -> int:
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    try:
+        return int(client.zcard(key))
+    finally:
+        client.close()
