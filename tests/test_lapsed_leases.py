@@ -81,13 +81,17 @@ def post(port: int, path: str, headers: dict[str, str]) -> Answer:
         conn.close()
 
 
+@pytest.mark.parametrize("preload", [False, True], ids=["imported-in-workers", "preload"])
 def test_a_worker_killed_mid_spool_gives_back_the_budget_and_is_called_back_unpolled(
     tmp_path: Path,
     store_url: str,  # noqa: F811 (the fixture imported above)
+    preload: bool,
 ) -> None:
     """The killed worker's writer had reserved ``max_result``, the whole byte
     budget: until its lease is judged, every submission is refused. Nobody
-    polls its task; the processes' sweepers alone end it."""
+    polls its task; the processes' sweepers alone end it. With ``--preload``
+    the middleware is built in gunicorn's master, and each forked worker
+    runs a sweeper of its own."""
     receiver = Receiver()
     with receiving(receiver) as hooks:
         environ = {
@@ -96,7 +100,7 @@ def test_a_worker_killed_mid_spool_gives_back_the_budget_and_is_called_back_unpo
         }
         if store_url.startswith("sqlite:"):
             environ["ASYNCWSGI_TEST_RESULTS_DIR"] = str(tmp_path / "results")
-        args = ["-w", "2", "-k", "gthread", "--threads", "4"]
+        args = ["-w", "2", "-k", "gthread", "--threads", "4", *(["--preload"] if preload else [])]
         app = "tests.apps.spool_app:application"
         with gunicorn(tmp_path, store_url, args, lease=LEASE, app=app, environ=environ) as (
             port,
@@ -138,7 +142,8 @@ def test_a_worker_killed_mid_spool_gives_back_the_budget_and_is_called_back_unpo
             time.sleep(3)  # room for a second delivery, which must not come
             kind = store_url.partition(":")[0]
             print(
-                f"\n[{kind}] after the kill: a submission accepted in {accepted:.1f} s, "
+                f"\n[{kind}{', preload' if preload else ''}] after the kill: "
+                f"a submission accepted in {accepted:.1f} s, "
                 f"the lost callback in {called:.1f} s"
             )
             assert accepted < LEASE + 5
