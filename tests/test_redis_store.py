@@ -259,7 +259,7 @@ def test_expiry_needs_no_calls(redis_url: str) -> None:
         keys = [bytes(key) for key in store.client.keys(store.prefix + "*")]  # type: ignore[arg-type]
         # The sorted sets (the tombstones' and the task list's indexes) are
         # trimmed by the next calls; no key of the task itself is left.
-        indexes = (b"tombs", b"unlist", b"list::all", b"list::done")
+        indexes = (b"tombs", b"unlist", b"list::active", b"list::done")
         remaining = [key for key in keys if not key.endswith(indexes)]
         assert remaining == []
     finally:

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from ...task import Callback, Result, TaskRecord
 
-__all__ = ["headers_json", "num", "record", "text"]
+__all__ = ["headers_json", "num", "record", "record_fields", "text"]
 
 
 def num(value: float) -> str:
@@ -55,3 +55,20 @@ def record(task_id: str, fields: dict[str, Any]) -> TaskRecord:
         ttl=float(fields.get("ttl", 300.0)),
         callback=None if callback is None else Callback(*json.loads(callback)),
     )
+
+
+def record_fields(task: TaskRecord) -> list[str | bytes]:
+    """A new task's hash as field/value pairs (the fields it has)."""
+    fields: list[str | bytes] = ["state", task.state, "created", num(task.created)]
+    fields += ["ttl", num(task.ttl)]
+    if task.owner is not None:
+        fields += ["owner", task.owner]
+    if task.started is not None:
+        fields += ["started", num(task.started)]
+    if task.lease_until is not None:
+        fields += ["lease_until", num(task.lease_until)]
+    if task.progress is not None:
+        fields += ["progress", json.dumps(task.progress)]
+    if task.callback is not None:
+        fields += ["callback", json.dumps([task.callback.url, task.callback.status_url])]
+    return fields

@@ -1,6 +1,7 @@
 """Reading a spooled body ahead of its writer: while the server sends one
-batch of chunks to the client, a thread fetches the next ones from Redis,
-several chunks per round trip."""
+batch of chunks to the client, a thread fetches the next batch from Redis
+(one round trip each), so that Redis and the client's socket are busy at
+the same time."""
 
 from __future__ import annotations
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from ...task import (
     Body,
@@ -26,9 +26,9 @@ from ...task import (
 )
 from ..base import Store, StoreUnavailable
 from ..settings import split_url, store_keywords
-from . import connect
+from . import connect, deliveries, listeners, tasklist
 from .bodies import BodyIO, RedisBody, RedisSink, budget_spent
-from .codec import headers_json, num, record, text
+from .codec import headers_json, num, record, record_fields, text
 from .faults import BACKEND_ERRORS, fault, translated
 from .replicas import Replication, Unconfirmed
 from .scripts import Scripts
@@ -170,24 +170,7 @@ class RedisStore(Store):
         limit: int | None,
         room: int,
     ) -> Created:
-        fields: list[str | bytes] = [
-            "state",
-            record.state,
-            "created",
-            num(record.created),
-            "ttl",
-            num(record.ttl),
-        ]
-        if record.owner is not None:
-            fields += ["owner", record.owner]
-        if record.started is not None:
-            fields += ["started", num(record.started)]
-        if record.lease_until is not None:
-            fields += ["lease_until", num(record.lease_until)]
-        if record.progress is not None:
-            fields += ["progress", json.dumps(record.progress)]
-        if record.callback is not None:
-            fields += ["callback", json.dumps([record.callback.url, record.callback.status_url])]
+        fields = record_fields(record)
         # Only what the task uses: its place in the task list, its body.
         uses = ""
         if self.listing is not False:
@@ -325,25 +308,9 @@ class RedisStore(Store):
         return {"queued": int(queued), "running": int(running)}
 
     def _block(self, task_id: str, timeout: float, poll: float) -> None:
-        # Whole milliseconds: Redis reads a timeout under 1 ms as "forever".
-        # A finish pushes to done:<id> (kept a minute), so a finish that came
-        # before this call is seen at once. Rotating the list onto itself
-        # leaves it in place for the other waiters: every one of them wakes.
-        seconds = max(0.001, round(timeout, 3))
         if self._block_limit is not None:
-            seconds = min(seconds, self._block_limit)
-        # Marked first, so that its finish wakes this waiter (only a task
-        # that has one pays for waking); not active any more: read it again.
-        if not self._run("mark_listener", [self._key("task", task_id)], ["waited"]):
-            return
-        done = self._key("done", task_id)
-        try:
-            # (Redis takes a fractional timeout; some redis-py releases annotate
-            # it as int, so the call goes through Any.)
-            client: Any = self.client
-            client.blmove(done, done, seconds, "RIGHT", "LEFT")
-        except redis.TimeoutError:
-            pass  # the socket's timeout, not the wait's: the caller reads again
+            timeout = min(timeout, self._block_limit)
+        listeners.block_until_done(self.client, self.scripts, self.prefix, task_id, timeout)
 
     # -- bodies --------------------------------------------------------------
 
@@ -380,33 +347,16 @@ class RedisStore(Store):
 
     @contextmanager
     def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
-        if self._connection.cluster:
+        client = self.client
+        if isinstance(client, RedisCluster):
             # (Pub/sub on a cluster client is another API: read again instead.)
             with super()._listen(task_id) as block:
                 yield block
             return
-        # Subscribed before the caller reads, so that a change in between
-        # still wakes it: every change of state or progress publishes.
-        # (Through Any: redis-py 8.2 annotates pubsub(), earlier ones do not.)
-        client: Any = self.client
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self._key("changed", task_id))
-            # Marked once subscribed and before the caller reads: from then
-            # on every change of this task publishes (only a watched one does).
-            self._run("mark_listener", [self._key("task", task_id)], ["watched"])
-
-            def block(timeout: float) -> None:
-                if self._block_limit is not None:
-                    timeout = min(timeout, self._block_limit)
-                try:
-                    pubsub.get_message(timeout=timeout)
-                except redis.TimeoutError:
-                    pass  # the socket's timeout: the caller reads again
-
+        with listeners.listen(
+            client, self.scripts, self.prefix, task_id, self._block_limit
+        ) as block:
             yield block
-        finally:
-            pubsub.close()
 
     def _list(
         self,
@@ -415,62 +365,13 @@ class RedisStore(Store):
         before: tuple[float, str] | None,
         limit: int,
     ) -> list[TaskRecord]:
-        key = f"{self.prefix}list:{owner or ''}:{state or 'all'}"
-        answer = cast(
-            "list[Any]",
-            self._run(
-                "list_page",
-                [key],
-                [
-                    num(time.time()),
-                    int(limit),
-                    "" if before is None else num(before[0]),
-                    "" if before is None else before[1],
-                ],
-            ),
-        )
-        records = []
-        for i in range(0, len(answer), 2):
-            raw = answer[i + 1]
-            fields = {text(raw[j]): raw[j + 1] for j in range(0, len(raw), 2)}
-            records.append(record(text(answer[i]), fields))
-        return records
+        return tasklist.page(self.scripts, self.prefix, owner, state, before, limit)
 
     def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
-        claim = secrets.token_hex(8)
-        answer = cast(
-            "list[Any]",
-            self._run(
-                "claim_callbacks",
-                [self.prefix + "callbacks"],
-                [num(now), num(now + lease), int(limit), claim],
-            ),
-        )
-        deliveries = []
-        for i in range(0, len(answer), 6):
-            task_id, callback, status, finished, attempts, deadline = answer[i : i + 6]
-            url, status_url = json.loads(callback)
-            deliveries.append(
-                Delivery(
-                    text(task_id),
-                    url,
-                    status_url,
-                    int(status),
-                    float(finished),
-                    int(attempts),
-                    float(deadline),
-                    claim,
-                )
-            )
-        return deliveries
+        return deliveries.claim(self.scripts, self.prefix, now, lease, limit)
 
     def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
-        settled = self._run(
-            "settle_callback",
-            [self._key("cb", delivery.task_id), self.prefix + "callbacks"],
-            [delivery.task_id, delivery.claim, "" if retry_at is None else num(retry_at)],
-        )
-        return bool(settled)
+        return deliveries.settle(self.scripts, self.prefix, delivery, retry_at)
 
     def close(self) -> None:
         connect.close(self._connection)

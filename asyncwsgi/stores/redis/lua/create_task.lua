@@ -43,7 +43,7 @@ if string.find(uses, 'r', 1, true) then
   redis.call('ZADD', prefix .. 'bodies:until', 'inf', id .. ':request')
 end
 if string.find(uses, 'l', 1, true) then
-  relist(id, ARGV[12], ARGV[13], nil, 'queued')
+  list_add(id, ARGV[12], ARGV[13])
 end
 if key ~= '' then
   redis.call('SET', prefix .. 'key:' .. key, ARGV[9])

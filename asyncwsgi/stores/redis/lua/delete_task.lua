@@ -12,8 +12,7 @@ if was[3] then
   redis.call('DEL', prefix .. 'key:' .. was[3])
 end
 if was[4] then
-  relist(id, owner, 0, was[1], nil)
-  redis.call('ZREM', prefix .. 'unlist', owner .. '|' .. id)
+  list_remove(id, owner, was[1])
 end
 redis.call('DEL', KEYS[1], prefix .. 'tomb:' .. id)
 redis.call('ZREM', leases, id)

@@ -55,8 +55,7 @@ if tombstones then
   trim_tombstones(now)
 end
 if was[8] then
-  relist(id, owner, was[4], state, 'done')
-  redis.call('ZADD', prefix .. 'unlist', expires, owner .. '|' .. id)
+  list_done(id, owner, was[4], expires)
   unlist_expired(now)
 end
 if was[6] then

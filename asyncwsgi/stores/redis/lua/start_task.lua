@@ -1,18 +1,15 @@
--- uses: signals index
+-- uses: signals
 -- Queued -> running, with its lease.
 -- KEYS[1] task. ARGV[4] id, ARGV[5] now, ARGV[6] lease_until. Answers 1, or 0
 -- when the task is not queued.
 local id = ARGV[4]
-local was = redis.call('HMGET', KEYS[1], 'state', 'listed', 'watched', 'owner', 'created')
+local was = redis.call('HMGET', KEYS[1], 'state', 'watched')
 if was[1] ~= 'queued' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[5], 'lease_until', ARGV[6])
 redis.call('ZADD', leases, ARGV[6], id)
 if was[2] then
-  relist(id, was[4] or '', was[5], 'queued', 'running')
-end
-if was[3] then
   changed(id)
 end
 return 1

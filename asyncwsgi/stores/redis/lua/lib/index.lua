@@ -1,16 +1,27 @@
--- The task list's index (for the tasks created 'listed'): moves a task
--- between its owner's state sets; 'all' holds it from creation to removal.
-local function relist(id, owner, created, from, to)
-  local base = prefix .. 'list:' .. owner .. ':'
-  if from then
-    redis.call('ZREM', base .. from, id)
+-- The task list's index, only for the tasks created 'listed': per owner
+-- hash (empty for none), 'active' (queued and running) and 'done', each by
+-- creation time. A finished task is also in 'unlist' by its expiry (as
+-- <owner>|<id>), from which it leaves the index when it expires.
+local function list_key(owner, set)
+  return prefix .. 'list:' .. owner .. ':' .. set
+end
+
+local function list_add(id, owner, created)
+  redis.call('ZADD', list_key(owner, 'active'), created, id)
+end
+
+local function list_done(id, owner, created, expires)
+  redis.call('ZREM', list_key(owner, 'active'), id)
+  redis.call('ZADD', list_key(owner, 'done'), created, id)
+  redis.call('ZADD', prefix .. 'unlist', expires, owner .. '|' .. id)
+end
+
+local function list_remove(id, owner, state)
+  if state == 'done' then
+    redis.call('ZREM', list_key(owner, 'done'), id)
+    redis.call('ZREM', prefix .. 'unlist', owner .. '|' .. id)
   else
-    redis.call('ZADD', base .. 'all', created, id)
-  end
-  if to then
-    redis.call('ZADD', base .. to, created, id)
-  else
-    redis.call('ZREM', base .. 'all', id)
+    redis.call('ZREM', list_key(owner, 'active'), id)
   end
 end
 
@@ -23,7 +34,7 @@ local function unlist_expired(now)
     local owner = string.sub(member, 1, bar - 1)
     local id = string.sub(member, bar + 1)
     if redis.call('EXISTS', prefix .. 'task:' .. id) == 0 then
-      relist(id, owner, 0, 'done', nil)
+      redis.call('ZREM', list_key(owner, 'done'), id)
     end
     redis.call('ZREM', unlist, member)
   end
