@@ -10,18 +10,10 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from .callbacks import CallbackSender, parse_secret
 from .executors import Executor, ThreadExecutor
-from .http.accepted import Accepted
-from .http.callbacks import SenderPerProcess
+from .http.answers import make_answers
 from .http.responses import unavailable
-from .http.scrape import Scrape
-from .http.status import Status
-from .http.stream import Streams
-from .http.submission import CALLBACK_HEADER, Submission
-from .http.tasklist import TaskList
-from .http.urls import StatusURLs
-from .http.waits import Waits
+from .http.submission import CALLBACK_HEADER
 from .metrics import INSTRUMENTS
 from .patterns import Pattern, compile_patterns, pattern_label
 from .prefer import parse_prefer
@@ -208,47 +200,23 @@ class AsyncMiddleware:
         return store
 
     def _make_answers(self, settings: Settings) -> None:
-        """The routes and the parts of the HTTP side, each given what it needs."""
+        """The routes, and the parts of the HTTP side they lead to."""
         self._match = compile_patterns(self.paths)
         self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
         announce_patterns(self.paths, self.prefer_paths, self.methods)
         if INSTRUMENTS is not None:
             INSTRUMENTS.declare(map(pattern_label, [*self.paths, *self.prefer_paths]))
-        self.urls = StatusURLs(self.status_path, self.location_base)
-        self._accepted = Accepted(settings, self.urls)
-        self._scrape = Scrape(self.store)
-        self._waits = Waits(self.store, settings)
-        self.callbacks: CallbackSender | None = None
-        self._sender: SenderPerProcess | None = None
-        if settings.callback_allow is not None and settings.callback_secret is not None:
-            self.callbacks = CallbackSender(self.store, parse_secret(settings.callback_secret))
-            self._sender = SenderPerProcess(self.callbacks, self._closing)
-        task_list = TaskList(self.store, settings, self.urls)
-        # The store keeps the list's index only while a list is on.
-        self.store.use_listing(task_list.on)
-        self._status = Status(
-            self.store,
-            settings,
-            executor=self.executor,
-            accepted=self._accepted,
-            task_list=task_list,
-            streams=Streams(self.store, settings, self.urls, self._waits),
-            waits=self._waits,
-            callbacks=self._sender,
-        )
-        self._submission = Submission(
+        answers = make_answers(
             self.app,
             self.store,
             settings,
             executor=self.executor,
             runner=self.runner,
-            urls=self.urls,
-            accepted=self._accepted,
-            status=self._status,
-            waits=self._waits,
-            sender=self._sender,
             closing=self._closing,
         )
+        self.urls, self._accepted, self._scrape = answers.urls, answers.accepted, answers.scrape
+        self._status, self._submission = answers.status, answers.submission
+        self.callbacks, self._sender = answers.callbacks, answers.sender
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
