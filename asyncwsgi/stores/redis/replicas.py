@@ -77,7 +77,8 @@ class Replication:
         loaded = False
         while True:
             target = _target(client, keys[0])
-            pipe = target.pipeline(transaction=False)
+            # (Through Any: redis-py before 6 leaves execute unannotated.)
+            pipe: Any = target.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.set(self.marker, b"1", px=_MARKER_MS)
             pipe.wait(self.min_replicas, self.timeout_ms)
@@ -125,6 +126,8 @@ def _lost_node(client: redis.Redis | RedisCluster) -> None:
     if not isinstance(client, RedisCluster):
         return
     try:
-        client.nodes_manager.initialize()
+        # (Through Any: redis-py before 6 leaves it unannotated.)
+        nodes: Any = client.nodes_manager
+        nodes.initialize()
     except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         logger.debug("asyncwsgi: could not read the cluster's topology: %s", exc)

@@ -114,6 +114,6 @@ class Scripts:
             # Sent to Redis by its digest (EVALSHA), loaded on the first NOSCRIPT.
             # (Through Any: redis-py releases annotate register_script for a
             # plain Redis only, or not at all; the store runs it on a cluster too.)
-            register: Any = client.register_script
-            script = self._scripts[step] = register(source(step))
+            any_client: Any = client
+            script = self._scripts[step] = any_client.register_script(source(step))
         return script

@@ -124,7 +124,9 @@ def sentinel_client(url: str, **defaults: Any) -> redis.Redis:
         **{k: v for k, v in defaults.items() if k.startswith("socket_")},
         **parsed.sentinel,
     }
-    manager = Sentinel(parsed.sentinels, sentinel_kwargs=sentinel_kwargs)
+    # (Through Any: redis-py before 6 leaves the Sentinel API unannotated.)
+    sentinel: Any = Sentinel
+    manager = sentinel(parsed.sentinels, sentinel_kwargs=sentinel_kwargs)
     client: redis.Redis = manager.master_for(
         parsed.service, redis_class=redis.Redis, decode_responses=False, **connection
     )
