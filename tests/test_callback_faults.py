@@ -281,8 +281,8 @@ def test_slow_receivers_do_not_delay_a_healthy_one(tmp_path: Path, store: str) -
             healthy.wait_for(1, timeout=10)
             took = healthy.deliveries[0].at - time.time() + time.monotonic() - sent
     # Six receivers trickling (each with an attempt open) leave a healthy one
-    # its callback at once: well within one attempt's deadline.
-    assert took < 3.0, took
+    # its callback at once: well within one attempt's deadline (10 s).
+    assert took < 5.0, took
 
 
 @pytest.mark.slow
