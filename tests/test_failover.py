@@ -29,14 +29,17 @@ from bench.services import (
     RedisServer,
     redis_cli,
 )
-from tests.failover import Answer, Submitters, expected, finals
+from tests.failover import Answer, Submitters, expected, finals, request
 from tests.helpers import program
 
 pytestmark = pytest.mark.slow
 
-# A task may be running while the primary is away: its lease outlives the
-# outage (3 s of stopped replicas, then the failover), so it is not ended as lost.
+# A task may be running while the primary is away (each test keeps one of
+# LONG_MS running from before the replicas stop until after the kill): its
+# lease outlives the outage (3 s of stopped replicas, then the failover), so
+# it is not ended as lost, and ends with the app's answer.
 LEASE = 12.0
+LONG_MS = 6000
 
 
 @contextmanager
@@ -102,6 +105,19 @@ def summary(answers: list[Answer], killed: float, first: Answer | None) -> str:
     )
 
 
+def start_long_task(port: int) -> Answer:
+    """A task of LONG_MS, submitted and seen running (the primary's replicas
+    have its start): it runs through what comes next."""
+    sent = time.monotonic()
+    status, headers, _ = request(port, "POST", f"/work/long?ms={LONG_MS}")
+    assert status == 202, status
+    answer = Answer("/work/long", sent, time.monotonic(), status, headers["Location"], None)
+    assert wait_for(lambda: b'"running"' in request(port, "GET", headers["Location"])[2], 5.0), (
+        "the long task did not start"
+    )
+    return answer
+
+
 def stop_replicas_then_kill_primary(
     primary: RedisServer, replicas: list[RedisServer], *, until_dropped: bool
 ) -> tuple[float, float]:
@@ -138,6 +154,7 @@ def test_sentinel_failover(min_replicas: int, tmp_path: Path) -> None:
             try:
                 # Before: every worker warm and accepting (the first request imports the app).
                 assert wait_for(lambda: load.accepted() >= 40, 20.0), load.answers[:5]
+                long = start_long_task(port) if min_replicas else None
                 dropped, killed = stop_replicas_then_kill_primary(
                     group.primary, group.replicas, until_dropped=not min_replicas
                 )
@@ -150,10 +167,12 @@ def test_sentinel_failover(min_replicas: int, tmp_path: Path) -> None:
             print(summary(answers, killed, first))
             assert_only_202_or_503(answers, log)
             assert again and first is not None
-            if min_replicas:
-                # Accepted again within 10 s of the kill, and nothing accepted lost.
+            if long is not None:
+                # Accepted again within 10 s of the kill, and nothing accepted
+                # lost, the task running through the failover included.
                 assert first.answered - killed < 10.0, first.answered - killed
-                assert_app_answers(finals(port, answers, timeout=LEASE + 20))
+                assert long.sent + LONG_MS / 1000 > killed, "the long task ended before the kill"
+                assert_app_answers(finals(port, [*answers, long], timeout=LEASE + 20))
                 return
             # Without min_replicas: the 202s given after the primary dropped
             # its replicas were on the primary alone, and died with it.
@@ -225,6 +244,7 @@ def test_cluster_failover_with_min_replicas(tmp_path: Path) -> None:
             load = Submitters(port, 4)
             try:
                 assert wait_for(lambda: load.accepted() >= 40, 20.0), load.answers[:5]
+                long = start_long_task(port)
                 replica.pause()
                 time.sleep(3.0)
                 primary.kill()
@@ -240,4 +260,5 @@ def test_cluster_failover_with_min_replicas(tmp_path: Path) -> None:
             print(summary(answers, killed, first))
             assert_only_202_or_503(answers, log)
             assert again
-            assert_app_answers(finals(port, answers, timeout=LEASE + 20))
+            assert long.sent + LONG_MS / 1000 > killed, "the long task ended before the kill"
+            assert_app_answers(finals(port, [*answers, long], timeout=LEASE + 20))

@@ -56,6 +56,10 @@ commands of a task cycle with every feature off, and what each one adds).
     only for a task with a Callback-URL: the callback still to send (a hash),
     and the sorted set of them by when each is due; claiming one pushes its
     due time past the claim.
+``wait``
+    only with ``min_replicas``: written (and expiring after a minute) before
+    each ``WAIT``, so that the ``WAIT`` covers everything the primary held,
+    even after a step that wrote nothing (see :mod:`.replicas`).
 
 Bodies live in Redis rather than in a directory the machines share: Redis is
 already the one thing every web process and worker reaches, its own key
