@@ -326,7 +326,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"POST {base}/reports/q3", flush=True)
     display = _ProgressDisplay(sys.stderr)
     try:
-        # No Prefer: wait and short polls, so that the progress shows.
+        # Progress comes over the event stream; were there none, short polls
+        # with no Prefer: wait would still show it.
         response = fetch(
             base + "/reports/q3",
             method="POST",

@@ -71,8 +71,22 @@ def check_app(app: Any) -> None:
         advice = "pass the app itself, or call the factory that makes it"
     raise TypeError(
         f"AsyncMiddleware needs a WSGI app, a callable taking (environ, start_response); "
-        f"{name}{signature} does not take them: {advice}"
+        f"{name}({_parameters(signature)}) does not take them: {advice}"
     )
+
+
+def _parameters(signature: inspect.Signature) -> str:
+    """The parameters by name only (``global_config, **settings``): what a
+    message needs, without annotations that may be strings."""
+    return ", ".join(map(_named, signature.parameters.values()))
+
+
+def _named(parameter: inspect.Parameter) -> str:
+    if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+        return "*" + parameter.name
+    if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+        return "**" + parameter.name
+    return parameter.name
 
 
 def announce_patterns(
