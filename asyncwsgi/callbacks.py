@@ -332,8 +332,12 @@ class CallbackSender:
         deliveries = self.store.claim_callbacks(time.time(), self.claim_lease, limit)
         refused: list[Delivery] = []
         recorded: list[Delivery] = []
+        returned: list[Delivery] = []
         with self._cond:
             for delivery in deliveries:
+                if self._stop.is_set():
+                    returned.append(delivery)  # stopped meanwhile: nobody will send it
+                    continue
                 if self._unrecorded.pop(delivery.task_id, None) is not None:
                     recorded.append(delivery)
                     continue
@@ -349,6 +353,8 @@ class CallbackSender:
             self._prune_unrecorded()
         for delivery in recorded:
             self._record(delivery, None, claimed)
+        for delivery in returned:
+            self._record(delivery, time.time(), claimed)
         for delivery in refused:
             retry_at = time.time() + backoff(delivery.attempts, self.max_backoff)
             self._record(delivery, min(retry_at, delivery.deadline), claimed)
