@@ -342,3 +342,76 @@ def redis_client_zcard(url: str, key: str) -> int:
         return int(client.zcard(key))
     finally:
         client.close()
+
+
+class Scripted:
+    """A receiver on a real socket that answers the n-th connection with
+    ``answers[n]`` (raw bytes, then closes), the last one again after that."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = answers
+        self.connections = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hooks/"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                raw = b""
+                while b"\r\n\r\n" not in raw:
+                    raw += conn.recv(65536)
+                conn.sendall(self.answers[min(self.connections, len(self.answers) - 1)])
+                self.connections += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+@pytest.mark.parametrize(
+    "answers, connections",
+    [
+        pytest.param(
+            [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"],
+            1,
+            id="interim-then-204",
+        ),
+        pytest.param([b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.0 200 OK\r\n\r\n"], 2, id="not-http"),
+        pytest.param([b"HTTP/1.1 200", b"HTTP/1.1 200 OK\r\n\r\n"], 2, id="closed-early"),
+    ],
+)
+def test_only_a_final_2xx_status_line_counts(
+    wrap: Any, answers: list[bytes], connections: int
+) -> None:
+    from werkzeug.test import Client
+
+    receiver = Scripted(answers)
+    try:
+
+        def work(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        app = wrap(work, callback_allow=[receiver.url], callback_secret=SECRET)
+        response = Client(app).post("/work/x", headers={"Callback-URL": receiver.url + "x"})
+        assert response.status_code == 202
+        deadline = time.monotonic() + 10
+        while receiver.connections < connections:
+            assert time.monotonic() < deadline, receiver.connections
+            time.sleep(0.05)
+        time.sleep(2.5)  # a retry would come after 1 s
+        assert receiver.connections == connections
+    finally:
+        receiver.close()
