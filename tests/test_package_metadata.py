@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from email.message import Message
 from pathlib import Path
 
@@ -65,3 +66,34 @@ def test_the_long_description_installs_the_published_name(metadata: Message) -> 
     # from a clone) installs the checkout instead.
     assert metadata["Name"] == "asyncwsgi-middleware"
     assert "pip install asyncwsgi-middleware" in str(metadata.get_payload())
+
+
+def test_the_source_distribution_carries_the_docs(tmp_path: Path) -> None:
+    """The long description sends readers to docs/ in the source distribution."""
+    names = ["setup.cfg", "pyproject.toml", "LICENSE", "MANIFEST.in", "LONG_DESCRIPTION.md",
+             "CHANGELOG.md", "CONTRIBUTING.md", "SECURITY.md", "README.md"]  # fmt: skip
+    for name in names:
+        shutil.copy(ROOT / name, tmp_path / name)
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "asyncwsgi", tmp_path / "asyncwsgi", ignore=skip)
+    shutil.copytree(ROOT / "docs", tmp_path / "docs", ignore=skip)
+    out = tmp_path / "out"
+    out.mkdir()
+    build = (
+        "import sys\n"
+        "from setuptools import build_meta\n"
+        "print(build_meta.build_sdist(sys.argv[1]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", build, str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(out / result.stdout.strip().splitlines()[-1]) as sdist:
+        inside = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    pages = {f"docs/{page.name}" for page in (ROOT / "docs").glob("*.md")}
+    assert pages <= inside, sorted(pages - inside)
+    assert {"LONG_DESCRIPTION.md", "CHANGELOG.md", "LICENSE", "asyncwsgi/py.typed"} <= inside
