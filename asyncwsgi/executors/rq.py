@@ -144,5 +144,6 @@ class Worker(rq.Worker):
                 self.preloaded.add(app)
                 load_app(app)
         except Exception:
-            # The horse imports it again, fails the same way and says so.
+            # Importing runs the user's code, which may raise anything; the
+            # horse imports it again, fails the same way and says so.
             logger.exception("asyncwsgi: could not import the app of job %s before forking", job.id)
