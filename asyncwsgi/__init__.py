@@ -2,8 +2,9 @@
 
 from .executors import Executor, ThreadExecutor
 from .middleware import AsyncMiddleware
+from .runner.handle import TaskHandle
 from .stores import MemoryStore, SQLiteStore, Store, open_store
-from .task import Result, TaskHandle, TaskRecord
+from .task import Result, TaskRecord
 
 __version__ = "0.1.0"
 

@@ -1,16 +1,15 @@
-"""A task's data: its record in the store, its captured result, and
-``environ["asyncwsgi.task"]``, what the app sees of its own task. (The job an
-executor runs is :class:`asyncwsgi.job.Job`.)"""
+"""A task's data: its record in the store and its captured result.
+
+The job an executor runs is :class:`asyncwsgi.job.Job`; what the app sees of
+its own task (``environ["asyncwsgi.task"]``) is
+:class:`asyncwsgi.runner.handle.TaskHandle`."""
 
 from __future__ import annotations
 
 import abc
-import logging
-import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal
 
 __all__ = [
     "Body",
@@ -23,11 +22,8 @@ __all__ = [
     "Progress",
     "Result",
     "State",
-    "TaskHandle",
     "TaskRecord",
 ]
-
-logger = logging.getLogger("asyncwsgi")
 
 State = Literal["queued", "running", "done", "expired"]
 Progress = dict[str, Any]
@@ -198,91 +194,3 @@ class Created:
 
     def __bool__(self) -> bool:
         return self.created
-
-
-class HandleStore(Protocol):
-    """What a task's handle needs of its store (any
-    :class:`~asyncwsgi.stores.base.Store`): named here, so that the task's
-    types need nothing of the stores, which are built on them."""
-
-    @property
-    def shared(self) -> bool: ...
-
-    def set_progress(self, task_id: str, progress: Progress) -> None: ...
-
-    def is_cancelled(self, task_id: str) -> bool: ...
-
-
-class TaskHandle:
-    """The running task, as the app sees it.
-
-    >>> task = environ.get("asyncwsgi.task")
-    >>> if task is not None:
-    ...     task.set_progress(3, 10, "rendering page 3")
-    ...     if task.cancelled:
-    ...         return []
-
-    ``cancelled`` turns true once the task was deleted (``DELETE`` on its
-    status URL); its result will be dropped, so the app may stop early. With a
-    shared store the answer is refreshed at most every ``cancel_check``
-    seconds, so a loop can read it freely.
-
-    Both are advisory: while the store cannot be reached, progress is not
-    recorded and ``cancelled`` keeps its last answer (logged once per
-    outage), and the app goes on; only its result must reach the store.
-    """
-
-    __slots__ = ("id", "_store", "_cancelled", "_checked", "_failing", "cancel_check")
-
-    def __init__(self, task_id: str, store: HandleStore, *, cancel_check: float = 0.25) -> None:
-        self.id = task_id
-        self._store = store
-        self._cancelled = False
-        self._checked = 0.0
-        self._failing = False
-        self.cancel_check = cancel_check if store.shared else 0.0
-
-    def set_progress(
-        self, done: float, total: float | None = None, message: str | None = None
-    ) -> None:
-        """Report progress, shown as ``{"done", "total", "message"}`` in the
-        status JSON. The numbers must be finite: status documents are strict
-        JSON (RFC 8259 has no NaN or Infinity, and browsers' ``JSON.parse``
-        rejects them), so ``nan`` and ``inf`` raise ``ValueError``."""
-        if isinstance(done, bool) or not isinstance(done, int | float):
-            raise TypeError("done must be a number")
-        if total is not None and (isinstance(total, bool) or not isinstance(total, int | float)):
-            raise TypeError("total must be a number or None")
-        if not math.isfinite(done) or (total is not None and not math.isfinite(total)):
-            raise ValueError("progress numbers must be finite (no NaN or infinity)")
-        if message is not None and not isinstance(message, str):
-            raise TypeError("message must be a str or None")
-        try:
-            self._store.set_progress(self.id, {"done": done, "total": total, "message": message})
-        except Exception as exc:  # the store's fault (StoreUnavailable), not the app's
-            self._failed("progress not recorded", exc)
-        else:
-            self._failing = False
-
-    @property
-    def cancelled(self) -> bool:
-        if self._cancelled:
-            return True
-        now = time.monotonic()
-        if now - self._checked >= self.cancel_check:
-            self._checked = now
-            try:
-                self._cancelled = self._store.is_cancelled(self.id)
-            except Exception as exc:  # the store's fault: keep the last answer
-                self._failed("cancellation not checked", exc)
-            else:
-                self._failing = False
-        return self._cancelled
-
-    def _failed(self, what: str, exc: Exception) -> None:
-        if not self._failing:
-            self._failing = True
-            logger.warning("asyncwsgi: task %s: %s: %s", self.id, what, exc)
-
-    def __repr__(self) -> str:
-        return f"<TaskHandle {self.id}>"

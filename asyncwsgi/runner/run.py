@@ -18,10 +18,11 @@ from ..metrics import INSTRUMENTS
 from ..results import error_result, store_full_result, too_large_result
 from ..stores.base import BodyRemoved, Store, StoreFull, StoreUnavailable
 from ..stores.upkeep import janitor
-from ..task import Result, TaskHandle
+from ..task import Result
 from ..tracing import INSTALLED as TRACING
 from ..tracing import end_run, inject, start_run
 from .finish import Finisher, finished, settle
+from .handle import TaskHandle
 from .leases import Leases
 from .spooling import ResultSpools
 
