@@ -415,3 +415,30 @@ def test_only_a_final_2xx_status_line_counts(
         assert receiver.connections == connections
     finally:
         receiver.close()
+
+
+@pytest.mark.slow
+def test_a_saturated_receiver_is_bounded_and_the_others_go_on(tmp_path: Path, store: str) -> None:
+    # Twenty deliveries to one trickling receiver: at most 8 attempts at once
+    # reach it (the bound per origin); the rest wait or go back to the store,
+    # and a healthy receiver's callbacks still come at once.
+    healthy = Receiver()
+    with trickling(1) as (slow,), receiving(healthy) as hooks:
+        allow = [hooks, slow.url]
+        with bounded_server(tmp_path, store, allow, claim_lease=60, attempt_timeout=10) as port:
+            for i in range(20):
+                assert _post(port, "/work/x", slow.url + str(i))[0] == 202
+            deadline = time.monotonic() + 10
+            while len(slow.attempts) < 8:
+                assert time.monotonic() < deadline, len(slow.attempts)
+                time.sleep(0.05)
+            time.sleep(1.0)
+            sent = time.monotonic()
+            for i in range(5):
+                assert _post(port, "/work/y", hooks + str(i))[0] == 202
+            healthy.wait_for(5, timeout=10)
+            took = max(d.at for d in healthy.deliveries) - time.time() + time.monotonic() - sent
+            opened = [a.opened for a in slow.attempts]
+    assert took < 5.0, took
+    # Within the first attempts' deadline, no more than the bound were open.
+    assert len([t for t in opened if t < opened[0] + 9]) <= 8, opened
