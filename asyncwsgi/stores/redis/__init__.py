@@ -3,6 +3,13 @@ opens the same Redis.
 
 Needs redis-py (``pip install redis``) and Redis 6.2 or later.
 
+The store takes a client or a URL: ``redis://[[user]:password@]host[:port][/db]``,
+``rediss://`` for TLS, ``unix:///path/to/redis.sock?db=0``,
+``redis+cluster://host:port/`` or ``rediss+cluster://`` naming any node of a
+cluster, ``redis+sentinel://`` (see :mod:`.sentinel`). A ``prefix=`` query
+parameter sets the prefix, and the store's own settings (``chunk_size=``,
+``min_replicas=``...) may be query parameters too.
+
 Layout, under ``prefix`` (``asyncwsgi:`` by default). A task pays only for
 what it uses: each key below marked "only" is written for the tasks that use
 that feature, and nothing else is (``tests/test_redis_commands.py`` pins the

@@ -16,7 +16,7 @@ from redis.cluster import RedisCluster
 
 from ...task import Body, BodyKind, BodySink
 from ..base import BodyRemoved, StoreFull
-from .codec import num
+from .codec import num, text
 from .faults import translated
 from .readahead import read_ahead
 from .scripts import Scripts
@@ -78,9 +78,38 @@ class BodyIO:
     def key(self, task_id: str, kind: BodyKind) -> str:
         return f"{self.prefix}body:{task_id}:{kind}"
 
-    def _budget_arg(self) -> int:
+    def budget_arg(self) -> int:
+        """The byte budget as the scripts take it (-1: none)."""
         limit = self.budget()
         return -1 if limit is None else int(limit)
+
+    def spooled_result(self, task_id: str, fields: dict[str, Any]) -> RedisBody:
+        """The spooled result of a task whose record has these fields."""
+        size, sha256 = int(fields["body_size"]), text(fields["body_sha256"])
+        return RedisBody(self, self.key(task_id, "result"), size, sha256)
+
+    def open_sink(self, task_id: str, kind: BodyKind) -> RedisSink:
+        """A sink for a new body; :class:`StoreFull` when the budget is spent."""
+        limit = self.budget()
+        if limit is not None and self.stored(time.time()) >= limit:
+            raise budget_spent(limit)
+        return RedisSink(self, task_id, kind)
+
+    def stored(self, now: float) -> int:
+        """The bytes of the spooled bodies held at ``now``, once those past
+        their time (a batch of them) are removed."""
+        with translated():
+            held = self.scripts.run("stored_bytes", [self.prefix + "stored"], [num(now)])
+        return int(held)
+
+    def want_room(self, seconds: float) -> None:
+        """A writer waits for room: new tasks are refused for ``seconds``
+        (0: no longer). Nothing to do without a budget."""
+        if self.budget() is None:
+            return
+        millis = max(1, round(seconds * 1000)) if seconds else 0
+        with translated():
+            self.scripts.run("want_room", [self.prefix + "room_wanted"], [millis])
 
     def reserve(self, task_id: str, kind: BodyKind, nbytes: int) -> bool:
         """Count ``nbytes`` against the budget ahead of writing them; False
@@ -93,7 +122,7 @@ class BodyIO:
                     f"{task_id}:{kind}",
                     num(time.time()),
                     num(self.spool_ttl),
-                    self._budget_arg(),
+                    self.budget_arg(),
                     nbytes,
                 ],
             )
@@ -111,7 +140,7 @@ class BodyIO:
                         f"{task_id}:{kind}",
                         num(time.time()),
                         num(self.spool_ttl),
-                        self._budget_arg(),
+                        self.budget_arg(),
                         index,
                         chunk,
                         extra,

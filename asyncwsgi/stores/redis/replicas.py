@@ -28,17 +28,19 @@ topology again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.cluster import RedisCluster
 
 from ..base import StoreUnavailable
+from .faults import BACKEND_ERRORS
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-__all__ = ["CONFIRMED", "Replication", "Unconfirmed"]
+__all__ = ["CONFIRMED", "Replication", "Unconfirmed", "undo_create"]
 
 logger = logging.getLogger("asyncwsgi")
 
@@ -106,6 +108,26 @@ class Replication:
                     answer,
                 )
             return answer
+
+
+def undo_create(
+    run_unconfirmed: Callable[[str, list[str], list[Any]], Any], task_key: str, task_id: str
+) -> None:
+    """Remove a task whose creation the replicas did not confirm: its
+    submission is answered 503, so nothing may run it or answer for it.
+    Should this removal be lost too (the primary dies meanwhile), the
+    record that a replica may hold never runs (no executor got it) and
+    ends as lost when its queue lease lapses."""
+    try:
+        run_unconfirmed("delete_task", [task_key], [task_id])
+    except BACKEND_ERRORS as exc:
+        logger.warning(
+            "asyncwsgi: could not remove task %s, which the replicas did not confirm "
+            "(%s): its lease ends it",
+            task_id,
+            exc,
+            extra={"task_id": task_id},
+        )
 
 
 def _target(client: redis.Redis | RedisCluster, key: str) -> redis.Redis:

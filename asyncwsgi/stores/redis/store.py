@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,40 +26,28 @@ from ...task import (
 from ..base import Store, StoreUnavailable
 from ..settings import split_url, store_keywords
 from . import connect, deliveries, listeners, tasklist
-from .bodies import BodyIO, RedisBody, RedisSink, budget_spent
+from .bodies import BodyIO, RedisBody, budget_spent
 from .codec import headers_json, num, record, record_fields, text
-from .faults import BACKEND_ERRORS, fault, translated
-from .replicas import Replication, Unconfirmed
+from .faults import BACKEND_ERRORS, fault
+from .replicas import Replication, Unconfirmed, undo_create
 from .scripts import Scripts
 
 __all__ = ["RedisStore"]
-
-logger = logging.getLogger("asyncwsgi")
 
 
 class RedisStore(Store):
     """Tasks in Redis, shared by every process that opens the same URL.
 
-    ``client_or_url`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster``
-    client (made with ``decode_responses=False``; the caller keeps closing it)
-    or a URL (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for
-    TLS, ``unix:///path/to/redis.sock?db=0``, ``redis+cluster://host:port/``
-    or ``rediss+cluster://`` naming any node of a cluster), for which the
-    store makes and closes its own client. A ``prefix=`` query parameter in
-    the URL sets ``prefix``; :attr:`url` carries a non-default prefix that
-    way, so a process that opens the store by its URL (a Celery worker) finds
-    the same table.
-
-    A finished task's keys expire through Redis TTLs after the record's
-    ``ttl``; a tombstone then answers 410 for ``tombstone_ttl`` seconds, at
-    most ``max_tombstones`` of them kept.
-
-    With ``min_replicas`` (or ``?min_replicas=`` in the URL), a submission,
-    a result, a deletion and a callback claim count only once that many
-    replicas confirmed them within ``replica_timeout`` seconds (Redis's
-    ``WAIT``); a submission they do not confirm is removed and answered 503,
-    a result is retried (see :mod:`.replicas`). ``redis+sentinel://`` URLs
-    find the primary through Sentinel (see :mod:`.sentinel`).
+    ``client_or_url`` is a ``redis.Redis`` or ``RedisCluster`` client (made
+    with ``decode_responses=False``; the caller closes it) or a URL (see the
+    package's documentation for its forms), for which the store makes and
+    closes its own client; :attr:`url` is how another process (a Celery
+    worker) opens the same table, ``prefix=`` included. A finished task
+    expires through Redis TTLs after its ``ttl``; a tombstone then answers
+    410 for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them.
+    With ``min_replicas``, a submission, a result, a deletion and a callback
+    claim count only once that many replicas confirmed them within
+    ``replica_timeout`` seconds (see :mod:`.replicas`).
 
     >>> store = RedisStore.from_url("redis://localhost:6379/0")
     """
@@ -99,6 +86,9 @@ class RedisStore(Store):
             [prefix, num(tombstone_ttl * 1000), str(int(max_tombstones))],
             replication,
         )
+        # The bytes of each chunk of a spooled body, and how long its writer
+        # may take for the next one before it is reaped as a dead writer's.
+        self.chunk_size, self.spool_ttl = chunk_size, spool_ttl
         self.bodies = BodyIO(
             lambda: connection.client,
             self.scripts,
@@ -128,17 +118,6 @@ class RedisStore(Store):
     @property
     def _block_limit(self) -> float | None:
         return connect.block_limit(self.client)
-
-    @property
-    def chunk_size(self) -> int:
-        """The bytes of each chunk of a spooled body."""
-        return self.bodies.chunk_size
-
-    @property
-    def spool_ttl(self) -> float:
-        """How long a body's writer may take for its next chunk before the
-        body is reaped as a dead writer's."""
-        return self.bodies.spool_ttl
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -203,7 +182,7 @@ class RedisStore(Store):
             )
         except Unconfirmed as exc:
             if exc.answer == 1:
-                self._undo_create(record.id)
+                undo_create(self.scripts.run_unconfirmed, self._key("task", record.id), record.id)
             raise
         if answer == -1:
             raise budget_spent(self.max_stored_bytes)
@@ -211,23 +190,6 @@ class RedisStore(Store):
             task_id, bound_fingerprint = json.loads(answer)
             return Created(False, KeyEntry(task_id, bound_fingerprint))
         return Created(bool(answer))
-
-    def _undo_create(self, task_id: str) -> None:
-        """Remove a task whose creation the replicas did not confirm: its
-        submission is answered 503, so nothing may run it or answer for it.
-        Should this removal be lost too (the primary dies meanwhile), the
-        record that a replica may hold never runs (no executor got it) and
-        ends as lost when its queue lease lapses."""
-        try:
-            self.scripts.run_unconfirmed("delete_task", [self._key("task", task_id)], [task_id])
-        except BACKEND_ERRORS as exc:
-            logger.warning(
-                "asyncwsgi: could not remove task %s, which the replicas did not confirm "
-                "(%s): its lease ends it",
-                task_id,
-                exc,
-                extra={"task_id": task_id},
-            )
 
     def _read(self, task_id: str) -> TaskRecord | None:
         # A plain read: a script only for a task that is not there.
@@ -240,12 +202,7 @@ class RedisStore(Store):
         fields = {text(name): value for name, value in raw.items()}
         found = record(task_id, fields)
         if found.result is not None and "body_size" in fields:
-            found.result.body = RedisBody(
-                self.bodies,
-                self.bodies.key(task_id, "result"),
-                int(fields["body_size"]),
-                text(fields["body_sha256"]),
-            )
+            found.result.body = self.bodies.spooled_result(task_id, fields)
         return found
 
     @property
@@ -315,9 +272,7 @@ class RedisStore(Store):
     # -- bodies --------------------------------------------------------------
 
     def open_sink(self, task_id: str, kind: BodyKind) -> BodySink:
-        if self.max_stored_bytes is not None and self.stored_bytes >= self.max_stored_bytes:
-            raise budget_spent(self.max_stored_bytes)
-        return RedisSink(self.bodies, task_id, kind)
+        return self.bodies.open_sink(task_id, kind)
 
     def request_body(self, task_id: str, size: int, sha256: str) -> Body:
         return RedisBody(self.bodies, self.bodies.key(task_id, "request"), size, sha256)
@@ -325,25 +280,18 @@ class RedisStore(Store):
     @property
     def stored_bytes(self) -> int:
         """The bytes of the spooled bodies held now."""
-        with translated():
-            held = self._run("stored_bytes", [self.prefix + "stored"], [num(time.time())])
-        return int(held)
+        return self.bodies.stored(time.time())
 
     def _expire_due(self, now: float) -> None:
         # Redis expires the records and chunks itself; what is left is the
-        # ledger of bodies (and their bytes in the budget), reaped a batch at
-        # a time by the script behind stored_bytes.
-        self._run("stored_bytes", [self.prefix + "stored"], [num(now)])
+        # ledger of bodies (and their bytes in the budget).
+        self.bodies.stored(now)
 
     def _budget(self) -> int:
-        return -1 if self.max_stored_bytes is None else int(self.max_stored_bytes)
+        return self.bodies.budget_arg()
 
     def want_room(self, seconds: float) -> None:
-        if self.max_stored_bytes is None:
-            return
-        with translated():
-            millis = max(1, round(seconds * 1000)) if seconds else 0
-            self._run("want_room", [self.prefix + "room_wanted"], [millis])
+        self.bodies.want_room(seconds)
 
     @contextmanager
     def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
