@@ -15,7 +15,7 @@ from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 
-from .helpers import wait_done
+from .helpers import need, wait_done
 
 
 def submit_and_wait(client: Client, method: str, path: str, **kw: Any) -> Any:
@@ -424,3 +424,38 @@ def test_example_apps_run_their_long_task(name, monkeypatch, tmp_path):
             app.registry["asyncwsgi"].close(timeout=5)
         else:
             app.close(timeout=5)
+
+
+def test_django_setting_sets_a_store_setting(django_settings, tmp_path) -> None:
+    from asyncwsgi.contrib.django import get_wsgi_application
+
+    class Settings:
+        ASYNCWSGI = {
+            "paths": ["/task/*"],
+            "store": f"sqlite:///{tmp_path}/tasks.db",
+            "busy_timeout": 2.5,
+            "tombstone_ttl": 60,
+        }
+
+    app = get_wsgi_application(Settings())
+    try:
+        assert (app.store.timeout, app.store.tombstone_ttl) == (2.5, 60)
+    finally:
+        app.close(timeout=5)
+
+
+def test_flask_config_sets_a_store_setting(tmp_path) -> None:
+    need("flask")
+    import flask
+
+    from asyncwsgi.contrib.flask import AsyncWSGI
+
+    app = flask.Flask(__name__)
+    app.config["ASYNCWSGI_PATHS"] = ["/r/*"]
+    app.config["ASYNCWSGI_STORE"] = f"sqlite:///{tmp_path}/tasks.db"
+    app.config["ASYNCWSGI_BUSY_TIMEOUT"] = 1.5
+    aw = AsyncWSGI(app)
+    try:
+        assert aw.middleware.store.timeout == 1.5
+    finally:
+        aw.middleware.close()
