@@ -70,7 +70,7 @@ def _celery_app(broker: str) -> Any:
 # The Celery app the worker loads (-A bench.redis_commands:celery_app).
 celery_app = None
 if os.environ.get("BENCH_CELERY_BROKER"):
-    from asyncwsgi.contrib.celery import CeleryExecutor as _CeleryExecutor
+    from asyncwsgi.executors.celery import CeleryExecutor as _CeleryExecutor
 
     celery_app = _celery_app(os.environ["BENCH_CELERY_BROKER"])
     _CeleryExecutor(celery_app, APP)
@@ -127,7 +127,7 @@ def measure(tasks: int = 50, engine: str = "threads") -> dict[str, dict[str, flo
             for name, (options, headers) in SCENARIOS.items():
                 executor = None
                 if engine == "celery":
-                    from asyncwsgi.contrib.celery import CeleryExecutor
+                    from asyncwsgi.executors.celery import CeleryExecutor
 
                     executor = CeleryExecutor(_celery_app(broker), APP)
                 middleware = AsyncMiddleware(
