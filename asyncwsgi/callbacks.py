@@ -287,24 +287,28 @@ class CallbackSender:
 
     def _claim_loop(self) -> None:
         delay = self.poll
+        outage = self.poll  # the wait after a failed claim, doubled each time
         while True:
             self._wake.wait(delay)
             if self._stop.is_set():
                 return
             self._wake.clear()
-            delay = self.poll
             try:
-                if self._claim_once():
-                    delay = 0.0  # a full claim: more may be due now
+                full = self._claim_once()
             except StoreUnavailable:
                 # The store is down: try again, less often, until it is back.
                 logger.warning("asyncwsgi: could not claim completion callbacks: store unavailable")
-                delay = min(max(delay, self.poll) * 2, 5.0)
+                outage = min(outage * 2, 5.0)
+                delay = outage
+                continue
             except Exception:
                 # A bug: logged with its traceback; the claiming thread must
                 # survive it, or no callback would ever be sent again.
                 logger.exception("asyncwsgi: claiming completion callbacks failed")
                 delay = 5.0
+                continue
+            outage = self.poll
+            delay = 0.0 if full else self.poll  # a full claim: more may be due now
 
     def _claim_once(self) -> bool:
         """Claim what can be placed; True if the claim was full (and room is left)."""
