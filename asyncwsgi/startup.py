@@ -102,7 +102,9 @@ def announce_patterns(
             "(give paths=['/reports/*'], for instance)"
         )
         logger.warning(message)
-        warnings.warn(message, UserWarning, stacklevel=3)
+        # Pointed at the line that built the middleware (through _make_answers
+        # and __init__).
+        warnings.warn(message, UserWarning, stacklevel=4)
         return
     said = [f"paths {_said(paths)}"] if paths else []
     if prefer_paths:
