@@ -5,8 +5,8 @@ from a string (an ini file, a command-line flag), a default, a check of the
 Python value, and one line of help. Every edge is derived from this table:
 the constructor's checks (:func:`check_options`), the PasteDeploy filter,
 the ``asyncwsgi serve`` flags, Flask's ``ASYNCWSGI_<OPTION>`` config and
-Django's ``ASYNCWSGI`` setting; a test holds the README's table and the
-constructor's signature to it.
+Django's ``ASYNCWSGI`` setting, and docs/options.md (made from it); a test
+holds that page and the constructor's signature to it.
 
 To add an option: one line in ``OPTIONS`` below, and the same name and
 default as a keyword-only argument of ``AsyncMiddleware.__init__``
