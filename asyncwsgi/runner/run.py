@@ -17,6 +17,7 @@ from ..logs import current_task_id, task_extra
 from ..metrics import INSTRUMENTS
 from ..results import error_result, store_full_result, too_large_result
 from ..stores.base import BodyRemoved, Store, StoreFull, StoreUnavailable
+from ..stores.budget import BudgetSpent
 from ..stores.upkeep import janitor
 from ..task import Result
 from ..tracing import INSTALLED as TRACING
@@ -55,7 +56,7 @@ def _why(exc: StoreUnavailable) -> str:
     own message (which may name paths or hosts)."""
     if not isinstance(exc, StoreFull):
         return "the task store was unavailable"
-    if "max_stored_bytes" in str(exc):
+    if isinstance(exc, BudgetSpent):
         return "the store's byte budget (max_stored_bytes) is spent"
     return "no space left in the task store"
 

@@ -11,21 +11,21 @@ lease has passed is lost, and is finished as such by whichever call meets it
 first), retention (a result is kept for its record's ``ttl``, then leaves a
 tombstone for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them;
 an idempotency key lives as long as its task), what "cancelled" means and how
-a wait ends. A store supplies only the primitives (the ``_`` methods below),
-written in its own language (Python, SQL, Lua).
+a wait ends (:mod:`.waits`). A store supplies only the primitives
+(:mod:`.primitives`), written in its own language (Python, SQL, Lua).
 """
 
 from __future__ import annotations
 
-import abc
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import ClassVar
 
 from ..results import lost_result
-from ..task import Body, BodyKind, BodySink, Created, Delivery, Progress, Result, State, TaskRecord
+from ..task import Created, Delivery, Progress, Result, State, TaskRecord
+from .errors import BodyRemoved, StoreFull, StoreUnavailable
+from .waits import ACTIVE, Waits, changed
 
 __all__ = [
     "ACTIVE",
@@ -39,42 +39,10 @@ __all__ = [
 
 logger = logging.getLogger("asyncwsgi")
 
-# The states of a task that is not finished yet.
-ACTIVE = ("queued", "running")
-
 # How many lapsed tasks one call reclaims at most (the rest on the next call).
 RECLAIM_BATCH = 100
 # How many batches one sweep (reclaim()) ends at most: a bound on one round.
 _RECLAIM_ROUNDS = 10
-# The generic wait() reads again after a sleep that grows from the first to
-# the last value: a short task answers at once, a long wait costs at most ten
-# cheap reads a second.
-_POLL_FIRST = 0.005
-_POLL_LAST = 0.1
-# The generic watch() reads again this often.
-_WATCH_POLL = 0.1
-
-
-class StoreUnavailable(Exception):
-    """The store cannot be reached or cannot take a write right now (a server
-    down, a lock held past the busy timeout, a full disk). Every store raises
-    this, and only this, for such faults: the middleware answers ``503`` with
-    ``Retry-After`` to a client, and the runner retries a finished result."""
-
-
-class StoreFull(StoreUnavailable):
-    """The store is up but has no room for this write (a full disk, a byte
-    budget spent). New work is refused with ``503``; a result that cannot be
-    stored is replaced by a short error result rather than retried for ever."""
-
-
-class BodyRemoved(StoreFull):
-    """A body's writer found its body removed under it: its task was deleted,
-    timed out or judged lost, and the bytes it had reserved were given back.
-    A write now would be outside the byte budget, so the writer stops."""
-
-    def __init__(self) -> None:
-        super().__init__("the body was removed while it was being written")
 
 
 def lapsed(record: TaskRecord, now: float) -> bool:
@@ -83,15 +51,7 @@ def lapsed(record: TaskRecord, now: float) -> bool:
     return record.state in ACTIVE and record.lease_until is not None and record.lease_until < now
 
 
-def changed(seen: TaskRecord | None, record: TaskRecord | None) -> bool:
-    """Whether a watcher that saw ``seen`` has something new to show: another
-    state or other progress."""
-    if seen is None or record is None:
-        return seen is not record
-    return seen.state != record.state or seen.progress != record.progress
-
-
-class Store(abc.ABC):
+class Store(Waits):
     """The interface of a task table.
 
     ``shared`` tells whether other processes (and machines) see the same
@@ -293,48 +253,6 @@ class Store(abc.ABC):
     def _expire_due(self, now: float) -> None:  # noqa: B027 (a store may expire on every read)
         """What :meth:`expire` does; nothing by default."""
 
-    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
-        """Block until the task is done (or gone), at most ``timeout``
-        seconds; return the record as it is then. A lease that lapses during
-        the wait ends it with the lost verdict. Woken by the finish where the
-        store can (:meth:`_block`), by reading again where it cannot."""
-        deadline = time.monotonic() + timeout
-        poll = _POLL_FIRST
-        while True:
-            record = self.get(task_id)
-            if record is None or record.state not in ACTIVE:
-                return record
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return record
-            if record.lease_until is not None:
-                # Wake when the lease passes, to give its verdict then.
-                remaining = min(remaining, max(0.001, record.lease_until - time.time() + 0.001))
-            try:
-                self._block(task_id, remaining, poll)
-            except self._backend_errors as exc:
-                self._fault(exc)
-                raise
-            poll = min(poll * 1.5, _POLL_LAST)
-
-    def watch(self, task_id: str, seen: TaskRecord | None, timeout: float) -> TaskRecord | None:
-        """Block until the task differs from ``seen`` (see :func:`changed`),
-        is done or gone, at most ``timeout`` seconds; return it as it is then
-        (a Server-Sent Events stream's wait). Woken by the change where the
-        store can (:meth:`_listen`), by reading again where it cannot."""
-        deadline = time.monotonic() + timeout
-        with self._translated(), self._listen(task_id) as block:
-            while True:
-                record = self.get(task_id)
-                if record is None or record.state not in ACTIVE or changed(seen, record):
-                    return record
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return record
-                if record.lease_until is not None:
-                    remaining = min(remaining, max(0.001, record.lease_until - time.time() + 0.001))
-                block(remaining)
-
     def list_tasks(
         self,
         owner: str | None,
@@ -367,32 +285,6 @@ class Store(abc.ABC):
         with self._translated():
             return self._settle_callback(delivery, retry_at)
 
-    def close(self) -> None:  # noqa: B027 (optional hook)
-        """Release connections; the store is not used afterwards."""
-
-    # -- bodies kept out of memory -------------------------------------------
-
-    def open_sink(self, task_id: str, kind: BodyKind) -> BodySink:
-        """Where a body too large for memory goes as it is produced (a file,
-        chunks in Redis); raises :class:`StoreFull` when the byte budget is
-        spent. The body written is handed back with ``create`` (a request
-        body, in the job) or ``finish`` (a result), and removed with its task:
-        at its finish (a request body), expiry or deletion (both)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot hold spooled bodies")
-
-    def request_body(self, task_id: str, size: int, sha256: str) -> Body:
-        """A task's spooled request body, for a worker in another process
-        (Celery) that got only its size and digest."""
-        raise NotImplementedError(f"{type(self).__name__} cannot hold spooled bodies")
-
-    def want_room(self, seconds: float) -> None:  # noqa: B027 (optional hook)
-        """A result's writer waits for room in the byte budget: refuse new
-        tasks (``create`` raises :class:`StoreFull`) for the next ``seconds``,
-        in every process that shares the store, so that the work already
-        accepted gets the room that frees first. The writer renews it while
-        it waits, and ends it (``seconds=0``) once it has its room. A store
-        without a byte budget has nothing to do."""
-
     # -- the rules' helpers ------------------------------------------------
 
     def _reclaim(self, now: float) -> int:
@@ -423,117 +315,6 @@ class Store(abc.ABC):
     def _tombstone(self, task_id: str, owner: str | None) -> TaskRecord:
         """What a read answers for a task whose result has expired."""
         return TaskRecord(task_id, state="expired", owner=owner)
-
-    # -- what each store supplies ------------------------------------------
-
-    #: The backend's exceptions that may mean "unreachable, locked or full";
-    #: :meth:`_fault` tells which do. (An empty tuple catches nothing, and a
-    #: try costs nothing until it catches.)
-    _backend_errors: tuple[type[Exception], ...] = ()
-
-    @contextmanager
-    def _translated(self) -> Iterator[None]:
-        """The interface's translation of backend errors (:meth:`_fault`), for
-        a store's other entry points (its spooled bodies), off the hot path."""
-        try:
-            yield
-        except self._backend_errors as exc:
-            self._fault(exc)
-            raise
-
-    def _fault(self, exc: Exception) -> None:  # noqa: B027 (optional hook)
-        """Raise the :class:`StoreUnavailable` (or :class:`StoreFull`) that a
-        backend error caught by ``_backend_errors`` means, from it; return
-        when it means something else (it is then raised as it is)."""
-
-    @abc.abstractmethod
-    def _insert(
-        self,
-        record: TaskRecord,
-        key: str | None,
-        fingerprint: str | None,
-        limit: int | None,
-        room: int,
-    ) -> Created:
-        """Atomically: the task ``key`` is bound to, if any; else, unless
-        ``limit`` tasks are active, insert ``record`` (a copy of it) and bind
-        ``key`` to it; :class:`StoreFull` unless ``room`` bytes of the budget
-        are free and no writer waits for room."""
-
-    @abc.abstractmethod
-    def _read(self, task_id: str) -> TaskRecord | None:
-        """A snapshot of the record or its tombstone, as stored (results past
-        their ``ttl`` already turned into tombstones)."""
-
-    @abc.abstractmethod
-    def _start(self, task_id: str, now: float, lease_until: float) -> bool:
-        """Queued -> running, with ``started = now`` and the lease."""
-
-    @abc.abstractmethod
-    def _heartbeat(self, task_ids: list[str], lease_until: float) -> None:
-        """Set the lease of those of ``task_ids`` that are active."""
-
-    @abc.abstractmethod
-    def _set_progress(self, task_id: str, progress: Progress) -> None:
-        """Set the progress of a running task."""
-
-    @abc.abstractmethod
-    def _finish(
-        self, task_id: str, result: Result, now: float, *, lapsed_before: float | None
-    ) -> bool:
-        """Atomically: if the task is active (and, with ``lapsed_before``, its
-        lease ended before then), make it done with ``result`` and start its
-        retention; wake its waiters."""
-
-    @abc.abstractmethod
-    def _delete(self, task_id: str) -> bool:
-        """Remove a task, its key and its tombstone; wake its waiters."""
-
-    @abc.abstractmethod
-    def _lapsed(self, now: float, limit: int) -> list[str]:
-        """Up to ``limit`` ids of active tasks whose lease ended before ``now``."""
-
-    @abc.abstractmethod
-    def _count(self) -> int:
-        """Active tasks in the table."""
-
-    @abc.abstractmethod
-    def _count_states(self) -> dict[str, int]:
-        """Queued and running tasks in the table, by state."""
-
-    def _block(self, task_id: str, timeout: float, poll: float) -> None:
-        """Sleep until the task may have finished, at most ``timeout``
-        seconds. Without a way to be woken, a store just sleeps ``poll``."""
-        time.sleep(min(poll, timeout))
-
-    @contextmanager
-    def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
-        """Listen for changes of a task (from before the caller's next read)
-        and give a function that blocks until one may have come, at most its
-        argument in seconds. Without a way to be woken: a short sleep."""
-        yield lambda timeout: time.sleep(min(_WATCH_POLL, timeout))
-
-    @abc.abstractmethod
-    def _list(
-        self,
-        owner: str | None,
-        state: State | None,
-        before: tuple[float, str] | None,
-        limit: int,
-    ) -> list[TaskRecord]:
-        """One page of the task list (see :meth:`list_tasks`), from an index."""
-
-    @abc.abstractmethod
-    def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
-        """Atomically: take up to ``limit`` deliveries due at ``now``, push
-        their due time to ``now + lease`` and mark them with a new claim."""
-
-    @abc.abstractmethod
-    def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
-        """Atomically, if the delivery still carries ``delivery.claim``:
-        forget it (``retry_at`` None) or make it due at ``retry_at``,
-        unclaimed, with one more attempt."""
-
 
 def _lost(record: TaskRecord, verdict: Result, now: float) -> None:
     """A task was finished as lost, by this call: counted and logged once,

@@ -1,9 +1,16 @@
-"""The in-process store: the default, for one process (any number of threads)."""
+"""The in-process store: the default, for one process (any number of threads).
+
+Bodies spooled out of memory (results and request bodies above the
+middleware's ``spool_threshold``) are files in a directory of this process's
+own under ``results_dir`` (by default in the temporary directory), removed
+with their task; a directory left by a process that crashed is removed when
+the next store under the same ``results_dir`` spools its first body.
+``max_stored_bytes`` bounds the bytes of those files.
+"""
 
 from __future__ import annotations
 
 import _thread
-import bisect
 import contextlib
 import heapq
 import os
@@ -28,8 +35,10 @@ from ..task import (
     State,
     TaskRecord,
 )
-from .base import ACTIVE, Store, StoreFull, lapsed
+from .base import ACTIVE, Store, lapsed
+from .budget import BudgetSpent, check_room
 from .files import ResultsDir, process_dir
+from .listindex import ListIndex
 
 __all__ = ["MemoryStore"]
 
@@ -43,14 +52,6 @@ class MemoryStore(Store):
     ``tombstone_ttl`` seconds; ``max_tombstones`` bounds how many are kept,
     the oldest forgotten first. A forgotten id answers 404. Reads return
     copies: a record handed out never changes under its reader.
-
-    Bodies spooled out of memory (results and request bodies above the
-    middleware's ``spool_threshold``) are files in a directory of this
-    process's own under ``results_dir`` (by default in the temporary
-    directory), removed with their task; a directory left by a process that
-    crashed is removed when the next store under the same ``results_dir``
-    spools its first body. ``max_stored_bytes`` bounds the bytes of those
-    files.
 
     >>> store = MemoryStore()
     >>> app = AsyncMiddleware(app, paths=["/reports/*"], store=store)
@@ -71,9 +72,7 @@ class MemoryStore(Store):
         self.max_stored_bytes = max_stored_bytes
         self._files: ResultsDir | None = None
         self._dir_lock: int | None = None
-        self._stored: dict[tuple[str, BodyKind], int] = {}
-        self.stored_bytes = 0
-        self._room_wanted_until = 0.0
+        self._ledger = _Ledger()
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskRecord] = {}
         self._active: set[str] = set()
@@ -81,26 +80,13 @@ class MemoryStore(Store):
         self._tombstones: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._keys: dict[str, KeyEntry] = {}
         self._key_of: dict[str, str] = {}
-        # A task's waiters block on one lock taken when the first of them
-        # came; finishing or deleting the task releases it, and each waiter
-        # releases it again as it wakes, so that the next one wakes too.
-        # Cheaper than an Event on the path of every ``Prefer: wait``.
-        self._waiters: dict[str, _thread.LockType] = {}
-        # Watchers (event streams) wait here for any change of state or
-        # progress; ``_version`` counts the changes, so that none is missed
-        # between a watcher's read and its wait.
-        self._changed = threading.Condition(self._lock)
-        self._version = 0
-        # How many watchers listen now: a change wakes them only if there are
-        # any, so that tasks nobody streams pay nothing for the streams.
-        self._watchers = 0
-        # The task list's index: per (owner, state), and per (owner, None) for
-        # every state, the live tasks' (created, id) in ascending order. None
-        # until the list is first read: built then from the table, kept up
-        # from then on; a process whose list is off never pays for it.
-        self._listed: dict[tuple[str | None, State | None], list[tuple[float, str]]] | None = None
+        self._wakeups = _Wakeups(self._lock)
+        # The task list's index: None until the list is first read, built
+        # then from the table and kept up from then on; a process whose list
+        # is off never pays for it.
+        self._listed: ListIndex | None = None
         # Completion callbacks not yet settled, and when each is due.
-        self._deliveries: dict[str, tuple[Delivery, float]] = {}
+        self._deliveries = _Deliveries()
 
     def _insert(
         self,
@@ -119,11 +105,11 @@ class MemoryStore(Store):
                     return Created(False, existing)
             if limit is not None and len(self._active) >= limit:
                 return Created(False)
-            self._check_budget(room, now)
+            self._ledger.check(self.max_stored_bytes, room, now)
             self._tasks[record.id] = _snapshot(record)
             self._active.add(record.id)
             if self._listed is not None:
-                self._index(record, None, record.state)
+                self._listed.move(record, None, record.state)
             if key is not None:
                 self._keys[key] = KeyEntry(record.id, fingerprint)
                 self._key_of[record.id] = key
@@ -147,8 +133,8 @@ class MemoryStore(Store):
             record.started = now
             record.lease_until = lease_until
             if self._listed is not None:
-                self._index(record, "queued", "running")
-            self._touch()
+                self._listed.move(record, "queued", "running")
+            self._wakeups.changed()
             return True
 
     def _heartbeat(self, task_ids: list[str], lease_until: float) -> None:
@@ -162,7 +148,7 @@ class MemoryStore(Store):
             record = self._tasks.get(task_id)
             if record is not None and record.state == "running":
                 record.progress = progress
-                self._touch()
+                self._wakeups.changed()
 
     def _finish(
         self, task_id: str, result: Result, now: float, *, lapsed_before: float | None
@@ -177,7 +163,7 @@ class MemoryStore(Store):
             if isinstance(result.body, bytes):
                 self._drop_bodies(task_id, "result")  # a lost verdict: the writer's file goes
             if self._listed is not None:
-                self._index(record, record.state, "done")
+                self._listed.move(record, record.state, "done")
             if record.callback is not None:
                 delivery = Delivery(
                     task_id,
@@ -189,15 +175,15 @@ class MemoryStore(Store):
                     now + record.ttl,
                     "",
                 )
-                self._deliveries[task_id] = (delivery, now)
+                self._deliveries.add(delivery, now)
             record.state = "done"
             record.finished = now
             record.result = result
             record.lease_until = None
             self._active.discard(task_id)
-            self._touch()
+            self._wakeups.changed()
             heapq.heappush(self._deadlines, (now + record.ttl, task_id))
-            self._wake(task_id)
+            self._wakeups.wake(task_id)
             return True
 
     def _delete(self, task_id: str) -> bool:
@@ -206,12 +192,12 @@ class MemoryStore(Store):
             if record is None:
                 return False
             if self._listed is not None:
-                self._index(record, record.state, None)
+                self._listed.move(record, record.state, None)
             self._active.discard(task_id)
-            self._touch()
+            self._wakeups.changed()
             self._drop_key(task_id)
             self._drop_bodies(task_id)
-            self._wake(task_id)
+            self._wakeups.wake(task_id)
             return True
 
     def _lapsed(self, now: float, limit: int) -> list[str]:
@@ -239,43 +225,14 @@ class MemoryStore(Store):
         with self._lock:
             if task_id not in self._active:
                 return
-            gate = self._waiters.get(task_id)
-            if gate is None:
-                gate = self._waiters[task_id] = _thread.allocate_lock()
-                gate.acquire()
+            gate = self._wakeups.gate(task_id)
         if gate.acquire(timeout=max(0.0, timeout)):
-            gate.release()
-
-    def _wake(self, task_id: str) -> None:
-        gate = self._waiters.pop(task_id, None)
-        if gate is not None:
             gate.release()
 
     @contextmanager
     def _listen(self, task_id: str) -> Iterator[Callable[[float], None]]:
-        with self._lock:
-            seen = self._version
-            self._watchers += 1
-
-        def block(timeout: float) -> None:
-            nonlocal seen
-            with self._changed:
-                self._changed.wait_for(lambda: self._version != seen, timeout)
-                seen = self._version
-
-        try:
+        with self._wakeups.listen() as block:
             yield block
-        finally:
-            with self._lock:
-                self._watchers -= 1
-
-    def _touch(self) -> None:
-        # With the lock held: a change of some task's state or progress. A
-        # watcher counts itself before it reads the version it waits past,
-        # so none can be waiting unseen here.
-        self._version += 1
-        if self._watchers:
-            self._changed.notify_all()
 
     def _list(
         self,
@@ -287,13 +244,9 @@ class MemoryStore(Store):
         with self._lock:
             self._expire(time.time())
             if self._listed is None:
-                self._build_index()
-            assert self._listed is not None
-            index = self._listed.get((owner, state), [])
-            end = len(index) if before is None else bisect.bisect_left(index, before)
-            page = [
-                self._tasks[task_id] for _, task_id in reversed(index[max(0, end - limit) : end])
-            ]
+                self._listed = ListIndex(self._tasks.values())
+            ids = self._listed.page(owner, state, before, limit)
+            page = [self._tasks[task_id] for task_id in ids]
             return [
                 replace(
                     record,
@@ -304,60 +257,13 @@ class MemoryStore(Store):
                 for record in page
             ]
 
-    def _build_index(self) -> None:
-        """With the lock held: the list's index of every live task, once."""
-        listed: dict[tuple[str | None, State | None], list[tuple[float, str]]] = {}
-        for record in self._tasks.values():
-            entry = (record.created, record.id)
-            for key in ((record.owner, record.state), (record.owner, None)):
-                listed.setdefault(key, []).append(entry)
-        for index in listed.values():
-            index.sort()
-        self._listed = listed
-
-    def _index(self, record: TaskRecord, old: State | None, new: State | None) -> None:
-        """With the lock held, once the list was read (``_listed`` is not
-        None): move a task in the list's index from state ``old`` to ``new``
-        (None: not listed)."""
-        listed = self._listed
-        assert listed is not None
-        entry = (record.created, record.id)
-        if old is not None:
-            for key in ((record.owner, old), (record.owner, None)):
-                index = listed.get(key)
-                if index is not None:
-                    at = bisect.bisect_left(index, entry)
-                    if at < len(index) and index[at] == entry:
-                        del index[at]
-                    if not index:
-                        del listed[key]
-        if new is not None:
-            for key in ((record.owner, new), (record.owner, None)):
-                bisect.insort(listed.setdefault(key, []), entry)
-
     def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
         with self._lock:
-            due = sorted(
-                (at, task_id) for task_id, (_, at) in self._deliveries.items() if at <= now
-            )[:limit]
-            claimed = []
-            for _, task_id in due:
-                delivery = replace(self._deliveries[task_id][0], claim=secrets.token_hex(8))
-                self._deliveries[task_id] = (delivery, now + lease)
-                claimed.append(replace(delivery))
-            return claimed
+            return self._deliveries.claim(now, lease, limit)
 
     def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
         with self._lock:
-            held = self._deliveries.get(delivery.task_id)
-            if held is None or not delivery.claim or held[0].claim != delivery.claim:
-                return False
-            if retry_at is None:
-                del self._deliveries[delivery.task_id]
-            else:
-                again = replace(held[0], attempts=held[0].attempts + 1, claim="")
-                self._deliveries[delivery.task_id] = (again, retry_at)
-            return True
+            return self._deliveries.settle(delivery, retry_at)
 
     def _drop_key(self, task_id: str) -> None:
         key = self._key_of.pop(task_id, None)
@@ -377,7 +283,7 @@ class MemoryStore(Store):
             if record is None:
                 continue
             if self._listed is not None:
-                self._index(record, record.state, None)
+                self._listed.move(record, record.state, None)
             self._drop_key(task_id)
             self._drop_bodies(task_id)
             self._tombstones[task_id] = (now + self.tombstone_ttl, record.owner)
@@ -391,7 +297,7 @@ class MemoryStore(Store):
 
     def open_sink(self, task_id: str, kind: BodyKind) -> BodySink:
         with self._lock:
-            self._check_budget()
+            self._ledger.check(self.max_stored_bytes)
             if self._files is None:
                 path, self._dir_lock = process_dir(self.results_dir)
                 self._files = ResultsDir(path)
@@ -402,64 +308,176 @@ class MemoryStore(Store):
 
         def reserve(nbytes: int) -> None:
             with self._lock:
-                limit = self.max_stored_bytes
-                if limit is not None and self.stored_bytes + nbytes > limit:
-                    raise StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
-                self._stored[task_id, kind] = self._stored.get((task_id, kind), 0) + nbytes
-                self.stored_bytes += nbytes
+                self._ledger.reserve(self.max_stored_bytes, (task_id, kind), nbytes)
 
         def release(nbytes: int) -> None:
             with self._lock:
-                held = self._stored.get((task_id, kind))
-                if held is not None:
-                    nbytes = min(nbytes, held)
-                    if held == nbytes:
-                        del self._stored[task_id, kind]
-                    else:
-                        self._stored[task_id, kind] = held - nbytes
-                    self.stored_bytes -= nbytes
+                self._ledger.release((task_id, kind), nbytes)
 
         return files.sink(task_id, kind, reserve=reserve, release=release)
 
-    def _check_budget(self, room: int = 0, now: float | None = None) -> None:
-        # With the lock held. ``now`` is given by a submission only: it also
-        # waits while a writer does.
-        limit = self.max_stored_bytes
-        if limit is not None and (
-            self.stored_bytes + room > limit
-            or self.stored_bytes >= limit
-            or (now is not None and now < self._room_wanted_until)
-        ):
-            raise StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+    @property
+    def stored_bytes(self) -> int:
+        """The bytes of spooled bodies held now, written and reserved."""
+        return self._ledger.total
 
     def want_room(self, seconds: float) -> None:
         with self._lock:
-            now = time.time()
-            self._room_wanted_until = (
-                max(self._room_wanted_until, now + seconds) if seconds else 0.0
-            )
+            self._ledger.want(seconds, time.time())
 
     def _drop_bodies(self, task_id: str, *kinds: BodyKind) -> None:
         # With the lock held.
         if self._files is None:
             return
         for kind in kinds or ("request", "result"):
-            held = self._stored.pop((task_id, kind), None)
-            if held is not None:
-                self.stored_bytes -= held
+            if self._ledger.drop((task_id, kind)):
                 self._files.remove(task_id, kind)
 
     def close(self) -> None:
         with self._lock:
             files, self._files = self._files, None
             lock, self._dir_lock = self._dir_lock, None
-            self._stored.clear()
-            self.stored_bytes = 0
+            self._ledger = _Ledger()
         if files is not None:
             shutil.rmtree(files.path, ignore_errors=True)
         if lock is not None:
             with contextlib.suppress(OSError):
                 os.close(lock)
+
+
+class _Deliveries:
+    """Completion callbacks not yet settled, and when each is due. Called
+    with the store's lock held."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, tuple[Delivery, float]] = {}
+
+    def add(self, delivery: Delivery, at: float) -> None:
+        self._due[delivery.task_id] = (delivery, at)
+
+    def claim(self, now: float, lease: float, limit: int) -> list[Delivery]:
+        due = sorted((at, task_id) for task_id, (_, at) in self._due.items() if at <= now)
+        claimed = []
+        for _, task_id in due[:limit]:
+            delivery = replace(self._due[task_id][0], claim=secrets.token_hex(8))
+            self._due[task_id] = (delivery, now + lease)
+            claimed.append(replace(delivery))
+        return claimed
+
+    def settle(self, delivery: Delivery, retry_at: float | None) -> bool:
+        held = self._due.get(delivery.task_id)
+        if held is None or not delivery.claim or held[0].claim != delivery.claim:
+            return False
+        if retry_at is None:
+            del self._due[delivery.task_id]
+        else:
+            again = replace(held[0], attempts=held[0].attempts + 1, claim="")
+            self._due[delivery.task_id] = (again, retry_at)
+        return True
+
+
+class _Ledger:
+    """The bytes of spooled bodies held, per (task, kind): what the byte
+    budget counts (:mod:`.budget` has its rule). Called with the store's lock
+    held."""
+
+    def __init__(self) -> None:
+        self.held: dict[tuple[str, BodyKind], int] = {}
+        self.total = 0
+        # Until when a writer waits for room: new tasks are refused till then.
+        self.wanted_until = 0.0
+
+    def check(self, limit: int | None, room: int = 0, now: float | None = None) -> None:
+        """Room for a new body (``room`` bytes of it); ``now`` is given by a
+        submission only: it also waits while a writer does."""
+        check_room(limit, self.total, room, now is not None and now < self.wanted_until)
+
+    def reserve(self, limit: int | None, key: tuple[str, BodyKind], nbytes: int) -> None:
+        if limit is not None and self.total + nbytes > limit:
+            raise BudgetSpent(limit)
+        self.held[key] = self.held.get(key, 0) + nbytes
+        self.total += nbytes
+
+    def release(self, key: tuple[str, BodyKind], nbytes: int) -> None:
+        held = self.held.get(key)
+        if held is not None:
+            nbytes = min(nbytes, held)
+            if held == nbytes:
+                del self.held[key]
+            else:
+                self.held[key] = held - nbytes
+            self.total -= nbytes
+
+    def drop(self, key: tuple[str, BodyKind]) -> bool:
+        """Give back all a body held; whether it held any."""
+        held = self.held.pop(key, None)
+        if held is None:
+            return False
+        self.total -= held
+        return True
+
+    def want(self, seconds: float, now: float) -> None:
+        self.wanted_until = max(self.wanted_until, now + seconds) if seconds else 0.0
+
+
+class _Wakeups:
+    """Who waits on the store's tasks, in this process, and how they wake;
+    every method but :meth:`listen` is called with the store's lock held."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        # A task's waiters block on one lock taken when the first of them
+        # came; finishing or deleting the task releases it, and each waiter
+        # releases it again as it wakes, so that the next one wakes too.
+        # Cheaper than an Event on the path of every ``Prefer: wait``.
+        self._waiters: dict[str, _thread.LockType] = {}
+        # Watchers (event streams) wait here for any change of state or
+        # progress; ``_version`` counts the changes, so that none is missed
+        # between a watcher's read and its wait.
+        self._changed = threading.Condition(lock)
+        self._version = 0
+        # How many watchers listen now: a change wakes them only if there are
+        # any, so that tasks nobody streams pay nothing for the streams.
+        self._watchers = 0
+
+    def gate(self, task_id: str) -> _thread.LockType:
+        """The lock a waiter for ``task_id`` blocks on (held until a wake)."""
+        gate = self._waiters.get(task_id)
+        if gate is None:
+            gate = self._waiters[task_id] = _thread.allocate_lock()
+            gate.acquire()
+        return gate
+
+    def wake(self, task_id: str) -> None:
+        gate = self._waiters.pop(task_id, None)
+        if gate is not None:
+            gate.release()
+
+    def changed(self) -> None:
+        """Some task's state or progress changed. A watcher counts itself
+        before it reads the version it waits past, so none can be waiting
+        unseen here."""
+        self._version += 1
+        if self._watchers:
+            self._changed.notify_all()
+
+    @contextmanager
+    def listen(self) -> Iterator[Callable[[float], None]]:
+        with self._lock:
+            seen = self._version
+            self._watchers += 1
+
+        def block(timeout: float) -> None:
+            nonlocal seen
+            with self._changed:
+                self._changed.wait_for(lambda: self._version != seen, timeout)
+                seen = self._version
+
+        try:
+            yield block
+        finally:
+            with self._lock:
+                self._watchers -= 1
 
 
 def _snapshot(record: TaskRecord) -> TaskRecord:

@@ -16,6 +16,7 @@ from redis.cluster import RedisCluster
 
 from ...task import Body, BodyKind, BodySink
 from ..base import BodyRemoved, StoreFull
+from ..budget import BudgetSpent
 from .codec import num, text
 from .faults import translated
 from .readahead import read_ahead
@@ -32,7 +33,7 @@ _READ_AHEAD = 2**20
 
 
 def budget_spent(limit: int | None) -> StoreFull:
-    return StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+    return BudgetSpent(limit)
 
 
 class BodyIO:

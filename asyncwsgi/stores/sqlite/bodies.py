@@ -9,7 +9,7 @@ import sqlite3
 import time
 
 from ...task import Body, BodyKind, BodySink
-from ..base import StoreFull
+from ..budget import check_room
 from ..files import FileBody, ResultsDir
 from .connection import SQLiteConnections
 
@@ -85,16 +85,10 @@ class SQLiteBodies(SQLiteConnections):
         limit = self.max_stored_bytes
         if limit is None:
             return
-        stored = self._stored_in(conn)
-        if (
-            stored + nbytes > limit
-            or stored >= limit
-            or (
-                now is not None
-                and conn.execute("SELECT 1 FROM room_wanted WHERE until > ?", (now,)).fetchone()
-            )
-        ):
-            raise StoreFull(f"the store's byte budget (max_stored_bytes={limit}) is spent")
+        waits = now is not None and bool(
+            conn.execute("SELECT 1 FROM room_wanted WHERE until > ?", (now,)).fetchone()
+        )
+        check_room(limit, self._stored_in(conn), nbytes, waits)
 
     def want_room(self, seconds: float) -> None:
         if self.max_stored_bytes is None:
