@@ -175,6 +175,67 @@ def _check_status(status: Any) -> str:
     return status if type(status) is str else str.__str__(status)
 
 
+class _Response:
+    """What one call of the app has answered so far: its ``start_response``
+    and the ``write`` it returns, which is also where the iterable's chunks
+    go."""
+
+    __slots__ = ("spool", "max_result", "status", "headers")
+
+    def __init__(self, spool: Spool, max_result: int | None) -> None:
+        self.spool = spool
+        self.max_result = max_result
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+
+    def write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            if not isinstance(data, bytes):
+                raise ProtocolError(f"body chunks must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        if not data:
+            return
+        if self.status is None:
+            raise ProtocolError("body produced before start_response")
+        self.spool.write(data)
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+        /,
+    ) -> Callable[[bytes], object]:
+        spool = self.spool
+        if exc_info is not None and exc_info[1] is not None:
+            try:
+                if spool.size:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise ProtocolError("start_response called twice without exc_info")
+        status = _check_status(status)
+        if type(headers) is not list:
+            raise ProtocolError("headers must be a list")
+        checked: list[tuple[str, str]] = []
+        length = len(status)
+        for header in headers:
+            if type(header) is not tuple or len(header) != 2:
+                raise ProtocolError(f"a header must be a (name, value) tuple: {header!r}")
+            name, value = _check_header(*header)
+            checked.append((name, value))
+            length += len(name) + len(value) + 4  # ": " and CRLF
+        max_result = self.max_result
+        if max_result is not None:
+            if length + spool.size > max_result:
+                raise (spool.too_large or _too_large)(max_result)
+            # The body may have what the status line and headers leave.
+            spool.limit = max_result - length
+        self.status, self.headers = status, checked
+        return self.write
+
+
 def capture(
     app: WSGIApplication,
     environ: WSGIEnvironment,
@@ -201,58 +262,16 @@ def capture(
         spool = Spool(0, None, limit=max_result)
     elif max_result is None:
         max_result = spool.limit
-    response: list[Any] = []  # [status, headers] once start_response is called
-    write = spool.write
-
-    def add(data: bytes) -> None:
-        if type(data) is not bytes:
-            if not isinstance(data, bytes):
-                raise ProtocolError(f"body chunks must be bytes, not {type(data).__name__}")
-            data = bytes(data)
-        if not data:
-            return
-        if not response:
-            raise ProtocolError("body produced before start_response")
-        write(data)
-
-    def start_response(
-        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
-    ) -> Callable[[bytes], object]:
-        if exc_info is not None and exc_info[1] is not None:
-            try:
-                if spool.size:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif response:
-            raise ProtocolError("start_response called twice without exc_info")
-        status = _check_status(status)
-        if type(headers) is not list:
-            raise ProtocolError("headers must be a list")
-        checked: list[tuple[str, str]] = []
-        length = len(status)
-        for header in headers:
-            if type(header) is not tuple or len(header) != 2:
-                raise ProtocolError(f"a header must be a (name, value) tuple: {header!r}")
-            name, value = _check_header(*header)
-            checked.append((name, value))
-            length += len(name) + len(value) + 4  # ": " and CRLF
-        if max_result is not None:
-            if length + spool.size > max_result:
-                raise (spool.too_large or _too_large)(max_result)
-            # The body may have what the status line and headers leave.
-            spool.limit = max_result - length
-        response[:] = [status, checked]
-        return add
-
-    iterable: Iterable[bytes] = app(environ, start_response)
+    response = _Response(spool, max_result)
+    iterable: Iterable[bytes] = app(environ, response.start_response)
     try:
+        write = response.write
         for chunk in iterable:
-            add(chunk)
-        if not response:
+            write(chunk)
+        if response.status is None:
             raise ProtocolError("the app returned without calling start_response")
     finally:
         close = getattr(iterable, "close", None)
         if close is not None:
             close()
-    return Result(response[0], response[1], spool.result())
+    return Result(response.status, response.headers, spool.result())
