@@ -260,3 +260,39 @@ def test_no_background_thread_dies_of_one_exception(caplog):
             release.set()
             mw.close(timeout=5)
             store.close()
+
+
+def test_a_bug_in_storing_a_result_ends_the_task_as_500_and_is_not_retried(tmp_path, caplog):
+    """Only a store fault is retried: a store whose finish raises something
+    else (a bug) has it logged with its traceback, and the task ends as 500
+    at once rather than being retried for as long as the process lives."""
+
+    class Buggy(SQLiteStore):
+        calls: list[bytes] = []
+
+        def finish(self, task_id: str, result: Any) -> bool:
+            self.calls.append(result.body)
+            if result.status.startswith("200"):
+                raise TypeError("a bug in the store")
+            return super().finish(task_id, result)
+
+    caplog.set_level(logging.ERROR, logger="asyncwsgi")
+    store = Buggy(str(tmp_path / "t.db"))
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mw = AsyncMiddleware(app, paths=["/work/*"], store=store)
+    try:
+        client = Client(mw)
+        location = client.post("/work/1").headers["Location"]
+        done = wait_done(client, location, timeout=BOUND)
+        assert done.status_code == 500
+        assert b"could not be stored" in done.data
+        assert mw.runner.pending_results == 0 and mw.runner.held == []
+        assert len(store.calls) == 2  # the result once, then the 500: no retry
+        assert "TypeError: a bug in the store" in caplog.text  # with its traceback
+    finally:
+        mw.close(timeout=5)
+        store.close()
