@@ -4,20 +4,44 @@ The full cycle (submit, poll until done, on a fresh connection each, as in
 scenario 6) through gunicorn ``-w 4`` on a Redis primary with one replica on
 the same machine: the same primary, one server with ``min_replicas=1`` (each
 creation and result waits for the replica's ``WAIT``) and one without,
-alternating rounds. On one machine the replica's round trip is a loopback
-one; across machines add the network's.
+alternating rounds; and the store's own writes an accepted task makes
+(create, start, finish) timed in one process, where HTTP's noise does not
+hide them. On one machine the replica's round trip is a loopback one;
+across machines add the network's.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
+import time
 from typing import Any
+
+from asyncwsgi.stores import open_store
+from asyncwsgi.task import Result, TaskRecord
 
 from .client import Tally, alternate, checked_cycle, run_load
 from .server import Servers
 from .services import RedisReplicated
 
 NAMES = {"async:redis": "without", "async:redis-wait": "min_replicas=1"}
+
+
+def _store_cycle(url: str, tasks: int) -> float:
+    """Microseconds per task of create, start and finish on the store at ``url``."""
+    store = open_store(url)
+    result = Result("200 OK", [("Content-Type", "text/plain")], b"ok")
+    try:
+        started = time.perf_counter()
+        for i in range(tasks):
+            now = time.time()
+            record = TaskRecord(f"bench-{i}-{now!r}", created=now, ttl=60, lease_until=now + 30)
+            store.create(record)
+            store.start(record.id, now + 30)
+            store.finish(record.id, result)
+        return (time.perf_counter() - started) / tasks * 1e6
+    finally:
+        store.close()
 
 
 def replicas(cfg: Any) -> dict[str, Any]:
@@ -37,6 +61,12 @@ def replicas(cfg: Any) -> dict[str, Any]:
                 "store": f"redis://127.0.0.1:{port}/1?min_replicas=1",
             },
         }
+        urls = {label: options[name]["store"] for name, label in NAMES.items()}
+        store_us: dict[str, list[float]] = {label: [] for label in NAMES.values()}
+        tasks = 200 if cfg.quick else 2000
+        for r in range(cfg.rounds):
+            for label in list(urls)[:: 1 if r % 2 == 0 else -1]:
+                store_us[label].append(_store_cycle(urls[label], tasks))
         with Servers(*options, options=options) as servers:
             ports = {label: servers[name].port for name, label in NAMES.items()}
             for server_port in ports.values():  # warm up every worker; not counted
@@ -55,12 +85,17 @@ def replicas(cfg: Any) -> dict[str, Any]:
         row("10 min_replicas", "p50 ms/task, min_replicas=1", with_wait["p50_ms"],
             "without", without["p50_ms"], higher=False),
     ]  # fmt: skip
+    us = {label: statistics.median(values) for label, values in store_us.items()}
+    rows.append(row("10 min_replicas", "store µs per task (create, start, finish), "
+                    "min_replicas=1", us["min_replicas=1"], "without", us["without"],
+                    higher=False))  # fmt: skip
     lost = sum(t.lost for t in tallies.values())
     r = row("10 min_replicas", "tasks lost (404, wrong body, other), both", lost, "none", 0)
     r.update(ratio=None, target=0, target_kind="==", met=lost == 0)
     rows.append(r)
     return {
         "http": res,
+        "store_us_per_task": us,
         "client": "fresh connection per request (Connection: close), poll every 2 ms",
         "outcomes": {label: dict(t.counts) for label, t in tallies.items()},
         "rows": rows,
