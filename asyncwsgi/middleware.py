@@ -82,7 +82,7 @@ class AsyncMiddleware:
     max_retry_after: int
     prefer_paths: list[Pattern]
     max_wait: float
-    max_waiting: int
+    max_waiting: int | None
     owner: Callable[[WSGIEnvironment], str | None] | None
     lease: float
     timeout: float | None
@@ -121,7 +121,7 @@ class AsyncMiddleware:
         max_retry_after: int = 30,
         prefer_paths: Iterable[Pattern] = (),
         max_wait: float = 10.0,
-        max_waiting: int = 2,
+        max_waiting: int | None = None,
         owner: Callable[[WSGIEnvironment], str | None] | None = None,
         lease: float = 30.0,
         timeout: float | None = None,
@@ -225,15 +225,18 @@ class AsyncMiddleware:
         method = environ["REQUEST_METHOD"]
         try:
             if path.startswith(self.status_path):
+                self._waits.seen()  # the server's threads: how many may wait
                 return self._status(environ, start_response, path[len(self.status_path) :])
             if method in self.methods:
                 if (pattern := self._match(path, method)) is not None:
+                    self._waits.seen()
                     return self._submission(environ, start_response, "", pattern)
                 if (
                     self._prefer_match is not None
                     and (pattern := self._prefer_match(path, method)) is not None
                     and "respond-async" in parse_prefer(environ.get("HTTP_PREFER"))
                 ):
+                    self._waits.seen()
                     return self._submission(environ, start_response, "respond-async", pattern)
         except StoreFull as exc:
             # A byte budget spent or a full disk: said as such (it passes).

@@ -350,12 +350,16 @@ OPTIONS: tuple[Option, ...] = (
            doc=(
            "cap in seconds on any `Prefer: wait=N`; kept well under gunicorn's 30 s sync "
            'worker timeout (see [faults.md](faults.md#long-polls))')),
-    Option("max_waiting", int, 2, _count(0),
-           "requests of one process that may wait at once; others are answered at once",
+    Option("max_waiting", _optional_int, None, _count(0, optional=True),
+           "requests of one process that may wait at once (default: one fewer than the "
+           "server's threads); others are answered at once",
            doc=(
-           'requests of one process that may wait (`Prefer: wait`) at once; beyond it a '
-           'request is answered at once, without `Preference-Applied`, so waits never hold '
-           'every server thread')),
+           'requests of one process that may wait (`Prefer: wait`, event streams) at once; '
+           'beyond it a request is answered at once, without `Preference-Applied`, so waits '
+           'never hold every server thread. `None` follows the server: one fewer than the '
+           'server threads that have brought this process a submission or a status request '
+           'so far, never below 2 (gunicorn gthread `--threads 8`: 7; waitress with its 4 '
+           'threads: 3; a sync worker answers one request at a time, so that one may wait)')),
     Option("owner", _imported, None, _callable,
            "owner(environ) -> str or None: binds each task to its submitter",
            doc=(

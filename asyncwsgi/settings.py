@@ -51,7 +51,7 @@ class Settings:
     max_retry_after: int
     prefer_paths: list[Pattern]
     max_wait: float
-    max_waiting: int
+    max_waiting: int | None
     owner: Callable[[WSGIEnvironment], str | None] | None
     lease: float
     timeout: float | None

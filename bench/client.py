@@ -92,6 +92,22 @@ def get(path: str, headers: dict[str, str] | None = None, expect: int = 200):
     return unit
 
 
+def waited(path: str, prefer: str = "wait=5"):
+    """A request with ``Prefer: wait``: answered with the result when the
+    process let it wait (200); else a 202, then a long-poll of the Location
+    with the same preference until the result comes (what a client does)."""
+    headers = {"Prefer": prefer}
+
+    def unit(conn: Conn) -> None:
+        status, response, _ = conn.request("GET", path, headers)
+        while status == 202:
+            status, response, _ = conn.request("GET", response.getheader("Location"), headers)
+        if status != 200:
+            raise RuntimeError(f"GET {path} with Prefer: {prefer} answered {status}")
+
+    return unit
+
+
 def full_cycle(path: str, poll_interval: float = 0.002):
     """Submit, then poll the Location every ``poll_interval`` until it answers 200."""
 

@@ -91,8 +91,66 @@ def test_waiting_clients_never_hold_every_thread_of_a_gthread_worker(tmp_path):
             assert took < 2.0  # was 9.6 s with every thread waiting
             answers = [future.result(timeout=30) for future in waits]
         applied = [a for a in answers if "Preference-Applied" in a[1]]
-        assert 1 <= len(applied) <= 2  # max_waiting; the others answered at once
+        # The default bound: at most one fewer than the 4 threads wait; the
+        # others were answered at once.
+        assert 1 <= len(applied) <= 3
         assert all(a[0] == 202 for a in answers)
+
+
+def test_by_default_one_fewer_than_the_server_threads_may_wait():
+    """max_waiting=None follows the server: each thread that brings a
+    submission or a status request counts, and one fewer than those may wait
+    (never fewer than 2). Four threads one after another, each asking to
+    wait: the first two wait; the third finds 2 waiting of 3 threads and is
+    answered at once; the fourth (4 threads: 3 may wait) waits."""
+    release = threading.Event()
+
+    def slow(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        release.wait(10)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mw = AsyncMiddleware(slow, paths=["/work/*"], max_wait=5)
+    assert mw.max_waiting is None
+    answers: dict[int, tuple[float, int]] = {}
+    located = threading.Event()
+    where: list[str] = []
+    # The threads live on after their answer, as a server's pool threads do
+    # (an ended thread's id may be given to the next one).
+    end = threading.Event()
+
+    def wait(thread: int) -> None:
+        client = Client(mw)
+        if thread == 0:  # the submission comes from one of the four
+            where.append(client.post("/work/1").headers["Location"])
+            located.set()
+        located.wait(10)
+        started = time.monotonic()
+        response = client.get(where[0], headers={"Prefer": "wait=5"})
+        answers[thread] = (time.monotonic() - started, response.status_code)
+        end.wait(20)
+
+    threads: list[threading.Thread] = []
+    try:
+        for number in range(4):  # one after another: each has been counted
+            thread = threading.Thread(target=wait, args=(number,))
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.3)
+        assert set(answers) == {2}
+        assert answers[2][0] < 1 and answers[2][1] == 202  # at once, not done
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(answers) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The three that waited got the result the moment it came.
+        assert {n for n, (_, status) in answers.items() if status == 200} == {0, 1, 3}
+    finally:
+        release.set()
+        end.set()
+        for thread in threads:
+            thread.join(10)
+        mw.close(timeout=10)
 
 
 def test_beyond_max_waiting_a_request_is_answered_at_once_without_waiting():
