@@ -14,7 +14,7 @@ from asyncwsgi.stores.redis import RedisStore
 from asyncwsgi.stores.redis.replicas import Unconfirmed
 from asyncwsgi.stores.redis.sentinel import parse_sentinel_url
 from asyncwsgi.task import Result, TaskRecord
-from bench.services import RedisReplicated, redis_cli
+from bench.services import RedisReplicated, RedisServer, redis_cli
 from tests.helpers import program
 
 
@@ -84,6 +84,20 @@ def test_min_replicas_mistakes_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="replica_timeout"):
         # The WAIT would outlive the socket: refused before any call.
         RedisStore("redis://127.0.0.1:1/0?socket_timeout=1", min_replicas=1, replica_timeout=2)
+
+
+def test_without_replicas_nothing_is_accepted(caplog: pytest.LogCaptureFixture) -> None:
+    """min_replicas on a Redis that has no replica: a warning at start, and
+    every submission refused (its record removed), never acknowledged."""
+    with RedisServer(program("redis-server")) as server:
+        store = open_store(server.url(0) + "?min_replicas=1&replica_timeout=0.2")
+        try:
+            assert "0 replica(s) connected and min_replicas is 1" in caplog.text
+            with pytest.raises(Unconfirmed):
+                store.create(record("alone"))
+            assert store.get("alone") is None
+        finally:
+            store.close()
 
 
 def record(task_id: str) -> TaskRecord:

@@ -68,9 +68,32 @@ class Replication:
 
     def __init__(self, min_replicas: int, timeout: float, marker: str) -> None:
         self.min_replicas = min_replicas
+        self.timeout = timeout
         # WAIT takes whole milliseconds, and 0 would mean "for ever".
         self.timeout_ms = max(1, round(timeout * 1000))
         self.marker = marker
+
+    @classmethod
+    def of(cls, min_replicas: int, timeout: float, prefix: str) -> Replication | None:
+        """The store's, for its settings (checked): None without ``min_replicas``."""
+        if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
+            raise ValueError(f"min_replicas must be a whole number >= 0, not {min_replicas!r}")
+        if not timeout > 0:
+            raise ValueError(f"replica_timeout must be seconds > 0, not {timeout!r}")
+        return cls(min_replicas, timeout, prefix + "wait") if min_replicas else None
+
+    def check(
+        self, client: redis.Redis | RedisCluster, block_limit: float | None, key: str
+    ) -> None:
+        """Once the client is made: a ``WAIT`` must end before the socket
+        gives up (a ValueError), and a primary with fewer replicas than
+        ``min_replicas`` is worth a warning (every submission would be a 503)."""
+        if block_limit is not None and self.timeout >= block_limit:
+            raise ValueError(
+                f"replica_timeout ({self.timeout} s) must be shorter than the client's "
+                "socket_timeout, or every WAIT outlives the socket"
+            )
+        warn_if_short(client, self.min_replicas, key)
 
     def run(
         self, client: redis.Redis | RedisCluster, script: Script, keys: list[str], args: list[Any]
@@ -153,3 +176,23 @@ def _lost_node(client: redis.Redis | RedisCluster) -> None:
         nodes.initialize()
     except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         logger.debug("asyncwsgi: could not read the cluster's topology: %s", exc)
+
+
+def warn_if_short(client: redis.Redis | RedisCluster, min_replicas: int, key: str) -> None:
+    """Warn when the primary that serves ``key`` has fewer replicas than
+    ``min_replicas``: until more connect, every submission is a 503."""
+    try:
+        # (Through Any: redis-py releases annotate info()'s answer differently.)
+        target: Any = _target(client, key)
+        info = target.info("replication")
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        logger.debug("asyncwsgi: could not count Redis's replicas: %s", exc)
+        return  # down at start: the calls will say so
+    connected = int(info.get("connected_slaves", 0))
+    if connected < min_replicas:
+        logger.warning(
+            "asyncwsgi: Redis has %d replica(s) connected and min_replicas is %d: until "
+            "more are, every submission is answered 503",
+            connected,
+            min_replicas,
+        )

@@ -67,20 +67,14 @@ class RedisStore(Store):
         min_replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
-        if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
-            raise ValueError(f"min_replicas must be a whole number >= 0, not {min_replicas!r}")
-        if not replica_timeout > 0:
-            raise ValueError(f"replica_timeout must be seconds > 0, not {replica_timeout!r}")
         self.max_stored_bytes = max_stored_bytes
         self._connection = connection = connect.connect(client_or_url, prefix)
         self.url = connection.url
         self.prefix = prefix = connection.prefix
+        # (Checked before the client is made: nothing to close yet.)
+        replication = Replication.of(min_replicas, replica_timeout, prefix)
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
-        self.min_replicas = min_replicas
-        self.replica_timeout = replica_timeout
-        replication = None
-        if min_replicas:
-            replication = Replication(min_replicas, replica_timeout, prefix + "wait")
+        self.min_replicas, self.replica_timeout = min_replicas, replica_timeout
         self.scripts = Scripts(
             lambda: connection.client,
             [prefix, num(tombstone_ttl * 1000), str(int(max_tombstones))],
@@ -101,13 +95,12 @@ class RedisStore(Store):
             connection.client  # noqa: B018 (made now where it can be, and checked)
         except StoreUnavailable:
             pass  # a cluster down at start: every call says so until it is up
-        limit = None if connection.made is None else self._block_limit
-        if min_replicas and limit is not None and replica_timeout >= limit:
-            self.close()
-            raise ValueError(
-                f"replica_timeout ({replica_timeout} s) must be shorter than the client's "
-                "socket_timeout, or every WAIT outlives the socket"
-            )
+        if replication is not None and connection.made is not None:
+            try:
+                replication.check(connection.made, self._block_limit, prefix + "active")
+            except ValueError:
+                self.close()
+                raise
 
     @property
     def client(self) -> connect.Client:
