@@ -290,7 +290,9 @@ def test_url_forms() -> None:
         store = open_store(url, tombstone_ttl=5.0)
         try:
             assert isinstance(store, RedisStore)
-            assert store.url == url and store.shared
+            # The URL carries the setting for a worker that opens it.
+            carried = url + ("&" if "?" in url else "?") + "tombstone_ttl=5.0"
+            assert store.url == carried and store.shared
             assert store.tombstone_ttl == 5.0
             pool = store.client.connection_pool
             assert pool.connection_class.__name__ == connection
@@ -469,3 +471,30 @@ def test_closing_a_cluster_store_closes_its_connections_on_every_node(
     assert ours() > 0
     store.close()
     assert ours() == 0
+
+
+def test_the_url_carries_the_store_settings_to_a_worker(redis_url: str) -> None:
+    # A Celery or RQ worker opens the store by its URL: it must keep the
+    # table as the web side does (no tombstones when they are off, the same
+    # chunks, the same replicas to wait for).
+    settings = {
+        "tombstone_ttl": 0.0,
+        "max_tombstones": 5,
+        "chunk_size": 1000,
+        "spool_ttl": 30.0,
+        "min_replicas": 1,
+        "replica_timeout": 0.5,
+    }
+    store = RedisStore(redis_url, prefix="carried:", **settings)  # type: ignore[arg-type]
+    assert store.url is not None
+    worker = RedisStore.from_url(store.url)
+    try:
+        assert worker.prefix == "carried:"
+        assert {name: getattr(worker, name) for name in settings} == settings
+        # Defaults are left out; a setting already in the URL is not repeated.
+        plain = RedisStore(redis_url + "?chunk_size=2000", spool_ttl=600.0)
+        assert plain.url == redis_url + "?chunk_size=2000"
+        plain.close()
+    finally:
+        worker.close()
+        store.close()

@@ -23,6 +23,7 @@ from . import sentinel
 from .faults import unreachable_cluster
 
 __all__ = [
+    "carry_settings",
     "DEFAULT_PREFIX",
     "Connection",
     "Client",
@@ -103,6 +104,18 @@ def split_prefix(url: str) -> tuple[str, str | None]:
         return url, None
     rest = urlencode([(name, value) for name, value in query if name != "prefix"])
     return urlunsplit(parts._replace(query=rest)), prefixes[-1]
+
+
+def carry_settings(url: str, settings: dict[str, Any]) -> str:
+    """``url`` with ``settings`` as query parameters (those it does not have
+    yet), so that a process that opens the store by its URL (a Celery or RQ
+    worker) keeps the table the same way."""
+    base, _, query = url.partition("?")
+    present = {name for name, _ in parse_qsl(query, keep_blank_values=True)}
+    added = [(name, str(value)) for name, value in settings.items() if name not in present]
+    if not added:
+        return url
+    return f"{base}?{'&'.join(filter(None, [query, urlencode(added)]))}"
 
 
 def connection_kwargs(client: redis.Redis | RedisCluster) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,16 @@ from .replicas import Replication, Unconfirmed, undo_create
 from .scripts import Scripts
 
 __all__ = ["RedisStore"]
+
+# The settings a worker that opens the store by its URL must share.
+_CARRIED = (
+    "max_tombstones",
+    "tombstone_ttl",
+    "chunk_size",
+    "spool_ttl",
+    "min_replicas",
+    "replica_timeout",
+)
 
 
 class RedisStore(Store):
@@ -91,6 +102,8 @@ class RedisStore(Store):
             spool_ttl=spool_ttl,
             budget=lambda: self.max_stored_bytes,
         )
+        if self.url is not None:
+            self.url = connect.carry_settings(self.url, self._settings())
         try:
             connection.client  # noqa: B018 (made now where it can be, and checked)
         except StoreUnavailable:
@@ -101,6 +114,16 @@ class RedisStore(Store):
             except ValueError:
                 self.close()
                 raise
+
+    def _settings(self) -> dict[str, Any]:
+        """The store's settings that differ from their defaults (those of
+        this constructor's signature)."""
+        defaults = inspect.signature(RedisStore.__init__).parameters
+        return {
+            name: getattr(self, name)
+            for name in _CARRIED
+            if getattr(self, name) != defaults[name].default
+        }
 
     @property
     def client(self) -> connect.Client:
