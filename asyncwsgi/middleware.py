@@ -217,6 +217,7 @@ class AsyncMiddleware:
         self.urls, self._accepted, self._scrape = answers.urls, answers.accepted, answers.scrape
         self._status, self._submission = answers.status, answers.submission
         self.callbacks, self._sender = answers.callbacks, answers.sender
+        self._waits = answers.waits
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

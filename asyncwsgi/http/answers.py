@@ -39,6 +39,8 @@ class Answers:
     #: The callback sender, when callbacks are on (``callback_allow``).
     callbacks: CallbackSender | None
     sender: SenderPerProcess | None
+    #: The waiting slots, told of each server thread that brings a task request.
+    waits: Waits
 
 
 def make_answers(
@@ -85,4 +87,4 @@ def make_answers(
         sender=sender,
         closing=closing,
     )
-    return Answers(urls, accepted, Scrape(store), status, submission, callbacks, sender)
+    return Answers(urls, accepted, Scrape(store), status, submission, callbacks, sender, waits)
