@@ -35,7 +35,8 @@ and a key of Django's `ASYNCWSGI` setting; one table in `asyncwsgi/options.py`
 drives them all, and an unknown key is an error naming it. Mistakes fail when
 the middleware is built, saying what is expected (`methods="POST"` instead of
 `["POST"]`, a pattern under `status_path`, a store directory that does not
-exist).
+exist). The options as checked, rules across them included, are one frozen
+object, `middleware.settings` (`asyncwsgi.settings.Settings`).
 
 | option | default | meaning |
 | --- | --- | --- |
