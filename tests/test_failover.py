@@ -127,9 +127,13 @@ def stop_replicas_then_kill_primary(
     replicas (or the kill, if it had not) and the moment of the kill."""
     for replica in replicas:
         replica.pause()
+    paused = time.monotonic()
     time.sleep(3.0)
     if until_dropped:
         wait_for(lambda: connected_replicas(primary.port) == 0, 10.0)
+        print(
+            f"the primary dropped its replicas {time.monotonic() - paused:.1f} s after they stopped"
+        )
     dropped = time.monotonic() if connected_replicas(primary.port) == 0 else float("inf")
     time.sleep(0.5)  # acknowledged writes after the drop
     primary.kill()
@@ -179,7 +183,10 @@ def test_sentinel_failover(min_replicas: int, tmp_path: Path) -> None:
             after_drop = [a for a in answers if a.status == 202 and dropped < a.sent < killed]
             verdicts = finals(port, after_drop, timeout=5)
             unknown = [path for path, (status, _) in verdicts.items() if status == 404]
-            print(f"acknowledged after the drop: {len(after_drop)}, unknown after: {len(unknown)}")
+            print(
+                f"replicas dropped {killed - dropped:.1f} s before the kill; acknowledged "
+                f"after the drop: {len(after_drop)}, unknown after the failover: {len(unknown)}"
+            )
             assert after_drop, "nothing was acknowledged between the drop and the kill"
             assert len(unknown) == len(after_drop), {p: s for p, (s, _) in verdicts.items()}
 
