@@ -63,10 +63,7 @@ class Periodic:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
-        if survive_fork and hasattr(os, "register_at_fork"):
-            # A weak reference: the hook outlives the object, not the reverse.
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _restart(ref))
+        self._survive_fork = survive_fork
 
     @property
     def running(self) -> bool:
@@ -80,6 +77,12 @@ class Periodic:
         with self._lock:
             if self.running or self._stop.is_set():
                 return
+            if self._survive_fork and hasattr(os, "register_at_fork"):
+                # Once, at the first start. A weak reference: the hook
+                # outlives the object, not the reverse.
+                self._survive_fork = False
+                ref = weakref.ref(self)
+                os.register_at_fork(after_in_child=lambda: _restart(ref))
             self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._pid = os.getpid()
             self._thread.start()
