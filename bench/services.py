@@ -28,6 +28,7 @@ __all__ = [
     "RedisSentinel",
     "RssSampler",
     "RedisServer",
+    "TLSFiles",
     "free_port",
     "redis_cli",
     "stop_group",
@@ -187,6 +188,38 @@ def _link_up(port: int, cli: str) -> bool:
     return "master_link_status:up" in redis_cli(port, "info", "replication", cli=cli)
 
 
+class TLSFiles:
+    """A throwaway certificate authority and a certificate for 127.0.0.1
+    signed by it, made with the ``openssl`` command in ``directory``, and the
+    options that make a redis-server (or a sentinel) listen with TLS on
+    another port too."""
+
+    def __init__(self, directory: Path, openssl: str = "openssl") -> None:
+        self.ca = directory / "ca.crt"
+        self.cert = directory / "server.crt"
+        self.key = directory / "server.key"
+        ca_key, csr, ext = directory / "ca.key", directory / "server.csr", directory / "san.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1\n")
+        for args in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+             "-out", str(self.ca), "-days", "2", "-subj", "/CN=asyncwsgi test CA"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
+             "-out", str(csr), "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", str(self.cert), "-days", "2", "-extfile", str(ext)],
+        ):  # fmt: skip
+            subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+    def options(self, tls_port: int) -> list[str]:
+        """redis-server's options for TLS on ``tls_port`` (clients need no
+        certificate of their own)."""
+        return [
+            "--tls-port", str(tls_port), "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key), "--tls-ca-cert-file", str(self.ca),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+
+
 class RedisSentinel(_Service):
     """One ``redis-server --sentinel`` on a free port watching the primary at
     127.0.0.1:``primary_port`` as ``service`` (quorum 1: it decides alone),
@@ -200,18 +233,28 @@ class RedisSentinel(_Service):
         cli: str = "redis-cli",
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 4000,
+        tls: TLSFiles | None = None,
     ) -> None:
+        """With ``tls``, the sentinel also listens with TLS on :attr:`tls_port`
+        and speaks TLS to Redis (``primary_port`` is then the primary's TLS port)."""
         self.service = service
         self.cli = cli
         self._directory = tempfile.TemporaryDirectory(prefix="asyncwsgi-sentinel-")
         self.port = free_port()
+        self.tls_port: int | None = None
         conf = Path(self._directory.name) / "sentinel.conf"
-        conf.write_text(
+        text = (
             f"port {self.port}\nbind 127.0.0.1\ndir {self._directory.name}\n"
             f"sentinel monitor {service} 127.0.0.1 {primary_port} 1\n"
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
             f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
         )
+        if tls is not None:
+            self.tls_port = free_port()
+            options = tls.options(self.tls_port)
+            text += "".join(f"{options[i][2:]} {options[i + 1]}\n" for i in range(0, 10, 2))
+            text += "tls-replication yes\n"
+        conf.write_text(text)
         self.proc = subprocess.Popen(
             [executable, str(conf), "--sentinel"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -257,20 +300,30 @@ class RedisReplicated(_Service):
         service: str = "svc",
         down_after_ms: int = 1000,
         timeout: float = 30.0,
+        tls: TLSFiles | None = None,
     ) -> None:
+        """With ``tls``, every server and the sentinel also listen with TLS
+        (replication and the sentinel's checks go over it), and :meth:`url`
+        is the ``rediss+sentinel://`` one."""
         self.cli = cli
+        self.tls = tls
         self.replicas: list[RedisServer] = []
         self.sentinel: RedisSentinel | None = None
-        self.primary = RedisServer(executable)
+        # Each server's TLS port (with tls), by its plain port.
+        self.tls_ports: dict[int, int] = {}
+        self.primary = self._server(executable)
         try:
             for _ in range(replicas):
                 self.replicas.append(
-                    RedisServer(executable, "--replicaof", "127.0.0.1", str(self.primary.port))
+                    self._server(
+                        executable, "--replicaof", "127.0.0.1", str(self._port(self.primary))
+                    )
                 )
             self.wait_synced(timeout)
             self.sentinel = RedisSentinel(
-                self.primary.port, service, executable, cli, down_after_ms=down_after_ms
-            )
+                self._port(self.primary), service, executable, cli,
+                down_after_ms=down_after_ms, tls=tls,
+            )  # fmt: skip
             _wait_until(
                 lambda: self._sentinel().replicas_seen() >= replicas,
                 timeout,
@@ -283,6 +336,20 @@ class RedisReplicated(_Service):
     def _sentinel(self) -> RedisSentinel:
         assert self.sentinel is not None
         return self.sentinel
+
+    def _server(self, executable: str, *options: str) -> RedisServer:
+        if self.tls is None:
+            return RedisServer(executable, *options)
+        tls_port = free_port()
+        server = RedisServer(
+            executable, *self.tls.options(tls_port), "--tls-replication", "yes", *options
+        )
+        self.tls_ports[server.port] = tls_port
+        return server
+
+    def _port(self, server: RedisServer) -> int:
+        """The port others reach ``server`` by (its TLS port, with tls)."""
+        return self.tls_ports.get(server.port, server.port)
 
     @property
     def servers(self) -> list[RedisServer]:
@@ -297,8 +364,13 @@ class RedisReplicated(_Service):
         )
 
     def url(self, db: int = 0, query: str = "") -> str:
-        """``redis+sentinel://127.0.0.1:<sentinel>/<service>/<db>[?query]``."""
+        """``redis+sentinel://127.0.0.1:<sentinel>/<service>/<db>[?query]``
+        (``rediss+sentinel://`` to the sentinel's TLS port, with tls)."""
         sentinel = self._sentinel()
+        if self.tls is not None:
+            ca = f"ssl_ca_certs={self.tls.ca}"
+            tail = f"?{ca}&{query}" if query else f"?{ca}"
+            return f"rediss+sentinel://127.0.0.1:{sentinel.tls_port}/{sentinel.service}/{db}{tail}"
         tail = f"?{query}" if query else ""
         return f"redis+sentinel://127.0.0.1:{sentinel.port}/{sentinel.service}/{db}{tail}"
 
@@ -311,8 +383,8 @@ class RedisReplicated(_Service):
         def promoted() -> bool:
             port = sentinel.primary_port()
             for server in self.replicas:
-                if server.port == port and "role:master" in redis_cli(
-                    port, "info", "replication", cli=self.cli
+                if self._port(server) == port and "role:master" in redis_cli(
+                    server.port, "info", "replication", cli=self.cli
                 ):
                     found.append(server)
                     return True

@@ -5,6 +5,7 @@ follows a failover by itself and waits for replicas with ``min_replicas``."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from asyncwsgi.stores.redis import RedisStore
 from asyncwsgi.stores.redis.replicas import Unconfirmed
 from asyncwsgi.stores.redis.sentinel import parse_sentinel_url
 from asyncwsgi.task import Result, TaskRecord
-from bench.services import RedisReplicated, RedisServer, redis_cli
+from bench.services import RedisReplicated, RedisServer, TLSFiles, redis_cli
 from tests.helpers import program
 
 
@@ -136,11 +137,20 @@ def test_through_sentinel_a_write_waits_for_its_replica() -> None:
 
 
 @pytest.mark.slow
-def test_through_sentinel_the_store_follows_a_failover() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "TLS"])
+def test_through_sentinel_the_store_follows_a_failover(tls: bool, tmp_path: Path) -> None:
     """The primary killed: 503 while there is none, then on by itself with
-    the promoted replica, whose data has what was confirmed."""
-    with RedisReplicated(2, program("redis-server"), program("redis-cli")) as group:
-        store = open_store(group.url(0, "socket_timeout=2&min_replicas=1"))
+    the promoted replica, whose data has what was confirmed. With TLS, the
+    store speaks it to the sentinel and to each primary (rediss+sentinel://,
+    only TLS ports named), replication and Sentinel too."""
+    files = TLSFiles(tmp_path, program("openssl")) if tls else None
+    with RedisReplicated(2, program("redis-server"), program("redis-cli"), tls=files) as group:
+        url = group.url(0, "socket_timeout=2&min_replicas=1")
+        assert url.startswith("rediss+sentinel://" if tls else "redis+sentinel://")
+        if tls:  # the sentinel names the primary's TLS port: a plain client would fail
+            assert group.sentinel is not None
+            assert group.sentinel.primary_port() == group.tls_ports[group.primary.port]
+        store = open_store(url)
         try:
             assert store.create(record("before"))
             group.primary.kill()
