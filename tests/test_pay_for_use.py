@@ -100,7 +100,20 @@ def _one_cycle(store: str | None = None) -> dict[str, list[str]]:
 # The modules of optional features: none of their functions runs for a plain
 # task. (events.wants_events is how a status request is told from a stream
 # request: a look at the request, not work for the task.)
-_FEATURE_MODULES = ("callbacks.py", "listing.py", "metrics.py", "tracing.py", "events.py")
+_FEATURE_MODULES = (
+    "callbacks.py",
+    # asyncwsgi/callbacks/, the completion callbacks' package
+    "allow.py",
+    "webhook.py",
+    "attempt.py",
+    "lanes.py",
+    "outcomes.py",
+    "sender.py",
+    "listing.py",
+    "metrics.py",
+    "tracing.py",
+    "events.py",
+)
 _ALLOWED = {"events.py:wants_events"}
 # Work a store does for a feature: the task list's index, waking watchers.
 _FEATURE_FUNCTIONS = {
