@@ -214,3 +214,50 @@ def test_past_its_timeout_the_writer_stops_and_its_bytes_go(
         kind = store_url.partition(":")[0]
         print(f"\n[{kind}] the iterable closed {stopped:.2f} s after the 504")
         assert stopped < 1.0
+
+
+@pytest.mark.parametrize("how", ["timeout", "delete"])
+def test_a_task_ended_here_stops_its_app_at_the_next_chunk_also_in_memory(
+    wrap: Callable[..., object], how: str
+) -> None:
+    """Below spool_threshold (nothing in the store yet), in the process that
+    runs the task: a timeout, or a DELETE, stops the capture at the app's
+    next chunk and closes its iterable, instead of letting it run on for
+    nothing."""
+    from werkzeug.test import Client
+
+    closed = threading.Event()
+    chunks: list[int] = []
+
+    class Slow:
+        def __iter__(self) -> Iterator[bytes]:
+            for i in range(100):
+                chunks.append(i)
+                yield b"x" * 100
+                time.sleep(0.05)  # 5 s for the whole answer
+
+        def close(self) -> None:
+            closed.set()
+
+    def app(environ: dict[str, object], start_response: Callable[..., object]) -> Slow:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Slow()
+
+    options = {"timeout": 0.5} if how == "timeout" else {}
+    client = Client(wrap(app, **options))
+    location = client.post("/work/slow").headers["Location"]
+    deadline = time.monotonic() + 5
+    while len(chunks) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    if how == "delete":
+        assert client.delete(location).status_code == 204
+    else:
+        while client.get(location).status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    ended = time.monotonic()
+    assert closed.wait(2)
+    stopped = time.monotonic() - ended
+    assert stopped < 0.5, stopped  # the next chunk (0.05 s apart), not the end (5 s)
+    assert len(chunks) < 40
