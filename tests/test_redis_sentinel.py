@@ -14,7 +14,7 @@ from asyncwsgi.stores import StoreUnavailable, open_store
 from asyncwsgi.stores.redis import RedisStore
 from asyncwsgi.stores.redis.replicas import Unconfirmed
 from asyncwsgi.stores.redis.sentinel import parse_sentinel_url
-from asyncwsgi.task import Result, TaskRecord
+from asyncwsgi.task import Callback, Result, TaskRecord
 from bench.services import RedisReplicated, RedisServer, TLSFiles, redis_cli
 from tests.helpers import program
 
@@ -110,15 +110,25 @@ def record(task_id: str) -> TaskRecord:
 def test_through_sentinel_a_write_waits_for_its_replica() -> None:
     """A stopped replica: the submission is refused and its record removed; a
     result stays unconfirmed (and is tried again) until the replica is back;
-    a second try of a result already on the primary still waits for it."""
+    a second try of a result already on the primary still waits for it; a
+    deletion and a callback claim are refused too."""
     with RedisReplicated(1, program("redis-server"), program("redis-cli")) as group:
         store = open_store(group.url(0, "socket_timeout=3&min_replicas=1&replica_timeout=0.5"))
         try:
             assert isinstance(store, RedisStore) and store.min_replicas == 1
             assert store.create(record("kept"))
             assert store.start("kept", time.time() + 30)
+            assert store.create(record("deleted"))
+            called = record("called")
+            called.callback = Callback("http://127.0.0.1:9/hook", "/status/called")
+            assert store.create(called)
+            assert store.finish("called", Result("200 OK", [], b"done"))
 
             group.replicas[0].pause()
+            with pytest.raises(Unconfirmed):
+                store.delete("deleted")
+            with pytest.raises(Unconfirmed):
+                store.claim_callbacks(time.time(), 30, 10)
             with pytest.raises(Unconfirmed):
                 store.create(record("refused"))
             assert store.get("refused") is None  # removed, never to run
