@@ -498,3 +498,24 @@ def test_the_url_carries_the_store_settings_to_a_worker(redis_url: str) -> None:
     finally:
         worker.close()
         store.close()
+
+
+def test_a_spooled_request_body_lives_with_its_task_after_a_reclaim(store: RedisStore) -> None:
+    # The table is full of one lapsed task: the create is refused once, the
+    # lapsed task is ended, and the create is tried again. The spooled body
+    # must still be bound to its task (no expiry of its own, removed at the
+    # task's finish).
+    lapsed = new_record()
+    lapsed.lease_until = time.time() - 1
+    assert store.create(lapsed)
+    record = new_record()
+    sink = store.open_sink(record.id, "request")
+    sink.write(b"x" * 5000)
+    sink.commit(5000, "0" * 64)
+    assert store.create(record, limit=1)
+    assert store.get(lapsed.id).state == "done"  # type: ignore[union-attr]
+    assert pttl(store, "body", f"{record.id}:request") == -1
+    assert store.client.hget(f"{store.prefix}task:{record.id}", "request_body") == b"1"
+    assert store.start(record.id, time.time() + 30)
+    assert store.finish(record.id, ok())
+    assert pttl(store, "body", f"{record.id}:request") == -2  # removed with its finish

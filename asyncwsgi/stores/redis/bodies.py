@@ -68,13 +68,16 @@ class BodyIO:
         with self._lock:
             self._requests.add(task_id)
 
-    def claim_request(self, task_id: str) -> bool:
-        """Whether ``task_id`` has a spooled request body (said once)."""
+    def has_request(self, task_id: str) -> bool:
+        """Whether ``task_id`` has a spooled request body that no create has
+        bound to its task yet."""
         with self._lock:
-            if task_id in self._requests:
-                self._requests.discard(task_id)
-                return True
-            return False
+            return task_id in self._requests
+
+    def forget_request(self, task_id: str) -> None:
+        """The body is bound to its task (or discarded): nothing to remember."""
+        with self._lock:
+            self._requests.discard(task_id)
 
     def key(self, task_id: str, kind: BodyKind) -> str:
         return f"{self.prefix}body:{task_id}:{kind}"
@@ -237,7 +240,7 @@ class RedisSink(BodySink):
     def discard(self) -> None:
         self._buffer = bytearray()
         if self.kind == "request":
-            self.io.claim_request(self.task_id)  # no task is made with it
+            self.io.forget_request(self.task_id)  # no task is made with it
         self.io.drop(self.task_id, self.kind)
 
 

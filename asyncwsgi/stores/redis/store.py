@@ -171,7 +171,7 @@ class RedisStore(Store):
         if self.listing is not False:
             uses += "l"
             fields += ["listed", "1"]
-        if self.bodies.claim_request(record.id):
+        if self.bodies.has_request(record.id):
             uses += "r"
             fields += ["request_body", "1"]
         if key is not None:
@@ -200,7 +200,9 @@ class RedisStore(Store):
             if exc.answer == 1:
                 undo_create(self.scripts.run_unconfirmed, self._key("task", record.id), record.id)
             raise
-        if answer == -1:
+        if answer == 1:
+            self.bodies.forget_request(record.id)
+        elif answer == -1:
             raise budget_spent(self.max_stored_bytes)
         if isinstance(answer, bytes):
             task_id, bound_fingerprint = json.loads(answer)
