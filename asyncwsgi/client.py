@@ -103,14 +103,10 @@ def fetch(
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     body = data.encode() if isinstance(data, str) else data
-    extra = dict(headers or {})
-    if not any(name.lower() == "idempotency-key" for name in extra):
-        extra["Idempotency-Key"] = secrets.token_urlsafe(16)
-    if poll_headers is None:
-        repeated = {k: v for k, v in extra.items() if not _describes_submission(k)}
-    else:
-        wanted = {name.lower() for name in poll_headers}
-        repeated = {k: v for k, v in extra.items() if k.lower() in wanted}
+    extra = _with_idempotency_key(headers)
+    polling = _Polling(
+        _repeated(extra, poll_headers), wait, timeout, deadline, retry_for, max_interval
+    )
     # Progress wanted and a stream to show it: a submission that waited would
     # hide every change made while it waits.
     follow = events and on_progress is not None
@@ -118,7 +114,51 @@ def fetch(
     response = _retrying(
         method, url, body, extra, submit_wait, deadline, retry_for, max_interval, None
     )
-    seen = _Changes(on_progress)
+    return _until_done(response, url, polling, _Changes(on_progress), follow)
+
+
+def _with_idempotency_key(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The caller's headers, with an ``Idempotency-Key`` of its own unless
+    they have one: a repeated submission then never runs the work twice."""
+    extra = dict(headers or {})
+    if not any(name.lower() == "idempotency-key" for name in extra):
+        extra["Idempotency-Key"] = secrets.token_urlsafe(16)
+    return extra
+
+
+def _repeated(headers: dict[str, str], poll_headers: Iterable[str] | None) -> dict[str, str]:
+    """The caller's headers that polls repeat (see :func:`fetch`)."""
+    if poll_headers is None:
+        return {k: v for k, v in headers.items() if not _describes_submission(k)}
+    wanted = {name.lower() for name in poll_headers}
+    return {k: v for k, v in headers.items() if k.lower() in wanted}
+
+
+@dataclass(frozen=True)
+class _Polling:
+    """What every poll of one :func:`fetch` shares."""
+
+    headers: dict[str, str]
+    wait: int
+    timeout: float | None
+    deadline: float | None
+    retry_for: float
+    max_interval: float
+
+    def get(self, url: str, wait: int) -> Response:
+        """A poll of ``url``, retried (``wait``: its ``Prefer: wait``)."""
+        return _retrying(
+            "GET", url, None, self.headers, wait, self.deadline, self.retry_for,
+            self.max_interval, url,
+        )  # fmt: skip
+
+
+def _until_done(
+    response: Response, url: str, polling: _Polling, seen: _Changes, follow: bool
+) -> Response:
+    """Follow a 202 to the app's response: by the event stream while
+    ``follow`` and the server offers one, else by long polls."""
+    deadline = polling.deadline
     current = url
     while response.status == 202 and response.headers.get("Location"):
         status_url = urllib.parse.urljoin(current, response.headers["Location"])
@@ -126,12 +166,10 @@ def fetch(
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise TaskTimeout(
-                f"the task at {status_url} was not done after {timeout} s", status_url
+                f"the task at {status_url} was not done after {polling.timeout} s", status_url
             )
         if follow:
-            streamed = _follow_events(
-                status_url, repeated, deadline, retry_for, max_interval, seen
-            )
+            streamed = _follow_events(status_url, polling, seen)
             if streamed is _NOT_OFFERED:
                 follow = False  # the server answers polls only: long-poll from now on
             elif isinstance(streamed, Response):
@@ -140,14 +178,12 @@ def fetch(
             # else the stream broke: one ordinary poll (it retries), then again
         if not response.headers.get("Preference-Applied"):
             # The server did not wait for us: honour Retry-After before polling.
-            pause = min(_retry_after(response.headers.get("Retry-After")), max_interval)
+            pause = min(_retry_after(response.headers.get("Retry-After")), polling.max_interval)
             if remaining is not None:
                 pause = min(pause, remaining)
             time.sleep(max(pause, 0.0))
         current = status_url
-        response = _retrying(
-            "GET", status_url, None, repeated, wait, deadline, retry_for, max_interval, status_url
-        )
+        response = polling.get(status_url, polling.wait)
     return response
 
 
@@ -183,24 +219,18 @@ _BROKEN = _Marker("broken")  # the stream failed: poll once (that retries), then
 _STREAM_SILENCE = 45.0
 
 
-def _follow_events(
-    status_url: str,
-    headers: Mapping[str, str],
-    deadline: float | None,
-    retry_for: float,
-    max_interval: float,
-    seen: _Changes,
-) -> Response | _Marker:
+def _follow_events(status_url: str, polling: _Polling, seen: _Changes) -> Response | _Marker:
     """Read the task's event stream, reconnecting when the server ends it
     (it does after ``max_wait``), until ``done``; then the status URL's
     answer, fetched as a poll would. A first answer that is not an event
     stream is returned as it is, unless it is a 202 (no stream offered) or
     a 503 (come back later), which the polling loop handles."""
+    deadline = polling.deadline
     last_event_id: str | None = None
     retry = 1.0
     while True:
         started = time.monotonic()
-        outcome = _read_stream(status_url, headers, last_event_id, deadline, seen)
+        outcome = _read_stream(status_url, polling.headers, last_event_id, deadline, seen)
         if isinstance(outcome, Response):
             if outcome.status == 202:
                 seen.report(_progress_of(outcome.body))
@@ -212,13 +242,10 @@ def _follow_events(
             return _BROKEN
         last_event_id, retry, location = outcome
         if location is not None:
-            done_url = urllib.parse.urljoin(status_url, location)
-            return _retrying(
-                "GET", done_url, None, headers, 0, deadline, retry_for, max_interval, done_url
-            )
+            return polling.get(urllib.parse.urljoin(status_url, location), 0)
         # The server ended the stream before the task: reconnect, no sooner
         # than ``retry`` after the last connection (as EventSource does).
-        pause = min(retry, max_interval) - (time.monotonic() - started)
+        pause = min(retry, polling.max_interval) - (time.monotonic() - started)
         if deadline is not None:
             if time.monotonic() >= deadline:
                 raise TaskTimeout(f"the task at {status_url} was not done in time", status_url)
@@ -246,48 +273,26 @@ def _read_stream(
     if deadline is not None:
         silence = min(silence, max(deadline - time.monotonic(), 0.01))
     connection = _connect(url, silence)
-    retry = 1.0
+    events = _Events(last_event_id)
     try:
         connection.request("GET", _target(url), headers=sent)
         answer = connection.getresponse()
         media_type = (answer.getheader("Content-Type") or "").split(";")[0].strip().lower()
         if answer.status != 200 or media_type != "text/event-stream":
             return Response(answer.status, answer.msg, answer.read(), url)
-        name, data = "message", []
         while True:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TaskTimeout(f"the task at {url} was not done in time", url)
-                if connection.sock is not None:
-                    connection.sock.settimeout(min(_STREAM_SILENCE, left))
+            _bound_read(connection, deadline, url)
             raw = answer.readline()
             if not raw:
-                return last_event_id, retry, None  # the server ended the stream
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if line:
-                field, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if field == "event":
-                    name = value
-                elif field == "data":
-                    data.append(value)
-                elif field == "id":
-                    last_event_id = value
-                elif field == "retry" and value.isdigit():
-                    retry = int(value) / 1000
+                return events.last_event_id, events.retry, None  # the server ended the stream
+            event = events.line(raw.decode("utf-8", "replace").rstrip("\r\n"))
+            if event is None:
                 continue
-            # A blank line ends an event.
-            if name == "progress" and data:
-                seen.report(_progress_of("\n".join(data).encode()))
-            elif name == "done" and data:
-                try:
-                    done = json.loads("\n".join(data))
-                except ValueError:
-                    done = None
-                location = done.get("location") if isinstance(done, dict) else None
-                return last_event_id, retry, location if isinstance(location, str) else url
-            name, data = "message", []
+            name, data = event
+            if name == "progress":
+                seen.report(_progress_of(data.encode()))
+            elif name == "done":
+                return events.last_event_id, events.retry, _done_location(data, url)
     except TimeoutError:
         if deadline is not None and time.monotonic() >= deadline:
             raise TaskTimeout(f"the task at {url} was not done in time", url) from None
@@ -296,6 +301,58 @@ def _read_stream(
         return None
     finally:
         connection.close()
+
+
+def _bound_read(connection: http.client.HTTPConnection, deadline: float | None, url: str) -> None:
+    """The next read waits no longer than the stream may stay silent, and
+    never past ``deadline`` (TaskTimeout once it has passed)."""
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TaskTimeout(f"the task at {url} was not done in time", url)
+    if connection.sock is not None:
+        connection.sock.settimeout(min(_STREAM_SILENCE, left))
+
+
+class _Events:
+    """Server-Sent Events read line by line: the event each blank line ends,
+    and the stream's last event id and retry interval so far."""
+
+    def __init__(self, last_event_id: str | None) -> None:
+        self.last_event_id = last_event_id
+        self.retry = 1.0
+        self._name = "message"
+        self._data: list[str] = []
+
+    def line(self, line: str) -> tuple[str, str] | None:
+        """The event (name, data) that ``line`` ends, if it is a blank line
+        after some data; else None."""
+        if line:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                self._name = value
+            elif field == "data":
+                self._data.append(value)
+            elif field == "id":
+                self.last_event_id = value
+            elif field == "retry" and value.isdigit():
+                self.retry = int(value) / 1000
+            return None
+        event = (self._name, "\n".join(self._data)) if self._data else None
+        self._name, self._data = "message", []
+        return event
+
+
+def _done_location(data: str, url: str) -> str:
+    """Where the ``done`` event says the result is (``url`` if it says none)."""
+    try:
+        done = json.loads(data)
+    except ValueError:
+        done = None
+    location = done.get("location") if isinstance(done, dict) else None
+    return location if isinstance(location, str) else url
 
 
 class ServerUnreachable(ConnectionError):
