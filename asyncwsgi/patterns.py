@@ -53,64 +53,79 @@ def _never(path: str, method: str) -> str | None:
     return None
 
 
-def compile_patterns(patterns: Iterable[Pattern]) -> Matcher:
-    """One callable ``match(path, method)`` for all the patterns, answering
-    the :func:`pattern_label` of the first that matches (exact paths first,
-    then wildcards and regexes in their order, then rules), or None."""
-    exact: set[str] = set()
-    # (label, regex source), combined into one regex.
-    alternatives: list[tuple[str, str]] = []
-    separate: list[tuple[re.Pattern[str], str]] = []  # (regex, label)
-    rules: list[Rule] = []
-    converters: dict[str, Any] = {}
-    for pattern in patterns:
+class _Sorted:
+    """The patterns by kind, in their order, each checked as it comes."""
+
+    def __init__(self) -> None:
+        self.exact: set[str] = set()
+        # (label, regex source), to be combined into one regex.
+        self.alternatives: list[tuple[str, str]] = []
+        self.separate: list[tuple[re.Pattern[str], str]] = []  # (regex, label)
+        self.rules: list[Rule] = []
+        self.converters: dict[str, Any] = {}
+
+    def add(self, pattern: Pattern) -> None:
         if isinstance(pattern, Rule):
             if pattern.map is not None:
-                converters.update(pattern.map.converters)
-            rules.append(pattern.empty())
+                self.converters.update(pattern.map.converters)
+            self.rules.append(pattern.empty())
         elif isinstance(pattern, re.Pattern):
             if isinstance(pattern.pattern, bytes):
                 raise TypeError("path regexes must be str patterns")
             if pattern.flags & ~re.UNICODE:
-                separate.append((pattern, pattern.pattern))
+                self.separate.append((pattern, pattern.pattern))
             else:
-                alternatives.append((pattern.pattern, pattern.pattern))
+                self.alternatives.append((pattern.pattern, pattern.pattern))
         elif isinstance(pattern, str):
-            if not pattern.startswith("/") and pattern != "*":
-                hint = ""
-                if _LOOKS_LIKE_REGEX.search(pattern):
-                    hint = f": for a regular expression, pass re.compile({pattern!r})"
-                raise ValueError(f"path pattern {pattern!r} must start with '/'{hint}")
-            if "<" in pattern:
-                rules.append(Rule(pattern))
-            elif "*" in pattern:
-                alternatives.append(
-                    (pattern, ".*".join(re.escape(part) for part in pattern.split("*")))
-                )
-            else:
-                exact.add(pattern)
+            self._add_string(pattern)
         else:
             raise TypeError(f"unsupported path pattern {pattern!r}")
 
-    combined: re.Pattern[str] | None = None
-    if alternatives:
-        try:
-            combined = re.compile("|".join(f"(?:{a})" for _, a in alternatives))
-        except re.error:
-            # Patterns that cannot share one regex (clashing group names, inline
-            # global flags) are matched one by one; correctness over speed.
-            separate.extend((re.compile(a), label) for label, a in alternatives)
-            combined = None
-            alternatives = []
+    def _add_string(self, pattern: str) -> None:
+        if not pattern.startswith("/") and pattern != "*":
+            hint = ""
+            if _LOOKS_LIKE_REGEX.search(pattern):
+                hint = f": for a regular expression, pass re.compile({pattern!r})"
+            raise ValueError(f"path pattern {pattern!r} must start with '/'{hint}")
+        if "<" in pattern:
+            self.rules.append(Rule(pattern))
+        elif "*" in pattern:
+            source = ".*".join(re.escape(part) for part in pattern.split("*"))
+            self.alternatives.append((pattern, source))
+        else:
+            self.exact.add(pattern)
 
-    rule_match = _rule_matcher(rules, converters) if rules else None
-    exact_set = frozenset(exact)
+    def combined(self) -> re.Pattern[str] | None:
+        """The alternatives as one regex, if any; if they cannot share one
+        (clashing group names, inline global flags), None and they are
+        matched one by one instead: correctness over speed."""
+        if not self.alternatives:
+            return None
+        try:
+            return re.compile("|".join(f"(?:{a})" for _, a in self.alternatives))
+        except re.error:
+            self.separate.extend((re.compile(a), label) for label, a in self.alternatives)
+            self.alternatives = []
+            return None
+
+
+def compile_patterns(patterns: Iterable[Pattern]) -> Matcher:
+    """One callable ``match(path, method)`` for all the patterns, answering
+    the :func:`pattern_label` of the first that matches (exact paths first,
+    then wildcards and regexes in their order, then rules), or None."""
+    kinds = _Sorted()
+    for pattern in patterns:
+        kinds.add(pattern)
+    combined = kinds.combined()  # first: it may move alternatives to separate
+
+    rule_match = _rule_matcher(kinds.rules, kinds.converters) if kinds.rules else None
+    exact_set = frozenset(kinds.exact)
     regex_match = combined.fullmatch if combined is not None else None
     # Which alternative the combined regex matched is found again one by one,
     # only for a path that matched: named groups in the combined regex would
     # tell at once but slow every miss (the pass-through) by some 30 ns.
-    which = tuple((re.compile(a).fullmatch, label) for label, a in alternatives)
-    others = tuple((p.fullmatch, label) for p, label in separate)
+    which = tuple((re.compile(a).fullmatch, label) for label, a in kinds.alternatives)
+    others = tuple((p.fullmatch, label) for p, label in kinds.separate)
 
     if not (exact_set or regex_match or others or rule_match):
         return _never
