@@ -110,15 +110,14 @@ _FEATURE_MODULES = (
     "outcomes.py",
     "sender.py",
     "listing.py",
+    "listindex.py",  # the task list's index in the memory store
     "metrics.py",
     "tracing.py",
     "events.py",
 )
 _ALLOWED = {"events.py:wants_events"}
-# Work a store does for a feature: the task list's index, waking watchers.
+# Work a store does for a feature: waking watchers.
 _FEATURE_FUNCTIONS = {
-    "memory.py:MemoryStore._index",
-    "memory.py:MemoryStore._build_index",
     "threading.py:Condition.notify",
     "threading.py:Condition.notify_all",
 }
