@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import pinning, replicas, report, scenarios, task_list
+from . import celery_recipe, pinning, replicas, report, scenarios, task_list
 from .server import Servers
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every scenario in a second or two")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
     parser.add_argument(
-        "--only", type=int, nargs="*", choices=range(1, 11), help="run these scenarios only"
+        "--only", type=int, nargs="*", choices=range(1, 12), help="run these scenarios only"
     )
     parser.add_argument(
         "--rounds", type=int, help="alternating rounds per HTTP comparison (default 5; 2 quick)"
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = scenarios.Config.make(args.quick)
     if args.rounds:
         cfg.rounds = args.rounds
-    only = set(args.only or range(1, 11))
+    only = set(args.only or range(1, 12))
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         done("task_list", task_list.task_list(cfg))
     if 10 in only:
         done("min_replicas", replicas.replicas(cfg))
+    if 11 in only:
+        done("celery_recipe", celery_recipe.celery_recipe(cfg))
 
     rows = [r for result in results.values() for r in result["rows"]]
     elapsed = time.perf_counter() - started

@@ -190,6 +190,17 @@ def _select():
         return make_async(store=store, **options) if store else make_async(**options)
     if kind == "naive":
         return make_naive()
+    if kind == "celery":  # scenario 11: the same app, its tasks on a Celery worker
+        from asyncwsgi.executors.celery import CeleryExecutor
+
+        from . import celery_recipe
+
+        executor = CeleryExecutor(celery_recipe.celery_app, celery_recipe.WSGI_APP)
+        return make_async(store=os.environ["BENCH_STORE"], executor=executor)
+    if kind == "recipe":  # scenario 11: the classic Celery recipe
+        from . import celery_recipe
+
+        return celery_recipe.make_recipe_app(celery_recipe.celery_app)
     raise ValueError(f"unknown BENCH_APP {kind!r}")
 
 

@@ -46,7 +46,7 @@ def _store_cycle(url: str, tasks: int) -> float:
 
 def replicas(cfg: Any) -> dict[str, Any]:
     from . import apps
-    from .scenarios import _checked_load, row
+    from .scenarios import RedisCommands, _checked_load, _completed, row
 
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         print("scenario 10 skipped: redis-server is not installed", flush=True)
@@ -71,13 +71,23 @@ def replicas(cfg: Any) -> dict[str, Any]:
             ports = {label: servers[name].port for name, label in NAMES.items()}
             for server_port in ports.values():  # warm up every worker; not counted
                 run_load(server_port, checked_cycle(apps.TASK_PATH, Tally()), cfg.clients, 0.5)
-            res = alternate(
-                {
-                    label: lambda p=server_port, t=tallies[label]: _checked_load(p, t, cfg)
-                    for label, server_port in ports.items()
-                },
-                cfg.rounds,
-            )
+            # Commands on the primary during each round, per task (both
+            # variants' databases are on it; the idle one sweeps now and then).
+            commands = {label: RedisCommands(port) for label in ports}
+            try:
+                res = alternate(
+                    {
+                        label: lambda p=server_port, t=tallies[label], c=commands[label]: c.around(
+                            lambda: _checked_load(p, t, cfg), _completed
+                        )
+                        for label, server_port in ports.items()
+                    },
+                    cfg.rounds,
+                )
+            finally:
+                for counter in commands.values():
+                    counter.close()
+    per_task = {label: statistics.median(c.per_unit) for label, c in commands.items()}
     with_wait, without = res["min_replicas=1"], res["without"]
     rows = [
         row("10 min_replicas", "tasks/s, Redis -w 4, one replica, min_replicas=1",
@@ -85,6 +95,9 @@ def replicas(cfg: Any) -> dict[str, Any]:
         row("10 min_replicas", "p50 ms/task, min_replicas=1", with_wait["p50_ms"],
             "without", without["p50_ms"], higher=False),
     ]  # fmt: skip
+    rows.append(row("10 min_replicas", "Redis commands/task on the primary, min_replicas=1",
+                    per_task["min_replicas=1"], "without", per_task["without"],
+                    higher=False))  # fmt: skip
     us = {label: statistics.median(values) for label, values in store_us.items()}
     rows.append(row("10 min_replicas", "store µs per task (create, start, finish), "
                     "min_replicas=1", us["min_replicas=1"], "without", us["without"],
@@ -96,6 +109,7 @@ def replicas(cfg: Any) -> dict[str, Any]:
     return {
         "http": res,
         "store_us_per_task": us,
+        "redis_commands_per_task": per_task,
         "client": "fresh connection per request (Connection: close), poll every 2 ms",
         "outcomes": {label: dict(t.counts) for label, t in tallies.items()},
         "rows": rows,

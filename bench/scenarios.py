@@ -497,7 +497,37 @@ def _checked_load(port: int, tally: Tally, cfg: Config) -> dict[str, float]:
     completed = tally.counts["completed"] - before["completed"]
     elapsed = res["count"] / res["per_s"] if res["per_s"] else float("nan")
     # run_load counts every cycle; only the completed ones count as tasks/s.
-    return dict(res, per_s=completed / elapsed, cycles=res["count"])
+    return dict(res, per_s=completed / elapsed, cycles=res["count"], completed=completed)
+
+
+class RedisCommands:
+    """Commands a redis-server ran during a run: ``total_commands_processed``
+    of ``INFO stats`` (commands inside scripts included) before and after,
+    the first INFO itself taken off; every round's count per unit is kept."""
+
+    def __init__(self, port: int) -> None:
+        import redis as redis_py
+
+        self.client = redis_py.Redis(port=port)
+        self.per_unit: list[float] = []
+
+    def _total(self) -> int:
+        return int(self.client.info("stats")["total_commands_processed"])
+
+    def around(self, run, units) -> dict:
+        """``run()``'s result; its commands divided by ``units(result)``."""
+        before = self._total()
+        result = run()
+        after = self._total()
+        self.per_unit.append((after - before - 1) / max(1, units(result)))
+        return result
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _completed(res: dict) -> float:
+    return res["completed"]
 
 
 def shared_stores(cfg: Config) -> dict:
@@ -524,13 +554,17 @@ def shared_stores(cfg: Config) -> dict:
                 ports = dict(zip(names, (servers[n].port for n in options), strict=True))
                 for port in ports.values():  # warm up every worker; not counted
                     run_load(port, checked_cycle(apps.TASK_PATH, Tally()), cfg.clients, 0.5)
-                res = alternate(
-                    {
-                        name: lambda port=port, tally=tallies[name]: _checked_load(port, tally, cfg)
-                        for name, port in ports.items()
-                    },
-                    cfg.rounds,
-                )
+                runs = {
+                    name: lambda port=port, tally=tallies[name]: _checked_load(port, tally, cfg)
+                    for name, port in ports.items()
+                }
+                if redis is not None:
+                    # Every command the store's server ran in the round (the
+                    # four workers' sweeps and janitors included), per task.
+                    commands = RedisCommands(redis.port)
+                    plain = runs["Redis -w 4"]
+                    runs["Redis -w 4"] = lambda: commands.around(plain, _completed)
+                res = alternate(runs, cfg.rounds)
         finally:
             if redis is not None:
                 redis.stop()
@@ -539,6 +573,13 @@ def shared_stores(cfg: Config) -> dict:
     for name in names[1:]:
         rows.append(row("6 shared stores", f"tasks/s, {name}", res[name]["per_s"],
                         "memory -w 1", base["per_s"]))  # fmt: skip
+    per_task = None
+    if redis is not None:
+        commands.close()
+        per_task = statistics.median(commands.per_unit)
+        r = row("6 shared stores", "Redis commands/task, Redis -w 4 (all the server ran)",
+                per_task, "-", None)  # fmt: skip
+        rows.append(r)
     base_lost = tallies["memory -w 1"].lost
     for name in names[1:]:
         lost = tallies[name].lost
@@ -551,6 +592,7 @@ def shared_stores(cfg: Config) -> dict:
         "http": res,
         "client": "fresh connection per request (Connection: close), poll every 2 ms",
         "outcomes": {name: dict(t.counts) for name, t in tallies.items()},
+        "redis_commands_per_task": per_task,
         "skipped": skipped,
         "rows": rows,
     }

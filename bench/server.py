@@ -22,7 +22,7 @@ class Server:
     ``workers`` is gunicorn's ``-w``; ``store`` (a store URL) is passed to the
     ``async`` app as ``BENCH_STORE``; ``cpus`` pins the server (see ``pinning``);
     ``observe`` (``"metrics"`` or ``"traced"``) turns the ``async`` app's
-    metrics, and tracing, on."""
+    metrics, and tracing, on; ``extra_env`` is added to the server's environment."""
 
     def __init__(
         self,
@@ -31,6 +31,7 @@ class Server:
         store: str | None = None,
         cpus: set[int] | None = None,
         observe: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.kind = kind = name.split(":", 1)[0]
@@ -44,6 +45,7 @@ class Server:
         env.update(pinning.server_env(cpus))
         if store:
             env["BENCH_STORE"] = store
+        env.update(extra_env or {})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8",
