@@ -79,6 +79,24 @@ def test_url_mistakes(url: str, message: str) -> None:
         parse_sentinel_url(url)
 
 
+def test_the_store_keeps_its_settings_in_a_sentinel_url() -> None:
+    """prefix= and the store's settings are the store's, the rest redis-py's;
+    the URL (what a worker opens) keeps them all. No server is needed: the
+    client asks a sentinel for the primary only when it connects."""
+    url = "redis+sentinel://127.0.0.1:1/svc/2?socket_timeout=2&prefix=app%3A&min_replicas=1"
+    store = open_store(url)
+    try:
+        assert isinstance(store, RedisStore)
+        assert (store.prefix, store.min_replicas, store.url) == ("app:", 1, url)
+        kwargs = store.client.connection_pool.connection_kwargs
+        assert (kwargs["db"], kwargs["socket_timeout"]) == (2, 2.0)
+        assert "prefix" not in kwargs and "min_replicas" not in kwargs
+        with pytest.raises(StoreUnavailable):  # no sentinel there: a 503, not a 500
+            store.get("anything")
+    finally:
+        store.close()
+
+
 def test_min_replicas_mistakes_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="min_replicas"):
         open_store("redis+sentinel://127.0.0.1:1/svc?min_replicas=-1")
