@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
-from .stores.base import Store, changed
+from .stores.base import Store, StoreUnavailable, changed
 from .task import TaskRecord
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class EventStream:
                 return
             try:
                 record = self.store.watch(record.id, seen, min(remaining, _KEEPALIVE))
-            except Exception:
+            except StoreUnavailable:
                 # The client reconnects, and gets a 503 while the store is down.
                 logger.warning("asyncwsgi: event stream of task %s ended: store error", seen.id)
                 return

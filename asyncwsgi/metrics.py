@@ -34,7 +34,7 @@ try:
 except ImportError:  # the optional extra is not installed: count nothing
     prometheus_client = None  # type: ignore[assignment]
 
-from .stores.base import Store
+from .stores.base import Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from .task import Result, TaskRecord
@@ -207,7 +207,7 @@ class StoreCollector:
         up = GaugeMetricFamily("asyncwsgi_store_up", "1 if the task store answered this scrape")
         try:
             counts = self.store.count_states()
-        except Exception:
+        except StoreUnavailable:  # anything else is a bug, raised to the scrape
             up.add_metric([], 0)
             yield up
             return
