@@ -40,7 +40,7 @@ from .faults import BACKEND_ERRORS
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-__all__ = ["CONFIRMED", "Replication", "Unconfirmed", "undo_create"]
+__all__ = ["CONFIRMED", "Replication", "Unconfirmed", "undo_create", "warn_if_short"]
 
 logger = logging.getLogger("asyncwsgi")
 
