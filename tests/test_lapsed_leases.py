@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.services import children
 from tests.test_callbacks import SECRET, Receiver, receiving
 from tests.test_gunicorn_shared import Answer, call, gunicorn, store_url  # noqa: F401 (a fixture)
 
@@ -151,3 +152,47 @@ def test_a_worker_killed_mid_spool_gives_back_the_budget_and_is_called_back_unpo
             assert json.loads(receiver.deliveries[0].body)["status"] == 500
             status, _, body = call(port, "GET", location)
             assert status == 500 and b"lost" in body, (status, body)
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["imported-in-workers", "preload"])
+def test_a_lost_callback_goes_with_no_request_at_all(
+    tmp_path: Path,
+    store_url: str,  # noqa: F811 (the fixture imported above)
+    preload: bool,
+) -> None:
+    """The only worker is SIGKILLed with a task under way; gunicorn forks a
+    new one, and nothing is ever sent to it. Its sweeper ends the task as
+    lost, and its callback sender, running from the start, sends the "lost"
+    callback: a process need not have served a request to send callbacks."""
+    receiver = Receiver()
+    with receiving(receiver) as hooks:
+        environ = {
+            "ASYNCWSGI_TEST_CALLBACK_ALLOW": hooks,
+            "ASYNCWSGI_TEST_CALLBACK_SECRET": SECRET,
+        }
+        if store_url.startswith("sqlite:"):
+            environ["ASYNCWSGI_TEST_RESULTS_DIR"] = str(tmp_path / "results")
+        args = ["-w", "1", "-k", "gthread", "--threads", "4", *(["--preload"] if preload else [])]
+        app = "tests.apps.spool_app:application"
+        with gunicorn(tmp_path, store_url, args, lease=LEASE, app=app, environ=environ) as (
+            port,
+            master,
+        ):
+            status, headers, _ = post(
+                port, "/work/spool?chunks=40&ms=500", {"Callback-URL": hooks + "lost"}
+            )
+            assert status == 202
+            task_id = headers["Location"].rsplit("/", 1)[1]
+            (worker,) = children(master.pid)
+            time.sleep(0.5)  # the task is under way in that worker
+            os.kill(worker, signal.SIGKILL)
+            killed = time.monotonic()
+            # Not a single request from here on.
+            while not receiver.deliveries:
+                assert time.monotonic() - killed < LEASE + 20, "no lost callback"
+                time.sleep(0.05)
+            called = time.monotonic() - killed
+            time.sleep(2)  # room for a second delivery, which must not come
+            print(f"\n[{store_url.partition(':')[0]}] the lost callback {called:.1f} s after")
+            assert [d.headers["webhook-id"] for d in receiver.deliveries] == [task_id]
+            assert json.loads(receiver.deliveries[0].body)["status"] == 500

@@ -76,6 +76,13 @@ class CallbackSender:
         self.max_backoff = max_backoff
         self.claim_lease = claim_lease
         self._check()
+        self._tls: ssl.SSLContext | None = None
+        self.forked()
+
+    def forked(self) -> None:
+        """Start afresh, with nothing held and no thread: what a process
+        forked from one that ran this sender has (its threads, and what they
+        held, stayed with the parent, which sends it)."""
         self._cond = threading.Condition()
         self._lanes = Lanes()  # guarded by _cond
         self._senders: set[threading.Thread] = set()
@@ -86,8 +93,7 @@ class CallbackSender:
         self._wake = threading.Event()
         self._probed = 0.0
         self._claimer: threading.Thread | None = None
-        self._outcomes = Outcomes(store, self._stop)
-        self._tls: ssl.SSLContext | None = None
+        self._outcomes = Outcomes(self.store, self._stop)
 
     def _check(self) -> None:
         if self.claim_lease <= self.attempt_timeout + _SETTLE_MARGIN:

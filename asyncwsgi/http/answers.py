@@ -61,6 +61,7 @@ def make_answers(
     if settings.callback_allow is not None and settings.callback_secret is not None:
         callbacks = CallbackSender(store, parse_secret(settings.callback_secret))
         sender = SenderPerProcess(callbacks, closing)
+        sender.start()
     task_list = TaskList(store, settings, urls)
     # The store keeps the list's index only while a list is on.
     store.use_listing(task_list.on)
