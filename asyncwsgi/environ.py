@@ -72,6 +72,14 @@ def read_body(environ: WSGIEnvironment, max_body: int, spool: Spool | None = Non
     would lose the request).
     """
     length = environ.get("CONTENT_LENGTH")
+    if (
+        not length
+        and "HTTP_TRANSFER_ENCODING" not in environ
+        and environ.get("SERVER_PROTOCOL", "").startswith("HTTP/1.")
+    ):
+        # Neither a length nor a transfer coding: an HTTP/1.x request has no
+        # body (RFC 9112, 6.3), whatever the stream (most GETs end here).
+        return b""
     announced: int | None = None
     if length:
         if not length.isascii() or not length.strip().isdigit():
@@ -122,16 +130,18 @@ def _read(stream: Any, size: int) -> bytes:
 
 def snapshot(environ: WSGIEnvironment) -> dict[str, Any]:
     """The environ without the connection: what :func:`task_environ` builds on."""
-    copied: dict[str, Any] = {}
-    for key, value in environ.items():
-        if type(value) is str:
-            copied[key] = value
-        elif (
-            key in _DROPPED or key.startswith(_DROPPED_PREFIXES) or isinstance(value, socket.socket)
-        ):
-            continue
-        else:
-            copied[key] = value
+    # A copy made in C, then the few keys that go: most values are strings.
+    copied = dict(environ)
+    for key in copied.keys() & _DROPPED:
+        if type(copied[key]) is not str:
+            del copied[key]
+    for key in [
+        key
+        for key, value in copied.items()
+        if type(value) is not str
+        and (key.startswith(_DROPPED_PREFIXES) or isinstance(value, socket.socket))
+    ]:
+        del copied[key]
     return copied
 
 

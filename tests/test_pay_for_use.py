@@ -175,3 +175,18 @@ def test_list_works_once_read(store: str, tmp_path: Path) -> None:
         assert [t["id"] for t in listed] == [second, first]
     finally:
         middleware.close(timeout=10)
+
+
+def test_memory_store_copies_every_field_of_a_record() -> None:
+    """The memory store's copy of a record (positional, for speed) gives each
+    field its own value back, in the class's order."""
+    from dataclasses import fields
+
+    from asyncwsgi.stores.memory import _snapshot
+    from asyncwsgi.task import TaskRecord
+
+    values = {field.name: object() for field in fields(TaskRecord)}
+    record = TaskRecord(**values)  # type: ignore[arg-type]
+    copy = _snapshot(record)
+    assert copy is not record
+    assert {name: getattr(copy, name) for name in values} == values

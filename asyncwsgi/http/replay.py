@@ -68,7 +68,8 @@ def replay(
     status = result.status
     size = result.size
     head = environ["REQUEST_METHOD"] == "HEAD"
-    if _sized(status, headers):
+    names = {name.lower(): value for name, value in headers}
+    if _sized(status, names):
         # The stored length, said: a server would otherwise chunk a body the
         # app streamed without one, and a download would show no size (nor
         # could a cut connection be told from the end).
@@ -78,7 +79,6 @@ def replay(
         start_response(status, headers)
         return body_iter
 
-    names = {name.lower(): value for name, value in headers}
     accept = names.get("accept-ranges")
     if accept is None:
         headers.append(("Accept-Ranges", "bytes"))
@@ -181,13 +181,14 @@ def _same_body(if_range: str, etag: str | None, last_modified: str | None) -> bo
     return given is not None and last_modified is not None and given == parse_date(last_modified)
 
 
-def _sized(status: str, headers: list[tuple[str, str]]) -> bool:
+def _sized(status: str, names: dict[str, str]) -> bool:
     """Whether the replay should add ``Content-Length``: the status allows a
     body and the app framed it neither way (``Transfer-Encoding`` is not the
-    app's to send under PEP 3333, but if it did, its framing is left alone)."""
+    app's to send under PEP 3333, but if it did, its framing is left alone).
+    ``names``: the response's header names, lower-cased."""
     if status[:1] == "1" or status[:3] in ("204", "304"):
         return False
-    return not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in headers)
+    return "content-length" not in names and "transfer-encoding" not in names
 
 
 def _body(environ: WSGIEnvironment, result: Result, start: int, stop: int) -> Iterable[bytes]:
