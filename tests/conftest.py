@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from asyncwsgi import AsyncMiddleware
+from tests.helpers import Clock
 from tests.redis_fixture import redis_cluster_url, redis_sentinel_url, redis_url  # noqa: F401
 
 
@@ -13,6 +14,13 @@ from tests.redis_fixture import redis_cluster_url, redis_sentinel_url, redis_url
 def _quiet_asyncwsgi_errors(caplog: pytest.LogCaptureFixture) -> None:
     # Faults in apps are logged on purpose; tests read them through caplog.
     caplog.set_level(logging.WARNING, logger="asyncwsgi")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock the test moves (:class:`tests.helpers.Clock`); the contract
+    suite's stores read it (``store.clock``)."""
+    return Clock()
 
 
 @pytest.fixture

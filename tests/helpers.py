@@ -142,3 +142,19 @@ def rq_worker(
         except subprocess.TimeoutExpired:
             pass
         stop_group(worker, timeout=0)
+
+
+class Clock:
+    """A clock a test moves forward instead of sleeping: the real time plus
+    what the test has added with :meth:`advance`. Given to a store as its
+    ``clock``, it still passes with the real time, so what the test does not
+    move (a thread's wait, a backend's own expiry) keeps its usual pace."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds

@@ -23,6 +23,7 @@ from asyncwsgi.stores import Store, open_store
 from asyncwsgi.stores.memory import MemoryStore
 from asyncwsgi.stores.sqlite import SQLiteStore
 from asyncwsgi.task import Callback, Result, TaskRecord
+from tests.helpers import Clock
 
 # redis-sentinel: through Sentinel, with min_replicas=1 (every step an answer
 # depends on runs in a pipeline with WAIT).
@@ -60,13 +61,17 @@ StoreFactory = Callable[..., Store]
 
 
 @pytest.fixture(params=STORES)
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+def store_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> Iterator[StoreFactory]:
     """Makes stores of the parametrized kind (one each call, each closed after
-    the test); the sqlite ones of one test share their file."""
+    the test, each reading the test's ``clock``); the sqlite ones of one test
+    share their file."""
     made: list[Store] = []
 
     def factory(**options: Any) -> Store:
         store = make_store(request.param, tmp_path, request, **options)
+        store.clock = clock
         made.append(store)
         return store
 
@@ -78,6 +83,21 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
 @pytest.fixture
 def store(store_factory: StoreFactory) -> Store:
     return store_factory()
+
+
+@pytest.fixture
+def pass_time(request: pytest.FixtureRequest, clock: Clock) -> Callable[[float], None]:
+    """Lets ``seconds`` pass for the test's stores: the clock moves on, and
+    for Redis, whose records and tombstones expire by the server's own key
+    TTLs (not by the clock), the test also waits that long for real."""
+    server_ttls = request.node.callspec.params["store_factory"].startswith("redis")
+
+    def pass_(seconds: float) -> None:
+        clock.advance(seconds)
+        if server_ttls:
+            time.sleep(seconds)
+
+    return pass_
 
 
 _counter = iter(range(10**9))
@@ -244,13 +264,13 @@ def test_is_cancelled(store: Store) -> None:
     assert store.is_cancelled("no-such-task")
 
 
-def test_heartbeat_extends_lease(store: Store) -> None:
+def test_heartbeat_extends_lease(store: Store, clock: Clock) -> None:
     record = new_record()
     assert store.create(record)
-    assert store.start(record.id, time.time() + 0.3)
-    later = time.time() + 60
+    assert store.start(record.id, clock() + 0.3)
+    later = clock() + 60
     store.heartbeat([record.id, "no-such-task"], later)
-    time.sleep(0.4)
+    clock.advance(0.4)
     got = store.get(record.id)
     assert got is not None and got.state == "running"
     assert got.lease_until == pytest.approx(later)
@@ -324,18 +344,20 @@ def test_wait_returns_when_deleted(store: Store) -> None:
 # -- expiry ------------------------------------------------------------------
 
 
-def test_ttl_leaves_tombstone_then_forgets(store_factory: StoreFactory) -> None:
+def test_ttl_leaves_tombstone_then_forgets(
+    store_factory: StoreFactory, clock: Clock, pass_time: Callable[[float], None]
+) -> None:
     store = store_factory(tombstone_ttl=0.8)
     record = new_record(ttl=0.5, owner="owner-hash")
     assert store.create(record, key="k", fingerprint="f")
-    assert store.start(record.id, time.time() + 30)
+    assert store.start(record.id, clock() + 30)
     assert store.finish(record.id, ok())
     got = store.get(record.id)
     assert got is not None and got.state == "done"
     # The bound key is held while the result lives...
     held = store.create(new_record(), key="k", fingerprint="f").existing
     assert held is not None and held.task_id == record.id
-    time.sleep(0.6)
+    pass_time(0.6)
     got = store.get(record.id)
     assert got is not None
     assert got.state == "expired"
@@ -345,26 +367,30 @@ def test_ttl_leaves_tombstone_then_forgets(store_factory: StoreFactory) -> None:
     assert store.create(new_record(), key="k", fingerprint="f")
     assert not store.finish(record.id, ok())
     assert not store.delete(record.id)
-    time.sleep(0.9)
+    pass_time(0.9)
     assert store.get(record.id) is None
 
 
-def test_expiry_is_seen_by_get_without_other_calls(store: Store) -> None:
+def test_expiry_is_seen_by_get_without_other_calls(
+    store: Store, pass_time: Callable[[float], None]
+) -> None:
     records = [new_record(ttl=0.1) for _ in range(5)]
     for record in records:
         run_to_done(store, record)
-    time.sleep(0.2)
+    pass_time(0.2)
     for record in reversed(records):
         got = store.get(record.id)
         assert got is not None and got.state == "expired"
 
 
-def test_tombstones_are_bounded(store_factory: StoreFactory) -> None:
+def test_tombstones_are_bounded(
+    store_factory: StoreFactory, pass_time: Callable[[float], None]
+) -> None:
     store = store_factory(max_tombstones=2)
     records = [new_record(ttl=0.05 * (i + 1)) for i in range(3)]
     for record in records:
         run_to_done(store, record)
-    time.sleep(0.3)
+    pass_time(0.3)
     store.create(new_record())  # any call that expires
     states = []
     for record in records:
@@ -373,12 +399,14 @@ def test_tombstones_are_bounded(store_factory: StoreFactory) -> None:
     assert states == [None, "expired", "expired"]
 
 
-def test_running_and_queued_tasks_do_not_expire(store: Store) -> None:
+def test_running_and_queued_tasks_do_not_expire(
+    store: Store, clock: Clock, pass_time: Callable[[float], None]
+) -> None:
     queued, running = new_record(ttl=0.05), new_record(ttl=0.05)
     assert store.create(queued)
     assert store.create(running)
-    assert store.start(running.id, time.time() + 30)
-    time.sleep(0.15)
+    assert store.start(running.id, clock() + 30)
+    pass_time(0.15)
     got = store.get(queued.id)
     assert got is not None and got.state == "queued"
     got = store.get(running.id)
@@ -388,11 +416,11 @@ def test_running_and_queued_tasks_do_not_expire(store: Store) -> None:
 # -- leases ------------------------------------------------------------------
 
 
-def test_lease_expiry_finishes_as_worker_lost(store: Store) -> None:
+def test_lease_expiry_finishes_as_worker_lost(store: Store, clock: Clock) -> None:
     record = new_record()
     assert store.create(record)
-    assert store.start(record.id, time.time() + 0.1)
-    time.sleep(0.2)
+    assert store.start(record.id, clock() + 0.1)
+    clock.advance(0.2)
     got = store.get(record.id)
     assert got is not None and got.state == "done"
     assert got.result is not None
@@ -405,36 +433,36 @@ def test_lease_expiry_finishes_as_worker_lost(store: Store) -> None:
     assert again is not None and again.result == got.result
 
 
-def test_queued_task_with_a_lapsed_lease_ends_as_not_started(store: Store) -> None:
+def test_queued_task_with_a_lapsed_lease_ends_as_not_started(store: Store, clock: Clock) -> None:
     # Queued in a process's own pool, which died before running it, or in a
     # broker past queue_timeout: it never ran, so 503 (safe to send again).
     record = new_record()
-    record.lease_until = time.time() + 0.1
+    record.lease_until = clock() + 0.1
     assert store.create(record)
-    time.sleep(0.2)
+    clock.advance(0.2)
     got = store.get(record.id)
     assert got is not None and got.state == "done"
     assert got.result is not None and got.result.status.startswith("503")
     assert b"not started in time" in got.result.body
-    assert not store.start(record.id, time.time() + 30)  # never runs afterwards
+    assert not store.start(record.id, clock() + 30)  # never runs afterwards
     assert store.count_active() == 0
 
 
-def test_heartbeat_keeps_a_queued_task_alive(store: Store) -> None:
+def test_heartbeat_keeps_a_queued_task_alive(store: Store, clock: Clock) -> None:
     record = new_record()
-    record.lease_until = time.time() + 0.2
+    record.lease_until = clock() + 0.2
     assert store.create(record)
-    store.heartbeat([record.id], time.time() + 30)
-    time.sleep(0.3)
+    store.heartbeat([record.id], clock() + 30)
+    clock.advance(0.3)
     got = store.get(record.id)
     assert got is not None and got.state == "queued"
-    assert store.start(record.id, time.time() + 30)
+    assert store.start(record.id, clock() + 30)
 
 
-def test_lease_expiry_seen_by_wait(store: Store) -> None:
+def test_lease_expiry_seen_by_wait(store: Store, clock: Clock) -> None:
     record = new_record()
     assert store.create(record)
-    assert store.start(record.id, time.time() + 0.2)
+    assert store.start(record.id, clock() + 0.2)
     # However the store wakes (the in-process one only at the timeout), what
     # wait returns after the lease has passed is the lost verdict.
     got = store.wait(record.id, 0.5)
@@ -442,12 +470,12 @@ def test_lease_expiry_seen_by_wait(store: Store) -> None:
     assert got.result is not None and got.result.status.startswith("500")
 
 
-def test_finished_result_is_never_replaced_by_lost(store: Store) -> None:
+def test_finished_result_is_never_replaced_by_lost(store: Store, clock: Clock) -> None:
     record = new_record()
     assert store.create(record)
-    assert store.start(record.id, time.time() + 0.1)
+    assert store.start(record.id, clock() + 0.1)
     assert store.finish(record.id, ok(b"real"))
-    time.sleep(0.2)
+    clock.advance(0.2)
     got = store.get(record.id)
     assert got is not None and got.result == ok(b"real")
 
@@ -500,38 +528,38 @@ def test_a_key_from_many_threads_creates_one_task(store: Store) -> None:
     assert store.count_active() == 1
 
 
-def test_count_active(store: Store) -> None:
+def test_count_active(store: Store, clock: Clock) -> None:
     assert store.count_active() == 0
     a, b, c = new_record(), new_record(), new_record()
     for record in (a, b, c):
         assert store.create(record)
     assert store.count_active() == 3
-    assert store.start(a.id, time.time() + 30)
+    assert store.start(a.id, clock() + 30)
     assert store.count_active() == 3
     assert store.finish(a.id, ok())
     assert store.count_active() == 2
     assert store.delete(b.id)
     assert store.count_active() == 1
-    assert store.start(c.id, time.time() + 0.05)
-    time.sleep(0.1)
+    assert store.start(c.id, clock() + 0.05)
+    clock.advance(0.1)
     store.get(c.id)  # lease lost: finished
     assert store.count_active() == 0
 
 
-def test_count_states(store: Store) -> None:
+def test_count_states(store: Store, clock: Clock) -> None:
     """The gauges every process reports: the whole table's queued and running
     tasks, lapsed ones counted as what they are (lost, so neither)."""
     assert store.count_states() == {"queued": 0, "running": 0}
     a, b, c, d = new_record(), new_record(), new_record(), new_record()
     for record in (a, b, c, d):
         assert store.create(record)
-    assert store.start(a.id, time.time() + 30)
-    lapses = time.time() + 1.0
+    assert store.start(a.id, clock() + 30)
+    lapses = clock() + 1.0
     assert store.start(b.id, lapses)
     assert store.count_states() == {"queued": 2, "running": 2}
     assert store.finish(a.id, ok())
     assert store.delete(c.id)
-    time.sleep(max(0.0, lapses - time.time()) + 0.05)  # b's lease lapses
+    clock.advance(max(0.0, lapses - clock()) + 0.05)  # b's lease lapses
     assert store.count_states() == {"queued": 1, "running": 0}
 
 
@@ -684,17 +712,17 @@ def test_sqlite_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_lapsed_lease_is_reclaimed_on_submit(store: Store) -> None:
+def test_a_lapsed_lease_is_reclaimed_on_submit(store: Store, clock: Clock) -> None:
     # A worker SIGKILLed with one task queued in its pool and one running: no
     # poll ever reads them, yet a full table must take new work once their
     # leases have passed.
     queued, running = new_record(), new_record()
-    queued.lease_until = time.time() + 0.2
+    queued.lease_until = clock() + 0.2
     assert store.create(queued, limit=2)
     assert store.create(running, limit=2)
-    assert store.start(running.id, time.time() + 0.2)
+    assert store.start(running.id, clock() + 0.2)
     assert not store.create(new_record(), limit=2)  # full while the leases hold
-    time.sleep(0.3)
+    clock.advance(0.3)
     fresh = new_record()
     assert store.create(fresh, limit=2)
     # each with the verdict of its state: never started (503), lost (500)
@@ -705,7 +733,9 @@ def test_a_lapsed_lease_is_reclaimed_on_submit(store: Store) -> None:
     assert store.count_active() == 1
 
 
-def test_sweepers_at_once_end_each_lapsed_task_once(store_factory: StoreFactory) -> None:
+def test_sweepers_at_once_end_each_lapsed_task_once(
+    store_factory: StoreFactory, clock: Clock
+) -> None:
     """``reclaim`` (the sweep every process runs, unasked): every lapsed task
     ends with the verdict of its state, its callback due once and counted
     lost once, however many callers sweep at once; a live lease is left."""
@@ -719,17 +749,17 @@ def test_sweepers_at_once_end_each_lapsed_task_once(store_factory: StoreFactory)
         record = new_record()
         record.callback = Callback(f"http://127.0.0.1:9/hooks/{i}", f"/status/{record.id}")
         if i % 2:
-            record.lease_until = time.time() + 0.2  # queued in a pool that died
+            record.lease_until = clock() + 0.2  # queued in a pool that died
             assert first.create(record)
             lapsed[record.id] = "503"
         else:
             assert first.create(record)
-            assert first.start(record.id, time.time() + 0.2)  # its worker died
+            assert first.start(record.id, clock() + 0.2)  # its worker died
             lapsed[record.id] = "500"
     alive = new_record()
     assert first.create(alive)
-    assert first.start(alive.id, time.time() + 60)
-    time.sleep(0.3)
+    assert first.start(alive.id, clock() + 60)
+    clock.advance(0.3)
     lost = "asyncwsgi_tasks_lost_total"
     before = prometheus_client.REGISTRY.get_sample_value(lost) or 0.0
     ended: list[int] = []
@@ -753,16 +783,16 @@ def test_sweepers_at_once_end_each_lapsed_task_once(store_factory: StoreFactory)
         assert got.result.status.startswith(status)
     still = first.get(alive.id)
     assert still is not None and still.state == "running"
-    due = first.claim_callbacks(time.time(), 60, 100)
+    due = first.claim_callbacks(clock(), 60, 100)
     assert sorted(d.task_id for d in due) == sorted(lapsed)
     assert {d.status for d in due} == {500, 503}
 
 
-def test_count_active_applies_the_lease_rule(store: Store) -> None:
+def test_count_active_applies_the_lease_rule(store: Store, clock: Clock) -> None:
     record = new_record()
     assert store.create(record)
-    assert store.start(record.id, time.time() + 0.1)
-    time.sleep(0.2)
+    assert store.start(record.id, clock() + 0.1)
+    clock.advance(0.2)
     assert store.count_active() == 0  # no read of the task in between
 
 
@@ -848,16 +878,16 @@ def test_a_slow_upload_with_a_key_cannot_run_the_work_twice(store: Store) -> Non
     assert runs == [b"helloworld"]
 
 
-def test_a_lapsed_task_is_cancelled_and_stays_lost(store: Store) -> None:
+def test_a_lapsed_task_is_cancelled_and_stays_lost(store: Store, clock: Clock) -> None:
     record = new_record()
     assert store.create(record)
-    assert store.start(record.id, time.time() + 0.1)
-    time.sleep(0.2)
+    assert store.start(record.id, clock() + 0.1)
+    clock.advance(0.2)
     # The app still running it is told to stop; nothing brings it back.
     assert store.is_cancelled(record.id)
-    store.heartbeat([record.id], time.time() + 30)
+    store.heartbeat([record.id], clock() + 30)
     store.set_progress(record.id, {"done": 1, "total": None, "message": None})
-    assert not store.start(record.id, time.time() + 30)
+    assert not store.start(record.id, clock() + 30)
     got = store.get(record.id)
     assert got is not None and got.state == "done" and got.progress is None
     assert got.result is not None and b"lost" in got.result.body

@@ -89,6 +89,14 @@ class Store(Waits):
     #: every store of the process.
     lost_hooks: ClassVar[list[Callable[[TaskRecord], None]]] = []
 
+    #: Where the store reads the time (seconds since the epoch) for its rules
+    #: (leases, expiry, the callbacks due) and for the times its Python code
+    #: hands its backend: every read of the time goes through here, so that a
+    #: test can move time forward instead of sleeping (assign a callable to a
+    #: store's ``clock``). Expiry that the backend does on its own clock (Redis
+    #: key TTLs) does not follow it.
+    clock: Callable[[], float] = time.time
+
     def __init__(self, *, max_tombstones: int = 10_000, tombstone_ttl: float = 3600.0) -> None:
         if max_tombstones < 0:
             raise ValueError("max_tombstones must be 0 or more")
@@ -125,7 +133,7 @@ class Store(Waits):
             outcome = self._insert(record, key, fingerprint, limit, room)
             if outcome or outcome.existing is not None or limit is None:
                 return outcome
-            if not self._reclaim(time.time()):
+            if not self._reclaim(self.clock()):
                 return outcome
             return self._insert(record, key, fingerprint, limit, room)
         except self._backend_errors as exc:
@@ -137,7 +145,7 @@ class Store(Waits):
         None. A task found lapsed is finished as lost before it is returned."""
         try:
             record = self._read(task_id)
-            now = time.time()
+            now = self.clock()
             if record is not None and lapsed(record, now):
                 self._end_lapsed(record, now)
                 record = self._read(task_id)
@@ -150,7 +158,7 @@ class Store(Waits):
         """Move a queued task to running. False if it is not queued (deleted,
         finished, or already started)."""
         try:
-            return self._start(task_id, time.time(), lease_until)
+            return self._start(task_id, self.clock(), lease_until)
         except self._backend_errors as exc:
             self._fault(exc)
             raise
@@ -178,7 +186,7 @@ class Store(Waits):
         deleted or has already finished: a finished result is never
         overwritten."""
         try:
-            return self._finish(task_id, result, time.time(), lapsed_before=None)
+            return self._finish(task_id, result, self.clock(), lapsed_before=None)
         except self._backend_errors as exc:
             self._fault(exc)
             raise
@@ -201,7 +209,7 @@ class Store(Waits):
         """Queued plus running tasks in the whole table (lapsed ones finished
         as lost first)."""
         try:
-            self._reclaim(time.time())
+            self._reclaim(self.clock())
             return self._count()
         except self._backend_errors as exc:
             self._fault(exc)
@@ -211,7 +219,7 @@ class Store(Waits):
         """``{"queued": n, "running": m}`` over the whole table (lapsed tasks
         finished as lost first): the gauges every process reports alike."""
         try:
-            self._reclaim(time.time())
+            self._reclaim(self.clock())
             return self._count_states()
         except self._backend_errors as exc:
             self._fault(exc)
@@ -224,7 +232,7 @@ class Store(Waits):
         runner's janitor calls this so that the disk (and the byte budget)
         comes back while nobody calls."""
         try:
-            self._expire_due(time.time())
+            self._expire_due(self.clock())
         except self._backend_errors as exc:
             self._fault(exc)
             raise
@@ -238,7 +246,7 @@ class Store(Waits):
         each task once (the finish is conditional on the lapsed lease). How
         many tasks this call ended."""
         try:
-            now = time.time()
+            now = self.clock()
             ended = 0
             for _ in range(_RECLAIM_ROUNDS):
                 found = self._lapsed(now, RECLAIM_BATCH)

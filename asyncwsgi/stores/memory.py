@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import threading
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -97,7 +96,7 @@ class MemoryStore(Store):
         room: int,
     ) -> Created:
         with self._lock:
-            now = time.time()
+            now = self.clock()
             self._expire(now)
             if key is not None:
                 existing = self._keys.get(key)
@@ -117,7 +116,7 @@ class MemoryStore(Store):
 
     def _read(self, task_id: str) -> TaskRecord | None:
         with self._lock:
-            self._expire(time.time())
+            self._expire(self.clock())
             record = self._tasks.get(task_id)
             if record is not None:
                 return _snapshot(record)
@@ -242,7 +241,7 @@ class MemoryStore(Store):
         limit: int,
     ) -> list[TaskRecord]:
         with self._lock:
-            self._expire(time.time())
+            self._expire(self.clock())
             if self._listed is None:
                 self._listed = ListIndex(self._tasks.values())
             ids = self._listed.page(owner, state, before, limit)
@@ -323,7 +322,7 @@ class MemoryStore(Store):
 
     def want_room(self, seconds: float) -> None:
         with self._lock:
-            self._ledger.want(seconds, time.time())
+            self._ledger.want(seconds, self.clock())
 
     def _drop_bodies(self, task_id: str, *kinds: BodyKind) -> None:
         # With the lock held.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Callable
 
 from ..task import TaskRecord
 from .primitives import Primitives
@@ -35,6 +36,9 @@ class Waits(Primitives):
     """:meth:`wait` and :meth:`watch`, on :meth:`get` (the store's read with
     the lease rule applied) and the primitives ``_block`` and ``_listen``."""
 
+    #: The store's clock (:attr:`Store.clock <asyncwsgi.stores.base.Store.clock>`).
+    clock: Callable[[], float]
+
     @abc.abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
         """The record with the lease rule applied (the interface's, in Store)."""
@@ -55,7 +59,7 @@ class Waits(Primitives):
                 return record
             if record.lease_until is not None:
                 # Wake when the lease passes, to give its verdict then.
-                remaining = min(remaining, max(0.001, record.lease_until - time.time() + 0.001))
+                remaining = min(remaining, max(0.001, record.lease_until - self.clock() + 0.001))
             try:
                 self._block(task_id, remaining, poll)
             except self._backend_errors as exc:
@@ -78,5 +82,6 @@ class Waits(Primitives):
                 if remaining <= 0:
                     return record
                 if record.lease_until is not None:
-                    remaining = min(remaining, max(0.001, record.lease_until - time.time() + 0.001))
+                    until_lapsed = record.lease_until - self.clock() + 0.001
+                    remaining = min(remaining, max(0.001, until_lapsed))
                 block(remaining)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -40,7 +39,8 @@ class BodyIO:
     """The store's handle for its bodies: the scripts that count bytes, and
     the reads of chunks, each inside the store's fault mapping. ``client``
     gives the client (made when first needed), ``budget`` the store's ``max_stored_bytes``
-    (which the middleware may set after the store is made)."""
+    (which the middleware may set after the store is made), ``clock`` the
+    store's clock."""
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class BodyIO:
         chunk_size: int,
         spool_ttl: float,
         budget: Callable[[], int | None],
+        clock: Callable[[], float],
     ) -> None:
         self.client = client
         self.scripts = scripts
@@ -58,6 +59,7 @@ class BodyIO:
         self.chunk_size = chunk_size
         self.spool_ttl = spool_ttl
         self.budget = budget
+        self.clock = clock  # the store's (Store.clock)
         # The tasks of this process with a spooled request body that their
         # create has not taken yet (it says so in the record, so that only
         # they pay for removing one at their finish).
@@ -95,7 +97,7 @@ class BodyIO:
     def open_sink(self, task_id: str, kind: BodyKind) -> RedisSink:
         """A sink for a new body; :class:`StoreFull` when the budget is spent."""
         limit = self.budget()
-        if limit is not None and self.stored(time.time()) >= limit:
+        if limit is not None and self.stored(self.clock()) >= limit:
             raise budget_spent(limit)
         return RedisSink(self, task_id, kind)
 
@@ -124,7 +126,7 @@ class BodyIO:
                 [self.key(task_id, kind)],
                 [
                     f"{task_id}:{kind}",
-                    num(time.time()),
+                    num(self.clock()),
                     num(self.spool_ttl),
                     self.budget_arg(),
                     nbytes,
@@ -142,7 +144,7 @@ class BodyIO:
                     [self.key(task_id, kind)],
                     [
                         f"{task_id}:{kind}",
-                        num(time.time()),
+                        num(self.clock()),
                         num(self.spool_ttl),
                         self.budget_arg(),
                         index,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -101,6 +100,7 @@ class RedisStore(Store):
             chunk_size=chunk_size,
             spool_ttl=spool_ttl,
             budget=lambda: self.max_stored_bytes,
+            clock=lambda: self.clock(),
         )
         if self.url is not None:
             self.url = connect.carry_settings(self.url, self._settings())
@@ -184,7 +184,7 @@ class RedisStore(Store):
                 [
                     record.id,
                     -1 if limit is None else int(limit),
-                    num(time.time()),
+                    num(self.clock()),
                     "inf" if record.lease_until is None else num(record.lease_until),
                     key or "",
                     key_value,
@@ -215,7 +215,7 @@ class RedisStore(Store):
         if not raw:
             if not self._tombstones:
                 return None
-            owner = self._run("read_tombstone", [self._key("tomb", task_id)], [num(time.time())])
+            owner = self._run("read_tombstone", [self._key("tomb", task_id)], [num(self.clock())])
             return None if owner is None else self._tombstone(task_id, text(owner) or None)
         fields = {text(name): value for name, value in raw.items()}
         found = record(task_id, fields)
@@ -298,7 +298,7 @@ class RedisStore(Store):
     @property
     def stored_bytes(self) -> int:
         """The bytes of the spooled bodies held now."""
-        return self.bodies.stored(time.time())
+        return self.bodies.stored(self.clock())
 
     def _expire_due(self, now: float) -> None:
         # Redis expires the records and chunks itself; what is left is the
@@ -331,7 +331,7 @@ class RedisStore(Store):
         before: tuple[float, str] | None,
         limit: int,
     ) -> list[TaskRecord]:
-        return tasklist.page(self.scripts, self.prefix, owner, state, before, limit)
+        return tasklist.page(self.scripts, self.prefix, owner, state, before, limit, self.clock())
 
     def _claim_callbacks(self, now: float, lease: float, limit: int) -> list[Delivery]:
         return deliveries.claim(self.scripts, self.prefix, now, lease, limit)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, cast
 
 from ...task import State, TaskRecord
@@ -19,8 +18,9 @@ def page(
     state: State | None,
     before: tuple[float, str] | None,
     limit: int,
+    now: float,
 ) -> list[TaskRecord]:
-    """One page of ``owner``'s tasks (see :meth:`Store.list_tasks`)."""
+    """One page of ``owner``'s tasks (see :meth:`Store.list_tasks`) at ``now``."""
     base = f"{prefix}list:{owner or ''}:"
     answer = cast(
         "list[Any]",
@@ -28,7 +28,7 @@ def page(
             "list_page",
             [base + "active", base + "done"],
             [
-                num(time.time()),
+                num(now),
                 int(limit),
                 "" if before is None else num(before[0]),
                 "" if before is None else before[1],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 
 from ...task import Body, BodyKind, BodySink
 from ..budget import check_room
@@ -93,7 +92,7 @@ class SQLiteBodies(SQLiteConnections):
     def want_room(self, seconds: float) -> None:
         if self.max_stored_bytes is None:
             return
-        until = time.time() + seconds
+        until = self.clock() + seconds
         with self._translated(), self._write() as conn:
             if not seconds:
                 conn.execute("DELETE FROM room_wanted")

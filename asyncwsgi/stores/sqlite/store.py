@@ -17,7 +17,6 @@ than use the parent's.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from ...task import BodyKind, Created, KeyEntry, Progress, Result, State, TaskRecord
@@ -66,7 +65,7 @@ class SQLiteStore(SQLiteCallbacks):
         limit: int | None,
         room: int,
     ) -> Created:
-        now = time.time()
+        now = self.clock()
         with self._write() as conn:
             self._expire(conn, now)
             if key is not None:
@@ -113,7 +112,7 @@ class SQLiteStore(SQLiteCallbacks):
             return Created(True)
 
     def _read(self, task_id: str) -> TaskRecord | None:
-        now = time.time()
+        now = self.clock()
         conn = self._conn()
         if self._expiry_due(conn, now):
             self._tidy(conn, now, task_id)
@@ -267,7 +266,7 @@ class SQLiteStore(SQLiteCallbacks):
         limit: int,
     ) -> list[TaskRecord]:
         self._index_list()
-        now = time.time()
+        now = self.clock()
         conn = self._conn()
         if self._expiry_due(conn, now):
             with self._write() as conn:
