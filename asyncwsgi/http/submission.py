@@ -255,7 +255,8 @@ class Submission:
             lease=settings.lease,
             spool_threshold=settings.spool_threshold,
         )
-        logger.debug("asyncwsgi: task %s accepted", record.id, extra=task_extra(record.id))
+        if logger.isEnabledFor(logging.DEBUG):  # its record's extra built only then
+            logger.debug("asyncwsgi: task %s accepted", record.id, extra=task_extra(record.id))
         try:
             self.executor.submit(job)
             self.runner.watch(record.id)

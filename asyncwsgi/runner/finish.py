@@ -41,9 +41,10 @@ def finished(task_id: str, result: Result) -> None:
     succeeded: once per task, whichever process or thread ended it)."""
     if INSTRUMENTS is not None:
         INSTRUMENTS.finish(result)
-    logger.debug(
-        "asyncwsgi: task %s finished: %s", task_id, result.status, extra=task_extra(task_id)
-    )
+    if logger.isEnabledFor(logging.DEBUG):  # its record's extra built only then
+        logger.debug(
+            "asyncwsgi: task %s finished: %s", task_id, result.status, extra=task_extra(task_id)
+        )
 
 
 def settle(task_id: str, spool: Spool | None, taken: bool) -> None:

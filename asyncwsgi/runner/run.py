@@ -171,7 +171,8 @@ class TaskRunner:
         counted = INSTRUMENTS.of(job.pattern) if INSTRUMENTS is not None else None
         if counted is not None:
             counted.queue_wait.observe(max(0.0, begun - accepted))
-        logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("asyncwsgi: task %s started", task_id, extra=extra)
         spool = self.spools.spool(task_id)
         result, failure, stop = self._call(job, spool, span)
         self.spools.done(task_id)
