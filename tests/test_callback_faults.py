@@ -252,7 +252,12 @@ def test_an_attempt_has_a_total_deadline_and_a_live_process_never_overlaps_it(
         with bounded_server(tmp_path, store, [slow.url], claim_lease=4, attempt_timeout=2) as port:
             status, _, _ = _post(port, "/work/x", slow.url + "x")
             assert status == 202
-            time.sleep(12)
+            # Until the third attempt opens (about 8 s; the two before it
+            # have closed by then, or the checks below fail).
+            deadline = time.monotonic() + 30
+            while len(slow.attempts) < 3:
+                assert time.monotonic() < deadline, slow.attempts
+                time.sleep(0.05)
         attempts = list(slow.attempts)
     assert len(attempts) >= 3, attempts  # tried, timed out, tried again
     assert len({a.webhook_id for a in attempts}) == 1
@@ -324,9 +329,13 @@ def test_a_delivery_sent_whose_record_was_lost_is_not_sent_again() -> None:
             receiver.wait_for(1, timeout=10)
             time.sleep(6)  # past the claim: the sender gave up recording it
             redis.resume()
-            time.sleep(4)  # the claim loop takes the delivery again, and records it
+            # The claim loop takes the delivery again, and records it: a
+            # second send would come before that record (its answer first).
+            deadline = time.monotonic() + 10
+            while redis_client_zcard(redis.url(0), "asyncwsgi:callbacks"):
+                assert time.monotonic() < deadline, "the delivery was never recorded"
+                time.sleep(0.05)
             assert len(receiver.deliveries) == 1
-            assert redis_client_zcard(redis.url(0), "asyncwsgi:callbacks") == 0
             assert wait_done(client, location).status_code == 200
     finally:
         if app is not None:
