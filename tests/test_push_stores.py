@@ -8,15 +8,18 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from asyncwsgi.stores import Store
 from asyncwsgi.task import Callback, TaskRecord
+from tests.helpers import Clock
 from tests.test_store_contract import (  # noqa: F401 (fixtures)
     StoreFactory,
     new_record,
     ok,
+    pass_time,
     run_to_done,
     store,
     store_factory,
@@ -83,13 +86,13 @@ def test_list_filters_by_state_and_follows_changes(store: Store) -> None:
     assert set(_page_through(store, "A", "running")) == {records[1].id}
 
 
-def test_list_drops_expired_tasks(store: Store) -> None:
+def test_list_drops_expired_tasks(store: Store, pass_time: Callable[[float], None]) -> None:
     short = new_record(ttl=0.2, owner="A")
     run_to_done(store, short)
     kept = new_record(owner="A")
     assert store.create(kept)
     assert {r.id for r in store.list_tasks("A", limit=10)} == {short.id, kept.id}
-    time.sleep(0.4)
+    pass_time(0.4)
     assert [r.id for r in store.list_tasks("A", limit=10)] == [kept.id]
     assert store.list_tasks("A", state="done", limit=10) == []
 
@@ -149,12 +152,12 @@ def _with_callback(url: str = "http://127.0.0.1:1/hook") -> TaskRecord:
     return record
 
 
-def test_a_finished_task_with_a_callback_is_claimed_once(store: Store) -> None:
+def test_a_finished_task_with_a_callback_is_claimed_once(store: Store, clock: Clock) -> None:
     plain = new_record()
     run_to_done(store, plain)
     record = _with_callback()
     run_to_done(store, record)
-    now = time.time()
+    now = clock()
     claimed = store.claim_callbacks(now, 30, 10)
     assert len(claimed) == 1
     delivery = claimed[0]
@@ -165,28 +168,30 @@ def test_a_finished_task_with_a_callback_is_claimed_once(store: Store) -> None:
     assert delivery.finished == pytest.approx(now, abs=5)
     assert delivery.deadline == pytest.approx(delivery.finished + 60, abs=1)
     # Claimed: nobody else gets it while the claim holds.
-    assert store.claim_callbacks(time.time(), 30, 10) == []
+    assert store.claim_callbacks(clock(), 30, 10) == []
     # A failure brings it back at the retry time, one attempt counted.
-    assert store.settle_callback(delivery, time.time() + 0.2)
+    assert store.settle_callback(delivery, clock() + 0.2)
     assert not store.settle_callback(delivery, None)  # that claim is spent
-    assert store.claim_callbacks(time.time(), 30, 10) == []
-    time.sleep(0.3)
-    again = store.claim_callbacks(time.time(), 30, 10)
+    assert store.claim_callbacks(clock(), 30, 10) == []
+    clock.advance(0.3)
+    again = store.claim_callbacks(clock(), 30, 10)
     assert [(d.task_id, d.attempts) for d in again] == [(record.id, 1)]
     assert store.settle_callback(again[0], None)
-    assert store.claim_callbacks(time.time() + 3600, 30, 10) == []
+    assert store.claim_callbacks(clock() + 3600, 30, 10) == []
     assert record.callback is not None
     got = store.get(record.id)
     assert got is not None and got.callback == record.callback
 
 
-def test_a_lapsed_claim_is_taken_over_and_the_old_one_cannot_settle(store: Store) -> None:
+def test_a_lapsed_claim_is_taken_over_and_the_old_one_cannot_settle(
+    store: Store, clock: Clock
+) -> None:
     record = _with_callback()
     run_to_done(store, record)
-    first = store.claim_callbacks(time.time(), 0.2, 10)
+    first = store.claim_callbacks(clock(), 0.2, 10)
     assert len(first) == 1
-    time.sleep(0.3)
-    second = store.claim_callbacks(time.time(), 30, 10)
+    clock.advance(0.3)
+    second = store.claim_callbacks(clock(), 30, 10)
     assert len(second) == 1
     assert not store.settle_callback(first[0], None)
     assert store.settle_callback(second[0], None)

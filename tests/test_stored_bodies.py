@@ -21,6 +21,7 @@ from . import test_store_contract as contract
 from .test_store_contract import new_record
 
 store_factory = contract.store_factory  # every store kind, as in the contract
+pass_time = contract.pass_time
 
 MIB = 2**20
 DATA = hashlib.sha256(b"x").digest() * (3 * MIB // 32) + b"tail!"
@@ -96,7 +97,7 @@ def test_a_spooled_request_body_goes_at_the_finish(store_factory):
     assert stored(store) == 0
 
 
-def test_an_expired_result_takes_its_body(store_factory):
+def test_an_expired_result_takes_its_body(store_factory, pass_time):
     store = store_factory(tombstone_ttl=60)
     record = new_record(ttl=0.2)
     assert store.create(record)
@@ -104,13 +105,13 @@ def test_an_expired_result_takes_its_body(store_factory):
     assert store.finish(record.id, Result("200 OK", [], writer.result()))
     writer.close()
     assert stored(store) == len(DATA)
-    time.sleep(0.3)
+    pass_time(0.3)
     expired = store.get(record.id)
     assert expired is not None and expired.state == "expired"
     assert stored(store) == 0
 
 
-def test_expire_removes_an_expired_body_without_reading_its_task(store_factory):
+def test_expire_removes_an_expired_body_without_reading_its_task(store_factory, pass_time):
     store = store_factory(tombstone_ttl=60)
     record = new_record(ttl=0.2)
     assert store.create(record)
@@ -118,7 +119,7 @@ def test_expire_removes_an_expired_body_without_reading_its_task(store_factory):
     body = writer.result()
     assert store.finish(record.id, Result("200 OK", [], body))
     writer.close()
-    time.sleep(0.3)
+    pass_time(0.3)
     store.expire()
     assert gone(body)
     assert stored(store) == 0
