@@ -121,8 +121,13 @@ def test_curl_examples(curl: str, site: tuple[str, str, Receiver]) -> None:
     assert len(messages) >= 2  # progress as it ran, not only the end
 
     submit(base)
-    time.sleep(1.5)  # both done
-    listed = json.loads(shell(code["list-curl"], BASE=base))
+    deadline = time.monotonic() + 10
+    while True:  # until the example lists both (it asks for done tasks)
+        listed = json.loads(shell(code["list-curl"], BASE=base))
+        if len(listed["tasks"]) >= 2:
+            break
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.1)
     assert len(listed["tasks"]) == 2
     assert all(t["state"] == "done" and t["status"] == 200 for t in listed["tasks"])
 
