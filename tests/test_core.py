@@ -302,16 +302,17 @@ def test_max_pending_gives_503_then_recovers(wrap, gate):
     assert client.post("/work/1").status_code == 202
 
 
-def test_result_expires_to_410_then_404(wrap):
+def test_result_expires_to_410_then_404(wrap, clock):
     store = MemoryStore(max_tombstones=1)
+    store.clock = clock
     client = Client(wrap(echo, store=store, result_ttl=0.2))
     first = client.post("/work/1").headers["Location"]
     wait_done(client, first)
-    time.sleep(0.3)
+    clock.advance(0.3)
     assert client.get(first).status_code == 410
     second = client.post("/work/2").headers["Location"]
     wait_done(client, second)
-    time.sleep(0.3)
+    clock.advance(0.3)
     assert client.get(second).status_code == 410
     assert client.get(first).status_code == 404  # its tombstone was pushed out
 
