@@ -818,11 +818,13 @@ class _SlowUpload:
     def __init__(self, first: bytes, rest: bytes, release: threading.Event) -> None:
         self.parts = [first, rest]
         self.release = release
+        self.waiting = threading.Event()  # set once the first part is read
 
     def read(self, size: int = -1) -> bytes:
         if not self.parts:
             return b""
         if len(self.parts) == 1:
+            self.waiting.set()
             assert self.release.wait(30)
         return self.parts.pop(0)
 
@@ -855,12 +857,11 @@ def test_a_slow_upload_with_a_key_cannot_run_the_work_twice(store: Store) -> Non
 
     release = threading.Event()
     answers: list[tuple[str, bytes]] = []
-    slow = threading.Thread(
-        target=lambda: answers.append(post(_SlowUpload(b"hello", b"world", release)))
-    )
+    upload = _SlowUpload(b"hello", b"world", release)
+    slow = threading.Thread(target=lambda: answers.append(post(upload)))
     try:
         slow.start()
-        time.sleep(0.3)  # the first upload is under way
+        assert upload.waiting.wait(10)  # the first upload is under way
         # The client gave up waiting and retried; this copy arrives whole.
         fast_status, fast_body = post(_SlowUpload(b"helloworld", b"", threading.Event()))
         release.set()
