@@ -53,8 +53,12 @@ class Periodic:
         what: str,
         jitter: float = 0.0,
         survive_fork: bool = False,
+        outage: tuple[type[Exception], ...] = (),
     ) -> None:
         self.name = name
+        # The errors that mean the duty's resource is away for now (a store
+        # that is down): expected, so said in one line, with no traceback.
+        self.outage = outage
         self.work = work
         self.every = every
         self.what = what
@@ -107,16 +111,23 @@ class Periodic:
     def _loop(self) -> None:
         wait = self._next()
         failing_since: float | None = None
+        said: set[bool] = set()  # what this run of failures has logged: outage, bug
         while not self._stop.wait(wait):
             try:
                 self.work()
             # Broad on purpose: this thread must outlive a bad round (a store
             # down, a bug), or the duty stops for the process's whole life.
-            except Exception:
+            except Exception as exc:
                 wait = min(self.every, _RETRY_FIRST if failing_since is None else wait * 2)
                 if failing_since is None:
                     failing_since = time.monotonic()
-                    logger.exception("asyncwsgi: %s failed; retrying", self.what)
+                outage = isinstance(exc, self.outage)
+                if outage not in said:  # once per run of failures, for each kind
+                    said.add(outage)
+                    if outage:
+                        logger.warning("asyncwsgi: %s failed: %s; retrying", self.what, exc)
+                    else:
+                        logger.exception("asyncwsgi: %s failed; retrying", self.what)
             else:
                 if failing_since is not None:
                     logger.warning(
@@ -125,6 +136,7 @@ class Periodic:
                         time.monotonic() - failing_since,
                     )
                     failing_since = None
+                    said.clear()
                 wait = self._next()
 
 

@@ -67,3 +67,41 @@ def test_a_forked_child_runs_its_own(tmp_path: os.PathLike[str]) -> None:
         duty.stop()
     with open(mark) as file:
         assert file.read().count("ran") >= 2
+
+
+def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that is down is expected, and said in one line; anything else
+    is a bug, logged with its traceback."""
+    from asyncwsgi.stores.base import StoreUnavailable
+
+    rounds: list[float] = []
+    failures: list[Exception] = [StoreUnavailable("Redis: ConnectionError: refused")]
+
+    def work() -> None:
+        rounds.append(time.monotonic())
+        if failures:
+            raise failures.pop(0)
+
+    duty = Periodic(
+        "asyncwsgi-test-outage", work, 0.05, what="the test duty", outage=(StoreUnavailable,)
+    )
+    caplog.set_level(logging.WARNING, logger="asyncwsgi")
+    duty.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(rounds) < 3:
+            assert time.monotonic() < deadline, rounds
+            time.sleep(0.01)
+        failures.append(KeyError("a bug"))
+        while len(rounds) < 6:
+            assert time.monotonic() < deadline, rounds
+            time.sleep(0.01)
+    finally:
+        duty.stop()
+    failed = [r for r in caplog.records if "the test duty failed" in r.getMessage()]
+    assert len(failed) == 2, [r.getMessage() for r in failed]
+    outage, bug = failed
+    assert outage.exc_info is None and "refused" in outage.getMessage()
+    assert bug.exc_info is not None and bug.exc_info[0] is KeyError

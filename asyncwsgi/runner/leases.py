@@ -76,6 +76,7 @@ class Leases:
             self._beat,
             max(0.05, lease / 3),
             what="heartbeat",
+            outage=(StoreUnavailable,),
         )
         self._sweeper = Periodic(
             "asyncwsgi-sweeper",
@@ -84,6 +85,7 @@ class Leases:
             what="sweeping lapsed leases",
             jitter=0.2,
             survive_fork=True,
+            outage=(StoreUnavailable,),
         )
         self._deadlines: list[tuple[float, str]] = []
         self._wake = threading.Condition(threading.Lock())

@@ -8,7 +8,7 @@ come back with no traffic at all.
 from __future__ import annotations
 
 from ..periodic import Periodic
-from .base import Store
+from .base import Store, StoreUnavailable
 
 __all__ = ["JANITOR_EVERY", "janitor"]
 
@@ -20,5 +20,9 @@ def janitor(store: Store) -> Periodic:
     """A thread (not started) that calls :meth:`Store.expire` every
     :data:`JANITOR_EVERY` seconds."""
     return Periodic(
-        "asyncwsgi-janitor", store.expire, JANITOR_EVERY, what="removing expired results"
+        "asyncwsgi-janitor",
+        store.expire,
+        JANITOR_EVERY,
+        what="removing expired results",
+        outage=(StoreUnavailable,),
     )
