@@ -76,7 +76,8 @@ bounds (set it below ``maxmemory``).
 
 Every change of state is one Lua script (``lua/<step>.lua``), so it is atomic
 across processes.
-Times are the clients' clocks (``time.time()``), like every other store: keep
+Times are the clients' clocks (``Store.clock``, ``time.time()`` unless set), like
+every other store, except the expiry of keys, which is the server's: keep
 the machines' clocks in sync. On a Redis Cluster (a ``RedisCluster`` client,
 or a ``redis+cluster://`` URL) the prefix must carry a hash tag
 (``{asyncwsgi}:``), so that every key of the table lives in one slot and each
