@@ -11,7 +11,10 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,35 @@ def post(port: int, path: str, headers: dict[str, str]) -> Answer:
         conn.close()
 
 
+@contextmanager
+def _spooling(
+    tmp_path: Path,
+    store_url: str,  # noqa: F811 (a parameter, the fixture of the same name imported above)
+    receiver: Receiver,
+    *,
+    workers: int,
+    preload: bool,
+) -> Iterator[tuple[str, int, subprocess.Popen[bytes]]]:
+    """The spooling app under gunicorn (``workers`` gthread workers, the app
+    preloaded in the master or not), calling back to ``receiver``: the
+    receiver's base URL, the port and gunicorn's master."""
+    with receiving(receiver) as hooks:
+        environ = {
+            "ASYNCWSGI_TEST_CALLBACK_ALLOW": hooks,
+            "ASYNCWSGI_TEST_CALLBACK_SECRET": SECRET,
+        }
+        if store_url.startswith("sqlite:"):
+            environ["ASYNCWSGI_TEST_RESULTS_DIR"] = str(tmp_path / "results")
+        args = ["-w", str(workers), "-k", "gthread", "--threads", "4"]
+        args += ["--preload"] if preload else []
+        app = "tests.apps.spool_app:application"
+        with gunicorn(tmp_path, store_url, args, lease=LEASE, app=app, environ=environ) as (
+            port,
+            master,
+        ):
+            yield hooks, port, master
+
+
 @pytest.mark.parametrize("preload", [False, True], ids=["imported-in-workers", "preload"])
 def test_a_worker_killed_mid_spool_gives_back_the_budget_and_is_called_back_unpolled(
     tmp_path: Path,
@@ -94,64 +126,56 @@ def test_a_worker_killed_mid_spool_gives_back_the_budget_and_is_called_back_unpo
     the middleware is built in gunicorn's master, and each forked worker
     runs a sweeper of its own."""
     receiver = Receiver()
-    with receiving(receiver) as hooks:
-        environ = {
-            "ASYNCWSGI_TEST_CALLBACK_ALLOW": hooks,
-            "ASYNCWSGI_TEST_CALLBACK_SECRET": SECRET,
-        }
-        if store_url.startswith("sqlite:"):
-            environ["ASYNCWSGI_TEST_RESULTS_DIR"] = str(tmp_path / "results")
-        args = ["-w", "2", "-k", "gthread", "--threads", "4", *(["--preload"] if preload else [])]
-        app = "tests.apps.spool_app:application"
-        with gunicorn(tmp_path, store_url, args, lease=LEASE, app=app, environ=environ) as (
-            port,
-            master,
-        ):
-            status, headers, _ = post(
-                port, "/work/spool?chunks=12&ms=2000", {"Callback-URL": hooks + "lost"}
-            )
-            assert status == 202
-            location = headers["Location"]
-            task_id = location.rsplit("/", 1)[1]
-            deadline = time.monotonic() + 20
-            while True:  # past the threshold: its writer holds the budget
-                progress = json.loads(call(port, "GET", location)[2])["progress"]
-                if progress and progress["message"].startswith("spooling pid="):
-                    worker = int(progress["message"].rpartition("=")[2])
-                    break
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            assert worker != master.pid
-            status, _, body = call(port, "POST", "/work/quick")
-            assert status == 503 and b"full" in body, (status, body)
-            os.kill(worker, signal.SIGKILL)
-            killed = time.monotonic()
+    with _spooling(tmp_path, store_url, receiver, workers=2, preload=preload) as (
+        hooks,
+        port,
+        master,
+    ):
+        status, headers, _ = post(
+            port, "/work/spool?chunks=12&ms=2000", {"Callback-URL": hooks + "lost"}
+        )
+        assert status == 202
+        location = headers["Location"]
+        task_id = location.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 20
+        while True:  # past the threshold: its writer holds the budget
+            progress = json.loads(call(port, "GET", location)[2])["progress"]
+            if progress and progress["message"].startswith("spooling pid="):
+                worker = int(progress["message"].rpartition("=")[2])
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert worker != master.pid
+        status, _, body = call(port, "POST", "/work/quick")
+        assert status == 503 and b"full" in body, (status, body)
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
 
-            # No poll of the killed task: only submissions.
-            while True:
-                status, _, body = call(port, "POST", "/work/quick")
-                if status == 202:
-                    break
-                assert status == 503, body
-                assert time.monotonic() - killed < LEASE + 10, "the byte budget stayed spent"
-                time.sleep(0.2)
-            accepted = time.monotonic() - killed
-            while not receiver.deliveries:
-                assert time.monotonic() - killed < LEASE + 20, "no lost callback"
-                time.sleep(0.05)
-            called = time.monotonic() - killed
-            time.sleep(3)  # room for a second delivery, which must not come
-            kind = store_url.partition(":")[0]
-            print(
-                f"\n[{kind}{', preload' if preload else ''}] after the kill: "
-                f"a submission accepted in {accepted:.1f} s, "
-                f"the lost callback in {called:.1f} s"
-            )
-            assert accepted < LEASE + 5
-            assert [d.headers["webhook-id"] for d in receiver.deliveries] == [task_id]
-            assert json.loads(receiver.deliveries[0].body)["status"] == 500
-            status, _, body = call(port, "GET", location)
-            assert status == 500 and b"lost" in body, (status, body)
+        # No poll of the killed task: only submissions.
+        while True:
+            status, _, body = call(port, "POST", "/work/quick")
+            if status == 202:
+                break
+            assert status == 503, body
+            assert time.monotonic() - killed < LEASE + 10, "the byte budget stayed spent"
+            time.sleep(0.2)
+        accepted = time.monotonic() - killed
+        while not receiver.deliveries:
+            assert time.monotonic() - killed < LEASE + 20, "no lost callback"
+            time.sleep(0.05)
+        called = time.monotonic() - killed
+        time.sleep(3)  # room for a second delivery, which must not come
+        kind = store_url.partition(":")[0]
+        print(
+            f"\n[{kind}{', preload' if preload else ''}] after the kill: "
+            f"a submission accepted in {accepted:.1f} s, "
+            f"the lost callback in {called:.1f} s"
+        )
+        assert accepted < LEASE + 5
+        assert [d.headers["webhook-id"] for d in receiver.deliveries] == [task_id]
+        assert json.loads(receiver.deliveries[0].body)["status"] == 500
+        status, _, body = call(port, "GET", location)
+        assert status == 500 and b"lost" in body, (status, body)
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["imported-in-workers", "preload"])
@@ -165,34 +189,26 @@ def test_a_lost_callback_goes_with_no_request_at_all(
     lost, and its callback sender, running from the start, sends the "lost"
     callback: a process need not have served a request to send callbacks."""
     receiver = Receiver()
-    with receiving(receiver) as hooks:
-        environ = {
-            "ASYNCWSGI_TEST_CALLBACK_ALLOW": hooks,
-            "ASYNCWSGI_TEST_CALLBACK_SECRET": SECRET,
-        }
-        if store_url.startswith("sqlite:"):
-            environ["ASYNCWSGI_TEST_RESULTS_DIR"] = str(tmp_path / "results")
-        args = ["-w", "1", "-k", "gthread", "--threads", "4", *(["--preload"] if preload else [])]
-        app = "tests.apps.spool_app:application"
-        with gunicorn(tmp_path, store_url, args, lease=LEASE, app=app, environ=environ) as (
-            port,
-            master,
-        ):
-            status, headers, _ = post(
-                port, "/work/spool?chunks=40&ms=500", {"Callback-URL": hooks + "lost"}
-            )
-            assert status == 202
-            task_id = headers["Location"].rsplit("/", 1)[1]
-            (worker,) = children(master.pid)
-            time.sleep(0.5)  # the task is under way in that worker
-            os.kill(worker, signal.SIGKILL)
-            killed = time.monotonic()
-            # Not a single request from here on.
-            while not receiver.deliveries:
-                assert time.monotonic() - killed < LEASE + 20, "no lost callback"
-                time.sleep(0.05)
-            called = time.monotonic() - killed
-            time.sleep(2)  # room for a second delivery, which must not come
-            print(f"\n[{store_url.partition(':')[0]}] the lost callback {called:.1f} s after")
-            assert [d.headers["webhook-id"] for d in receiver.deliveries] == [task_id]
-            assert json.loads(receiver.deliveries[0].body)["status"] == 500
+    with _spooling(tmp_path, store_url, receiver, workers=1, preload=preload) as (
+        hooks,
+        port,
+        master,
+    ):
+        status, headers, _ = post(
+            port, "/work/spool?chunks=40&ms=500", {"Callback-URL": hooks + "lost"}
+        )
+        assert status == 202
+        task_id = headers["Location"].rsplit("/", 1)[1]
+        (worker,) = children(master.pid)
+        time.sleep(0.5)  # the task is under way in that worker
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        # Not a single request from here on.
+        while not receiver.deliveries:
+            assert time.monotonic() - killed < LEASE + 20, "no lost callback"
+            time.sleep(0.05)
+        called = time.monotonic() - killed
+        time.sleep(2)  # room for a second delivery, which must not come
+        print(f"\n[{store_url.partition(':')[0]}] the lost callback {called:.1f} s after")
+        assert [d.headers["webhook-id"] for d in receiver.deliveries] == [task_id]
+        assert json.loads(receiver.deliveries[0].body)["status"] == 500
