@@ -235,11 +235,16 @@ def test_a_byte_budget_holds_under_200_concurrent_tasks(tmp_path):
         done = sum(1 for status, _ in outcomes if status == 200)
         refused = [(status, where) for status, where in outcomes if status != 200]
         print(f"{done} stored, refused: {len(refused)} ({sorted(set(refused))})")
-        # Refused at the door (503) once the budget is spent; every task
-        # accepted ends with its result, byte for byte (one that found no
-        # room waited for it).
+        # Refused only at the door (503) while the budget is spent; every
+        # task accepted ends with its result, byte for byte (one that found
+        # no room waited for it). How many are refused is the machine's: when
+        # results are written slower than the budget drains (256 MiB per
+        # 10 s ttl), expiry makes room as fast as tasks take it and all 200
+        # are rightly accepted. That the door refuses while the budget is
+        # spent is pinned without timing, on every store, by
+        # test_spooled_results.py::test_a_budget_refuses_new_tasks_at_the_door...
         assert set(refused) <= {(503, "submit")}
-        assert 40 <= done < 200
+        assert done >= 40
         assert max(on_disk) <= budget
         assert sampler.peak < RSS_LIMIT
         # After result_ttl every result has expired, and the janitor removes
