@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 if os.environ.get("BENCH_APP") and not os.environ.get("BENCH_OBSERVE"):
     # Before asyncwsgi is imported: as installed without the optional extras.
@@ -28,6 +29,7 @@ if os.environ.get("BENCH_APP") and not os.environ.get("BENCH_OBSERVE"):
 
 from flask import Flask, Response, jsonify
 
+import asyncwsgi
 from asyncwsgi import AsyncMiddleware
 
 N_GLOBS = 50
@@ -57,8 +59,38 @@ def proc_status() -> dict[str, int]:
     return out
 
 
+def package_origin() -> dict[str, object]:
+    """Which copy of asyncwsgi this process runs (``bench.versions`` checks
+    it): its ``__init__`` file, and the names of its modules loaded from
+    anywhere else (an editable install's finder supplies a module that the
+    imported copy lacks from the installed checkout)."""
+    home = Path(asyncwsgi.__file__).parent
+    strays = sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if name.startswith("asyncwsgi.")
+        and getattr(module, "__file__", None)
+        and not Path(module.__file__).is_relative_to(home)
+    )
+    return {"asyncwsgi": asyncwsgi.__file__, "asyncwsgi_strays": strays}
+
+
 def threads_view() -> Response:
-    return jsonify(threads=threading.active_count(), pid=os.getpid(), **proc_status())
+    return jsonify(threads=threading.active_count(), pid=os.getpid(),
+                   **package_origin(), **proc_status())  # fmt: skip
+
+
+def celery_executor_class() -> type:
+    """``CeleryExecutor`` of the running asyncwsgi: in ``executors`` now, in
+    ``contrib`` before the lean-core split (``bench.versions`` runs both)."""
+    # Decided by the package's own files, not by trying the import: an
+    # editable install's finder would supply a missing submodule from the
+    # installed checkout, another version.
+    if (Path(asyncwsgi.__file__).parent / "executors").is_dir():
+        from asyncwsgi.executors.celery import CeleryExecutor
+    else:
+        from asyncwsgi.contrib.celery import CeleryExecutor  # type: ignore[no-redef]
+    return CeleryExecutor
 
 
 def make_flask(wrap_task=None) -> Flask:
@@ -191,11 +223,9 @@ def _select():
     if kind == "naive":
         return make_naive()
     if kind == "celery":  # scenario 11: the same app, its tasks on a Celery worker
-        from asyncwsgi.executors.celery import CeleryExecutor
-
         from . import celery_recipe
 
-        executor = CeleryExecutor(celery_recipe.celery_app, celery_recipe.WSGI_APP)
+        executor = celery_executor_class()(celery_recipe.celery_app, celery_recipe.WSGI_APP)
         return make_async(store=os.environ["BENCH_STORE"], executor=executor)
     if kind == "recipe":  # scenario 11: the classic Celery recipe
         from . import celery_recipe

@@ -17,6 +17,7 @@ divided by the cycles of the round: Celery's broker traffic included.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The WSGI app the asyncwsgi variant's worker runs (the bench's Flask app).
 WSGI_APP = "bench.celery_recipe:flask_app"
 RECIPE_TASK = "bench.recipe.work"
+#: A file a worker writes the path of its ``asyncwsgi`` into, when set.
+PACKAGE_REPORT = "BENCH_PACKAGE_REPORT"
 
 
 def make_celery(broker: str, backend: str | None = None) -> Any:
@@ -88,93 +91,159 @@ def make_recipe_app(celery_app: Any) -> Any:
 celery_app = None
 flask_app = None
 if os.environ.get("BENCH_CELERY_BROKER"):
-    from asyncwsgi.executors.celery import CeleryExecutor as _CeleryExecutor
-
+    from .apps import celery_executor_class as _celery_executor_class
     from .apps import make_flask as _make_flask
 
     celery_app = make_celery(
         os.environ["BENCH_CELERY_BROKER"], os.environ.get("BENCH_CELERY_BACKEND") or None
     )
-    _CeleryExecutor(celery_app, WSGI_APP)
+    _celery_executor_class()(celery_app, WSGI_APP)
     flask_app = _make_flask()
+    if os.environ.get(PACKAGE_REPORT):
+        # Which asyncwsgi this worker runs, for the benchmark to check.
+        import json as _json
+
+        from .apps import package_origin as _package_origin
+
+        Path(os.environ[PACKAGE_REPORT]).write_text(_json.dumps(_package_origin()))
 
 
-def _worker(broker: str, backend: str | None) -> subprocess.Popen[bytes]:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+def _worker(
+    broker: str, backend: str | None, path_first: Path | None = None
+) -> subprocess.Popen[bytes]:
+    from .server import python_path
+
     env = {**os.environ, "BENCH_CELERY_BROKER": broker, "BENCH_CELERY_BACKEND": backend or "",
-           "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}  # fmt: skip
+           "PYTHONWARNINGS": "ignore", "PYTHONPATH": python_path(path_first)}  # fmt: skip
+    if path_first is not None:
+        env[PACKAGE_REPORT] = str(_report_file(path_first, broker))
+        Path(env[PACKAGE_REPORT]).unlink(missing_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "bench.celery_recipe:celery_app", "worker",
          "--concurrency", "2", "--loglevel", "warning",
          "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True,
+        # the working directory goes first on sys.path (python -m): path_first's
+        cwd=path_first or ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
 
 
-def celery_recipe(cfg: Any) -> dict[str, Any]:
-    """Cycles per second and Redis commands per cycle of both variants."""
-    import shutil
+def _report_file(path_first: Path, broker: str) -> Path:
+    return path_first / f"worker-{broker.rsplit(':', 1)[-1].replace('/', '-')}.package"
+
+
+def _check_worker(worker: subprocess.Popen[bytes], path_first: Path, broker: str) -> None:
+    """Wait for the worker started with ``path_first`` to say which asyncwsgi
+    it imported; fail unless it is the one in ``path_first``."""
+    import time
+
+    from .server import check_package
+
+    report = _report_file(path_first, broker)
+    deadline = time.monotonic() + 60
+    while not report.exists():
+        if worker.poll() is not None:
+            raise RuntimeError(f"the Celery worker on {broker} exited with {worker.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Celery worker on {broker} did not start within 60 s")
+        time.sleep(0.1)
+    time.sleep(0.1)  # the file is written in one call; let it finish
+    check_package(json.loads(report.read_text()), path_first, f"the Celery worker on {broker}")
+
+
+#: The asyncwsgi variants to measure: a label, and the directory put first on
+#: ``PYTHONPATH`` of its server and worker (None: this checkout's package).
+Versions = dict[str, "Path | None"]
+
+
+def measure(cfg: Any, versions: Versions) -> dict[str, Any]:
+    """Alternating rounds of each asyncwsgi variant's Celery path (its own
+    redis-server, worker and server) and of the recipe: cycles/s and Redis
+    commands per cycle of each, under its label (the recipe's is ``recipe``)."""
+    import contextlib
+    import statistics
 
     import redis
 
-    from .scenarios import row
     from .server import Servers
     from .services import RedisServer, stop_group
 
-    try:
-        import celery  # noqa: F401
-    except ImportError as exc:
-        print(f"scenario 11 skipped: {exc}", flush=True)
-        return {"skipped": str(exc), "rows": []}
-    if shutil.which("redis-server") is None:
-        print("scenario 11 skipped: redis-server is not installed", flush=True)
-        return {"skipped": "redis-server is not installed", "rows": []}
-    with RedisServer() as ours, RedisServer() as theirs:
-        env = {
-            "asyncwsgi": {"BENCH_CELERY_BROKER": ours.url(0)},
-            "recipe": {"BENCH_CELERY_BROKER": theirs.url(0), "BENCH_CELERY_BACKEND": theirs.url(1)},
-        }
-        workers = [_worker(ours.url(0), None), _worker(theirs.url(0), theirs.url(1))]
-        counters = {
-            "asyncwsgi": redis.Redis(port=ours.port),
-            "recipe": redis.Redis(port=theirs.port),
-        }
+    labels = [*versions, "recipe"]
+    workers: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        stores = {label: stack.enter_context(RedisServer()) for label in labels}
+        counters = {label: redis.Redis(port=stores[label].port) for label in labels}
         try:
-            options = {
-                "celery": {"store": ours.url(1), "extra_env": env["asyncwsgi"]},
-                "recipe": {"extra_env": env["recipe"]},
-            }
+            options: dict[str, dict[str, Any]] = {}
+            for label, first in versions.items():
+                broker = stores[label].url(0)
+                workers.append(_worker(broker, None, first))
+                if first is not None:
+                    _check_worker(workers[-1], first, broker)
+                options[f"celery:{label}"] = {
+                    "store": stores[label].url(1), "path_first": first,
+                    "extra_env": {"BENCH_CELERY_BROKER": broker},
+                }  # fmt: skip
+            theirs = stores["recipe"]
+            workers.append(_worker(theirs.url(0), theirs.url(1)))
+            options["recipe"] = {"extra_env": {"BENCH_CELERY_BROKER": theirs.url(0),
+                                               "BENCH_CELERY_BACKEND": theirs.url(1)}}  # fmt: skip
             with Servers(*options, options=options) as servers:
-                ports = {"asyncwsgi": servers["celery"].port, "recipe": servers["recipe"].port}
+                ports = {label: servers[f"celery:{label}"].port for label in versions}
+                ports["recipe"] = servers["recipe"].port
                 cycle = full_cycle("/p0/task")
                 for port in ports.values():  # the workers up, scripts loaded; not counted
                     run_load(port, cycle, 2, 1.0)
-                commands: dict[str, list[float]] = {name: [] for name in ports}
+                commands: dict[str, list[float]] = {label: [] for label in ports}
 
-                def counted(name: str) -> dict[str, float]:
-                    client = counters[name]
+                def counted(label: str) -> dict[str, float]:
+                    client = counters[label]
                     before = int(client.info("stats")["total_commands_processed"])
-                    res = run_load(ports[name], cycle, cfg.clients, cfg.duration)
+                    res = run_load(ports[label], cycle, cfg.clients, cfg.duration)
                     after = int(client.info("stats")["total_commands_processed"])
                     # The first INFO counts itself; the second is not counted yet.
-                    commands[name].append((after - before - 1) / max(1, res["count"]))
+                    commands[label].append((after - before - 1) / max(1, res["count"]))
                     return res
 
-                runs = {name: lambda name=name: counted(name) for name in ports}
+                runs = {label: lambda label=label: counted(label) for label in ports}
                 res = alternate(runs, cfg.rounds)
         finally:
             for worker in workers:
                 stop_group(worker)
             for client in counters.values():
                 client.close()
-    import statistics
-
-    per_cycle = {name: statistics.median(values) for name, values in commands.items()}
-    a, r = res["asyncwsgi"], res["recipe"]
     return {
         "http": res,
-        "redis_commands_per_cycle": per_cycle,
+        "redis_commands_per_cycle": {k: statistics.median(v) for k, v in commands.items()},
         "redis_commands_rounds": commands,
+    }
+
+
+def skipped() -> str | None:
+    """Why scenario 11 cannot run here, or None."""
+    import shutil
+
+    try:
+        import celery  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed"
+    return None
+
+
+def celery_recipe(cfg: Any) -> dict[str, Any]:
+    """Cycles per second and Redis commands per cycle of both variants."""
+    from .scenarios import row
+
+    why = skipped()
+    if why is not None:
+        print(f"scenario 11 skipped: {why}", flush=True)
+        return {"skipped": why, "rows": []}
+    measured = measure(cfg, {"asyncwsgi": None})
+    res, per_cycle = measured["http"], measured["redis_commands_per_cycle"]
+    a, r = res["asyncwsgi"], res["recipe"]
+    return {
+        **measured,
         "rows": [
             row("11 Celery path vs the Celery recipe", "cycles/s", a["per_s"], "Celery recipe",
                 r["per_s"], target=1.2),

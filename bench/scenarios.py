@@ -11,7 +11,9 @@ import threading
 import time
 import timeit
 import tracemalloc
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.executors import Executor
@@ -90,20 +92,33 @@ def _warm(port: int, path: str, headers=None, expect: int = 200) -> None:
 # -- (1) pass-through --------------------------------------------------------
 
 
-def pass_through(servers: Servers, cfg: Config) -> dict:
-    a, b = servers["async"].port, servers["bare"].port
-    # A second bare server: the A/A spread shows how much two identical servers differ here.
-    c = servers["bare:control"].port
-    for port in (a, b, c):
+#: The asyncwsgi servers of scenarios 1 to 3: a label and a server's name.
+#: ``bench.versions`` gives two (the version before and this one).
+ASYNC = {"asyncwsgi": "async"}
+
+
+def pass_through_http(
+    servers: Servers, cfg: Config, variants: dict[str, str] = ASYNC
+) -> dict[str, dict]:
+    """Alternating rounds of GET /hello: each of ``variants``, bare, and a
+    second bare server (the A/A spread shows how much two identical servers
+    differ here)."""
+    ports = {label: servers[name].port for label, name in variants.items()}
+    ports["bare"] = servers["bare"].port
+    ports["bare (A/A control)"] = servers["bare:control"].port
+    for port in ports.values():
         _warm(port, "/hello")
-    res = alternate(
+    return alternate(
         {
-            "asyncwsgi": lambda: run_load(a, get("/hello"), cfg.clients, cfg.duration),
-            "bare": lambda: run_load(b, get("/hello"), cfg.clients, cfg.duration),
-            "bare (A/A control)": lambda: run_load(c, get("/hello"), cfg.clients, cfg.duration),
+            label: lambda port=port: run_load(port, get("/hello"), cfg.clients, cfg.duration)
+            for label, port in ports.items()
         },
         cfg.rounds,
     )
+
+
+def pass_through(servers: Servers, cfg: Config) -> dict:
+    res = pass_through_http(servers, cfg)
 
     # In process: ns added per pass-through call, against an empty wrapper.
     mw = AsyncMiddleware(_trivial_app, paths=apps.PATTERNS)
@@ -137,23 +152,31 @@ def pass_through(servers: Servers, cfg: Config) -> dict:
 # -- (2) full cycle ----------------------------------------------------------
 
 
-def full_cycle_scenario(servers: Servers, cfg: Config) -> dict:
-    a, n, b = servers["async"].port, servers["naive"].port, servers["bare"].port
+def full_cycle_http(
+    servers: Servers, cfg: Config, variants: dict[str, str] = ASYNC
+) -> dict[str, dict]:
+    """Alternating rounds of full cycles: each of ``variants``, the naive
+    recipe, and the floor."""
     cycle = full_cycle(apps.TASK_PATH)
     # The floor: the bare app answering the same two requests per task, with
     # the same sleep between them; no middleware can do better on this server.
     floor = floor_cycle(apps.TASK_PATH, "/hello")
-    run_load(a, cycle, 2, 0.2)
-    run_load(n, cycle, 2, 0.2)
-    run_load(b, floor, 2, 0.2)
-    res = alternate(
+    units = {label: (servers[name].port, cycle) for label, name in variants.items()}
+    units["naive"] = (servers["naive"].port, cycle)
+    units["floor"] = (servers["bare"].port, floor)
+    for port, unit in units.values():
+        run_load(port, unit, 2, 0.2)
+    return alternate(
         {
-            "asyncwsgi": lambda: run_load(a, cycle, cfg.clients, cfg.duration),
-            "naive": lambda: run_load(n, cycle, cfg.clients, cfg.duration),
-            "floor": lambda: run_load(b, floor, cfg.clients, cfg.duration),
+            label: lambda port=port, unit=unit: run_load(port, unit, cfg.clients, cfg.duration)
+            for label, (port, unit) in units.items()
         },
         cfg.rounds,
     )
+
+
+def full_cycle_scenario(servers: Servers, cfg: Config) -> dict:
+    res = full_cycle_http(servers, cfg)
     return {
         "http": res,
         "rows": [
@@ -171,19 +194,29 @@ def full_cycle_scenario(servers: Servers, cfg: Config) -> dict:
 # -- (3) Prefer: wait=5 --------------------------------------------------------
 
 
-def prefer_wait(servers: Servers, cfg: Config) -> dict:
-    a, b = servers["async"].port, servers["bare"].port
+def prefer_wait_http(
+    servers: Servers, cfg: Config, variants: dict[str, str] = ASYNC
+) -> dict[str, dict]:
+    """Alternating rounds of the task view with ``Prefer: wait=5``: each of
+    ``variants``, and the bare app's view called directly."""
     # At the default max_waiting: a request the process does not let wait
     # gets a 202 and long-polls its Location (bench.client.waited).
-    run_load(a, waited(apps.TASK_PATH), 2, 0.2)
-    _warm(b, apps.TASK_PATH)
-    res = alternate(
+    units = {label: (servers[name].port, waited(apps.TASK_PATH))
+             for label, name in variants.items()}  # fmt: skip
+    units["bare"] = (servers["bare"].port, get(apps.TASK_PATH))
+    for port, unit in units.values():
+        run_load(port, unit, 2, 0.2)
+    return alternate(
         {
-            "asyncwsgi": lambda: run_load(a, waited(apps.TASK_PATH), cfg.clients, cfg.duration),
-            "bare": lambda: run_load(b, get(apps.TASK_PATH), cfg.clients, cfg.duration),
+            label: lambda port=port, unit=unit: run_load(port, unit, cfg.clients, cfg.duration)
+            for label, (port, unit) in units.items()
         },
         cfg.rounds,
     )
+
+
+def prefer_wait(servers: Servers, cfg: Config) -> dict:
+    res = prefer_wait_http(servers, cfg)
     cost = _prefer_wait_in_process(cfg)
     return {
         "http": res,
@@ -525,58 +558,83 @@ class RedisCommands:
     def close(self) -> None:
         self.client.close()
 
+    def __enter__(self) -> RedisCommands:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _completed(res: dict) -> float:
     return res["completed"]
 
 
-def shared_stores(cfg: Config) -> dict:
-    names = ["memory -w 1", "SQLite -w 4"]
+def shared_stores_http(cfg: Config, versions: dict[str, Path | None] | None = None) -> dict:
+    """Alternating rounds of checked cycles on the memory store (gunicorn -w 1),
+    SQLite and Redis (-w 4, a redis-server of its own) for each of ``versions``:
+    a suffix of the names, and the directory put first on the servers'
+    ``PYTHONPATH`` (None: this checkout's asyncwsgi). The HTTP figures, the
+    tallies and Redis commands per task of each round under those names."""
+    versions = versions or {"": None}
     skipped = None
     if shutil.which("redis-server") is None:
         skipped = "redis-server is not installed: the RedisStore run was skipped"
         print(f"scenario 6: {skipped}", flush=True)
-    else:
-        names.append("Redis -w 4")
+    kinds = ["memory -w 1", "SQLite -w 4"] + ([] if skipped else ["Redis -w 4"])
+    names = [kind + suffix for kind in kinds for suffix in versions]
     tallies = {name: Tally() for name in names}
-    with tempfile.TemporaryDirectory(prefix="bench-stores-") as tmp:
-        redis = RedisServer() if "Redis -w 4" in names else None
-        try:
-            options = {
-                "async:memory": {"workers": 1},
-                "async:sqlite": {"workers": 4, "store": f"sqlite:///{tmp}/tasks.db"},
-            }
-            if redis is not None:
-                options["async:redis"] = {
-                    "workers": 4, "store": redis.url(0)
+    commands: dict[str, RedisCommands] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-stores-") as tmp, ExitStack() as stack:
+        options: dict[str, dict] = {}
+        for i, (suffix, first) in enumerate(versions.items()):
+            options[f"memory -w 1{suffix}"] = {"workers": 1, "path_first": first}
+            options[f"SQLite -w 4{suffix}"] = {
+                "workers": 4, "store": f"sqlite:///{tmp}/tasks{i}.db", "path_first": first
+            }  # fmt: skip
+            if not skipped:
+                # A server of its own: its command count is this version's alone.
+                redis = stack.enter_context(RedisServer())
+                options[f"Redis -w 4{suffix}"] = {
+                    "workers": 4, "store": redis.url(0), "path_first": first
                 }  # fmt: skip
-            with Servers(*options, options=options) as servers:
-                ports = dict(zip(names, (servers[n].port for n in options), strict=True))
-                for port in ports.values():  # warm up every worker; not counted
-                    run_load(port, checked_cycle(apps.TASK_PATH, Tally()), cfg.clients, 0.5)
-                runs = {
-                    name: lambda port=port, tally=tallies[name]: _checked_load(port, tally, cfg)
-                    for name, port in ports.items()
-                }
-                if redis is not None:
-                    # Every command the store's server ran in the round (the
-                    # four workers' sweeps and janitors included), per task.
-                    commands = RedisCommands(redis.port)
-                    plain = runs["Redis -w 4"]
-                    runs["Redis -w 4"] = lambda: commands.around(plain, _completed)
-                res = alternate(runs, cfg.rounds)
-        finally:
-            if redis is not None:
-                redis.stop()
+                commands[f"Redis -w 4{suffix}"] = stack.enter_context(RedisCommands(redis.port))
+        server_of = {name: f"async:{i}" for i, name in enumerate(names)}
+        with Servers(*server_of.values(), options={
+            server_of[name]: options[name] for name in names
+        }) as servers:  # fmt: skip
+            ports = {name: servers[server_of[name]].port for name in names}
+            for port in ports.values():  # warm up every worker; not counted
+                run_load(port, checked_cycle(apps.TASK_PATH, Tally()), cfg.clients, 0.5)
+            runs = {
+                name: lambda port=port, tally=tallies[name]: _checked_load(port, tally, cfg)
+                for name, port in ports.items()
+            }
+            for name, counter in commands.items():
+                # Every command the store's server ran in the round (the
+                # four workers' sweeps and janitors included), per task.
+                runs[name] = lambda plain=runs[name], c=counter: c.around(plain, _completed)
+            res = alternate(runs, cfg.rounds)
+    return {
+        "http": res,
+        "tallies": tallies,
+        "redis_commands_per_task": {
+            name: statistics.median(c.per_unit) for name, c in commands.items()
+        },
+        "skipped": skipped,
+    }
+
+
+def shared_stores(cfg: Config) -> dict:
+    measured = shared_stores_http(cfg)
+    res, tallies, skipped = measured["http"], measured["tallies"], measured["skipped"]
+    names = list(tallies)
     base = res["memory -w 1"]
     rows = []
     for name in names[1:]:
         rows.append(row("6 shared stores", f"tasks/s, {name}", res[name]["per_s"],
                         "memory -w 1", base["per_s"]))  # fmt: skip
-    per_task = None
-    if redis is not None:
-        commands.close()
-        per_task = statistics.median(commands.per_unit)
+    per_task = measured["redis_commands_per_task"].get("Redis -w 4")
+    if per_task is not None:
         r = row("6 shared stores", "Redis commands/task, Redis -w 4 (all the server ran)",
                 per_task, "-", None)  # fmt: skip
         rows.append(r)

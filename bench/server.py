@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import pinning
 from .services import free_port, terminate
@@ -22,7 +23,11 @@ class Server:
     ``workers`` is gunicorn's ``-w``; ``store`` (a store URL) is passed to the
     ``async`` app as ``BENCH_STORE``; ``cpus`` pins the server (see ``pinning``);
     ``observe`` (``"metrics"`` or ``"traced"``) turns the ``async`` app's
-    metrics, and tracing, on; ``extra_env`` is added to the server's environment."""
+    metrics, and tracing, on; ``extra_env`` is added to the server's environment;
+    ``path_first`` is a directory put ahead of everything on ``PYTHONPATH`` (one
+    holding another version's ``asyncwsgi`` package: see ``bench.versions``),
+    and the server must show on ``/_threads`` that it imported ``asyncwsgi``
+    from there."""
 
     def __init__(
         self,
@@ -32,8 +37,10 @@ class Server:
         cpus: set[int] | None = None,
         observe: str | None = None,
         extra_env: dict[str, str] | None = None,
+        path_first: Path | None = None,
     ) -> None:
         self.name = name
+        self.path_first = path_first
         self.kind = kind = name.split(":", 1)[0]
         self.port = free_port()
         env = dict(os.environ, BENCH_APP=kind)
@@ -46,12 +53,14 @@ class Server:
         if store:
             env["BENCH_STORE"] = store
         env.update(extra_env or {})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = python_path(path_first, env.get("PYTHONPATH"))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8",
              "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--keep-alive", "60",
              "--log-level", "warning", "-c", "python:bench.gunicorn_conf", "bench.apps:app"],
-            cwd=ROOT,
+            # python -m and gunicorn both put the working directory first on
+            # sys.path: the checkout's there would shadow path_first's package.
+            cwd=path_first or ROOT,
             env=env,
         )  # fmt: skip
 
@@ -61,10 +70,13 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn ({self.kind}) exited with {self.proc.returncode}")
             try:
-                self.threads()
-                return
+                served = self.threads()
             except OSError:
                 time.sleep(0.05)
+                continue
+            if self.path_first is not None:
+                check_package(served, self.path_first, f"gunicorn ({self.name})")
+            return
         raise RuntimeError(f"gunicorn ({self.kind}) did not answer within {timeout} s")
 
     def threads(self) -> dict:
@@ -77,6 +89,32 @@ class Server:
 
     def stop(self) -> None:
         terminate(self.proc, 15)
+
+
+def python_path(first: Path | None = None, rest: str | None = None) -> str:
+    """``PYTHONPATH`` for a process the benchmark starts: ``first`` (if any),
+    the checkout (for ``bench``), then ``rest`` (by default what this process
+    was given)."""
+    if rest is None:
+        rest = os.environ.get("PYTHONPATH")
+    parts = [str(first) if first else None, str(ROOT), rest]
+    return os.pathsep.join(filter(None, parts))
+
+
+def check_package(origin: dict[str, Any], expected: Path, who: str) -> None:
+    """Fail unless a process's asyncwsgi (``bench.apps.package_origin``, as it
+    reported it) was imported from ``expected``, every module of it."""
+    module_file = origin.get("asyncwsgi")
+    if module_file is None or not Path(module_file).resolve().is_relative_to(expected.resolve()):
+        raise RuntimeError(
+            f"{who} imported asyncwsgi from {module_file}, not from {expected}: "
+            "its figures would be of the wrong version"
+        )
+    if origin.get("asyncwsgi_strays"):
+        raise RuntimeError(
+            f"{who} imported {', '.join(origin['asyncwsgi_strays'])} from another copy "
+            f"of asyncwsgi than {expected}"
+        )
 
 
 class Servers:
