@@ -8,6 +8,7 @@ request, so that polls land on either web process.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 from bench.services import free_port, stop_group
@@ -102,6 +104,49 @@ def test_only_json_safe_environ_crosses() -> None:
         "wsgi.multiprocess": True,
     }
     assert json.loads(json.dumps(sent)) == sent
+
+
+def test_the_message_headers_carry_no_copy_of_the_request(redis_url: str) -> None:
+    """Celery copies a repr of a task's arguments into the message headers
+    (``argsrepr``), which monitors and logs show: for the job that would be
+    the whole environ, credentials included, formatted again on every
+    submission. The job travels once, in the body; the headers name it."""
+    _need("celery")
+    import redis
+    from celery import Celery
+
+    from asyncwsgi.executors.celery import CeleryExecutor
+    from asyncwsgi.job import Job
+
+    broker, store = _db(redis_url, 8), _db(redis_url, 9)
+    queue = redis.Redis.from_url(broker)
+    queue.flushdb()
+    executor = CeleryExecutor(Celery("headers", broker=broker), "tests.test_celery:_wsgi_app")
+    middleware = AsyncMiddleware(_wsgi_app, paths=["/x/*"], store=store, executor=executor)
+    try:
+        secret = "Bearer s3cret-token"
+        response = Client(middleware).post(
+            "/x/report?year=2026", data=b"payload", headers={"Authorization": secret}
+        )
+        assert response.status_code == 202
+        (raw,) = queue.lrange("celery", 0, -1)
+        envelope = json.loads(raw)
+        headers = envelope["headers"]
+        assert headers["task"] == "asyncwsgi.run"
+        assert secret not in json.dumps(headers)
+        assert headers["argsrepr"] == "(<asyncwsgi job POST /x/report>,)"
+        assert headers["kwargsrepr"] == "{}"
+        # The job itself crosses whole in the body, once.
+        args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        assert kwargs == {}
+        job = Job.decode(args[0], lambda url: middleware.store)
+        assert job.environ["HTTP_AUTHORIZATION"] == secret
+        assert job.body == b"payload"
+        assert raw.count(b"s3cret-token") == 0  # base64 in the body, never in clear
+    finally:
+        middleware.close(5)
+        queue.flushdb()
+        queue.close()
 
 
 # -- end to end ----------------------------------------------------------------
