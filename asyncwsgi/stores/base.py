@@ -324,6 +324,7 @@ class Store(Waits):
         """What a read answers for a task whose result has expired."""
         return TaskRecord(task_id, state="expired", owner=owner)
 
+
 def _lost(record: TaskRecord, verdict: Result, now: float) -> None:
     """A task was finished as lost, by this call: counted and logged once,
     whichever process met the lapsed lease."""
