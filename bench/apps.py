@@ -22,8 +22,12 @@ import time
 import uuid
 from pathlib import Path
 
-if os.environ.get("BENCH_APP") and not os.environ.get("BENCH_OBSERVE"):
-    # Before asyncwsgi is imported: as installed without the optional extras.
+if (os.environ.get("BENCH_APP") or os.environ.get("BENCH_CELERY_BROKER")) and not os.environ.get(
+    "BENCH_OBSERVE"
+):
+    # Before asyncwsgi is imported: as installed without the optional extras,
+    # in the servers and in scenario 11's Celery workers (which import this
+    # module through bench.celery_recipe) alike.
     sys.modules["prometheus_client"] = None  # type: ignore[assignment]
     sys.modules["opentelemetry"] = None  # type: ignore[assignment]
 
