@@ -97,6 +97,23 @@ def test_the_store_keeps_its_settings_in_a_sentinel_url() -> None:
         store.close()
 
 
+def test_the_constructor_reads_the_settings_in_its_url_as_open_store_does() -> None:
+    """RedisStore(url) once dropped ?min_replicas=1 while its url, which a
+    worker opens, kept it: the two sides disagreed, silently."""
+    url = "redis+sentinel://127.0.0.1:1/svc/2?socket_timeout=2&min_replicas=1"
+    store = RedisStore(url, chunk_size=2**16)
+    try:
+        assert (store.min_replicas, store.chunk_size) == (1, 2**16)
+        base, _, query = store.url.partition("?")
+        assert base == url.partition("?")[0]
+        carried = sorted(query.split("&"))
+        assert carried == ["chunk_size=65536", "min_replicas=1", "socket_timeout=2"]
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="min_replicas: 2 as a keyword, 1 in the store URL"):
+        RedisStore(url, min_replicas=2)
+
+
 def test_min_replicas_mistakes_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="min_replicas"):
         open_store("redis+sentinel://127.0.0.1:1/svc?min_replicas=-1")

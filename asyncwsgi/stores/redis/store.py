@@ -77,6 +77,10 @@ class RedisStore(Store):
         min_replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
+        if isinstance(client_or_url, str) and split_url(client_or_url)[1]:
+            # Settings in the URL (?min_replicas=1) are keywords, as for from_url.
+            base, keywords = _with_url_settings(client_or_url, locals())
+            return RedisStore.__init__(self, base, prefix=prefix, **keywords)
         self.max_stored_bytes = max_stored_bytes
         self._connection = connection = connect.connect(client_or_url, prefix)
         self.url = connection.url
@@ -103,7 +107,7 @@ class RedisStore(Store):
             clock=lambda: self.clock(),
         )
         if self.url is not None:
-            self.url = connect.carry_settings(self.url, self._settings())
+            self.url = connect.carry_settings(self.url, _changed(self))
         try:
             connection.client  # noqa: B018 (made now where it can be, and checked)
         except StoreUnavailable:
@@ -114,16 +118,6 @@ class RedisStore(Store):
             except ValueError:
                 self.close()
                 raise
-
-    def _settings(self) -> dict[str, Any]:
-        """The store's settings that differ from their defaults (those of
-        this constructor's signature)."""
-        defaults = inspect.signature(RedisStore.__init__).parameters
-        return {
-            name: getattr(self, name)
-            for name in _CARRIED
-            if getattr(self, name) != defaults[name].default
-        }
 
     @property
     def client(self) -> connect.Client:
@@ -141,8 +135,8 @@ class RedisStore(Store):
         ``unix://``, ``redis+cluster://`` or ``redis+sentinel://`` URL;
         ``options`` are the store's keyword arguments, over the settings the
         URL carries (``?min_replicas=1``)."""
-        in_url = store_keywords("redis", split_url(url)[1])
-        return cls(url, **{**in_url, **options})
+        base, in_url = split_url(url)
+        return cls(base, **{**store_keywords("redis", in_url), **options})
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
@@ -344,3 +338,34 @@ class RedisStore(Store):
 
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.prefix!r}>"
+
+
+def _with_url_settings(url: str, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``url`` without the store's settings in its query, and the store's
+    keywords in ``given`` (the constructor's arguments) with them: a keyword
+    left at its default takes the URL's value (a worker that opens the store
+    by that URL reads the same); a keyword and a URL that disagree are a
+    ValueError, never one of them silently."""
+    base, found = split_url(url)
+    defaults = inspect.signature(RedisStore.__init__).parameters
+    merged = {name: given[name] for name in defaults if name not in _NOT_SETTINGS}
+    for name, value in store_keywords("redis", found).items():
+        if merged[name] == defaults[name].default:
+            merged[name] = value
+        elif merged[name] != value:
+            raise ValueError(f"{name}: {merged[name]!r} as a keyword, {value!r} in the store URL")
+    return base, merged
+
+
+_NOT_SETTINGS = ("self", "client_or_url", "prefix")
+
+
+def _changed(store: RedisStore) -> dict[str, Any]:
+    """The store's settings that differ from their defaults (those of its
+    constructor's signature): what its URL carries to other processes."""
+    defaults = inspect.signature(RedisStore.__init__).parameters
+    return {
+        name: getattr(store, name)
+        for name in _CARRIED
+        if getattr(store, name) != defaults[name].default
+    }
