@@ -11,7 +11,9 @@ and the worst case of its result).
 one different); ``/work/upload`` answers ``<sha256 hex> <length>`` of the
 request body it read 64 KiB at a time; ``/static/big?size=N`` serves the same
 bytes as ``/work/big`` directly (not a task), through the server's
-``wsgi.file_wrapper`` from a file made once, for comparison.
+``wsgi.file_wrapper`` from a file made once, for comparison;
+``/static/big?size=N&read=1`` serves that file read into Python 1 MiB at a
+time instead (what any body that passes through the process costs at best).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
         file = open(_static_file(size), "rb")  # noqa: SIM115 (the server closes it)
         start_response("200 OK", headers)
         wrapper = environ.get("wsgi.file_wrapper")
+        if query.get("read") == ["1"]:
+            return iter(lambda: file.read(2**20), b"")
         if wrapper is not None:
             wrapped: Iterable[bytes] = wrapper(file, 256 * 1024)
             return wrapped
