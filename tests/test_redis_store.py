@@ -241,8 +241,44 @@ def test_keys_expire_with_redis_ttls(redis_url: str) -> None:
         store.client.delete(f"{store.prefix}task:{record.id}")
         got = store.get(record.id)
         assert got is not None and got.state == "expired" and got.owner == "owner-hash"
+        # Redis drops the tombstone's key when tombstone_ttl has passed since
+        # the task's expiry; by the store's clock its index entry ends then too.
+        store.clock = lambda: time.time() + 130.5
         store.client.delete(f"{store.prefix}tomb:{record.id}")
         assert store.get(record.id) is None
+    finally:
+        store.close()
+
+
+def test_a_tombstone_without_an_owner_is_its_place_in_the_index(redis_url: str) -> None:
+    # The tombstone's key holds the owner hash: a task without an owner
+    # writes none, and its entry in the index answers for it until
+    # tombstone_ttl has passed after its record's expiry.
+    now = [time.time()]
+    store = RedisStore.from_url(redis_url, tombstone_ttl=100.0)
+    store.clock = lambda: now[0]
+    try:
+        store.client.flushdb()
+        record = new_record(ttl=30.0)
+        assert store.create(record)
+        assert store.start(record.id, now[0] + 30)
+        assert store.finish(record.id, ok())
+        assert pttl(store, "tomb", record.id) == -2
+        assert store.client.zscore(store.prefix + "tombs", record.id) is not None
+        # Redis drops the task (its TTL passed): the index answers 410.
+        store.client.delete(f"{store.prefix}task:{record.id}")
+        now[0] += 30.5
+        got = store.get(record.id)
+        assert got is not None and got.state == "expired" and got.owner is None
+        # Past tombstone_ttl after the expiry it is forgotten, as a key
+        # would have expired.
+        now[0] += 100.0
+        assert store.get(record.id) is None
+        # A deleted task leaves no tombstone either.
+        deleted = new_record(ttl=30.0)
+        assert store.create(deleted) and store.finish(deleted.id, ok())
+        assert store.delete(deleted.id)
+        assert store.get(deleted.id) is None
     finally:
         store.close()
 

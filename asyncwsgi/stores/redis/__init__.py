@@ -27,10 +27,11 @@ commands of a task cycle with every feature off, and what each one adds).
     leases that the lease rule ends.
 ``tomb:<id>`` / ``tombs``
     only with tombstones (``max_tombstones`` and ``tombstone_ttl`` above 0):
-    the tombstone (its value is the owner hash), written at the finish, that
-    outlives ``task:<id>`` by ``tombstone_ttl`` seconds, so a poll after the
-    result expired gets 410 rather than 404; and the finished ids by expiry,
-    to keep at most ``max_tombstones`` of them.
+    the finished ids by expiry, to keep at most ``max_tombstones`` of them,
+    each a tombstone for ``tombstone_ttl`` seconds after ``task:<id>``
+    expired, so a poll after the result expired gets 410 rather than 404;
+    and, for a task with an owner, the key that holds its owner hash,
+    written at the finish, expiring as its tombstone ends.
 ``key:<key>``
     only with an Idempotency-Key: ``[task id, fingerprint]`` as JSON, bound
     when the task is created; it expires with its task.

@@ -209,7 +209,9 @@ class RedisStore(Store):
         if not raw:
             if not self._tombstones:
                 return None
-            owner = self._run("read_tombstone", [self._key("tomb", task_id)], [num(self.clock())])
+            owner = self._run(
+                "read_tombstone", [self._key("tomb", task_id)], [num(self.clock()), task_id]
+            )
             return None if owner is None else self._tombstone(task_id, text(owner) or None)
         fields = {text(name): value for name, value in raw.items()}
         found = record(task_id, fields)

@@ -50,7 +50,11 @@ if was[7] then
   redis.call('PEXPIRE', prefix .. 'key:' .. was[7], keep)
 end
 if tombstones then
-  redis.call('SET', prefix .. 'tomb:' .. id, owner, 'PX', ms(ttl + tombstone_ms / 1000))
+  if owner ~= '' then
+    -- The key carries the owner hash; without one, the index entry is the
+    -- whole tombstone (read_tombstone).
+    redis.call('SET', prefix .. 'tomb:' .. id, owner, 'PX', ms(ttl + tombstone_ms / 1000))
+  end
   redis.call('ZADD', prefix .. 'tombs', expires, id)
   trim_tombstones(now)
 end
