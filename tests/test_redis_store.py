@@ -216,6 +216,21 @@ def test_wait_woken_from_another_process(store: RedisStore, redis_url: str) -> N
     assert got is not None and got.result == ok(b"from another process")
 
 
+def test_steps_run_after_the_server_lost_its_scripts(store: RedisStore) -> None:
+    # A restarted server without persistence, or a new primary, has none of
+    # the scripts the client ran before: the next step loads its own again.
+    record = new_record()
+    assert store.create(record)
+    store.client.script_flush()
+    assert store.start(record.id, time.time() + 30)
+    store.client.script_flush()
+    assert store.finish(record.id, ok())
+    store.client.script_flush()
+    assert store.delete(record.id)
+    assert store.get(record.id) is None
+    assert store.create(new_record())
+
+
 # -- expiry through Redis TTLs ---------------------------------------------------
 
 
