@@ -144,6 +144,67 @@ def rq_worker(
         stop_group(worker, timeout=0)
 
 
+@contextmanager
+def celery_worker(
+    app: str, queue: str, log: Path, loglevel: str = "warning"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker for ``app`` (``module:attr``) on ``queue``, one
+    task at a time (the solo pool), its output in ``log``; it and its process
+    group are stopped when the block ends."""
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
+             "--concurrency", "1", "--pool", "solo", "--loglevel", loglevel,
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+            stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield worker
+    finally:
+        stop_group(worker, timeout=10)
+
+
+def budget_holds(
+    client: Client,
+    middleware: Any,
+    locations: tuple[str, str],
+    whole: bytes,
+    timeout: float = 60.0,
+    log: Path | None = None,
+) -> None:
+    """What a worker in another process must do with the web side's byte
+    budget (``max_stored_bytes`` 3 MiB, ``max_result`` 2 MiB + 4 KiB, two
+    results of 2 MiB submitted): the first ends stored whole; the second
+    waits for room meanwhile, new tasks get 503, and once the first is
+    deleted the second ends whole too; the store never holds more."""
+    budget = middleware.max_stored_bytes
+    first, second = locations
+    deadline = time.monotonic() + timeout
+
+    def why() -> str:
+        return log.read_text(errors="replace") if log is not None else ""
+
+    while client.get(first).status_code == 202:
+        assert time.monotonic() < deadline, why()
+        time.sleep(0.05)
+    assert client.get(first).get_data() == whole
+    # The second waits for room: 2 MiB stored, 2 MiB + 4 KiB more would pass 3 MiB.
+    for _ in range(40):
+        assert client.get(second).status_code == 202
+        assert middleware.store.stored_bytes <= budget
+        time.sleep(0.05)
+    assert client.post("/work/big").status_code == 503
+    assert client.delete(first).status_code == 204
+    while (late := client.get(second)).status_code == 202:
+        assert time.monotonic() < deadline, why()
+        time.sleep(0.05)
+    assert late.status_code == 200
+    assert late.get_data() == whole
+    assert middleware.store.stored_bytes <= budget
+
+
 class Clock:
     """A clock a test moves forward instead of sleeping: the real time plus
     what the test has added with :meth:`advance`. Given to a store as its

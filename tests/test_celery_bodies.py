@@ -7,9 +7,6 @@ import hashlib
 import importlib
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +15,9 @@ from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.stores.redis import RedisStore
-from bench.services import stop_group
 
-from .test_celery import ROOT, Services, _db, _need, services  # noqa: F401 (a fixture)
+from .helpers import budget_holds, celery_worker
+from .test_celery import Services, _db, _need, services  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -98,50 +95,22 @@ def test_a_worker_reserves_from_the_web_sides_byte_budget(
         client.close()
     monkeypatch.setenv("ASYNCWSGI_TEST_BROKER", broker)
     budget_app = importlib.reload(importlib.import_module("tests.apps.celery_budget"))
-    budget = 3 * 2**20
     middleware = AsyncMiddleware(
         budget_app.app,
         paths=["/work/*"],
         store=store_url,
         executor=budget_app.executor(),
         spool_threshold=64 * 1024,
-        max_stored_bytes=budget,
+        max_stored_bytes=3 * 2**20,
         max_result=2 * 2**20 + 4096,
     )
     client = Client(middleware)
-    whole = b"".join(budget_app.big())
-    worker = None
+    first, second = (client.post("/work/big").headers["Location"] for _ in range(2))
+    log = tmp_path / "worker.log"
     try:
-        first, second = (client.post("/work/big").headers["Location"] for _ in range(2))
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
-        with open(tmp_path / "worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tests.apps.celery_budget:celery_app",
-                 "worker", "-Q", budget_app.QUEUE, "--concurrency", "1", "--pool", "solo",
-                 "--loglevel", "warning", "--without-gossip", "--without-mingle",
-                 "--without-heartbeat"],
-                cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while client.get(first).status_code == 202:
-            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
-            time.sleep(0.05)
-        assert client.get(first).get_data() == whole
-        # The second waits for room: 2 MiB stored, 2 MiB + 4 KiB more would pass 3 MiB.
-        for _ in range(40):
-            assert client.get(second).status_code == 202
-            assert middleware.store.stored_bytes <= budget
-            time.sleep(0.05)
-        assert client.post("/work/big").status_code == 503
-        assert client.delete(first).status_code == 204
-        while (late := client.get(second)).status_code == 202:
-            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
-            time.sleep(0.05)
-        assert late.status_code == 200
-        assert late.get_data() == whole
-        assert middleware.store.stored_bytes <= budget
+        with celery_worker("tests.apps.celery_budget:celery_app", budget_app.QUEUE, log):
+            budget_holds(client, middleware, (first, second), b"".join(budget_app.big()), log=log)
     finally:
-        if worker is not None:
-            stop_group(worker, timeout=10)
+        middleware.close(timeout=1)
         middleware.close(timeout=1)
         budget_app.celery_app.close()

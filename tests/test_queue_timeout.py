@@ -6,36 +6,24 @@ stop counting against ``max_pending``."""
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.stores import open_store
-from bench.services import stop_group
 
-from .helpers import wait_done
-
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import celery_worker, need, wait_done
+from .test_celery import _db
 
 pytestmark = pytest.mark.slow
 
 
-def _db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
-
-
 @pytest.fixture
 def queue_app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    pytest.importorskip("celery")
+    need("celery")
     import redis
 
     broker, store = _db(redis_url, 5), _db(redis_url, 6)
@@ -65,7 +53,6 @@ def test_a_task_nobody_consumes_ends_as_503_and_is_never_run(queue_app, tmp_path
     patient = AsyncMiddleware(
         queue_app.app, paths=["/work/*"], store=store_url, executor=queue_app.executor()
     )
-    worker = None
     try:
         client = Client(mw)
         first = client.post("/work/first").headers["Location"]
@@ -91,29 +78,17 @@ def test_a_task_nobody_consumes_ends_as_503_and_is_never_run(queue_app, tmp_path
 
         # A worker that comes late: the expired messages are discarded, the
         # fresh task (no queue timeout passed yet) runs.
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        log = open(tmp_path / "worker.log", "wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.apps.celery_queue_app:celery_app",
-             "worker", "-Q", queue_app.QUEUE, "--concurrency", "1", "--pool", "solo",
-             "--loglevel", "info", "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        fresh = Client(patient).post("/work/fresh").headers["Location"]
-        assert wait_done(Client(patient), fresh, timeout=30).data == b"ran"
-        runs = redis.Redis.from_url(queue_app.BROKER)
-        try:
-            assert runs.lrange(queue_app.RUNS_KEY, 0, -1) == [b"/work/fresh"]
-        finally:
-            runs.close()
-        # Celery itself discarded the three expired messages (expires=).
-        assert (tmp_path / "worker.log").read_text(errors="replace").count(
-            "Discarding revoked task"
-        ) == 3
+        log = tmp_path / "worker.log"
+        with celery_worker("tests.apps.celery_queue_app:celery_app", queue_app.QUEUE, log, "info"):
+            fresh = Client(patient).post("/work/fresh").headers["Location"]
+            assert wait_done(Client(patient), fresh, timeout=30).data == b"ran"
+            runs = redis.Redis.from_url(queue_app.BROKER)
+            try:
+                assert runs.lrange(queue_app.RUNS_KEY, 0, -1) == [b"/work/fresh"]
+            finally:
+                runs.close()
+            # Celery itself discarded the three expired messages (expires=).
+            assert log.read_text(errors="replace").count("Discarding revoked task") == 3
     finally:
-        if worker is not None:
-            stop_group(worker, timeout=10)
         mw.close(timeout=5)
         patient.close(timeout=5)

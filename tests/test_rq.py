@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 from bench.services import RedisServer
-from tests.helpers import need, program, rq_worker, wait_done
+from tests.helpers import budget_holds, need, program, rq_worker, wait_done
 
 need("rq")
 import redis  # noqa: E402
@@ -231,42 +230,20 @@ def test_a_worker_reserves_from_the_web_sides_byte_budget(queue: Any) -> None:
     from asyncwsgi.executors.rq import RQExecutor
 
     port = queue.connection.connection_pool.connection_kwargs["port"]
-    budget = 3 * 2**20
     middleware = AsyncMiddleware(
         _big_app,
         paths=["/work/*"],
         store=f"redis://127.0.0.1:{port}/1",
         executor=RQExecutor(queue, "tests.test_rq:_big_app"),
         spool_threshold=64 * 1024,
-        max_stored_bytes=budget,
+        max_stored_bytes=3 * 2**20,
         max_result=2 * 2**20 + 4096,
     )
     client = Client(middleware)
     first, second = (client.post("/work/big").headers["Location"] for _ in range(2))
+    whole = b"".join(_big_app({}, lambda *a: None))
     try:
         with rq_worker(f"redis://127.0.0.1:{port}/0"):
-            _budget_holds(client, middleware, first, second, budget)
+            budget_holds(client, middleware, (first, second), whole, timeout=30)
     finally:
         middleware.close(timeout=1)
-
-
-def _budget_holds(
-    client: Client, middleware: AsyncMiddleware, first: str, second: str, budget: int
-) -> None:
-    deadline = time.monotonic() + 30
-    while client.get(first).status_code == 202:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert client.get(first).get_data() == b"".join(_big_app({}, lambda *a: None))
-    # The second waits for room: 2 MiB stored, 2 MiB + 4 KiB more would pass 3 MiB.
-    for _ in range(20):
-        assert client.get(second).status_code == 202
-        assert middleware.store.stored_bytes <= budget
-        time.sleep(0.05)
-    assert client.post("/work/big").status_code == 503
-    assert client.delete(first).status_code == 204
-    while (late := client.get(second)).status_code == 202:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert late.status_code == 200
-    assert late.get_data() == b"".join(_big_app({}, lambda *a: None))

@@ -77,10 +77,11 @@ class RedisStore(Store):
         min_replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
-        if isinstance(client_or_url, str) and split_url(client_or_url)[1]:
-            # Settings in the URL (?min_replicas=1) are keywords, as for from_url.
-            base, keywords = _with_url_settings(client_or_url, locals())
-            return RedisStore.__init__(self, base, prefix=prefix, **keywords)
+        if isinstance(client_or_url, str):
+            base, in_url = split_url(client_or_url)
+            if in_url:  # settings in the URL (?min_replicas=1) are keywords
+                keywords = _with_url_settings(in_url, locals())
+                return RedisStore.__init__(self, base, prefix=prefix, **keywords)
         self.max_stored_bytes = max_stored_bytes
         self._connection = connection = connect.connect(client_or_url, prefix)
         self.url = connection.url
@@ -342,21 +343,20 @@ class RedisStore(Store):
         return f"<RedisStore prefix={self.prefix!r}>"
 
 
-def _with_url_settings(url: str, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``url`` without the store's settings in its query, and the store's
-    keywords in ``given`` (the constructor's arguments) with them: a keyword
-    left at its default takes the URL's value (a worker that opens the store
-    by that URL reads the same); a keyword and a URL that disagree are a
-    ValueError, never one of them silently."""
-    base, found = split_url(url)
+def _with_url_settings(in_url: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The store's keywords in ``given`` (the constructor's arguments) with
+    the settings a URL carried: a keyword left at its default takes the URL's
+    value (a worker that opens the store by that URL reads the same); a
+    keyword and a URL that disagree are a ValueError, never one of them
+    silently."""
     defaults = inspect.signature(RedisStore.__init__).parameters
     merged = {name: given[name] for name in defaults if name not in _NOT_SETTINGS}
-    for name, value in store_keywords("redis", found).items():
+    for name, value in store_keywords("redis", in_url).items():
         if merged[name] == defaults[name].default:
             merged[name] = value
         elif merged[name] != value:
             raise ValueError(f"{name}: {merged[name]!r} as a keyword, {value!r} in the store URL")
-    return base, merged
+    return merged
 
 
 _NOT_SETTINGS = ("self", "client_or_url", "prefix")
