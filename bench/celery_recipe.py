@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import services
 from .client import alternate, full_cycle, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,16 +37,7 @@ PACKAGE_REPORT = "BENCH_PACKAGE_REPORT"
 
 def make_celery(broker: str, backend: str | None = None) -> Any:
     """The Celery app of either variant: JSON, one task fetched at a time."""
-    from celery import Celery
-
-    app = Celery("celery_recipe", broker=broker, backend=backend)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-    )
+    app = services.celery_app("celery_recipe", broker, backend)
 
     @app.task(name=RECIPE_TASK)
     def work() -> str:

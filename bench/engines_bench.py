@@ -41,6 +41,7 @@ from asyncwsgi.stores import Store, open_store
 
 from .engine_app import work
 from .services import RedisServer, stop_group
+from .services import celery_app as celery_app_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "engines.json"
@@ -49,26 +50,13 @@ APP = "bench.engine_app:work"
 QUEUES = ("one", "two")
 
 
-def _celery_app(broker: str) -> Any:
-    from celery import Celery
-
-    app = Celery("engines_bench", broker=broker)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-    )
-    return app
-
-
 # The Celery app the workers load (-A bench.engines_bench:celery_app), with
 # the asyncwsgi task registered at import.
 celery_app = None
 if os.environ.get("BENCH_CELERY_BROKER"):
     from asyncwsgi.executors.celery import CeleryExecutor as _CeleryExecutor
 
-    celery_app = _celery_app(os.environ["BENCH_CELERY_BROKER"])
+    celery_app = celery_app_for("engines_bench", os.environ["BENCH_CELERY_BROKER"])
     _CeleryExecutor(celery_app, APP)
 
 
@@ -131,7 +119,7 @@ class _Engine:
             from asyncwsgi.executors.celery import CeleryExecutor
 
             if self._celery is None:
-                self._celery = _celery_app(self.broker)
+                self._celery = celery_app_for("engines_bench", self.broker)
             return CeleryExecutor(self._celery, APP, queue=queue)
         if self.name.startswith("rq"):
             from redis import Redis

@@ -39,6 +39,7 @@ from asyncwsgi import AsyncMiddleware
 
 from .engine_app import work
 from .services import RedisServer, stop_group
+from .services import celery_app as celery_app_for
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "bench.engine_app:work"
@@ -54,25 +55,12 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
 }
 
 
-def _celery_app(broker: str) -> Any:
-    from celery import Celery
-
-    app = Celery("redis_commands", broker=broker)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-    )
-    return app
-
-
 # The Celery app the worker loads (-A bench.redis_commands:celery_app).
 celery_app = None
 if os.environ.get("BENCH_CELERY_BROKER"):
     from asyncwsgi.executors.celery import CeleryExecutor as _CeleryExecutor
 
-    celery_app = _celery_app(os.environ["BENCH_CELERY_BROKER"])
+    celery_app = celery_app_for("redis_commands", os.environ["BENCH_CELERY_BROKER"])
     _CeleryExecutor(celery_app, APP)
 
 
@@ -129,7 +117,7 @@ def measure(tasks: int = 50, engine: str = "threads") -> dict[str, dict[str, flo
                 if engine == "celery":
                     from asyncwsgi.executors.celery import CeleryExecutor
 
-                    executor = CeleryExecutor(_celery_app(broker), APP)
+                    executor = CeleryExecutor(celery_app_for("redis_commands", broker), APP)
                 middleware = AsyncMiddleware(
                     work, paths=["/work"], store=store, executor=executor, **options
                 )

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "Gunicorn",
@@ -35,6 +35,22 @@ __all__ = [
     "terminate",
     "wait_port",
 ]
+
+
+def celery_app(name: str, broker: str, backend: str | None = None) -> Any:
+    """The benchmark's one Celery configuration, for every scenario's apps
+    and workers: JSON, one task fetched at a time."""
+    from celery import Celery
+
+    app = Celery(name, broker=broker, backend=backend)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
 
 
 def free_port() -> int:
