@@ -7,31 +7,41 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from asyncwsgi.periodic import Periodic
 
 
-def test_a_bad_round_is_logged_once_and_the_duty_goes_on(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def _failing(failures: list[Exception]) -> tuple[list[float], Callable[[], None]]:
+    """A duty's work that records each round and raises ``failures`` one a
+    round until none is left; the rounds' times."""
     rounds: list[float] = []
-    failures = [RuntimeError("bad round"), RuntimeError("bad again")]
 
     def work() -> None:
         rounds.append(time.monotonic())
         if failures:
             raise failures.pop(0)
 
+    return rounds, work
+
+
+def _until(rounds: list[float], count: int, deadline: float) -> None:
+    while len(rounds) < count:
+        assert time.monotonic() < deadline, rounds
+        time.sleep(0.01)
+
+
+def test_a_bad_round_is_logged_once_and_the_duty_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rounds, work = _failing([RuntimeError("bad round"), RuntimeError("bad again")])
     duty = Periodic("asyncwsgi-test-duty", work, 0.05, what="the test duty")
     caplog.set_level(logging.WARNING, logger="asyncwsgi")
     duty.start()
     try:
-        deadline = time.monotonic() + 5
-        while len(rounds) < 5:
-            assert time.monotonic() < deadline, rounds
-            time.sleep(0.01)
+        _until(rounds, 5, time.monotonic() + 5)
     finally:
         duty.stop()
     failed = [r for r in caplog.records if "the test duty failed" in r.getMessage()]
@@ -76,14 +86,8 @@ def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(
     is a bug, logged with its traceback."""
     from asyncwsgi.stores.base import StoreUnavailable
 
-    rounds: list[float] = []
     failures: list[Exception] = [StoreUnavailable("Redis: ConnectionError: refused")]
-
-    def work() -> None:
-        rounds.append(time.monotonic())
-        if failures:
-            raise failures.pop(0)
-
+    rounds, work = _failing(failures)
     duty = Periodic(
         "asyncwsgi-test-outage", work, 0.05, what="the test duty", outage=(StoreUnavailable,)
     )
@@ -91,13 +95,9 @@ def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(
     duty.start()
     try:
         deadline = time.monotonic() + 5
-        while len(rounds) < 3:
-            assert time.monotonic() < deadline, rounds
-            time.sleep(0.01)
+        _until(rounds, 3, deadline)
         failures.append(KeyError("a bug"))
-        while len(rounds) < 6:
-            assert time.monotonic() < deadline, rounds
-            time.sleep(0.01)
+        _until(rounds, 6, deadline)
     finally:
         duty.stop()
     failed = [r for r in caplog.records if "the test duty failed" in r.getMessage()]
