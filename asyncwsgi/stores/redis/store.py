@@ -91,7 +91,7 @@ class RedisStore(Store):
         super().__init__(max_tombstones=max_tombstones, tombstone_ttl=tombstone_ttl)
         self.min_replicas, self.replica_timeout = min_replicas, replica_timeout
         self.scripts = Scripts(
-            lambda: connection.client,
+            lambda: connection.lane,
             [prefix, num(tombstone_ttl * 1000), str(int(max_tombstones))],
             replication,
         )
@@ -99,7 +99,7 @@ class RedisStore(Store):
         # may take for the next one before it is reaped as a dead writer's.
         self.chunk_size, self.spool_ttl = chunk_size, spool_ttl
         self.bodies = BodyIO(
-            lambda: connection.client,
+            lambda: connection.lane,
             self.scripts,
             prefix,
             chunk_size=chunk_size,
@@ -206,7 +206,7 @@ class RedisStore(Store):
 
     def _read(self, task_id: str) -> TaskRecord | None:
         # A plain read: a script only for a task that is not there.
-        raw = cast("dict[bytes, Any]", self.client.hgetall(self._key("task", task_id)))
+        raw = cast("dict[bytes, Any]", self._connection.lane.hgetall(self._key("task", task_id)))
         if not raw:
             if not self._tombstones:
                 return None
@@ -262,7 +262,7 @@ class RedisStore(Store):
 
     def _lapsed(self, now: float, limit: int) -> list[str]:
         # (Answers through Any: redis-py 7 annotates them as maybe awaitable.)
-        ids: Any = self.client.zrangebyscore(
+        ids: Any = self._connection.lane.zrangebyscore(
             self.prefix + "leases", "-inf", f"({num(now)}", start=0, num=limit
         )
         return [text(task_id) for task_id in ids]
@@ -270,7 +270,7 @@ class RedisStore(Store):
     def _count(self) -> int:
         # Every active task is in ``leases`` (by its lease's end, or inf).
         # (Through Any: redis-py 7 annotates the answer as maybe awaitable.)
-        count: Any = self.client.zcard(self.prefix + "leases")
+        count: Any = self._connection.lane.zcard(self.prefix + "leases")
         return int(count)
 
     def _count_states(self) -> dict[str, int]:
@@ -282,7 +282,9 @@ class RedisStore(Store):
     def _block(self, task_id: str, timeout: float, poll: float) -> None:
         if self._block_limit is not None:
             timeout = min(timeout, self._block_limit)
-        listeners.block_until_done(self.client, self.scripts, self.prefix, task_id, timeout)
+        listeners.block_until_done(
+            self._connection.lane, self.scripts, self.prefix, task_id, timeout
+        )
 
     # -- bodies --------------------------------------------------------------
 
