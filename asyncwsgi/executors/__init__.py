@@ -7,8 +7,8 @@ other processes (:class:`RemoteExecutor`, with the worker's side in
 ``asyncwsgi.executors.celery``, ``.rq``, ``.django_tasks``.
 """
 
-from .base import Executor
+from .base import Executor, ExecutorShutDown
 from .remote import RemoteExecutor
 from .threads import ThreadExecutor
 
-__all__ = ["Executor", "RemoteExecutor", "ThreadExecutor"]
+__all__ = ["Executor", "ExecutorShutDown", "RemoteExecutor", "ThreadExecutor"]

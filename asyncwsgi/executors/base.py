@@ -9,7 +9,12 @@ if TYPE_CHECKING:
     from ..job import Job
     from ..runner import TaskRunner
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "ExecutorShutDown"]
+
+
+class ExecutorShutDown(RuntimeError):
+    """A job submitted after the executor was shut down (a ``close()``
+    racing with a request): the queue is closed, not broken."""
 
 
 class Executor(abc.ABC):
@@ -21,6 +26,13 @@ class Executor(abc.ABC):
     """
 
     runner: TaskRunner | None = None
+
+    #: What :meth:`submit` raises when the queue cannot take a task now (a
+    #: broker down, a database unreachable, the executor shut down): the
+    #: request is answered 503 with ``Retry-After``. Anything else it raises
+    #: is a bug, answered 500 and logged with its traceback. An executor
+    #: adds its backend's errors here.
+    unavailable: tuple[type[BaseException], ...] = (ExecutorShutDown,)
 
     def bind(self, runner: TaskRunner) -> None:
         self.runner = runner

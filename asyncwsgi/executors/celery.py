@@ -79,6 +79,20 @@ class CeleryExecutor(RemoteExecutor):
         self.queue = queue
         self.kill_after = kill_after
         self._task = _register(celery_app, app)
+        # The broker's own errors (its transport's, such as redis-py's), and
+        # kombu's: a message that cannot be sent for them is a 503. (A
+        # connection object only: nothing is opened to learn them.)
+        connection = celery_app.connection_for_write()
+        try:
+            self.unavailable = (
+                *RemoteExecutor.unavailable,
+                KombuError,
+                OSError,
+                *connection.connection_errors,
+                *connection.channel_errors,
+            )
+        finally:
+            connection.release()
 
     def submit(self, job: Job) -> None:
         runner = self.bound_runner()
@@ -109,12 +123,10 @@ class CeleryExecutor(RemoteExecutor):
         """Revoke the queued task; a worker that gets it anyway skips it, as
         the task is gone from the store."""
         connection = self.celery_app.connection_for_write()
-        # The broker's own errors (its transport's, such as redis-py's): a
-        # revoke that cannot be sent leaves the worker to skip the task.
-        errors = (KombuError, OSError, *connection.connection_errors, *connection.channel_errors)
         try:
             self.celery_app.control.revoke(task_id, connection=connection)
-        except errors:
+        except self.unavailable:
+            # A revoke that cannot be sent leaves the worker to skip the task.
             logger.exception(
                 "asyncwsgi: could not revoke Celery task %s", task_id, extra={"task_id": task_id}
             )

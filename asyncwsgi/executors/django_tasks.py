@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from .remote import RemoteExecutor
 from .worker import run_message
@@ -109,6 +109,10 @@ class DjangoTasksExecutor(RemoteExecutor):
                 f"the Tasks backend {self.backend!r} is the ImmediateBackend, which runs each "
                 "task inside the request: configure a backend with workers in TASKS"
             )
+
+    #: The backend's database unreachable or locked (not an integrity or
+    #: programming error: those are bugs).
+    unavailable = (*RemoteExecutor.unavailable, OperationalError, InterfaceError)
 
     def submit(self, job: Job) -> None:
         try:

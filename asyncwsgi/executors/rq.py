@@ -29,7 +29,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import rq
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
@@ -77,6 +79,16 @@ class RQExecutor(RemoteExecutor):
         super().__init__(app)
         self.queue = queue
         self.kill_after = kill_after
+
+    #: The queue's Redis unreachable, read-only (a replica after a failover)
+    #: or full; not its other replies (a wrong type is a bug).
+    unavailable = (
+        *RemoteExecutor.unavailable,
+        RedisConnectionError,
+        RedisTimeoutError,
+        ReadOnlyError,
+        OutOfMemoryError,
+    )
 
     def submit(self, job: Job) -> None:
         runner = self.bound_runner()

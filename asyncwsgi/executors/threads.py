@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .base import Executor
+from .base import Executor, ExecutorShutDown
 
 if TYPE_CHECKING:
     from ..job import Job
@@ -57,7 +57,7 @@ class ThreadExecutor(Executor):
         runner = self.runner
         with self._lock:
             if self._stopping:
-                raise RuntimeError("executor is shut down")
+                raise ExecutorShutDown("executor is shut down")
             if runner is not None and runner.store.shared:
                 runner.hold(job.task_id)
             # Put under the lock: a shutdown's stop marks must come after it.

@@ -257,18 +257,32 @@ class Submission:
         )
         if logger.isEnabledFor(logging.DEBUG):  # its record's extra built only then
             logger.debug("asyncwsgi: task %s accepted", record.id, extra=task_extra(record.id))
+        executor = self.executor
         try:
-            self.executor.submit(job)
+            executor.submit(job)
             self.runner.watch(record.id)
-        except Exception:
-            # Any executor's failure to take the task (a broker down, a full
-            # queue): the client is told 503 and the task is not left behind.
-            logger.exception(
-                "asyncwsgi: could not queue task %s", record.id, extra=task_extra(record.id)
+        except executor.unavailable as exc:
+            # The queue cannot take it now (a broker down): one line, the
+            # client told 503, and the task not left behind.
+            logger.error(
+                "asyncwsgi: could not queue task %s: %s: %s",
+                record.id,
+                type(exc).__name__,
+                exc,
+                extra=task_extra(record.id),
             )
             self.store.delete(record.id)
             rejected("executor_unavailable", pattern)
             return self._unavailable("could not queue the task")
+        except Exception:
+            # Broad on purpose: anything else is a bug in the executor (or its
+            # engine), logged once with its traceback and answered 500; the
+            # task is not left behind either.
+            logger.exception(
+                "asyncwsgi: a bug queueing task %s", record.id, extra=task_extra(record.id)
+            )
+            self.store.delete(record.id)
+            return text(500, "the task could not be queued")
         if INSTRUMENTS is not None:
             INSTRUMENTS.of(pattern).accepted.inc()
         return None
