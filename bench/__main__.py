@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import celery_recipe, pinning, replicas, report, scenarios, task_list
-from .server import Servers
+from .server import ServerOptions, Servers
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    results: dict[str, dict] = {}
+    results: dict[str, report.Figures] = {}
 
-    def done(name: str, result: dict) -> None:
+    def done(name: str, result: report.Figures) -> None:
         results[name] = result
         print(report.table(result["rows"]).split("\n", 2)[2], flush=True)
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if only & {1, 2, 3}:
         client_cpus, server_cpus = pinning.split() or (None, None)
         names = ("bare", "async", "naive", "bare:control")
-        options = {name: {"cpus": server_cpus} for name in names}
+        options: dict[str, ServerOptions] = {name: {"cpus": server_cpus} for name in names}
         with Servers(*names, options=options) as servers, pinning.client_on(client_cpus):
             if 1 in only:
                 done("pass_through", scenarios.pass_through(servers, cfg))

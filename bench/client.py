@@ -6,7 +6,8 @@ import http.client
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -83,7 +84,9 @@ def run_load(
     }
 
 
-def get(path: str, headers: dict[str, str] | None = None, expect: int = 200):
+def get(
+    path: str, headers: dict[str, str] | None = None, expect: int = 200
+) -> Callable[[Conn], None]:
     def unit(conn: Conn) -> None:
         status, _, _ = conn.request("GET", path, headers)
         if status != expect:
@@ -92,7 +95,15 @@ def get(path: str, headers: dict[str, str] | None = None, expect: int = 200):
     return unit
 
 
-def waited(path: str, prefer: str = "wait=5"):
+def location_of(response: http.client.HTTPResponse) -> str:
+    """The ``Location`` of a 202 (http.client would send a missing one as ``/``)."""
+    location = response.getheader("Location")
+    if location is None:
+        raise RuntimeError(f"{response.status} without a Location")
+    return location
+
+
+def waited(path: str, prefer: str = "wait=5") -> Callable[[Conn], None]:
     """A request with ``Prefer: wait``: answered with the result when the
     process let it wait (200); else a 202, then a long-poll of the Location
     with the same preference until the result comes (what a client does)."""
@@ -101,21 +112,21 @@ def waited(path: str, prefer: str = "wait=5"):
     def unit(conn: Conn) -> None:
         status, response, _ = conn.request("GET", path, headers)
         while status == 202:
-            status, response, _ = conn.request("GET", response.getheader("Location"), headers)
+            status, response, _ = conn.request("GET", location_of(response), headers)
         if status != 200:
             raise RuntimeError(f"GET {path} with Prefer: {prefer} answered {status}")
 
     return unit
 
 
-def full_cycle(path: str, poll_interval: float = 0.002):
+def full_cycle(path: str, poll_interval: float = 0.002) -> Callable[[Conn], None]:
     """Submit, then poll the Location every ``poll_interval`` until it answers 200."""
 
     def unit(conn: Conn) -> None:
         status, response, _ = conn.request("GET", path)
         if status != 202:
             raise RuntimeError(f"submit answered {status}")
-        location = response.getheader("Location")
+        location = location_of(response)
         while True:
             time.sleep(poll_interval)
             status, _, _ = conn.request("GET", location)
@@ -127,7 +138,9 @@ def full_cycle(path: str, poll_interval: float = 0.002):
     return unit
 
 
-def floor_cycle(submit_path: str, poll_path: str, poll_interval: float = 0.002):
+def floor_cycle(
+    submit_path: str, poll_path: str, poll_interval: float = 0.002
+) -> Callable[[Conn], None]:
     """What ``full_cycle`` would cost if the middleware cost nothing: the same
     two requests per task (the view, then after the same sleep one more cheap
     GET) against the bare app."""
@@ -143,16 +156,22 @@ def floor_cycle(submit_path: str, poll_path: str, poll_interval: float = 0.002):
     return unit
 
 
+#: A config's figures under ``alternate``: the median of each figure its runs
+#: returned (floats), ``rounds`` and ``runs_per_s`` (a list of floats). Any:
+#: the figures' names are the configs' own, and one value is a list.
+Medians = dict[str, Any]
+
+
 def alternate(
-    configs: dict[str, Callable[[], dict[str, float]]], rounds: int
-) -> dict[str, dict[str, float]]:
+    configs: Mapping[str, Callable[[], dict[str, float]]], rounds: int
+) -> dict[str, Medians]:
     """Run each config once per round, alternating the order; medians per figure."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
     names = list(configs)
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
             runs[name].append(configs[name]())
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, Medians] = {}
     for name, results in runs.items():
         out[name] = {key: statistics.median(res[key] for res in results) for key in results[0]}
         out[name]["rounds"] = len(results)
@@ -195,7 +214,7 @@ def checked_cycle(
     body: bytes = b"ok",
     poll_interval: float = 0.002,
     give_up: float = 30.0,
-):
+) -> Callable[[Conn], None]:
     """Like ``full_cycle``, but every request on a fresh connection (so that with
     ``gunicorn -w N`` submit and polls land on any worker), and a task that ends
     in a 404, another status, a wrong body or no answer within ``give_up``
@@ -207,6 +226,9 @@ def checked_cycle(
             tally.add("other_status")
             return
         location = response.getheader("Location")
+        if location is None:  # a 202 the client cannot follow: not an answer
+            tally.add("other_status")
+            return
         deadline = time.monotonic() + give_up
         while time.monotonic() < deadline:
             time.sleep(poll_interval)

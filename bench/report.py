@@ -5,9 +5,28 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, TypedDict
+
+#: A scenario's result: its "rows" (``Row``) and its figures, each
+#: scenario's of a shape of its own, written to the JSON as they are (Any).
+Figures = dict[str, Any]
 
 
-def _fmt(value) -> str:
+class Row(TypedDict):
+    """One line of the table (``bench.scenarios.row`` makes them)."""
+
+    scenario: str
+    metric: str
+    asyncwsgi: float
+    baseline: str
+    baseline_value: float | None
+    ratio: float | None
+    target: float | None
+    target_kind: str
+    met: bool | None
+
+
+def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -19,7 +38,7 @@ def _fmt(value) -> str:
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[Row]) -> str:
     head = "| scenario | metric | asyncwsgi | baseline | baseline value | ratio | target | met |"
     lines = [head, "|---|---|---:|---|---:|---:|---:|---|"]
     for r in rows:
@@ -32,11 +51,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, document: dict) -> None:
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """``document`` (values of any JSON type) as indented JSON."""
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
-def plot(path: Path, rows: list[dict], title: str) -> None:
+def plot(path: Path, rows: list[Row], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import queue
 import shutil
@@ -11,9 +12,11 @@ import threading
 import time
 import timeit
 import tracemalloc
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.executors import Executor
@@ -23,17 +26,27 @@ from asyncwsgi.stores.memory import MemoryStore
 from . import apps, observability_cost
 from .client import (
     Conn,
+    Medians,
     Tally,
     alternate,
     checked_cycle,
     floor_cycle,
     full_cycle,
     get,
+    location_of,
     run_load,
     waited,
 )
-from .server import Server, Servers
+from .report import Figures, Row
+from .server import Server, ServerOptions, Servers
 from .services import RedisServer
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+#: A config of ``alternate``: one round of it, its figures.
+Run = Callable[[], dict[str, float]]
 
 
 @dataclass
@@ -57,7 +70,16 @@ class Config:
         return cls(False, 3.0, 5)
 
 
-def row(scenario, metric, value, baseline_name, baseline, ratio=None, target=None, higher=True):
+def row(
+    scenario: str,
+    metric: str,
+    value: float,
+    baseline_name: str,
+    baseline: float | None,
+    ratio: float | None = None,
+    target: float | None = None,
+    higher: bool = True,
+) -> Row:
     if ratio is None and baseline:
         ratio = value / baseline
     met = None
@@ -76,16 +98,27 @@ def row(scenario, metric, value, baseline_name, baseline, ratio=None, target=Non
     }
 
 
-def _trivial_app(environ, start_response):
+def _trivial_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
 
 
-def _noop_start_response(status, headers, exc_info=None):
-    return None
+def _discard(data: bytes) -> None:
+    pass
 
 
-def _warm(port: int, path: str, headers=None, expect: int = 200) -> None:
+def _noop_start_response(
+    status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+) -> Callable[[bytes], object]:
+    return _discard
+
+
+def _load(port: int, unit: Callable[[Conn], None], cfg: Config) -> Run:
+    """A round of ``unit`` on ``port``: ``cfg.clients`` clients for ``cfg.duration``."""
+    return lambda: run_load(port, unit, cfg.clients, cfg.duration)
+
+
+def _warm(port: int, path: str, headers: dict[str, str] | None = None, expect: int = 200) -> None:
     run_load(port, get(path, headers, expect), 2, 0.2)
 
 
@@ -99,7 +132,7 @@ ASYNC = {"asyncwsgi": "async"}
 
 def pass_through_http(
     servers: Servers, cfg: Config, variants: dict[str, str] = ASYNC
-) -> dict[str, dict]:
+) -> dict[str, Medians]:
     """Alternating rounds of GET /hello: each of ``variants``, bare, and a
     second bare server (the A/A spread shows how much two identical servers
     differ here)."""
@@ -109,15 +142,12 @@ def pass_through_http(
     for port in ports.values():
         _warm(port, "/hello")
     return alternate(
-        {
-            label: lambda port=port: run_load(port, get("/hello"), cfg.clients, cfg.duration)
-            for label, port in ports.items()
-        },
+        {label: _load(port, get("/hello"), cfg) for label, port in ports.items()},
         cfg.rounds,
     )
 
 
-def pass_through(servers: Servers, cfg: Config) -> dict:
+def pass_through(servers: Servers, cfg: Config) -> Figures:
     res = pass_through_http(servers, cfg)
 
     # In process: ns added per pass-through call, against an empty wrapper.
@@ -131,7 +161,8 @@ def pass_through(servers: Servers, cfg: Config) -> dict:
         order = ("mw", "empty") if r % 2 == 0 else ("empty", "mw")
         for name in order:
             fn = mw if name == "mw" else empty
-            times[name].append(timeit.timeit(lambda fn=fn: fn(environ, sr), number=n) / n)
+            call = lambda fn=fn: fn(environ, sr)  # noqa: E731
+            times[name].append(timeit.timeit(call, number=n) / n)
     mw.close()
     mw_ns = statistics.median(times["mw"]) * 1e9
     empty_ns = statistics.median(times["empty"]) * 1e9
@@ -154,7 +185,7 @@ def pass_through(servers: Servers, cfg: Config) -> dict:
 
 def full_cycle_http(
     servers: Servers, cfg: Config, variants: dict[str, str] = ASYNC
-) -> dict[str, dict]:
+) -> dict[str, Medians]:
     """Alternating rounds of full cycles: each of ``variants``, the naive
     recipe, and the floor."""
     cycle = full_cycle(apps.TASK_PATH)
@@ -167,15 +198,12 @@ def full_cycle_http(
     for port, unit in units.values():
         run_load(port, unit, 2, 0.2)
     return alternate(
-        {
-            label: lambda port=port, unit=unit: run_load(port, unit, cfg.clients, cfg.duration)
-            for label, (port, unit) in units.items()
-        },
+        {label: _load(port, unit, cfg) for label, (port, unit) in units.items()},
         cfg.rounds,
     )
 
 
-def full_cycle_scenario(servers: Servers, cfg: Config) -> dict:
+def full_cycle_scenario(servers: Servers, cfg: Config) -> Figures:
     res = full_cycle_http(servers, cfg)
     return {
         "http": res,
@@ -196,7 +224,7 @@ def full_cycle_scenario(servers: Servers, cfg: Config) -> dict:
 
 def prefer_wait_http(
     servers: Servers, cfg: Config, variants: dict[str, str] = ASYNC
-) -> dict[str, dict]:
+) -> dict[str, Medians]:
     """Alternating rounds of the task view with ``Prefer: wait=5``: each of
     ``variants``, and the bare app's view called directly."""
     # At the default max_waiting: a request the process does not let wait
@@ -207,15 +235,12 @@ def prefer_wait_http(
     for port, unit in units.values():
         run_load(port, unit, 2, 0.2)
     return alternate(
-        {
-            label: lambda port=port, unit=unit: run_load(port, unit, cfg.clients, cfg.duration)
-            for label, (port, unit) in units.items()
-        },
+        {label: _load(port, unit, cfg) for label, (port, unit) in units.items()},
         cfg.rounds,
     )
 
 
-def prefer_wait(servers: Servers, cfg: Config) -> dict:
+def prefer_wait(servers: Servers, cfg: Config) -> Figures:
     res = prefer_wait_http(servers, cfg)
     cost = _prefer_wait_in_process(cfg)
     return {
@@ -261,7 +286,7 @@ def _prefer_wait_in_process(cfg: Config) -> dict[str, float]:
     environ.pop("CONTENT_LENGTH")
     n = cfg.timeit_number // 10
 
-    def per_call(app) -> float:
+    def per_call(app: WSGIApplication) -> float:
         def once() -> None:
             status, _ = _call(app, dict(environ))
             if not status.startswith("200"):
@@ -271,7 +296,8 @@ def _prefer_wait_in_process(cfg: Config) -> dict[str, float]:
             once()
         return statistics.median(timeit.repeat(once, number=n, repeat=5)) / n * 1e6
 
-    there, back = queue.SimpleQueue(), queue.SimpleQueue()
+    there: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    back: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def echo() -> None:
         while (item := there.get()) is not None:
@@ -279,11 +305,12 @@ def _prefer_wait_in_process(cfg: Config) -> dict[str, float]:
 
     echoer = threading.Thread(target=echo, daemon=True)
     echoer.start()
-    ping = (
-        statistics.median(timeit.repeat(lambda: (there.put(1), back.get()), number=n, repeat=5))
-        / n
-        * 1e6
-    )
+
+    def ping_pong() -> None:
+        there.put(1)
+        back.get()
+
+    ping = statistics.median(timeit.repeat(ping_pong, number=n, repeat=5)) / n * 1e6
     there.put(None)
     echoer.join()
     try:
@@ -297,11 +324,14 @@ def _prefer_wait_in_process(cfg: Config) -> dict[str, float]:
 # -- (4) many tasks (in process) ---------------------------------------------
 
 
-def _call(mw, environ) -> tuple[str, list]:
-    seen: list = []
+def _call(mw: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]]]:
+    seen: list[tuple[str, list[tuple[str, str]]]] = []
 
-    def start_response(status, headers, exc_info=None):
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
         seen.append((status, headers))
+        return _discard
 
     body = mw(environ, start_response)
     try:
@@ -330,15 +360,15 @@ def _fill(n: int, keep: int = 200) -> tuple[AsyncMiddleware, list[str]]:
 
 
 class _Empty:
-    def read(self, *args):
+    def read(self, *args: object) -> bytes:
         return b""
 
-    def readline(self, *args):
+    def readline(self, *args: object) -> bytes:
         return b""
 
 
 _EMPTY = _Empty()
-_SUBMIT_ENVIRON = {
+_SUBMIT_ENVIRON: WSGIEnvironment = {
     "REQUEST_METHOD": "POST",
     "SCRIPT_NAME": "",
     "wsgi.input": _EMPTY,
@@ -350,7 +380,7 @@ _SUBMIT_ENVIRON = {
 }
 
 
-def many_tasks(cfg: Config) -> dict:
+def many_tasks(cfg: Config) -> Figures:
     n = cfg.many_tasks
     small, small_ids = _fill(10)
     gc.collect()
@@ -363,7 +393,7 @@ def many_tasks(cfg: Config) -> dict:
     body_len = 2
     per_task = (after - before) / n - body_len
 
-    def polls(mw, ids, count):
+    def polls(mw: AsyncMiddleware, ids: list[str], count: int) -> float:
         environs = [{"REQUEST_METHOD": "GET", "PATH_INFO": loc, "SCRIPT_NAME": ""} for loc in ids]
         k = len(environs)
         t0 = time.perf_counter()
@@ -397,7 +427,9 @@ def many_tasks(cfg: Config) -> dict:
 # -- (5) burst ----------------------------------------------------------------
 
 
-def _burst_one(server: Server, total: int, clients: int = 16, timeout: float = 300.0) -> dict:
+def _burst_one(
+    server: Server, total: int, clients: int = 16, timeout: float = 300.0
+) -> dict[str, float]:
     baseline = server.threads()
     peak = {"threads": baseline["threads"], "os_threads": baseline["os_threads"]}
     stop = threading.Event()
@@ -427,7 +459,7 @@ def _burst_one(server: Server, total: int, clients: int = 16, timeout: float = 3
                 status, response, _ = conn.request("POST", apps.SLOW_PATH)
                 if status != 202:
                     raise RuntimeError(f"submit answered {status}")
-                location = response.getheader("Location")
+                location = location_of(response)
                 with lock:
                     locations.append(location)
         except BaseException as exc:
@@ -435,7 +467,7 @@ def _burst_one(server: Server, total: int, clients: int = 16, timeout: float = 3
         finally:
             conn.close()
 
-    pending = []
+    pending: list[str] = []
     done = [0]
 
     def completer() -> None:
@@ -496,7 +528,7 @@ def _burst_one(server: Server, total: int, clients: int = 16, timeout: float = 3
     }
 
 
-def burst(cfg: Config) -> dict:
+def burst(cfg: Config) -> Figures:
     with Servers("async", "naive") as servers:
         for kind in ("async", "naive"):
             _warm(servers[kind].port, "/hello")
@@ -547,7 +579,7 @@ class RedisCommands:
     def _total(self) -> int:
         return int(self.client.info("stats")["total_commands_processed"])
 
-    def around(self, run, units) -> dict:
+    def around(self, run: Run, units: Callable[[dict[str, float]], float]) -> dict[str, float]:
         """``run()``'s result; its commands divided by ``units(result)``."""
         before = self._total()
         result = run()
@@ -565,11 +597,20 @@ class RedisCommands:
         self.close()
 
 
-def _completed(res: dict) -> float:
+def _completed(res: dict[str, float]) -> float:
     return res["completed"]
 
 
-def shared_stores_http(cfg: Config, versions: dict[str, Path | None] | None = None) -> dict:
+class StoresRun(TypedDict):
+    """What ``shared_stores_http`` measured."""
+
+    http: dict[str, Medians]
+    tallies: dict[str, Tally]
+    redis_commands_per_task: dict[str, float]
+    skipped: str | None
+
+
+def shared_stores_http(cfg: Config, versions: dict[str, Path | None] | None = None) -> StoresRun:
     """Alternating rounds of checked cycles on the memory store (gunicorn -w 1),
     SQLite and Redis (-w 4, a redis-server of its own) for each of ``versions``:
     a suffix of the names, and the directory put first on the servers'
@@ -585,7 +626,7 @@ def shared_stores_http(cfg: Config, versions: dict[str, Path | None] | None = No
     tallies = {name: Tally() for name in names}
     commands: dict[str, RedisCommands] = {}
     with tempfile.TemporaryDirectory(prefix="bench-stores-") as tmp, ExitStack() as stack:
-        options: dict[str, dict] = {}
+        options: dict[str, ServerOptions] = {}
         for i, (suffix, first) in enumerate(versions.items()):
             options[f"memory -w 1{suffix}"] = {"workers": 1, "path_first": first}
             options[f"SQLite -w 4{suffix}"] = {
@@ -605,14 +646,14 @@ def shared_stores_http(cfg: Config, versions: dict[str, Path | None] | None = No
             ports = {name: servers[server_of[name]].port for name in names}
             for port in ports.values():  # warm up every worker; not counted
                 run_load(port, checked_cycle(apps.TASK_PATH, Tally()), cfg.clients, 0.5)
-            runs = {
-                name: lambda port=port, tally=tallies[name]: _checked_load(port, tally, cfg)
+            runs: dict[str, Run] = {
+                name: functools.partial(_checked_load, port, tallies[name], cfg)
                 for name, port in ports.items()
             }
             for name, counter in commands.items():
                 # Every command the store's server ran in the round (the
                 # four workers' sweeps and janitors included), per task.
-                runs[name] = lambda plain=runs[name], c=counter: c.around(plain, _completed)
+                runs[name] = functools.partial(counter.around, runs[name], _completed)
             res = alternate(runs, cfg.rounds)
     return {
         "http": res,
@@ -624,7 +665,7 @@ def shared_stores_http(cfg: Config, versions: dict[str, Path | None] | None = No
     }
 
 
-def shared_stores(cfg: Config) -> dict:
+def shared_stores(cfg: Config) -> Figures:
     measured = shared_stores_http(cfg)
     res, tallies, skipped = measured["http"], measured["tallies"], measured["skipped"]
     names = list(tallies)
@@ -644,7 +685,8 @@ def shared_stores(cfg: Config) -> dict:
         total = lost + tallies[name].counts["completed"]
         r = row("6 shared stores", f"lost of {total:,} (404, wrong body, other), {name}", lost,
                 "memory -w 1", base_lost)  # fmt: skip
-        r.update(ratio=None, target=0, target_kind="==", met=lost == 0 and base_lost == 0)
+        r.update({"ratio": None, "target": 0, "target_kind": "==",
+                  "met": lost == 0 and base_lost == 0})  # fmt: skip
         rows.append(r)
     return {
         "http": res,
@@ -659,7 +701,7 @@ def shared_stores(cfg: Config) -> dict:
 # -- (7) Engines: Celery, RQ, Django Tasks -------------------------------------
 
 
-def celery(cfg: Config) -> dict:
+def celery(cfg: Config) -> Figures:
     """Tasks per second on 1 and 2 worker processes of each engine, one run."""
     try:
         from . import engines_bench
@@ -681,7 +723,7 @@ def celery(cfg: Config) -> dict:
 # -- (8) metrics and tracing on ------------------------------------------------
 
 
-def observability(servers: Servers, cfg: Config) -> dict:
+def observability(servers: Servers, cfg: Config) -> Figures:
     """The same app off (the metrics and tracing extras not installed), with
     metrics on (prometheus_client, metrics_path; the OpenTelemetry API there
     but no tracer provider set) and traced too (the OpenTelemetry SDK

@@ -9,12 +9,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from . import pinning
 from .services import free_port, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerOptions(TypedDict, total=False):
+    """Keyword arguments of ``Server`` beside its name (see there)."""
+
+    workers: int
+    store: str | None
+    cpus: set[int] | None
+    observe: str | None
+    extra_env: dict[str, str] | None
+    path_first: Path | None
 
 
 class Server:
@@ -79,11 +90,14 @@ class Server:
             return
         raise RuntimeError(f"gunicorn ({self.kind}) did not answer within {timeout} s")
 
-    def threads(self) -> dict:
+    def threads(self) -> dict[str, Any]:
+        """What the server's ``/_threads`` answers (``bench.apps.threads_view``):
+        counts, RSS figures and where its asyncwsgi came from, as JSON."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
             conn.request("GET", "/_threads")
-            return json.loads(conn.getresponse().read())
+            served: dict[str, Any] = json.loads(conn.getresponse().read())
+            return served
         finally:
             conn.close()
 
@@ -120,7 +134,7 @@ def check_package(origin: dict[str, Any], expected: Path, who: str) -> None:
 class Servers:
     """Start several servers at once; stop them all at the end."""
 
-    def __init__(self, *names: str, options: dict[str, dict] | None = None) -> None:
+    def __init__(self, *names: str, options: dict[str, ServerOptions] | None = None) -> None:
         """``options`` maps a name to keyword arguments for its ``Server``."""
         self.servers: list[Server] = []
         options = options or {}
