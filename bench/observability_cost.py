@@ -38,7 +38,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from asyncwsgi.job import Job
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("off", "metrics", "traced", "sampled", "spans", "own")
@@ -59,7 +68,7 @@ def _setup(mode: str) -> None:
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
         class Dropped(SpanExporter):
-            def export(self, spans):
+            def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
                 return SpanExportResult.SUCCESS
 
         sampler = ParentBased(TraceIdRatioBased(0.1)) if mode == "sampled" else None
@@ -69,7 +78,7 @@ def _setup(mode: str) -> None:
         trace.set_tracer_provider(provider)
 
 
-def _sdk_spans():
+def _sdk_spans() -> Callable[[], None]:
     """One task's three spans, made with the SDK directly: what tracing a task
     costs before any work of asyncwsgi's."""
     from opentelemetry import trace
@@ -111,7 +120,7 @@ def measure(mode: str, tasks: int = 2000, batches: int = 7) -> float:
     return _best(once, tasks, batches)
 
 
-def _own(traced, tasks: int, pairs: int) -> float:
+def _own(traced: Callable[[], None], tasks: int, pairs: int) -> float:
     """Per task, CPU of ``traced`` minus that of the same task untraced plus
     the SDK's three spans, each the least over ``pairs`` small batches, side
     by side (small: a batch the machine's other work got into is not the
@@ -131,50 +140,60 @@ def _own(traced, tasks: int, pairs: int) -> float:
 
     size = max(tasks // 10, 1)
 
-    def batch(once) -> float:
+    def batch(once: Callable[[], None]) -> float:
         started = time.process_time()
         for _ in range(size):
             once()
         return (time.process_time() - started) / size * 1e6
 
     batch(traced), batch(untraced_then_spans)  # warm up
-    a, b = [], []
+    a: list[float] = []
+    b: list[float] = []
     for i in range(pairs * 5):
         for once, figures in ((traced, a), (untraced_then_spans, b))[:: 1 if i % 2 else -1]:
             figures.append(batch(once))
     return min(a) - min(b)
 
 
-def _task(metrics: bool):
+def _task(metrics: bool) -> Callable[[], None]:
     """A call of the middleware that submits a task and runs it inline."""
     from asyncwsgi import AsyncMiddleware
     from asyncwsgi.executors import Executor
 
     class Inline(Executor):
-        def submit(self, job):
+        def submit(self, job: Job) -> None:
+            assert self.runner is not None  # bound by the middleware
             self.runner.run(job)
 
-        def shutdown(self, timeout=None):
+        def shutdown(self, timeout: float | None = None) -> bool:
             return True
 
-    def app(environ, start_response):
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"ok"]
 
-    kwargs = {"metrics_path": "/metrics"} if metrics else {}
     middleware = AsyncMiddleware(
-        app, paths=["/task"], executor=Inline(), max_pending=10**9, result_ttl=0, **kwargs
-    )
+        app, paths=["/task"], executor=Inline(), max_pending=10**9, result_ttl=0,
+        metrics_path="/metrics" if metrics else None,
+    )  # fmt: skip
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/task", "SCRIPT_NAME": "",
                "SERVER_NAME": "bench", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}  # fmt: skip
 
+    def discard(data: bytes) -> None:
+        pass
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        return discard
+
     def once() -> None:
-        list(middleware(dict(environ), lambda status, headers, exc_info=None: None))
+        list(middleware(dict(environ), start_response))
 
     return once
 
 
-def _best(once, tasks: int, batches: int) -> float:
+def _best(once: Callable[[], None], tasks: int, batches: int) -> float:
     """The least CPU microseconds per call of ``once`` over ``batches``."""
     for _ in range(tasks):
         once()

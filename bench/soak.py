@@ -47,8 +47,15 @@ import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from asyncwsgi.stores import Store
+    from bench.services import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 3.0
@@ -65,14 +72,14 @@ def app_factory() -> object:
 
     journal = os.environ["SOAK_JOURNAL"]
 
-    def inner(environ: dict[str, object], start_response: object) -> list[bytes]:
+    def inner(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         path = str(environ["PATH_INFO"])
         if path == "/_stats":
             fds = len(os.listdir("/proc/self/fd"))
             kinds: Counter[str] = Counter()
-            for fd in os.listdir("/proc/self/fd"):
+            for entry in os.listdir("/proc/self/fd"):
                 try:
-                    target = os.readlink(f"/proc/self/fd/{fd}")
+                    target = os.readlink(f"/proc/self/fd/{entry}")
                 except OSError:
                     continue  # closed meanwhile by another thread
                 kinds[target.split(":")[0].rsplit("/", 1)[-1]] += 1
@@ -82,7 +89,7 @@ def app_factory() -> object:
                 {"pid": os.getpid(), "rss": rss, "fds": fds, "threads": threading.active_count(),
                  "kinds": kinds}
             ).encode()  # fmt: skip
-            start_response("200 OK", [("Content-Type", "application/json")])  # type: ignore[operator]
+            start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
         name = path.rsplit("/", 1)[-1]
         fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -93,20 +100,21 @@ def app_factory() -> object:
         if name.endswith("-slow"):
             time.sleep(30)
         body = f"done {name}".encode()
-        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        start_response("200 OK", [("Content-Type", "text/plain")])
         return [body]
 
-    store: object = os.environ["SOAK_STORE"]
-    if str(store).startswith("sqlite:///"):
+    url = os.environ["SOAK_STORE"]
+    store: Store | str = url
+    if url.startswith("sqlite:///"):
         from asyncwsgi.stores import SQLiteStore
 
         # A busy timeout shorter than the soak's lock: the lock is an outage.
-        store = SQLiteStore(str(store)[len("sqlite:///") :], timeout=SQLITE_TIMEOUT)
+        store = SQLiteStore(url[len("sqlite:///") :], timeout=SQLITE_TIMEOUT)
     hooks = os.environ.get("SOAK_HOOKS")
     middleware = AsyncMiddleware(
         inner,
         paths=["/work/*"],
-        store=store,  # type: ignore[arg-type]
+        store=store,
         lease=LEASE,
         max_pending=10_000,
         # Every thread of a worker may long-poll: the soak counts tasks, and
@@ -305,7 +313,7 @@ class Outage:
     """Makes the store unavailable for a while: Redis killed and started
     again, or SQLite's write lock held by another process."""
 
-    def __init__(self, redis: object, sqlite_path: Path, lock_seconds: float) -> None:
+    def __init__(self, redis: RedisServer | None, sqlite_path: Path, lock_seconds: float) -> None:
         self.redis = redis
         self.sqlite_path = sqlite_path
         self.lock_seconds = lock_seconds
@@ -314,9 +322,9 @@ class Outage:
     def __call__(self, after_tasks: int) -> None:
         started = time.monotonic()
         if self.redis is not None:
-            self.redis.kill()  # type: ignore[attr-defined]
+            self.redis.kill()
             time.sleep(1.0)
-            self.redis.start()  # type: ignore[attr-defined]
+            self.redis.start()
             what = "redis-server SIGKILLed, started again after 1 s"
         else:
             code = (
@@ -423,13 +431,13 @@ def soak(
             while progress.n < args.tasks * (0.55 + 0.3 * kill / args.kills):
                 time.sleep(0.2)
             for line in journal.read_text().splitlines()[::-1]:
-                pid = int(line.split()[1])
-                if pid not in killed:
+                worker = int(line.split()[1])
+                if worker not in killed:
                     try:
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(worker, signal.SIGKILL)
                     except ProcessLookupError:
                         continue
-                    killed.append(pid)
+                    killed.append(worker)
                     kill_times.append(time.monotonic())
                     break
         # Samples of the survivors' descriptors and memory: a leak grows with
