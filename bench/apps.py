@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if (os.environ.get("BENCH_APP") or os.environ.get("BENCH_CELERY_BROKER")) and not os.environ.get(
     "BENCH_OBSERVE"
@@ -35,6 +37,14 @@ from flask import Flask, Response, jsonify
 
 import asyncwsgi
 from asyncwsgi import AsyncMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from flask.typing import ResponseReturnValue
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    #: A Flask view; Any: Flask passes a route's variables as arguments.
+    View = Callable[..., ResponseReturnValue]
 
 N_GLOBS = 50
 N_RULES = 50
@@ -69,13 +79,12 @@ def package_origin() -> dict[str, object]:
     anywhere else (an editable install's finder supplies a module that the
     imported copy lacks from the installed checkout)."""
     home = Path(asyncwsgi.__file__).parent
-    strays = sorted(
-        name
-        for name, module in list(sys.modules.items())
-        if name.startswith("asyncwsgi.")
-        and getattr(module, "__file__", None)
-        and not Path(module.__file__).is_relative_to(home)
-    )
+    strays = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if name.startswith("asyncwsgi.") and file and not Path(file).is_relative_to(home):
+            strays.append(name)
+    strays.sort()
     return {"asyncwsgi": asyncwsgi.__file__, "asyncwsgi_strays": strays}
 
 
@@ -93,14 +102,18 @@ def celery_executor_class() -> type:
     if (Path(asyncwsgi.__file__).parent / "executors").is_dir():
         from asyncwsgi.executors.celery import CeleryExecutor
     else:
-        from asyncwsgi.contrib.celery import CeleryExecutor  # type: ignore[no-redef]
+        from asyncwsgi.contrib.celery import CeleryExecutor
     return CeleryExecutor
 
 
-def make_flask(wrap_task=None) -> Flask:
+def _as_is(view: View) -> View:
+    return view
+
+
+def make_flask(wrap_task: Callable[[View], View] | None = None) -> Flask:
     """The same Flask app for every variant; ``wrap_task`` decorates the task views."""
     app = Flask("bench")
-    wrap = wrap_task or (lambda view: view)
+    wrap = wrap_task or _as_is
 
     @app.get("/hello")
     def hello() -> str:
@@ -123,16 +136,16 @@ def make_flask(wrap_task=None) -> Flask:
 
 # -- naive: the thread-per-request recipe ---------------------------------
 
-RESULTS: dict[str, object] = {}
+RESULTS: dict[str, Response | None] = {}
 
 
 def make_naive() -> Flask:
     """A thread per request, a global dict of results, a status route in the app."""
     holder: dict[str, Flask] = {}
 
-    def background(view):
+    def background(view: View) -> View:
         @functools.wraps(view)
-        def wrapped(*args, **kwargs):
+        def wrapped(*args: Any, **kwargs: Any) -> ResponseReturnValue:
             from flask import request
 
             task_id = uuid.uuid4().hex
@@ -153,7 +166,7 @@ def make_naive() -> Flask:
     holder["app"] = app
 
     @app.get("/status/<task_id>")
-    def status(task_id: str):
+    def status(task_id: str) -> ResponseReturnValue:
         if task_id not in RESULTS:
             return "no such task\n", 404
         result = RESULTS[task_id]
@@ -164,10 +177,12 @@ def make_naive() -> Flask:
     return app
 
 
-def make_async(inner=None, **options) -> AsyncMiddleware:
+def make_async(inner: WSGIApplication | None = None, **options: Any) -> AsyncMiddleware:
+    """``inner`` (by default the Flask app) wrapped; ``options`` are
+    AsyncMiddleware's (Any: each option has a type of its own)."""
     # max_waiting at its default: the Prefer: wait scenario measures what a
     # deployment gets without tuning.
-    settings = {"paths": PATTERNS, "max_pending": 100_000}
+    settings: dict[str, Any] = {"paths": PATTERNS, "max_pending": 100_000}
     settings.update(options)
     if "executor" not in settings:
         # max_workers sizes the default pool only; an executor brings its own.
@@ -175,7 +190,7 @@ def make_async(inner=None, **options) -> AsyncMiddleware:
     return AsyncMiddleware(inner or make_flask(), **settings)
 
 
-def _with_sdk_spans(app):
+def _with_sdk_spans(app: WSGIApplication) -> WSGIApplication:
     """``app``, making a task's three spans with the SDK directly in each task
     (asyncwsgi's own tracing is left out): the SDK's cost alone."""
     import asyncwsgi.tracing
@@ -185,7 +200,7 @@ def _with_sdk_spans(app):
     asyncwsgi.tracing._active = lambda: None  # the hook the tests use too
     spans = _sdk_spans()
 
-    def traced(environ, start_response):
+    def traced(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if "asyncwsgi.task" in environ:
             spans()
         return app(environ, start_response)
@@ -193,10 +208,11 @@ def _with_sdk_spans(app):
     return traced
 
 
-def _observed(how: str) -> dict[str, str]:
+def _observed(how: str) -> dict[str, Any]:
     """Metrics on, and with ``how == "traced"`` tracing too as in production:
     the OpenTelemetry SDK with a batch processor (its exporter drops the
-    spans: no collector here); the options to give the middleware."""
+    spans: no collector here); the options to give ``make_async`` (Any: as
+    there)."""
     if how not in ("traced", "spans"):
         return {"metrics_path": "/metrics"}
     from opentelemetry import trace
@@ -204,7 +220,7 @@ def _observed(how: str) -> dict[str, str]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
     class Dropped(SpanExporter):
-        def export(self, spans) -> SpanExportResult:
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
     provider = TracerProvider()
@@ -213,7 +229,7 @@ def _observed(how: str) -> dict[str, str]:
     return {"metrics_path": "/metrics"}
 
 
-def _select():
+def _select() -> WSGIApplication:
     kind = os.environ.get("BENCH_APP", "bare")
     if kind == "bare":
         return make_flask()

@@ -186,7 +186,9 @@ def measure(
                     _run_round(middleware, store, 10, cpu_ms)
 
             load_before = os.getloadavg()[0]
-            rates = {name: {queue: [] for queue in QUEUES} for name in engines}
+            rates: dict[str, dict[str, list[float]]] = {
+                name: {queue: [] for queue in QUEUES} for name in engines
+            }
             for index in range(rounds):
                 shift = index % len(engines)
                 for name in engines[shift:] + engines[:shift]:

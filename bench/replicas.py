@@ -12,17 +12,21 @@ across machines add the network's.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncwsgi.stores import open_store
 from asyncwsgi.task import Result, TaskRecord
 
 from .client import Tally, alternate, checked_cycle, run_load
-from .server import Servers
+from .server import ServerOptions, Servers
 from .services import RedisReplicated
+
+if TYPE_CHECKING:
+    from .scenarios import Config
 
 NAMES = {"async:redis": "without", "async:redis-wait": "min_replicas=1"}
 
@@ -44,7 +48,7 @@ def _store_cycle(url: str, tasks: int) -> float:
         store.close()
 
 
-def replicas(cfg: Any) -> dict[str, Any]:
+def replicas(cfg: Config) -> dict[str, Any]:
     from . import apps
     from .scenarios import RedisCommands, _checked_load, _completed, row
 
@@ -54,14 +58,13 @@ def replicas(cfg: Any) -> dict[str, Any]:
     tallies = {label: Tally() for label in NAMES.values()}
     with RedisReplicated(1) as group:
         port = group.primary.port
-        options = {
-            "async:redis": {"workers": 4, "store": f"redis://127.0.0.1:{port}/0"},
-            "async:redis-wait": {
-                "workers": 4,
-                "store": f"redis://127.0.0.1:{port}/1?min_replicas=1",
-            },
+        urls = {
+            "without": f"redis://127.0.0.1:{port}/0",
+            "min_replicas=1": f"redis://127.0.0.1:{port}/1?min_replicas=1",
         }
-        urls = {label: options[name]["store"] for name, label in NAMES.items()}
+        options: dict[str, ServerOptions] = {
+            name: {"workers": 4, "store": urls[label]} for name, label in NAMES.items()
+        }
         store_us: dict[str, list[float]] = {label: [] for label in NAMES.values()}
         tasks = 200 if cfg.quick else 2000
         for r in range(cfg.rounds):
@@ -77,8 +80,10 @@ def replicas(cfg: Any) -> dict[str, Any]:
             try:
                 res = alternate(
                     {
-                        label: lambda p=server_port, t=tallies[label], c=commands[label]: c.around(
-                            lambda: _checked_load(p, t, cfg), _completed
+                        label: functools.partial(
+                            commands[label].around,
+                            functools.partial(_checked_load, server_port, tallies[label], cfg),
+                            _completed,
                         )
                         for label, server_port in ports.items()
                     },
@@ -103,9 +108,9 @@ def replicas(cfg: Any) -> dict[str, Any]:
                     "min_replicas=1", us["min_replicas=1"], "without", us["without"],
                     higher=False))  # fmt: skip
     lost = sum(t.lost for t in tallies.values())
-    r = row("10 min_replicas", "tasks lost (404, wrong body, other), both", lost, "none", 0)
-    r.update(ratio=None, target=0, target_kind="==", met=lost == 0)
-    rows.append(r)
+    lost_row = row("10 min_replicas", "tasks lost (404, wrong body, other), both", lost, "none", 0)
+    lost_row.update({"ratio": None, "target": 0, "target_kind": "==", "met": lost == 0})
+    rows.append(lost_row)
     return {
         "http": res,
         "store_us_per_task": us,

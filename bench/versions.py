@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import celery_recipe, pinning, report, scenarios
-from .server import ROOT, Servers, check_package
+from .server import ROOT, ServerOptions, Servers, check_package
 
 DEFAULT_BEFORE = "58e860e"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -117,7 +117,7 @@ def http_scenarios(cfg: scenarios.Config, only: set[int], before: Path) -> dict[
     """Scenarios 1 to 3: both versions' one-worker servers and the baselines'."""
     client_cpus, server_cpus = pinning.split() or (None, None)
     names = ("async:before", "async", "bare", "naive", "bare:control")
-    options: dict[str, dict[str, Any]] = {name: {"cpus": server_cpus} for name in names}
+    options: dict[str, ServerOptions] = {name: {"cpus": server_cpus} for name in names}
     options["async:before"]["path_first"] = before
     out: dict[str, Any] = {}
     with Servers(*names, options=options) as servers, pinning.client_on(client_cpus):
