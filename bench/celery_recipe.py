@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from . import services
 from .client import alternate, full_cycle, run_load
@@ -30,7 +30,8 @@ from .client import alternate, full_cycle, run_load
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .report import Row
+    from .client import Medians
+    from .report import Figures, Row
     from .scenarios import Config
     from .server import ServerOptions
 
@@ -156,7 +157,15 @@ def _check_worker(worker: subprocess.Popen[bytes], path_first: Path, broker: str
 Versions = dict[str, "Path | None"]
 
 
-def measure(cfg: Config, versions: Versions) -> dict[str, Any]:
+class RecipeRun(TypedDict):
+    """What ``measure`` measured."""
+
+    http: dict[str, Medians]
+    redis_commands_per_cycle: dict[str, float]
+    redis_commands_rounds: dict[str, list[float]]
+
+
+def measure(cfg: Config, versions: Versions) -> RecipeRun:
     """Alternating rounds of each asyncwsgi variant's Celery path (its own
     redis-server, worker and server) and of the recipe: cycles/s and Redis
     commands per cycle of each, under its label (the recipe's is ``recipe``)."""
@@ -232,7 +241,7 @@ def skipped() -> str | None:
     return None
 
 
-def celery_recipe(cfg: Config) -> dict[str, Any]:
+def celery_recipe(cfg: Config) -> Figures:
     """Cycles per second and Redis commands per cycle of both variants."""
     from .scenarios import row
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 
-def work(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+def work(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """Burn ``cpu_ms`` (query string) of CPU, then answer."""
     cpu_ms = float(environ.get("QUERY_STRING", "") or 20)
     end = time.thread_time() + cpu_ms / 1000

@@ -16,7 +16,7 @@ import functools
 import shutil
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from asyncwsgi.stores import open_store
 from asyncwsgi.task import Result, TaskRecord
@@ -26,6 +26,7 @@ from .server import ServerOptions, Servers
 from .services import RedisReplicated
 
 if TYPE_CHECKING:
+    from .report import Figures
     from .scenarios import Config
 
 NAMES = {"async:redis": "without", "async:redis-wait": "min_replicas=1"}
@@ -48,7 +49,7 @@ def _store_cycle(url: str, tasks: int) -> float:
         store.close()
 
 
-def replicas(cfg: Config) -> dict[str, Any]:
+def replicas(cfg: Config) -> Figures:
     from . import apps
     from .scenarios import RedisCommands, _checked_load, _completed, row
 

@@ -13,7 +13,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.listing import encode_cursor
@@ -24,11 +25,18 @@ from asyncwsgi.task import TaskRecord
 
 from .services import RedisServer
 
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .report import Figures, Row
+    from .scenarios import Config
+
 USER = "bench-user"
 PAGE = 50
 
 
-def _owner(environ: dict[str, Any]) -> str:
+def _owner(environ: WSGIEnvironment) -> str:
     return USER
 
 
@@ -56,11 +64,13 @@ def _cursor(mw: AsyncMiddleware, middle: str) -> str:
 
 
 def _page(mw: AsyncMiddleware, query: str) -> int:
-    out: list[Any] = []
+    out: list[str] = []
 
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
         out.append(status)
-        return None
+        return _discard
 
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/status/", "QUERY_STRING": query,
                "SCRIPT_NAME": ""}  # fmt: skip
@@ -78,14 +88,14 @@ def _rate(mw: AsyncMiddleware, query: str, seconds: float) -> float:
     return count / (time.perf_counter() - started)
 
 
-def task_list(cfg: Any) -> dict[str, Any]:
+def task_list(cfg: Config) -> Figures:
     from .scenarios import row
 
     n = 5_000 if cfg.quick else 100_000
     small = 100 * 2  # enough for a page below the middle too
     seconds = 0.3 if cfg.quick else 1.0
     results: dict[str, dict[str, float]] = {}
-    rows = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-list-") as tmp:
         redis = RedisServer() if shutil.which("redis-server") else None
         try:
@@ -125,6 +135,10 @@ def task_list(cfg: Any) -> dict[str, Any]:
     return {"stored": n, "page": PAGE, "pages_per_s": results, "rows": rows}
 
 
-def _trivial(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+def _discard(data: bytes) -> None:
+    pass
+
+
+def _trivial(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]

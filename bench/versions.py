@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from . import celery_recipe, pinning, report, scenarios
 from .server import ROOT, ServerOptions, Servers, check_package
@@ -39,7 +39,19 @@ SCENARIOS = (1, 2, 3, 6, 11)
 #: Scenarios 1 to 3: the label of each version and its server's name.
 VARIANTS = {"before": "async:before", "after": "async"}
 
-Row = dict[str, Any]
+
+class Row(TypedDict):
+    """One line of the table: a figure of both versions (``compare``)."""
+
+    scenario: str
+    metric: str
+    baseline: str
+    better: str
+    before_value: float
+    after_value: float
+    before_ratio: float | None
+    after_ratio: float | None
+    after_over_before: float | None
 
 
 def materialize(rev: str, into: Path) -> str:
@@ -127,8 +139,8 @@ def http_scenarios(cfg: scenarios.Config, only: set[int], before: Path) -> dict[
             # The same two servers in both columns: how far a ratio moves by noise here.
             control = compare("1 pass-through", "req/s, A/A control (noise)", res, "per_s",
                               "bare", labels=("bare (A/A control)",) * 2)  # fmt: skip
-            rows = [compare("1 pass-through", "req/s", res, "per_s", "bare"),
-                    dict(control, after_over_before=None)]  # fmt: skip
+            control["after_over_before"] = None
+            rows = [compare("1 pass-through", "req/s", res, "per_s", "bare"), control]
             out["pass_through"] = {"http": res, "rows": rows}
         if 2 in only:
             res = scenarios.full_cycle_http(servers, cfg, VARIANTS)
