@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from . import services
 from .client import alternate, full_cycle, run_load
@@ -205,11 +205,16 @@ def measure(cfg: Config, versions: Versions) -> RecipeRun:
                     run_load(port, cycle, 2, 1.0)
                 commands: dict[str, list[float]] = {label: [] for label in ports}
 
+                def processed(client: redis.Redis) -> int:
+                    stats = client.info("stats")
+                    assert isinstance(stats, dict)  # redis-py 5 hints an awaitable too
+                    return int(stats["total_commands_processed"])
+
                 def counted(label: str) -> dict[str, float]:
                     client = counters[label]
-                    before = int(client.info("stats")["total_commands_processed"])
+                    before = processed(client)
                     res = run_load(ports[label], cycle, cfg.clients, cfg.duration)
-                    after = int(client.info("stats")["total_commands_processed"])
+                    after = processed(client)
                     # The first INFO counts itself; the second is not counted yet.
                     commands[label].append((after - before - 1) / max(1, res["count"]))
                     return res
@@ -220,7 +225,7 @@ def measure(cfg: Config, versions: Versions) -> RecipeRun:
             for worker in workers:
                 stop_group(worker)
             for client in counters.values():
-                client.close()
+                cast(Any, client).close()  # Any: redis-py 5.1's close() has no hints
     return {
         "http": res,
         "redis_commands_per_cycle": {k: statistics.median(v) for k, v in commands.items()},
