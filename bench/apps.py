@@ -29,7 +29,8 @@ if (os.environ.get("BENCH_APP") or os.environ.get("BENCH_CELERY_BROKER")) and no
 ):
     # Before asyncwsgi is imported: as installed without the optional extras,
     # in the servers and in scenario 11's Celery workers (which import this
-    # module through bench.celery_recipe) alike.
+    # module through bench.celery_recipe) alike. (None in sys.modules makes
+    # an import fail, as Python documents; typeshed types the values as modules.)
     sys.modules["prometheus_client"] = None  # type: ignore[assignment]
     sys.modules["opentelemetry"] = None  # type: ignore[assignment]
 
