@@ -86,8 +86,10 @@ class _Lane:
         # Its thread ended (or the store went): the connection back to the
         # pool; a forked child leaves its parent's connection alone.
         if self.pid == os.getpid():
+            # (Through Any: redis-py before 6 leaves Redis.close unannotated.)
+            client: Any = self.client
             try:
-                self.client.close()
+                client.close()
             except (redis.exceptions.RedisError, OSError):
                 pass  # a finaliser has nowhere to raise to: the pool drops it
 
