@@ -53,6 +53,13 @@ def celery_app(name: str, broker: str, backend: str | None = None) -> Any:
     return app
 
 
+def commands_processed(client: Any) -> int:
+    """The commands a Redis server has run so far (``INFO stats``, those run
+    inside scripts included); the INFO call counts itself. (The client
+    through Any: redis-py before 6 annotates ``info`` as maybe awaitable.)"""
+    return int(client.info("stats")["total_commands_processed"])
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
