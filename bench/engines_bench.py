@@ -163,10 +163,11 @@ def measure(
     if unknown:
         raise ValueError(f"unknown engines {sorted(unknown)}; known: {', '.join(ENGINES)}")
     running: list[_Engine] = []
+    middlewares: dict[str, dict[str, AsyncMiddleware]] = {}
+    store: Store | None = None
     with RedisServer() as redis_server, tempfile.TemporaryDirectory() as workdir:
         try:
             store = open_store(redis_server.url(1))
-            middlewares: dict[str, dict[str, AsyncMiddleware]] = {}
             for name in engines:
                 engine = _Engine(name, redis_server.url(0), workdir)
                 running.append(engine)
@@ -198,6 +199,14 @@ def measure(
                         rates[name][queue].append(rate)
             load_after = os.getloadavg()[0]
         finally:
+            # The middlewares' background duties (the lease sweeper) stop
+            # before the Redis server does, so that they neither retry a
+            # stopped server nor take CPU from the scenarios that follow.
+            for by_queue in middlewares.values():
+                for middleware in by_queue.values():
+                    middleware.close(10)
+            if store is not None:
+                store.close()
             for engine in running:
                 engine.stop()
 
