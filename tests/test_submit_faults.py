@@ -26,7 +26,7 @@ def _app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 def _stored_tasks(middleware: AsyncMiddleware) -> int:
-    return middleware.store.count_states()["queued"] + middleware.store.count_states()["running"]
+    return sum(middleware.store.count_states().values())
 
 
 def _refused(response: TestResponse) -> None:
@@ -37,6 +37,25 @@ def _refused(response: TestResponse) -> None:
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "asyncwsgi" and "could not queue" in r.message]
+
+
+def _a_broker_down_is_a_503(
+    executor: Executor, broker: RedisServer, store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the broker of ``executor`` killed, a submission is refused: 503,
+    one error line without a traceback (the queue is down, not broken), and
+    no task left in the store."""
+    middleware = AsyncMiddleware(_app, paths=["/work"], store=store, executor=executor)
+    try:
+        broker.kill()
+        caplog.clear()
+        _refused(Client(middleware).post("/work", data=b"x"))
+        lines = _lines(caplog)
+        assert len(lines) == 1 and lines[0].levelno == logging.ERROR
+        assert lines[0].exc_info is None
+        assert _stored_tasks(middleware) == 0
+    finally:
+        middleware.close(5)
 
 
 @pytest.fixture
@@ -57,17 +76,9 @@ def test_a_celery_broker_that_is_down_is_a_503(
     # Give up on the dead broker quickly: the default retries for seconds.
     celery_app.conf.broker_connection_timeout = 1
     celery_app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0}
-    executor = CeleryExecutor(celery_app, "tests.test_submit_faults:_app")
-    middleware = AsyncMiddleware(_app, paths=["/work"], store=redis_url, executor=executor)
-    try:
-        broker.kill()
-        caplog.clear()
-        _refused(Client(middleware).post("/work", data=b"x"))
-        lines = _lines(caplog)
-        assert len(lines) == 1 and lines[0].levelno == logging.ERROR
-        assert _stored_tasks(middleware) == 0
-    finally:
-        middleware.close(5)
+    _a_broker_down_is_a_503(
+        CeleryExecutor(celery_app, "tests.test_submit_faults:_app"), broker, redis_url, caplog
+    )
 
 
 def test_an_rq_queue_that_is_down_is_a_503(
@@ -81,15 +92,7 @@ def test_an_rq_queue_that_is_down_is_a_503(
 
     queue = Queue("submit-faults", connection=redis.Redis.from_url(broker.url(0)))
     executor = RQExecutor(queue, "tests.test_submit_faults:_app")
-    middleware = AsyncMiddleware(_app, paths=["/work"], store=redis_url, executor=executor)
-    try:
-        broker.kill()
-        caplog.clear()
-        _refused(Client(middleware).post("/work", data=b"x"))
-        assert len(_lines(caplog)) == 1
-        assert _stored_tasks(middleware) == 0
-    finally:
-        middleware.close(5)
+    _a_broker_down_is_a_503(executor, broker, redis_url, caplog)
 
 
 def test_a_pool_already_shut_down_is_a_503() -> None:
