@@ -109,3 +109,20 @@ def test_a_forked_child_makes_its_own_connection(server: RedisServer) -> None:
         assert store.get("child").state == "done"  # type: ignore[union-attr]
     finally:
         store.close()
+
+
+def test_green_threads_keep_the_pool(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What gevent's and eventlet's monkey patching does to threading.local:
+    # a local of their own, per greenlet. A lane per greenlet would hold a
+    # connection for every idle keep-alive client, so the store keeps the
+    # pool: every command takes a connection and gives it back.
+    class GreenLocal(threading.local):
+        pass
+
+    monkeypatch.setattr(threading, "local", GreenLocal)
+    store = RedisStore(server.url(0))
+    try:
+        _cycle(store, "green")
+        assert store._connection.lane is store.client
+    finally:
+        store.close()

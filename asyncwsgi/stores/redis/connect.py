@@ -8,6 +8,7 @@ on each call until it can, as a plain Redis down is."""
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import threading
@@ -122,7 +123,12 @@ class Connection:
         self.prefix = prefix
         self.cluster = cluster
         self.owns_client = owns_client
-        self._lanes = threading.local() if lanes else None
+        # Lanes are per OS thread. Under gevent's or eventlet's monkey
+        # patching, threading.local is per greenlet, and a lane would keep a
+        # connection for every greenlet (every idle keep-alive client): those
+        # keep the pool.
+        green = threading.local is not _thread._local
+        self._lanes = threading.local() if lanes and not green else None
 
     @property
     def lane(self) -> Client:
