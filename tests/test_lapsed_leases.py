@@ -131,12 +131,7 @@ def test_a_worker_killed_mid_spool_gives_back_the_budget_and_is_called_back_unpo
         port,
         master,
     ):
-        status, headers, _ = post(
-            port, "/work/spool?chunks=12&ms=2000", {"Callback-URL": hooks + "lost"}
-        )
-        assert status == 202
-        location = headers["Location"]
-        task_id = location.rsplit("/", 1)[1]
+        location, task_id = _spool_called_back(port, hooks, chunks=12, ms=2000)
         deadline = time.monotonic() + 20
         while True:  # past the threshold: its writer holds the budget
             progress = json.loads(call(port, "GET", location)[2])["progress"]
@@ -188,11 +183,7 @@ def test_a_lost_callback_goes_with_no_request_at_all(
         port,
         master,
     ):
-        status, headers, _ = post(
-            port, "/work/spool?chunks=40&ms=500", {"Callback-URL": hooks + "lost"}
-        )
-        assert status == 202
-        task_id = headers["Location"].rsplit("/", 1)[1]
+        _, task_id = _spool_called_back(port, hooks, chunks=40, ms=500)
         (worker,) = children(master.pid)
         time.sleep(0.5)  # the task is under way in that worker
         os.kill(worker, signal.SIGKILL)
@@ -200,6 +191,17 @@ def test_a_lost_callback_goes_with_no_request_at_all(
         # Not a single request from here on.
         called = _called_back_once_as_lost(receiver, task_id, killed)
         print(f"\n[{store_url.partition(':')[0]}] the lost callback {called:.1f} s after")
+
+
+def _spool_called_back(port: int, hooks: str, *, chunks: int, ms: int) -> tuple[str, str]:
+    """A spooling task (``chunks`` chunks, ``ms`` apart) whose callback goes
+    to ``hooks``: its status URL and id."""
+    status, headers, _ = post(
+        port, f"/work/spool?chunks={chunks}&ms={ms}", {"Callback-URL": hooks + "lost"}
+    )
+    assert status == 202
+    location = headers["Location"]
+    return location, location.rsplit("/", 1)[1]
 
 
 def _called_back_once_as_lost(receiver: Receiver, task_id: str, killed: float) -> float:
