@@ -462,10 +462,14 @@ class RedisClusterServers(_Service):
                  "--cluster-yes"],
                 check=True, capture_output=True, timeout=timeout,
             )  # fmt: skip
+            # Ready when every node serves all the slots and sees every
+            # replica attached: "--cluster create" returns before its
+            # CLUSTER REPLICATE has reached every node by gossip, and until
+            # then a node lists a replica as a primary without slots.
             _wait_until(
-                lambda: (
-                    all(self._ready(node.port) for node in self.nodes)
-                    and len(self.roles()) == len(self.nodes)
+                lambda: all(
+                    self._ready(node.port) and self._replicas_seen(node.port, masters * replicas)
+                    for node in self.nodes
                 ),
                 timeout,
                 "the cluster was not ready",
@@ -484,6 +488,12 @@ class RedisClusterServers(_Service):
     def _ready(self, port: int) -> bool:
         info = redis_cli(port, "cluster", "info", cli=self.cli)
         return "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
+
+    def _replicas_seen(self, port: int, expected: int) -> bool:
+        roles = self.roles(port)
+        return len(roles) == len(self.nodes) and (
+            sum(primary is not None for _, primary in roles.values()) == expected
+        )
 
     def roles(self, port: int | None = None) -> dict[int, tuple[str, int | None]]:
         """Each live node's port -> (node id, the port of the primary it
