@@ -38,16 +38,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from opentelemetry.sdk.trace import ReadableSpan
 
-    from asyncwsgi.job import Job
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("off", "metrics", "traced", "sampled", "spans", "own")
@@ -159,37 +156,18 @@ def _own(traced: Callable[[], None], tasks: int, pairs: int) -> float:
 def _task(metrics: bool) -> Callable[[], None]:
     """A call of the middleware that submits a task and runs it inline."""
     from asyncwsgi import AsyncMiddleware
-    from asyncwsgi.executors import Executor
 
-    class Inline(Executor):
-        def submit(self, job: Job) -> None:
-            assert self.runner is not None  # bound by the middleware
-            self.runner.run(job)
-
-        def shutdown(self, timeout: float | None = None) -> bool:
-            return True
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-        return [b"ok"]
+    from .stand_ins import Inline, noop_start_response, trivial_app
 
     middleware = AsyncMiddleware(
-        app, paths=["/task"], executor=Inline(), max_pending=10**9, result_ttl=0,
+        trivial_app, paths=["/task"], executor=Inline(), max_pending=10**9, result_ttl=0,
         metrics_path="/metrics" if metrics else None,
     )  # fmt: skip
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/task", "SCRIPT_NAME": "",
                "SERVER_NAME": "bench", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}  # fmt: skip
 
-    def discard(data: bytes) -> None:
-        pass
-
-    def start_response(
-        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-    ) -> Callable[[bytes], object]:
-        return discard
-
     def once() -> None:
-        list(middleware(dict(environ), start_response))
+        list(middleware(dict(environ), noop_start_response))
 
     return once
 

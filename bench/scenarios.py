@@ -12,15 +12,13 @@ import threading
 import time
 import timeit
 import tracemalloc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from asyncwsgi import AsyncMiddleware
-from asyncwsgi.executors import Executor
-from asyncwsgi.job import Job
 from asyncwsgi.stores.memory import MemoryStore
 
 from . import apps, observability_cost
@@ -40,10 +38,11 @@ from .client import (
 from .report import Figures, Row
 from .server import Server, ServerOptions, Servers
 from .services import RedisServer, commands_processed
+from .stand_ins import Inline, discard, noop_start_response, trivial_app
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
 #: A config of ``alternate``: one round of it, its figures.
 Run = Callable[[], dict[str, float]]
@@ -98,21 +97,6 @@ def row(
     }
 
 
-def _trivial_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-    return [b"ok"]
-
-
-def _discard(data: bytes) -> None:
-    pass
-
-
-def _noop_start_response(
-    status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-) -> Callable[[bytes], object]:
-    return _discard
-
-
 def _load(port: int, unit: Callable[[Conn], None], cfg: Config) -> Run:
     """A round of ``unit`` on ``port``: ``cfg.clients`` clients for ``cfg.duration``."""
     return lambda: run_load(port, unit, cfg.clients, cfg.duration)
@@ -151,10 +135,10 @@ def pass_through(servers: Servers, cfg: Config) -> Figures:
     res = pass_through_http(servers, cfg)
 
     # In process: ns added per pass-through call, against an empty wrapper.
-    mw = AsyncMiddleware(_trivial_app, paths=apps.PATTERNS)
-    empty = lambda e, s: _trivial_app(e, s)  # noqa: E731 (the baseline is a lambda)
+    mw = AsyncMiddleware(trivial_app, paths=apps.PATTERNS)
+    empty = lambda e, s: trivial_app(e, s)  # noqa: E731 (the baseline is a lambda)
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SCRIPT_NAME": ""}
-    sr = _noop_start_response
+    sr = noop_start_response
     n = cfg.timeit_number
     times: dict[str, list[float]] = {"mw": [], "empty": []}
     for r in range(5):
@@ -261,18 +245,6 @@ def prefer_wait(servers: Servers, cfg: Config) -> Figures:
     }  # fmt: skip
 
 
-class _Inline(Executor):
-    """Runs each job in the submitting thread: the middleware's bookkeeping
-    without the hand-off to a pool thread (for the breakdown only)."""
-
-    def submit(self, job: Job) -> None:
-        assert self.runner is not None
-        self.runner.run(job)
-
-    def shutdown(self, timeout: float | None = None) -> bool:
-        return True
-
-
 def _prefer_wait_in_process(cfg: Config) -> dict[str, float]:
     """Microseconds per fast task, one caller, direct WSGI calls: the Flask app
     alone, through the middleware and its pool, through the middleware with
@@ -280,7 +252,7 @@ def _prefer_wait_in_process(cfg: Config) -> dict[str, float]:
     what the pool adds per task)."""
     flask_app = apps.make_flask()
     pooled = apps.make_async()
-    inline = apps.make_async(executor=_Inline())
+    inline = apps.make_async(executor=Inline())
     environ = dict(_SUBMIT_ENVIRON, REQUEST_METHOD="GET", PATH_INFO=apps.TASK_PATH,
                    HTTP_PREFER="wait=5")  # fmt: skip
     environ.pop("CONTENT_LENGTH")
@@ -331,7 +303,7 @@ def _call(mw: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, list[tupl
         status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
     ) -> Callable[[bytes], object]:
         seen.append((status, headers))
-        return _discard
+        return discard
 
     body = mw(environ, start_response)
     try:
@@ -345,7 +317,7 @@ def _call(mw: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, list[tupl
 
 def _fill(n: int, keep: int = 200) -> tuple[AsyncMiddleware, list[str]]:
     mw = AsyncMiddleware(
-        _trivial_app, paths=["/t/*"], store=MemoryStore(), max_pending=n + 10, result_ttl=86400
+        trivial_app, paths=["/t/*"], store=MemoryStore(), max_pending=n + 10, result_ttl=86400
     )
     ids: list[str] = []
     for i in range(n):
@@ -753,14 +725,14 @@ def observability(servers: Servers, cfg: Config) -> Figures:
     res = alternate(configs, cfg.rounds)
     # In process: ns per pass-through call with a metrics_path and without.
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SCRIPT_NAME": ""}
-    plain = AsyncMiddleware(_trivial_app, paths=apps.PATTERNS)
-    metered = AsyncMiddleware(_trivial_app, paths=apps.PATTERNS, metrics_path="/metrics")
+    plain = AsyncMiddleware(trivial_app, paths=apps.PATTERNS)
+    metered = AsyncMiddleware(trivial_app, paths=apps.PATTERNS, metrics_path="/metrics")
     n = cfg.timeit_number
     ns: dict[str, list[float]] = {"off": [], "on": []}
     for r in range(5):
         for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
             fn = plain if name == "off" else metered
-            call = lambda fn=fn: fn(environ, _noop_start_response)  # noqa: E731
+            call = lambda fn=fn: fn(environ, noop_start_response)  # noqa: E731
             ns[name].append(timeit.timeit(call, number=n) / n * 1e9)
     plain.close()
     metered.close()

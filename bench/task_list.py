@@ -24,10 +24,11 @@ from asyncwsgi.stores import Store, open_store
 from asyncwsgi.task import TaskRecord
 
 from .services import RedisServer
+from .stand_ins import discard, trivial_app
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import WSGIEnvironment
 
     from .report import Figures, Row
     from .scenarios import Config
@@ -70,7 +71,7 @@ def _page(mw: AsyncMiddleware, query: str) -> int:
         status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
     ) -> Callable[[bytes], object]:
         out.append(status)
-        return _discard
+        return discard
 
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/status/", "QUERY_STRING": query,
                "SCRIPT_NAME": ""}  # fmt: skip
@@ -108,7 +109,7 @@ def task_list(cfg: Config) -> Figures:
                 for size, url in (("big", big_url), ("small", small_url)):
                     store = open_store(url)
                     middle = _fill(store, n if size == "big" else small)
-                    mw = AsyncMiddleware(_trivial, paths=["/work"], store=store, owner=_owner)
+                    mw = AsyncMiddleware(trivial_app, paths=["/work"], store=store, owner=_owner)
                     made[size] = (mw, f"limit={PAGE}&cursor={_cursor(mw, middle)}")
                 rates: dict[str, list[float]] = {"big": [], "small": [], "big deep": [],
                                                  "small deep": []}  # fmt: skip
@@ -133,12 +134,3 @@ def task_list(cfg: Config) -> Figures:
             if redis is not None:
                 redis.stop()
     return {"stored": n, "page": PAGE, "pages_per_s": results, "rows": rows}
-
-
-def _discard(data: bytes) -> None:
-    pass
-
-
-def _trivial(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]

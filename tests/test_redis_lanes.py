@@ -25,6 +25,15 @@ def server() -> Iterator[RedisServer]:
         yield started
 
 
+@pytest.fixture
+def store(server: RedisServer) -> Iterator[RedisStore]:
+    opened = RedisStore(server.url(0))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
 def _cycle(store: RedisStore, name: str) -> None:
     """One task created, started and finished: three steps on this thread."""
     store.create(TaskRecord(name, created=time.time(), owner=None, ttl=60.0))
@@ -37,49 +46,39 @@ def _connected(store: RedisStore) -> int:
     return int(clients["connected_clients"])
 
 
-def test_a_thread_runs_its_commands_on_one_connection(server: RedisServer) -> None:
-    store = RedisStore(server.url(0))
-    try:
-        _cycle(store, "warm")
-        ids = {int(store._connection.lane.client_id()) for _ in range(20)}
-        assert len(ids) == 1
-        other: set[int] = set()
-        thread = threading.Thread(target=lambda: other.add(int(store._connection.lane.client_id())))
+def test_a_thread_runs_its_commands_on_one_connection(store: RedisStore) -> None:
+    _cycle(store, "warm")
+    ids = {int(store._connection.lane.client_id()) for _ in range(20)}
+    assert len(ids) == 1
+    other: set[int] = set()
+    thread = threading.Thread(target=lambda: other.add(int(store._connection.lane.client_id())))
+    thread.start()
+    thread.join(10)
+    assert other and other.isdisjoint(ids)
+
+
+def test_a_restart_between_two_commands_costs_no_command(
+    server: RedisServer, store: RedisStore
+) -> None:
+    _cycle(store, "before")
+    server.kill()
+    server.start()  # no command ran meanwhile: the lane's socket is stale
+    _cycle(store, "after")
+    record = store.get("after")
+    assert record is not None and record.state == "done"
+
+
+def test_threads_that_end_give_their_connections_back(store: RedisStore) -> None:
+    _cycle(store, "main")
+    start = _connected(store)
+    for n in range(30):  # one after another, as a server's short-lived threads
+        thread = threading.Thread(target=_cycle, args=(store, f"t{n}"))
         thread.start()
         thread.join(10)
-        assert other and other.isdisjoint(ids)
-    finally:
-        store.close()
-
-
-def test_a_restart_between_two_commands_costs_no_command(server: RedisServer) -> None:
-    store = RedisStore(server.url(0))
-    try:
-        _cycle(store, "before")
-        server.kill()
-        server.start()  # no command ran meanwhile: the lane's socket is stale
-        _cycle(store, "after")
-        record = store.get("after")
-        assert record is not None and record.state == "done"
-    finally:
-        store.close()
-
-
-def test_threads_that_end_give_their_connections_back(server: RedisServer) -> None:
-    store = RedisStore(server.url(0))
-    try:
-        _cycle(store, "main")
-        start = _connected(store)
-        for n in range(30):  # one after another, as a server's short-lived threads
-            thread = threading.Thread(target=_cycle, args=(store, f"t{n}"))
-            thread.start()
-            thread.join(10)
-        # Each ended thread's connection went back to the pool and the next
-        # thread took it: not one connection per thread that ever ran.
-        assert _connected(store) <= start + 2
-        assert all(store.get(f"t{n}").state == "done" for n in range(30))  # type: ignore[union-attr]
-    finally:
-        store.close()
+    # Each ended thread's connection went back to the pool and the next
+    # thread took it: not one connection per thread that ever ran.
+    assert _connected(store) <= start + 2
+    assert all(store.get(f"t{n}").state == "done" for n in range(30))  # type: ignore[union-attr]
 
 
 def _child(store: RedisStore, done: multiprocessing.Queue[str]) -> None:
@@ -90,25 +89,21 @@ def _child(store: RedisStore, done: multiprocessing.Queue[str]) -> None:
         done.put(repr(exc))
 
 
-def test_a_forked_child_makes_its_own_connection(server: RedisServer) -> None:
-    store = RedisStore(server.url(0))
-    try:
-        _cycle(store, "parent-before")
-        parent_id = int(store._connection.lane.client_id())
-        fork = multiprocessing.get_context("fork")
-        done: multiprocessing.Queue[str] = fork.Queue()
-        child = fork.Process(target=_child, args=(store, done))
-        child.start()
-        assert done.get(timeout=20) == "ok"
-        child.join(10)
-        assert child.exitcode == 0
-        # The parent's connection was not written on by the child: its
-        # commands still get their own answers, on the same connection.
-        _cycle(store, "parent-after")
-        assert int(store._connection.lane.client_id()) == parent_id
-        assert store.get("child").state == "done"  # type: ignore[union-attr]
-    finally:
-        store.close()
+def test_a_forked_child_makes_its_own_connection(store: RedisStore) -> None:
+    _cycle(store, "parent-before")
+    parent_id = int(store._connection.lane.client_id())
+    fork = multiprocessing.get_context("fork")
+    done: multiprocessing.Queue[str] = fork.Queue()
+    child = fork.Process(target=_child, args=(store, done))
+    child.start()
+    assert done.get(timeout=20) == "ok"
+    child.join(10)
+    assert child.exitcode == 0
+    # The parent's connection was not written on by the child: its
+    # commands still get their own answers, on the same connection.
+    _cycle(store, "parent-after")
+    assert int(store._connection.lane.client_id()) == parent_id
+    assert store.get("child").state == "done"  # type: ignore[union-attr]
 
 
 def test_green_threads_keep_the_pool(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
