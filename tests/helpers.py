@@ -59,6 +59,9 @@ def wait_done(client: Client, location: str, timeout: float = 10.0, **kw: Any) -
 
     The middleware's own 202 always points ``Location`` at the status URL; a
     202 without that is the app's result (an app may answer 202 itself).
+    Each 202 is closed before the next poll, as a server closes a response
+    before the next request on its thread: a middleware around the app (such
+    as OpenTelemetry's) may hold per-thread state until then.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -67,6 +70,7 @@ def wait_done(client: Client, location: str, timeout: float = 10.0, **kw: Any) -
             location
         ):
             return response
+        response.close()
         if time.monotonic() > deadline:
             raise AssertionError(f"task at {location} still 202 after {timeout}s")
         time.sleep(0.005)

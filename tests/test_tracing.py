@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -53,6 +54,11 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     EXPORTER.clear()
     yield EXPORTER
     EXPORTER.clear()
+    # OpenTelemetry's WSGI middleware keeps its span current from the first
+    # chunk of a response until that response is closed: responses closed out
+    # of order leave a span current on this thread, and every later test here
+    # would then trace into it instead of into its own request.
+    assert not trace.get_current_span().get_span_context().is_valid, "a span was left current"
 
 
 def inner(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -155,6 +161,34 @@ def test_the_request_is_read_with_the_apps_own_propagators(
     submit = finished(spans, TASK_SPANS)["asyncwsgi submit"]
     assert submit.context.trace_id == TRACE_ID
     assert submit.parent.span_id == 0x00F067AA0BA902B7
+
+
+def test_polling_through_opentelemetry_leaves_no_span_current(
+    wrap: Any, spans: InMemorySpanExporter
+) -> None:
+    """The suite's poller closes each 202 before it polls again. (A CI run
+    once failed two tests here: the one before them had read its 202's body,
+    then polled twice, and the first poll's span stayed current.)"""
+    first_poll_answered = threading.Event()
+
+    def gated(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        first_poll_answered.wait(10)
+        return inner(environ, start_response)
+
+    middleware = wrap(gated)
+
+    def outer(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        try:
+            return middleware(environ, start_response)
+        finally:
+            if environ["REQUEST_METHOD"] == "GET":
+                first_poll_answered.set()
+
+    client = Client(traced(outer))
+    location = client.post("/work/x").headers["Location"]
+    assert not trace.get_current_span().get_span_context().is_valid
+    assert wait_done(client, location).status_code == 200
+    assert not trace.get_current_span().get_span_context().is_valid
 
 
 def test_a_failing_task_marks_its_run_span(wrap: Any, spans: InMemorySpanExporter) -> None:
