@@ -16,6 +16,7 @@ from asyncwsgi import AsyncMiddleware
 from asyncwsgi.stores import StoreUnavailable
 from asyncwsgi.task import Body, TaskRecord
 from bench.services import RedisClusterServers, RedisServer
+from tests.helpers import wait_done
 from tests.redis_fixture import _need
 
 
@@ -83,8 +84,12 @@ def test_a_redis_cluster_down_at_start_answers_503_until_it_is_reachable() -> No
                     break
                 time.sleep(0.2)
             assert response.status_code == 202, response.data
-            record = store.get(response.headers["Location"].rsplit("/", 1)[1])
+            location = response.headers["Location"]
+            record = store.get(location.rsplit("/", 1)[1])
             assert isinstance(record, TaskRecord)
+            # Ended before the nodes go down again, so that no task outlives
+            # the test, retrying ports a later test's server may be given.
+            assert wait_done(client, location).data == b"echo:later"
 
             # Down again once it was up: the store's fault too, not the client's.
             for node in cluster.nodes:
