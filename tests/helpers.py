@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -74,6 +74,18 @@ def wait_done(client: Client, location: str, timeout: float = 10.0, **kw: Any) -
         if time.monotonic() > deadline:
             raise AssertionError(f"task at {location} still 202 after {timeout}s")
         time.sleep(0.005)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, every: float = 0.1) -> bool:
+    """Whether ``condition()`` came true within ``timeout`` seconds (for what a
+    background thread does just after a client could see its effect)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)
 
 
 @contextmanager

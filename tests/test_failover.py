@@ -30,7 +30,7 @@ from bench.services import (
     redis_cli,
 )
 from tests.failover import Answer, Submitters, expected, finals, request
-from tests.helpers import program
+from tests.helpers import program, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -60,15 +60,6 @@ def connected_replicas(port: int) -> int:
         if line.startswith("connected_slaves:"):
             return int(line.split(":")[1])
     return -1
-
-
-def wait_for(condition: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def serves(cluster: RedisClusterServers, port: int) -> bool:
