@@ -295,7 +295,11 @@ def test_spans_and_metrics_of_a_task_on_a_celery_worker(
     saved = {key: os.environ.get(key) for key in ("ASYNCWSGI_TEST_BROKER", "ASYNCWSGI_TEST_STORE")}
     os.environ.update(ASYNCWSGI_TEST_BROKER=broker, ASYNCWSGI_TEST_STORE=store)
     try:
-        web_module = importlib.reload(importlib.import_module("tests.apps.traced_celery"))
+        # Made afresh with this test's URLs; imported once only, since every
+        # import makes a middleware (and its lease sweeper) this test closes.
+        name = "tests.apps.traced_celery"
+        loaded = sys.modules.get(name)
+        web_module = importlib.reload(loaded) if loaded else importlib.import_module(name)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -346,6 +350,9 @@ def test_spans_and_metrics_of_a_task_on_a_celery_worker(
         stop_group(worker)
         middleware.close()
         middleware.store.close()
+    # Every middleware the test made is closed: no lease sweeper is left to
+    # retry this Redis once the suite has stopped it.
+    assert [t for t in threading.enumerate() if t.name == "asyncwsgi-sweeper"] == []
 
     request = web_found["POST /task/report"]
     submit = web_found["asyncwsgi submit"]
