@@ -58,7 +58,12 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     # chunk of a response until that response is closed: responses closed out
     # of order leave a span current on this thread, and every later test here
     # would then trace into it instead of into its own request.
-    assert not trace.get_current_span().get_span_context().is_valid, "a span was left current"
+    assert not span_current(), "a span was left current"
+
+
+def span_current() -> bool:
+    """Whether a span is current on this thread."""
+    return trace.get_current_span().get_span_context().is_valid
 
 
 def inner(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -186,9 +191,9 @@ def test_polling_through_opentelemetry_leaves_no_span_current(
 
     client = Client(traced(outer))
     location = client.post("/work/x").headers["Location"]
-    assert not trace.get_current_span().get_span_context().is_valid
+    assert not span_current()
     assert wait_done(client, location).status_code == 200
-    assert not trace.get_current_span().get_span_context().is_valid
+    assert not span_current()
 
 
 def test_a_failing_task_marks_its_run_span(wrap: Any, spans: InMemorySpanExporter) -> None:
@@ -295,11 +300,10 @@ def test_spans_and_metrics_of_a_task_on_a_celery_worker(
     saved = {key: os.environ.get(key) for key in ("ASYNCWSGI_TEST_BROKER", "ASYNCWSGI_TEST_STORE")}
     os.environ.update(ASYNCWSGI_TEST_BROKER=broker, ASYNCWSGI_TEST_STORE=store)
     try:
-        # Made afresh with this test's URLs; imported once only, since every
-        # import makes a middleware (and its lease sweeper) this test closes.
-        name = "tests.apps.traced_celery"
-        loaded = sys.modules.get(name)
-        web_module = importlib.reload(loaded) if loaded else importlib.import_module(name)
+        # Made afresh with this test's URLs, and once only: each run of the
+        # module makes a middleware (with its lease sweeper) to be closed.
+        sys.modules.pop("tests.apps.traced_celery", None)
+        web_module = importlib.import_module("tests.apps.traced_celery")
     finally:
         for key, value in saved.items():
             if value is None:
