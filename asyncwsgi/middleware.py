@@ -76,6 +76,7 @@ class AsyncMiddleware:
     busy_timeout: float | None
     chunk_size: int | None
     spool_ttl: float | None
+    local_copies: int | None
     min_replicas: int | None
     replica_timeout: float | None
     retry_after: int
@@ -115,6 +116,7 @@ class AsyncMiddleware:
         busy_timeout: float | None = None,
         chunk_size: int | None = None,
         spool_ttl: float | None = None,
+        local_copies: int | None = None,
         min_replicas: int | None = None,
         replica_timeout: float | None = None,
         retry_after: int = 1,

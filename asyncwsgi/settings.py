@@ -45,6 +45,7 @@ class Settings:
     busy_timeout: float | None
     chunk_size: int | None
     spool_ttl: float | None
+    local_copies: int | None
     min_replicas: int | None
     replica_timeout: float | None
     retry_after: int

@@ -23,6 +23,7 @@ __all__ = [
     "Result",
     "State",
     "TaskRecord",
+    "read_range",
 ]
 
 State = Literal["queued", "running", "done", "expired"]
@@ -53,17 +54,22 @@ class Body(abc.ABC):
         """Bytes ``start`` to ``stop`` in pieces, read as they are sent (a
         store may give its own pieces, without copying them into a buffer)."""
         with self.open() as reader:
-            reader.seek(start)
-            remaining = stop - start
-            while remaining > 0:
-                piece = reader.read(min(remaining, 256 * 1024))
-                if not piece:
-                    raise OSError("the stored body ended before its recorded size")
-                remaining -= len(piece)
-                yield piece
+            yield from read_range(reader, start, stop)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.size} bytes>"
+
+
+def read_range(reader: IO[bytes], start: int, stop: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``stop`` of an open body, in pieces."""
+    reader.seek(start)
+    remaining = stop - start
+    while remaining > 0:
+        piece = reader.read(min(remaining, 256 * 1024))
+        if not piece:
+            raise OSError("the stored body ended before its recorded size")
+        remaining -= len(piece)
+        yield piece
 
 
 class BodySink(abc.ABC):

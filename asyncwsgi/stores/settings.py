@@ -73,6 +73,14 @@ STORE_SETTINGS: tuple[StoreSetting, ...] = (
                  help="Redis: seconds a body being written lives without a new chunk",
                  doc="Redis: seconds a body being written lives without a new chunk, so "
                      "a writer that died leaves nothing behind for longer"),
+    StoreSetting("local_copies", int, ("redis",),
+                 help="Redis: bytes of large results this process keeps as local files "
+                      "once replayed, to send them again with sendfile (0: none)",
+                 doc="Redis: bytes of large results (more than one chunk) that each web "
+                     "process keeps as files of its own once it replayed them, so that "
+                     "the next replays go to the server's `sendfile` instead of through "
+                     "Python from Redis; 0 (the default) keeps none "
+                     "([large results](results.md#local-copies))"),
     StoreSetting("min_replicas", int, ("redis",),
                  help="Redis: replicas that must confirm a write before it counts",
                  doc="Redis: replicas that must confirm a write before it counts (for a "

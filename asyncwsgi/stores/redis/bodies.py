@@ -8,18 +8,21 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import redis
 from redis.cluster import RedisCluster
 
-from ...task import Body, BodyKind, BodySink
+from ...task import Body, BodyKind, BodySink, read_range
 from ..base import BodyRemoved, StoreFull
 from ..budget import BudgetSpent
 from .codec import num, text
 from .faults import translated
 from .readahead import read_ahead
 from .scripts import Scripts
+
+if TYPE_CHECKING:
+    from .copies import LocalCopies
 
 __all__ = ["BodyIO", "RedisBody", "RedisSink", "budget_spent"]
 
@@ -52,6 +55,7 @@ class BodyIO:
         spool_ttl: float,
         budget: Callable[[], int | None],
         clock: Callable[[], float],
+        copies: LocalCopies | None = None,
     ) -> None:
         self.client = client
         self.scripts = scripts
@@ -60,6 +64,8 @@ class BodyIO:
         self.spool_ttl = spool_ttl
         self.budget = budget
         self.clock = clock  # the store's (Store.clock)
+        # Local copies of replayed results (``local_copies``), or None.
+        self.copies = copies
         # The tasks of this process with a spooled request body that their
         # create has not taken yet (it says so in the record, so that only
         # they pay for removing one at their finish).
@@ -92,7 +98,7 @@ class BodyIO:
     def spooled_result(self, task_id: str, fields: dict[str, Any]) -> RedisBody:
         """The spooled result of a task whose record has these fields."""
         size, sha256 = int(fields["body_size"]), text(fields["body_sha256"])
-        return RedisBody(self, self.key(task_id, "result"), size, sha256)
+        return RedisBody(self, self.key(task_id, "result"), size, sha256, task_id)
 
     def open_sink(self, task_id: str, kind: BodyKind) -> RedisSink:
         """A sink for a new body; :class:`StoreFull` when the budget is spent."""
@@ -247,16 +253,33 @@ class RedisSink(BodySink):
 
 
 class RedisBody(Body):
-    """A body in chunks in Redis, read a chunk at a time."""
+    """A body in chunks in Redis, read a chunk at a time. A task's result
+    (``task_id`` given) of more than one chunk is read from this process's
+    local copy when the store keeps them and has one, and copied as it is
+    replayed in full when it has none."""
 
-    __slots__ = ("io", "key")
+    __slots__ = ("io", "key", "task_id")
 
-    def __init__(self, io_: BodyIO, key: str, size: int, sha256: str) -> None:
+    def __init__(
+        self, io_: BodyIO, key: str, size: int, sha256: str, task_id: str | None = None
+    ) -> None:
         super().__init__(size, sha256)
         self.io = io_
         self.key = key
+        self.task_id = task_id
 
-    def open(self) -> io.BufferedReader:
+    def _copies(self) -> LocalCopies | None:
+        copies = self.io.copies
+        if copies is None or self.task_id is None or self.size <= self.io.chunk_size:
+            return None
+        return copies
+
+    def open(self) -> IO[bytes]:
+        copies = self._copies()
+        if copies is not None and self.task_id is not None:
+            copy = copies.open(self.task_id, self.sha256, self.size)
+            if copy is not None:
+                return copy  # a file: the server may send it with sendfile
         if not self.io.exists(self.key):
             raise FileNotFoundError(f"no body at {self.key}")
         return io.BufferedReader(_ChunkReader(self), buffer_size=256 * 1024)
@@ -266,6 +289,27 @@ class RedisBody(Body):
         # ahead of the caller (the server writing them to the client).
         if stop <= start:
             return
+        copies = self._copies()
+        writer = None
+        if copies is not None and self.task_id is not None:
+            copy = copies.open(self.task_id, self.sha256, self.size)
+            if copy is not None:
+                with copy:
+                    yield from read_range(copy, start, stop)
+                return
+            if (start, stop) == (0, self.size):
+                writer = copies.writer(self.task_id, self.sha256, self.size)
+        if writer is None:
+            yield from self._from_redis(start, stop)
+            return
+        try:
+            for piece in self._from_redis(start, stop):
+                writer.write(piece)  # kept with its last byte
+                yield piece
+        finally:
+            writer.abandon()  # (nothing once kept)
+
+    def _from_redis(self, start: int, stop: int) -> Iterator[bytes]:
         size = self.io.chunk_size
         first, last = start // size, (stop - 1) // size
         position = first * size

@@ -28,7 +28,8 @@ from ..settings import split_url, store_keywords
 from . import connect, deliveries, listeners, tasklist
 from .bodies import BodyIO, RedisBody, budget_spent
 from .codec import headers_json, num, record, record_fields, text
-from .faults import BACKEND_ERRORS, fault
+from .copies import LocalCopies
+from .faults import BACKEND_ERRORS, fault, translated
 from .replicas import Replication, Unconfirmed, undo_create
 from .scripts import Scripts
 
@@ -76,6 +77,7 @@ class RedisStore(Store):
         spool_ttl: float = 600.0,
         min_replicas: int = 0,
         replica_timeout: float = 1.0,
+        local_copies: int = 0,
     ) -> None:
         if isinstance(client_or_url, str):
             base, in_url = split_url(client_or_url)
@@ -98,6 +100,8 @@ class RedisStore(Store):
         # The bytes of each chunk of a spooled body, and how long its writer
         # may take for the next one before it is reaped as a dead writer's.
         self.chunk_size, self.spool_ttl = chunk_size, spool_ttl
+        self.local_copies = local_copies
+        copies = LocalCopies(local_copies, self._result_digests) if local_copies > 0 else None
         self.bodies = BodyIO(
             lambda: connection.lane,
             self.scripts,
@@ -106,6 +110,7 @@ class RedisStore(Store):
             spool_ttl=spool_ttl,
             budget=lambda: self.max_stored_bytes,
             clock=lambda: self.clock(),
+            copies=copies,
         )
         if self.url is not None:
             self.url = connect.carry_settings(self.url, _changed(self))
@@ -258,7 +263,10 @@ class RedisStore(Store):
         return bool(finished)
 
     def _delete(self, task_id: str) -> bool:
-        return bool(self._run("delete_task", [self._key("task", task_id)], [task_id]))
+        deleted = bool(self._run("delete_task", [self._key("task", task_id)], [task_id]))
+        if self.bodies.copies is not None:
+            self.bodies.copies.forget(task_id)
+        return deleted
 
     def _lapsed(self, now: float, limit: int) -> list[str]:
         # (Answers through Any: redis-py 7 annotates them as maybe awaitable.)
@@ -338,7 +346,19 @@ class RedisStore(Store):
     def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
         return deliveries.settle(self.scripts, self.prefix, delivery, retry_at)
 
+    def _result_digests(self, task_ids: list[str]) -> list[str | None]:
+        """The SHA-256 of each task's spooled result as Redis holds it now
+        (None: no such task or result), in one round trip."""
+        with translated():
+            pipe = self._connection.lane.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hget(self._key("task", task_id), "body_sha256")
+            answers = pipe.execute()
+        return [None if value is None else text(value) for value in answers]
+
     def close(self) -> None:
+        if self.bodies.copies is not None:
+            self.bodies.copies.close()
         connect.close(self._connection)
 
     def __repr__(self) -> str:
