@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, Any, cast
 
 import redis
 from redis.cluster import RedisCluster
@@ -17,12 +17,10 @@ from ...task import Body, BodyKind, BodySink, read_range
 from ..base import BodyRemoved, StoreFull
 from ..budget import BudgetSpent
 from .codec import num, text
+from .copies import LocalCopies
 from .faults import translated
 from .readahead import read_ahead
 from .scripts import Scripts
-
-if TYPE_CHECKING:
-    from .copies import LocalCopies
 
 __all__ = ["BodyIO", "RedisBody", "RedisSink", "budget_spent"]
 
@@ -55,7 +53,7 @@ class BodyIO:
         spool_ttl: float,
         budget: Callable[[], int | None],
         clock: Callable[[], float],
-        copies: LocalCopies | None = None,
+        local_copies: int = 0,
     ) -> None:
         self.client = client
         self.scripts = scripts
@@ -65,7 +63,7 @@ class BodyIO:
         self.budget = budget
         self.clock = clock  # the store's (Store.clock)
         # Local copies of replayed results (``local_copies``), or None.
-        self.copies = copies
+        self.copies = LocalCopies(local_copies, self._digests) if local_copies > 0 else None
         # The tasks of this process with a spooled request body that their
         # create has not taken yet (it says so in the record, so that only
         # they pay for removing one at their finish).
@@ -171,6 +169,25 @@ class BodyIO:
         """Remove a body and give its bytes back."""
         with translated():
             self.scripts.run("drop_body", [self.key(task_id, kind)], [task_id, kind])
+
+    def deleted(self, task_id: str) -> None:
+        """The task was deleted: a local copy of its result goes now."""
+        if self.copies is not None:
+            self.copies.forget(task_id)
+
+    def close(self) -> None:
+        if self.copies is not None:
+            self.copies.close()
+
+    def _digests(self, task_ids: list[str]) -> list[str | None]:
+        """The SHA-256 of each task's spooled result as Redis holds it now
+        (None: no such task, or no spooled result), in one round trip."""
+        with translated():
+            pipe = self.client().pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hget(f"{self.prefix}task:{task_id}", "body_sha256")
+            answers = pipe.execute()
+        return [None if value is None else text(value) for value in answers]
 
     def exists(self, key: str) -> bool:
         with translated():

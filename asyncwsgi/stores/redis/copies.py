@@ -63,6 +63,8 @@ class LocalCopies:
         self._dir: str | None = None
         self._dir_lock = -1
         self._pid = os.getpid()
+        self._closed = False
+        self._warned = False  # the directory could not be made: said once
         self._sweeper = Periodic(
             "asyncwsgi-copies",
             self.sweep,
@@ -70,11 +72,6 @@ class LocalCopies:
             what="removing local copies of removed results",
             outage=(StoreUnavailable,),
         )
-
-    @property
-    def held(self) -> int:
-        """The bytes of the copies, written and being written."""
-        return self._held
 
     def open(self, task_id: str, sha256: str, size: int) -> IO[bytes] | None:
         """The copy of this body, opened at offset 0, or None."""
@@ -99,7 +96,9 @@ class LocalCopies:
         it does not fit, or another replay is writing it."""
         with self._lock:
             self._after_fork()
-            if size > self.budget or task_id in self._writing or task_id in self._copies:
+            if self._closed or size > self.budget:
+                return None
+            if task_id in self._writing or task_id in self._copies:
                 return None
             while self._held + size > self.budget and self._copies:
                 self._remove(next(iter(self._copies)))
@@ -108,7 +107,9 @@ class LocalCopies:
             try:
                 path = os.path.join(self._directory(), f"{task_id}.copy")
             except OSError as exc:
-                logger.warning("cannot keep local copies of results: %s", exc)
+                if not self._warned:
+                    self._warned = True
+                    logger.warning("asyncwsgi: cannot keep local copies of results: %s", exc)
                 return None
             self._writing[task_id] = size
             self._held += size
@@ -142,6 +143,7 @@ class LocalCopies:
         """Stop the sweeper and remove every copy."""
         self._sweeper.stop(5)
         with self._lock:
+            self._closed = True
             if self._dir is not None and self._pid == os.getpid():
                 shutil.rmtree(self._dir, ignore_errors=True)
                 os.close(self._dir_lock)
@@ -259,5 +261,5 @@ class CopyWriter:
         self.copies._abandoned(self)
 
     def _failed(self, exc: OSError) -> None:
-        logger.warning("a local copy of task %s was not kept: %s", self.task_id, exc)
+        logger.warning("asyncwsgi: a local copy of task %s was not kept: %s", self.task_id, exc)
         self.abandon()

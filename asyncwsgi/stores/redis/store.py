@@ -28,8 +28,7 @@ from ..settings import split_url, store_keywords
 from . import connect, deliveries, listeners, tasklist
 from .bodies import BodyIO, RedisBody, budget_spent
 from .codec import headers_json, num, record, record_fields, text
-from .copies import LocalCopies
-from .faults import BACKEND_ERRORS, fault, translated
+from .faults import BACKEND_ERRORS, fault
 from .replicas import Replication, Unconfirmed, undo_create
 from .scripts import Scripts
 
@@ -58,7 +57,8 @@ class RedisStore(Store):
     410 for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them.
     With ``min_replicas``, a submission, a result, a deletion and a callback
     claim count only once that many replicas confirmed them within
-    ``replica_timeout`` seconds (see :mod:`.replicas`).
+    ``replica_timeout`` seconds (see :mod:`.replicas`). With ``local_copies``
+    a replayed large result is kept as a local file (see :mod:`.copies`).
 
     >>> store = RedisStore.from_url("redis://localhost:6379/0")
     """
@@ -100,8 +100,6 @@ class RedisStore(Store):
         # The bytes of each chunk of a spooled body, and how long its writer
         # may take for the next one before it is reaped as a dead writer's.
         self.chunk_size, self.spool_ttl = chunk_size, spool_ttl
-        self.local_copies = local_copies
-        copies = LocalCopies(local_copies, self._result_digests) if local_copies > 0 else None
         self.bodies = BodyIO(
             lambda: connection.lane,
             self.scripts,
@@ -110,7 +108,7 @@ class RedisStore(Store):
             spool_ttl=spool_ttl,
             budget=lambda: self.max_stored_bytes,
             clock=lambda: self.clock(),
-            copies=copies,
+            local_copies=local_copies,
         )
         if self.url is not None:
             self.url = connect.carry_settings(self.url, _changed(self))
@@ -137,10 +135,8 @@ class RedisStore(Store):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
-        """A store on its own client for a ``redis://``, ``rediss://``,
-        ``unix://``, ``redis+cluster://`` or ``redis+sentinel://`` URL;
-        ``options`` are the store's keyword arguments, over the settings the
-        URL carries (``?min_replicas=1``)."""
+        """A store on its own client for a URL of the package's forms;
+        ``options`` (its keyword arguments) win over the URL's settings."""
         base, in_url = split_url(url)
         return cls(base, **{**store_keywords("redis", in_url), **options})
 
@@ -263,21 +259,18 @@ class RedisStore(Store):
         return bool(finished)
 
     def _delete(self, task_id: str) -> bool:
-        deleted = bool(self._run("delete_task", [self._key("task", task_id)], [task_id]))
-        if self.bodies.copies is not None:
-            self.bodies.copies.forget(task_id)
-        return deleted
+        self.bodies.deleted(task_id)  # (a copy made again is harmless if this fails)
+        return bool(self._run("delete_task", [self._key("task", task_id)], [task_id]))
 
     def _lapsed(self, now: float, limit: int) -> list[str]:
-        # (Answers through Any: redis-py 7 annotates them as maybe awaitable.)
-        ids: Any = self._connection.lane.zrangebyscore(
+        ids: Any  # (Any: redis-py 7 annotates the answer as maybe awaitable)
+        ids = self._connection.lane.zrangebyscore(
             self.prefix + "leases", "-inf", f"({num(now)}", start=0, num=limit
         )
         return [text(task_id) for task_id in ids]
 
     def _count(self) -> int:
-        # Every active task is in ``leases`` (by its lease's end, or inf).
-        # (Through Any: redis-py 7 annotates the answer as maybe awaitable.)
+        # Every active task is in ``leases`` (Any: redis-py 7 says maybe awaitable).
         count: Any = self._connection.lane.zcard(self.prefix + "leases")
         return int(count)
 
@@ -346,19 +339,8 @@ class RedisStore(Store):
     def _settle_callback(self, delivery: Delivery, retry_at: float | None) -> bool:
         return deliveries.settle(self.scripts, self.prefix, delivery, retry_at)
 
-    def _result_digests(self, task_ids: list[str]) -> list[str | None]:
-        """The SHA-256 of each task's spooled result as Redis holds it now
-        (None: no such task or result), in one round trip."""
-        with translated():
-            pipe = self._connection.lane.pipeline(transaction=False)
-            for task_id in task_ids:
-                pipe.hget(self._key("task", task_id), "body_sha256")
-            answers = pipe.execute()
-        return [None if value is None else text(value) for value in answers]
-
     def close(self) -> None:
-        if self.bodies.copies is not None:
-            self.bodies.copies.close()
+        self.bodies.close()
         connect.close(self._connection)
 
     def __repr__(self) -> str:
