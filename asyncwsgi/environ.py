@@ -85,6 +85,9 @@ def read_body(environ: WSGIEnvironment, max_body: int, spool: Spool | None = Non
         if not length.isascii() or not length.strip().isdigit():
             raise BadRequest("Content-Length is not a non-negative integer")
         announced = int(length)
+        if not announced and "HTTP_TRANSFER_ENCODING" not in environ:
+            # Nothing to read (a POST without a body): no stream to set up.
+            return b"" if spool is None else spool.result()
     elif not environ.get("wsgi.input_terminated"):
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             raise LengthRequired()
