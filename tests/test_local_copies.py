@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 import redis
 
 from asyncwsgi.stores.redis import RedisStore
+from asyncwsgi.task import Result, TaskRecord
 from bench.services import Gunicorn
 from tests.apps.large_app import digest
 from tests.helpers import unavailable, wait_for
@@ -217,3 +219,36 @@ def test_a_disk_that_fills_while_copying_leaves_the_replay_whole(
         assert list(small_disk.rglob("*.copy*")) == []  # nothing half-written left
         assert shutil.disk_usage(small_disk).used < MIB
     assert "was not kept" in log.read_text()
+
+
+def test_two_first_replays_at_once_are_both_whole_and_keep_one_copy(redis_url, client, tmp_path):
+    store = RedisStore(redis_url, prefix=PREFIX, local_copies=64 * MIB)
+    try:
+        task_id = "b" * 32
+        assert store.create(TaskRecord(task_id, created=time.time())).created
+        data = os.urandom(3 * MIB + 5)
+        sink = store.open_sink(task_id, "result")
+        sink.write(data)
+        body = sink.commit(len(data), hashlib.sha256(data).hexdigest())
+        assert store.finish(task_id, Result("200 OK", [], body))
+        readers = [store.get(task_id).result.body for _ in range(2)]
+        pieces = [r.chunks(0, r.size) for r in readers]
+        got: list[list[bytes]] = [[], []]
+        # Interleaved, piece by piece: both are first replays.
+        while any(p is not None for p in pieces):
+            for i, reader in enumerate(pieces):
+                if reader is not None:
+                    piece = next(reader, None)
+                    if piece is None:
+                        pieces[i] = None
+                    else:
+                        got[i].append(piece)
+        assert [b"".join(g) for g in got] == [data, data]
+        copy = store.get(task_id).result.body.open()
+        with copy:
+            assert copy.read() == data
+            directory = Path(copy.name).parent
+        assert [p.name for p in directory.iterdir() if p.suffix == ".copy"] == [f"{task_id}.copy"]
+    finally:
+        store.close()
+    assert not directory.exists()  # close() takes the copies with it
