@@ -54,6 +54,21 @@ def _importable(module: str) -> bool:
         return False
 
 
+@contextmanager
+def small_disk(parent: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"4m"``) mounted at ``parent/small``: a disk that
+    fills (mounting needs root, as CI has; see ``unavailable``)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        unavailable("a full disk needs root to mount a tmpfs")
+    mount = parent / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def wait_done(client: Client, location: str, timeout: float = 10.0, **kw: Any) -> TestResponse:
     """Poll a status URL until it answers the task's result.
 

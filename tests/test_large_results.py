@@ -15,7 +15,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import pytest
 from bench.services import Gunicorn, RssSampler
 from tests.apps import large_app
 from tests.apps.large_app import stream
-from tests.helpers import unavailable
+from tests.helpers import small_disk
 
 pytestmark = pytest.mark.slow
 
@@ -257,15 +256,8 @@ def test_a_byte_budget_holds_under_200_concurrent_tasks(tmp_path):
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        unavailable("a full disk needs root to mount a tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_disk(tmp_path, "8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_disk_that_fills_while_spooling_ends_that_task_only(tmpfs, tmp_path):

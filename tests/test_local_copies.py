@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,8 +25,9 @@ import redis
 from asyncwsgi.stores.redis import RedisStore
 from asyncwsgi.task import Result, TaskRecord
 from bench.services import Gunicorn
+from tests import helpers
 from tests.apps.large_app import digest
-from tests.helpers import unavailable, wait_for
+from tests.helpers import wait_for
 
 APP = "tests.apps.large_app:application"
 MIB = 2**20
@@ -192,16 +192,8 @@ def test_a_store_without_local_copies_makes_no_file_and_no_thread(redis_url, cli
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs (mounting needs root, as CI has)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        unavailable("a full disk needs root to mount a tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
+    with helpers.small_disk(tmp_path, "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_disk_that_fills_while_copying_leaves_the_replay_whole(
