@@ -244,3 +244,41 @@ def test_two_first_replays_at_once_are_both_whole_and_keep_one_copy(redis_url, c
     finally:
         store.close()
     assert not directory.exists()  # close() takes the copies with it
+
+
+def test_a_first_replay_cut_short_keeps_no_copy_and_stops_its_read_ahead(
+    redis_url, client, tmp_path
+):
+    store = RedisStore(redis_url, prefix=PREFIX, local_copies=64 * MIB)
+    try:
+        task_id = "c" * 32
+        assert store.create(TaskRecord(task_id, created=time.time())).created
+        data = os.urandom(4 * MIB)
+        sink = store.open_sink(task_id, "result")
+        sink.write(data)
+        assert store.finish(
+            task_id, Result("200 OK", [], sink.commit(len(data), hashlib.sha256(data).hexdigest()))
+        )
+
+        def read_aheads() -> int:
+            return sum(t.name == "asyncwsgi-read-ahead" for t in threading.enumerate())
+
+        before = read_aheads()
+        body = store.get(task_id).result.body
+        replay = body.chunks(0, body.size)
+        assert next(replay) == data[:MIB]
+        assert read_aheads() == before + 1
+        replay.close()  # the client went away
+        assert wait_for(lambda: read_aheads() == before, 5)
+
+        reads = chunk_reads(client)
+        assert b"".join(body.chunks(0, body.size)) == data
+        assert chunk_reads(client) > reads  # no copy was kept: read from Redis again
+        reads = chunk_reads(client)
+        with body.open() as copy:  # that whole replay kept one
+            assert copy.read() == data
+            held = list(Path(copy.name).parent.iterdir())
+        assert chunk_reads(client) == reads
+        assert [p.name for p in held if p.name != ".lock"] == [f"{task_id}.copy"]
+    finally:
+        store.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import IO, Any, cast
 
 import redis
@@ -319,14 +319,16 @@ class RedisBody(Body):
         if writer is None:
             yield from self._from_redis(start, stop)
             return
+        pieces = self._from_redis(start, stop)
         try:
-            for piece in self._from_redis(start, stop):
+            for piece in pieces:
                 writer.write(piece)  # kept with its last byte
                 yield piece
         finally:
+            pieces.close()  # a reader that stopped early stops the read ahead
             writer.abandon()  # (nothing once kept)
 
-    def _from_redis(self, start: int, stop: int) -> Iterator[bytes]:
+    def _from_redis(self, start: int, stop: int) -> Generator[bytes, None, None]:
         size = self.io.chunk_size
         first, last = start // size, (stop - 1) // size
         position = first * size
