@@ -213,16 +213,20 @@ def test_a_disk_that_fills_while_copying_leaves_the_replay_whole(
     assert "was not kept" in log.read_text()
 
 
+def finished_with(store: RedisStore, task_id: str, data: bytes) -> None:
+    """A task of ``store``, finished with ``data`` as its spooled result."""
+    assert store.create(TaskRecord(task_id, created=time.time())).created
+    sink = store.open_sink(task_id, "result")
+    sink.write(data)
+    body = sink.commit(len(data), hashlib.sha256(data).hexdigest())
+    assert store.finish(task_id, Result("200 OK", [], body))
+
+
 def test_two_first_replays_at_once_are_both_whole_and_keep_one_copy(redis_url, client, tmp_path):
     store = RedisStore(redis_url, prefix=PREFIX, local_copies=64 * MIB)
     try:
-        task_id = "b" * 32
-        assert store.create(TaskRecord(task_id, created=time.time())).created
-        data = os.urandom(3 * MIB + 5)
-        sink = store.open_sink(task_id, "result")
-        sink.write(data)
-        body = sink.commit(len(data), hashlib.sha256(data).hexdigest())
-        assert store.finish(task_id, Result("200 OK", [], body))
+        task_id, data = "b" * 32, os.urandom(3 * MIB + 5)
+        finished_with(store, task_id, data)
         readers = [store.get(task_id).result.body for _ in range(2)]
         pieces = [r.chunks(0, r.size) for r in readers]
         got: list[list[bytes]] = [[], []]
@@ -251,14 +255,8 @@ def test_a_first_replay_cut_short_keeps_no_copy_and_stops_its_read_ahead(
 ):
     store = RedisStore(redis_url, prefix=PREFIX, local_copies=64 * MIB)
     try:
-        task_id = "c" * 32
-        assert store.create(TaskRecord(task_id, created=time.time())).created
-        data = os.urandom(4 * MIB)
-        sink = store.open_sink(task_id, "result")
-        sink.write(data)
-        assert store.finish(
-            task_id, Result("200 OK", [], sink.commit(len(data), hashlib.sha256(data).hexdigest()))
-        )
+        task_id, data = "c" * 32, os.urandom(4 * MIB)
+        finished_with(store, task_id, data)
 
         def read_aheads() -> int:
             return sum(t.name == "asyncwsgi-read-ahead" for t in threading.enumerate())

@@ -285,16 +285,17 @@ class RedisBody(Body):
         self.key = key
         self.task_id = task_id
 
-    def _copies(self) -> LocalCopies | None:
-        copies = self.io.copies
-        if copies is None or self.task_id is None or self.size <= self.io.chunk_size:
+    def _copies(self) -> tuple[LocalCopies, str] | None:
+        """This process's copies and the task's id, when this body may have one."""
+        copies, task_id = self.io.copies, self.task_id
+        if copies is None or task_id is None or self.size <= self.io.chunk_size:
             return None
-        return copies
+        return copies, task_id
 
     def open(self) -> IO[bytes]:
-        copies = self._copies()
-        if copies is not None and self.task_id is not None:
-            copy = copies.open(self.task_id, self.sha256, self.size)
+        mine = self._copies()
+        if mine is not None:
+            copy = mine[0].open(mine[1], self.sha256, self.size)
             if copy is not None:
                 return copy  # a file: the server may send it with sendfile
         if not self.io.exists(self.key):
@@ -306,16 +307,17 @@ class RedisBody(Body):
         # ahead of the caller (the server writing them to the client).
         if stop <= start:
             return
-        copies = self._copies()
+        mine = self._copies()
         writer = None
-        if copies is not None and self.task_id is not None:
-            copy = copies.open(self.task_id, self.sha256, self.size)
+        if mine is not None:
+            copies, task_id = mine
+            copy = copies.open(task_id, self.sha256, self.size)
             if copy is not None:
                 with copy:
                     yield from read_range(copy, start, stop)
                 return
             if (start, stop) == (0, self.size):
-                writer = copies.writer(self.task_id, self.sha256, self.size)
+                writer = copies.writer(task_id, self.sha256, self.size)
         if writer is None:
             yield from self._from_redis(start, stop)
             return

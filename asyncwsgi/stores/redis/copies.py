@@ -147,10 +147,7 @@ class LocalCopies:
             if self._dir is not None and self._pid == os.getpid():
                 shutil.rmtree(self._dir, ignore_errors=True)
                 os.close(self._dir_lock)
-            self._dir, self._dir_lock = None, -1
-            self._copies.clear()
-            self._writing.clear()
-            self._held = 0
+            self._forget_all()
 
     # -- the writer's side ---------------------------------------------------
 
@@ -188,10 +185,14 @@ class LocalCopies:
         # the directory and its lock are the parent's.
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._copies.clear()
-            self._writing.clear()
-            self._held = 0
-            self._dir, self._dir_lock = None, -1
+            self._forget_all()
+
+    def _forget_all(self) -> None:
+        # (Not the files: they are removed by whoever owns the directory.)
+        self._copies.clear()
+        self._writing.clear()
+        self._held = 0
+        self._dir, self._dir_lock = None, -1
 
 
 class CopyWriter:
@@ -228,8 +229,6 @@ class CopyWriter:
             self._commit()
 
     def _commit(self) -> None:
-        if self._done:
-            return
         file, self._file = self._file, None
         try:
             if file is None or self.written != self.size:

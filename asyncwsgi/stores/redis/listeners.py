@@ -22,8 +22,12 @@ def block_until_done(
     prefix: str,
     task_id: str,
     seconds: float,
+    limit: float | None,
 ) -> None:
-    """Block until the task finishes or is deleted, at most ``seconds``."""
+    """Block until the task finishes or is deleted, at most ``seconds``, and
+    at most ``limit`` (the client's socket timeout, if any)."""
+    if limit is not None:
+        seconds = min(seconds, limit)
     # Marked first, so that its finish wakes this waiter; a task that is not
     # active any more has nothing to wait for: the caller reads it again.
     if not scripts.run("mark_listener", [f"{prefix}task:{task_id}"], ["waited"]):

@@ -57,8 +57,7 @@ class RedisStore(Store):
     410 for ``tombstone_ttl`` seconds, at most ``max_tombstones`` of them.
     With ``min_replicas``, a submission, a result, a deletion and a callback
     claim count only once that many replicas confirmed them within
-    ``replica_timeout`` seconds (see :mod:`.replicas`). With ``local_copies``
-    a replayed large result is kept as a local file (see :mod:`.copies`).
+    ``replica_timeout`` seconds (see :mod:`.replicas`).
 
     >>> store = RedisStore.from_url("redis://localhost:6379/0")
     """
@@ -135,8 +134,10 @@ class RedisStore(Store):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
-        """A store on its own client for a URL of the package's forms;
-        ``options`` (its keyword arguments) win over the URL's settings."""
+        """A store on its own client for a ``redis://``, ``rediss://``,
+        ``unix://``, ``redis+cluster://`` or ``redis+sentinel://`` URL;
+        ``options`` are the store's keyword arguments, over the settings the
+        URL carries (``?min_replicas=1``)."""
         base, in_url = split_url(url)
         return cls(base, **{**store_keywords("redis", in_url), **options})
 
@@ -263,14 +264,15 @@ class RedisStore(Store):
         return bool(self._run("delete_task", [self._key("task", task_id)], [task_id]))
 
     def _lapsed(self, now: float, limit: int) -> list[str]:
-        ids: Any  # (Any: redis-py 7 annotates the answer as maybe awaitable)
-        ids = self._connection.lane.zrangebyscore(
+        # (Answers through Any: redis-py 7 annotates them as maybe awaitable.)
+        ids: Any = self._connection.lane.zrangebyscore(
             self.prefix + "leases", "-inf", f"({num(now)}", start=0, num=limit
         )
         return [text(task_id) for task_id in ids]
 
     def _count(self) -> int:
-        # Every active task is in ``leases`` (Any: redis-py 7 says maybe awaitable).
+        # Every active task is in ``leases`` (by its lease's end, or inf).
+        # (Through Any: redis-py 7 annotates the answer as maybe awaitable.)
         count: Any = self._connection.lane.zcard(self.prefix + "leases")
         return int(count)
 
@@ -281,10 +283,8 @@ class RedisStore(Store):
         return {"queued": int(queued), "running": int(running)}
 
     def _block(self, task_id: str, timeout: float, poll: float) -> None:
-        if self._block_limit is not None:
-            timeout = min(timeout, self._block_limit)
         listeners.block_until_done(
-            self._connection.lane, self.scripts, self.prefix, task_id, timeout
+            self._connection.lane, self.scripts, self.prefix, task_id, timeout, self._block_limit
         )
 
     # -- bodies --------------------------------------------------------------
