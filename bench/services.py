@@ -161,9 +161,25 @@ class RedisServer(_Service):
         )
         try:
             wait_port(self.port, self.proc)
+            self._wait_loaded()
         except BaseException:
             self.stop()
             raise
+
+    def _wait_loaded(self, timeout: float = 10.0) -> None:
+        """Return once the server answers PING. A server started again on an
+        append-only file accepts connections before it has read the file back,
+        and answers every command with LOADING until then: the store is still
+        unavailable, so the outage a test made has not ended yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.create_connection(("127.0.0.1", self.port), 1.0) as sock:
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis on port {self.port} still loading after {timeout} s")
+            time.sleep(0.02)
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would; :meth:`start` brings it back."""
