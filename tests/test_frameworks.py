@@ -15,7 +15,9 @@ from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 
+from .apps.falcon_reports import make_falcon
 from .helpers import need, wait_done
+from .servers import wsgi_server
 
 
 def submit_and_wait(client: Client, method: str, path: str, **kw: Any) -> Any:
@@ -299,25 +301,6 @@ def test_paste_rejects_bad_options(conf, message):
 # -- Falcon and Bottle: plain AsyncMiddleware --------------------------------
 
 
-def make_falcon() -> Any:
-    import falcon
-
-    class Report:
-        def on_post(self, req: Any, resp: Any, name: str) -> None:
-            task = req.env.get("asyncwsgi.task")
-            if task is not None:
-                task.set_progress(1, 1, "done")
-            resp.media = {"name": name, "body": req.bounded_stream.read().decode()}
-            resp.status = falcon.HTTP_201
-
-        def on_get(self, req: Any, resp: Any, name: str) -> None:
-            resp.media = {"name": name, "sync": True}
-
-    app = falcon.App()
-    app.add_route("/reports/{name}", Report())
-    return app
-
-
 def make_bottle() -> Any:
     import bottle
 
@@ -352,15 +335,12 @@ def test_plain_middleware_around_a_framework(make):
 
 
 @pytest.mark.slow
-def test_falcon_under_waitress():
-    import waitress
-
-    app = AsyncMiddleware(make_falcon(), paths=["/reports/*"], methods=["POST"])
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.effective_port}"
-    try:
+def test_falcon_under_waitress(tmp_path):
+    """A waitress process serving the Falcon app: the 202, then the app's 201."""
+    need("waitress")
+    app = "tests.apps.falcon_reports:application"
+    with wsgi_server("waitress", app, tmp_path / "waitress.log") as port:
+        base = f"http://127.0.0.1:{port}"
         request = urllib.request.Request(f"{base}/reports/q3", data=b"rows", method="POST")
         with urllib.request.urlopen(request, timeout=10) as submitted:
             assert submitted.status == 202
@@ -373,12 +353,8 @@ def test_falcon_under_waitress():
                 break
             assert time.monotonic() < deadline, "task still running"
             time.sleep(0.01)
-        assert status == 201
-        assert json.loads(body) == {"name": "q3", "body": "rows"}
-    finally:
-        server.close()
-        thread.join(5)
-        app.close(timeout=5)
+    assert status == 201
+    assert json.loads(body) == {"name": "q3", "body": "rows"}
 
 
 # -- the examples ------------------------------------------------------------
