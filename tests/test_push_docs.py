@@ -8,8 +8,9 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,14 +46,30 @@ def curl() -> str:
     return program("curl")
 
 
+#: Open unless a test closes it: the demo's tasks start once it is open, so a
+#: test can connect its stream before a task runs (on a loaded machine,
+#: starting curl can take longer than the demo's whole second of work).
+task_gate = threading.Event()
+
+
+def gated(app: Any) -> Any:
+    def gated_app(environ: dict[str, Any], start_response: Any) -> Any:
+        if "asyncwsgi.task" in environ:
+            assert task_gate.wait(30), "the test never opened the gate"
+        return app(environ, start_response)
+
+    return gated_app
+
+
 @pytest.fixture
 def site() -> Iterator[tuple[str, str, Receiver]]:
     from examples.web import site as page_and_demo
 
+    task_gate.set()
     receiver = Receiver(secret=doc_secret())
     with receiving(receiver) as hooks:
         application = AsyncMiddleware(
-            page_and_demo,
+            gated(page_and_demo),
             paths=["/reports/*"],
             owner=by_cookie("session"),
             callback_allow=[hooks],
@@ -96,6 +113,21 @@ def shell(code: str, **env: str) -> str:
     return done.stdout.decode()
 
 
+def streamed(code: str, first_line: str, then: Callable[[], None], **env: str) -> str:
+    """What ``code`` prints; ``then()`` runs once it has printed ``first_line``
+    (a stream that is connected)."""
+    with subprocess.Popen(
+        ["bash", "-c", code], env={**os.environ, "SESSION": SESSION, **env}, stdout=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        assert first == first_line, first
+        then()
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+    return first + rest.decode()
+
+
 def test_the_configuration_block_builds_a_middleware() -> None:
     text = DOC.read_text()
     block = re.search(r"```python\n(from asyncwsgi import AsyncMiddleware.*?)```", text, re.DOTALL)
@@ -108,8 +140,9 @@ def test_the_configuration_block_builds_a_middleware() -> None:
 def test_curl_examples(curl: str, site: tuple[str, str, Receiver]) -> None:
     base, hooks, receiver = site
     code = examples()
+    task_gate.clear()  # the task waits for the stream
     task = submit(base)
-    out = shell(code["sse-curl"], BASE=base, TASK=task)
+    out = streamed(code["sse-curl"], "retry: 1000\n", task_gate.set, BASE=base, TASK=task)
     assert out.startswith("retry: 1000\n")
     assert "event: progress" in out
     assert out.rstrip().endswith(f'data: {{"status":200,"location":"{task}"}}')
