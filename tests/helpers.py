@@ -177,15 +177,18 @@ def rq_worker(
 
 @contextmanager
 def celery_worker(
-    app: str, queue: str, log: Path, loglevel: str = "warning"
+    app: str, queue: str, log: Path, loglevel: str = "warning", threads: int = 0
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker for ``app`` (``module:attr``) on ``queue``, one
-    task at a time (the solo pool), its output in ``log``; it and its process
-    group are stopped when the block ends."""
+    task at a time (the solo pool) unless ``threads`` asks for a pool of
+    threads, its output in ``log``; it and its process group are stopped when
+    the block ends."""
+    pool = ["--concurrency", str(threads), "--pool", "threads"] if threads else \
+        ["--concurrency", "1", "--pool", "solo"]  # fmt: skip
     with open(log, "wb") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
-             "--concurrency", "1", "--pool", "solo", "--loglevel", loglevel,
+            [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, *pool,
+             "--loglevel", loglevel,
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},

@@ -16,7 +16,7 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.stores.redis import RedisStore
 
-from .helpers import budget_holds, celery_worker
+from .helpers import budget_holds, celery_worker, wait_done, wait_for
 from .test_celery import Services, _db, _need, services  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -113,4 +113,57 @@ def test_a_worker_reserves_from_the_web_sides_byte_budget(
     finally:
         middleware.close(timeout=1)
         middleware.close(timeout=1)
+        budget_app.celery_app.close()
+
+
+def test_deployments_sharing_a_store_and_a_worker_keep_their_own_byte_budgets(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two deployments on one store URL, one with a byte budget of 3 MiB and
+    one without, and a Celery worker of two threads running both. A task of
+    the one without a budget, still running when a task of the budgeted one
+    starts, stores its result whole at once: a job's budget is that of the
+    deployment that sent it, not that of the last job the process started."""
+    _need("celery")
+    import redis
+
+    broker, store_url = _db(redis_url, 12), _db(redis_url, 13)
+    for url in (broker, store_url):
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        client.close()
+    release = tmp_path / "release"
+    monkeypatch.setenv("ASYNCWSGI_TEST_BROKER", broker)
+    monkeypatch.setenv("ASYNCWSGI_TEST_RELEASE", str(release))
+    budget_app = importlib.reload(importlib.import_module("tests.apps.celery_budget"))
+    common: dict[str, Any] = {"paths": ["/work/*"], "store": store_url, "spool_threshold": 65536}
+    budgeted = AsyncMiddleware(
+        budget_app.app,
+        executor=budget_app.executor(),
+        max_stored_bytes=3 * 2**20,
+        max_result=2 * 2**20 + 4096,
+        **common,
+    )
+    # Its results may be larger than the other's whole budget.
+    unbudgeted = AsyncMiddleware(
+        budget_app.app, executor=budget_app.executor(), max_result=8 * 2**20, **common
+    )
+    whole = b"".join(budget_app.big())
+    log = tmp_path / "worker.log"
+    try:
+        with celery_worker("tests.apps.celery_budget:celery_app", budget_app.QUEUE, log, threads=2):
+            held = Client(unbudgeted).post("/work/held").headers["Location"]
+            held_id = held.rsplit("/", 1)[1]
+            assert wait_for(lambda: unbudgeted.store.get(held_id).state == "running", 30), (
+                log.read_text()
+            )
+            client = Client(budgeted)
+            big = wait_done(client, client.post("/work/big").headers["Location"], timeout=30)
+            assert (big.status_code, big.data) == (200, whole)
+            release.touch()
+            answer = wait_done(Client(unbudgeted), held, timeout=15)
+            assert (answer.status_code, answer.data) == (200, whole), log.read_text()
+    finally:
+        for middleware in (budgeted, unbudgeted):
+            middleware.close(timeout=1)
         budget_app.celery_app.close()

@@ -30,7 +30,7 @@ def run_message(app: str, message: object) -> None:
     """Run the job of ``message`` (:meth:`Job.encode`'s) against ``app`` (an
     import string), with this process's runner for that app and store."""
     try:
-        job = Job.decode(message, _store)
+        job = Job.decode(message, lambda url: _store(url, _budget_of(message)))
     except BadJobMessage as exc:
         _refuse(message, exc)
         return
@@ -42,7 +42,7 @@ def run_message(app: str, message: object) -> None:
         # Importing the app runs the user's code: whatever it raises, the
         # task, left queued, would wait for its queue_timeout: end it now.
         logger.exception("asyncwsgi: could not load %s for task %s", app, job.task_id)
-        _store(url).finish(
+        _store(url, job.max_stored_bytes).finish(
             job.task_id, error_result(500, "the worker could not load the application")
         )
         return
@@ -64,7 +64,9 @@ def _refuse(message: object, exc: BadJobMessage) -> None:
         task_id, store = message.get("task_id"), message.get("store")
     logger.error("asyncwsgi: job message of task %s refused: %s", task_id, exc)
     if isinstance(task_id, str) and isinstance(store, str):
-        _store(store).finish(task_id, error_result(500, f"the worker refused the task: {exc}"))
+        _store(store, _budget_of(message)).finish(
+            task_id, error_result(500, f"the worker refused the task: {exc}")
+        )
 
 
 def load_app(import_name: str) -> WSGIApplication:
@@ -84,8 +86,8 @@ def load_app(import_name: str) -> WSGIApplication:
 _cache_lock = threading.RLock()  # _store() is called under it too
 _cache_pid: int | None = None
 _apps: dict[str, WSGIApplication] = {}
-_stores: dict[str, Store] = {}
-_runners: dict[tuple[str, str, int, float, int], TaskRunner] = {}
+_stores: dict[tuple[str, int | None], Store] = {}
+_runners: dict[tuple[str, str, int, float, int, int | None], TaskRunner] = {}
 
 
 def _forget_if_forked() -> None:
@@ -100,22 +102,35 @@ def _forget_if_forked() -> None:
         _runners.clear()
 
 
-def _store(url: str) -> Store:
-    """This process's store opened from ``url``."""
+def _store(url: str, max_stored_bytes: int | None) -> Store:
+    """This process's store opened from ``url`` with the byte budget
+    ``max_stored_bytes``. One store per budget: deployments that share a store
+    URL and a worker process may have budgets of their own, and jobs of both
+    may run at once on a pool of threads (a budget set on a shared store by
+    each job would be the last started job's for every writer)."""
+    key = (url, max_stored_bytes)
     with _cache_lock:
         _forget_if_forked()
-        store = _stores.get(url)
+        store = _stores.get(key)
         if store is None:
-            store = _stores[url] = open_store(url)
+            store = _stores[key] = open_store(url)
+            store.max_stored_bytes = max_stored_bytes
         return store
+
+
+def _budget_of(message: object) -> int | None:
+    """The byte budget a message names, if it is readable (a message that is
+    not is refused, and its task ended, with no body to reserve for)."""
+    budget = message.get("max_stored_bytes") if isinstance(message, Mapping) else None
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
 
 
 def worker_runner(app: str, url: str, job: Job) -> TaskRunner:
     """This process's runner for ``app`` and the job's store and limits: the
     app is imported and the store opened once, after the worker forked. The
-    store takes on the web side's byte budget, so that a worker's result
-    writers reserve from the same budget as the web side's."""
-    key = (app, url, job.max_result, job.lease, job.spool_threshold)
+    store has the web side's byte budget, so that a worker's result writers
+    reserve from the same budget as the web side's."""
+    key = (app, url, job.max_result, job.lease, job.spool_threshold, job.max_stored_bytes)
     with _cache_lock:
         _forget_if_forked()
         runner = _runners.get(key)
@@ -125,10 +140,9 @@ def worker_runner(app: str, url: str, job: Job) -> TaskRunner:
                 wsgi_app = _apps[app] = load_app(app)
             runner = _runners[key] = TaskRunner(
                 wsgi_app,
-                _store(url),
+                _store(url, job.max_stored_bytes),
                 max_result=job.max_result,
                 lease=job.lease,
                 spool_threshold=job.spool_threshold,
             )
-        runner.store.max_stored_bytes = job.max_stored_bytes
         return runner

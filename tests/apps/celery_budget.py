@@ -2,12 +2,14 @@
 tests/test_celery_bodies.py: each task answers 2 MiB, in 64 KiB chunks, so
 that its result is spooled into the store and reserves from the budget.
 
-Both sides read the broker URL from ``ASYNCWSGI_TEST_BROKER``.
+Both sides read the broker URL from ``ASYNCWSGI_TEST_BROKER``. ``/work/held``
+answers the same once the file named by ``ASYNCWSGI_TEST_RELEASE`` exists.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -30,6 +32,11 @@ def big() -> Iterator[bytes]:
 
 
 def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    if environ["PATH_INFO"] == "/work/held":
+        release = os.environ["ASYNCWSGI_TEST_RELEASE"]
+        deadline = time.monotonic() + 30
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.02)
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return big()
 
