@@ -10,7 +10,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,19 +46,29 @@ def curl() -> str:
     return program("curl")
 
 
-#: Open unless a test closes it: the demo's tasks start once it is open, so a
-#: test can connect its stream before a task runs (on a loaded machine,
-#: starting curl can take longer than the demo's whole second of work).
+#: Open unless a test closes it; a request for an event stream opens it. The
+#: demo's tasks start once it is open, so a test that closes it before it
+#: submits sees its task's progress whatever the machine's load (starting curl
+#: on a loaded machine took longer than the demo's whole second of work).
 task_gate = threading.Event()
 
 
 def gated(app: Any) -> Any:
     def gated_app(environ: dict[str, Any], start_response: Any) -> Any:
         if "asyncwsgi.task" in environ:
-            assert task_gate.wait(30), "the test never opened the gate"
+            assert task_gate.wait(30), "no event stream opened the gate"
         return app(environ, start_response)
 
     return gated_app
+
+
+def opened_by_streams(app: Any) -> Any:
+    def opening_app(environ: dict[str, Any], start_response: Any) -> Any:
+        if "text/event-stream" in environ.get("HTTP_ACCEPT", ""):
+            task_gate.set()
+        return app(environ, start_response)
+
+    return opening_app
 
 
 @pytest.fixture
@@ -77,7 +87,7 @@ def site() -> Iterator[tuple[str, str, Receiver]]:
             max_wait=10,
         )
         try:
-            with serving(application) as base:
+            with serving(opened_by_streams(application)) as base:
                 yield base, hooks.rstrip("/"), receiver
         finally:
             application.close(timeout=5)
@@ -113,21 +123,6 @@ def shell(code: str, **env: str) -> str:
     return done.stdout.decode()
 
 
-def streamed(code: str, first_line: str, then: Callable[[], None], **env: str) -> str:
-    """What ``code`` prints; ``then()`` runs once it has printed ``first_line``
-    (a stream that is connected)."""
-    with subprocess.Popen(
-        ["bash", "-c", code], env={**os.environ, "SESSION": SESSION, **env}, stdout=subprocess.PIPE
-    ) as proc:
-        assert proc.stdout is not None
-        first = proc.stdout.readline().decode()
-        assert first == first_line, first
-        then()
-        rest, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0
-    return first + rest.decode()
-
-
 def test_the_configuration_block_builds_a_middleware() -> None:
     text = DOC.read_text()
     block = re.search(r"```python\n(from asyncwsgi import AsyncMiddleware.*?)```", text, re.DOTALL)
@@ -140,9 +135,9 @@ def test_the_configuration_block_builds_a_middleware() -> None:
 def test_curl_examples(curl: str, site: tuple[str, str, Receiver]) -> None:
     base, hooks, receiver = site
     code = examples()
-    task_gate.clear()  # the task waits for the stream
+    task_gate.clear()  # the task waits for its stream
     task = submit(base)
-    out = streamed(code["sse-curl"], "retry: 1000\n", task_gate.set, BASE=base, TASK=task)
+    out = shell(code["sse-curl"], BASE=base, TASK=task)
     assert out.startswith("retry: 1000\n")
     assert "event: progress" in out
     assert out.rstrip().endswith(f'data: {{"status":200,"location":"{task}"}}')
@@ -189,6 +184,7 @@ def test_javascript_examples(chromium: str, site: tuple[str, str, Receiver]) -> 
             context.add_cookies([{"name": "session", "value": SESSION, "url": base}])
             page = context.new_page()
             page.goto(base + "/")
+            task_gate.clear()  # the task waits for its stream
             followed = page.evaluate(
                 run(
                     code["sse-js"],
