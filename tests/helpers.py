@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from werkzeug.serving import make_server
@@ -89,6 +90,23 @@ def wait_done(client: Client, location: str, timeout: float = 10.0, **kw: Any) -
         if time.monotonic() > deadline:
             raise AssertionError(f"task at {location} still 202 after {timeout}s")
         time.sleep(0.005)
+
+
+def redis_db(url: str, db: int) -> str:
+    """The URL of database ``db`` of the Redis at ``url``."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
+
+
+def emptied_dbs(url: str, *dbs: int) -> list[str]:
+    """The URLs of the databases ``dbs`` of the Redis at ``url``, emptied."""
+    import redis
+
+    urls = [redis_db(url, db) for db in dbs]
+    for each in urls:
+        with redis.Redis.from_url(each) as client:
+            client.flushdb()
+    return urls
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, every: float = 0.1) -> bool:

@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from werkzeug.test import Client
 
 from asyncwsgi import AsyncMiddleware
 from bench.services import free_port, stop_group
-from tests.helpers import need
+from tests.helpers import need, redis_db
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 2.0
@@ -118,7 +117,7 @@ def test_the_message_headers_carry_no_copy_of_the_request(redis_url: str) -> Non
     from asyncwsgi.executors.celery import CeleryExecutor
     from asyncwsgi.job import Job
 
-    broker, store = _db(redis_url, 8), _db(redis_url, 9)
+    broker, store = redis_db(redis_url, 8), redis_db(redis_url, 9)
     queue = redis.Redis.from_url(broker)
     queue.flushdb()
     executor = CeleryExecutor(Celery("headers", broker=broker), "tests.test_celery:_wsgi_app")
@@ -150,11 +149,6 @@ def test_the_message_headers_carry_no_copy_of_the_request(redis_url: str) -> Non
 
 
 # -- end to end ----------------------------------------------------------------
-
-
-def _db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
 
 
 class Web:
@@ -213,7 +207,7 @@ def services(redis_url: str) -> Iterator[Services]:
     _need("gunicorn")
     import redis
 
-    broker, store = _db(redis_url, 12), _db(redis_url, 13)
+    broker, store = redis_db(redis_url, 12), redis_db(redis_url, 13)
     records = redis.Redis.from_url(broker)
     records.flushdb()
     with redis.Redis.from_url(store) as flushing:

@@ -16,8 +16,8 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.stores.redis import RedisStore
 
-from .helpers import budget_holds, celery_worker, wait_done, wait_for
-from .test_celery import Services, _db, _need, services  # noqa: F401 (a fixture)
+from .helpers import budget_holds, celery_worker, emptied_dbs, redis_db, wait_done, wait_for
+from .test_celery import Services, _need, services  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +46,10 @@ def test_the_broker_message_holds_the_bodys_digest_not_the_body(redis_url: str) 
 
     from asyncwsgi.executors.celery import CeleryExecutor
 
-    broker = _db(redis_url, 14)
+    broker = redis_db(redis_url, 14)
     celery_app = Celery("bodies_test", broker=broker)
     queue = "asyncwsgi-test-nobody"
-    store = RedisStore.from_url(_db(redis_url, 15), prefix="celery-bodies:")
+    store = RedisStore.from_url(redis_db(redis_url, 15), prefix="celery-bodies:")
     client = redis.Redis.from_url(broker)
     try:
         client.delete(queue)
@@ -86,13 +86,8 @@ def test_a_worker_reserves_from_the_web_sides_byte_budget(
     store was opened from its URL alone, waits for room like the thread pool
     does, never past the web side's max_stored_bytes."""
     _need("celery")
-    import redis
 
-    broker, store_url = _db(redis_url, 12), _db(redis_url, 13)
-    for url in (broker, store_url):
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-        client.close()
+    broker, store_url = emptied_dbs(redis_url, 12, 13)
     monkeypatch.setenv("ASYNCWSGI_TEST_BROKER", broker)
     budget_app = importlib.reload(importlib.import_module("tests.apps.celery_budget"))
     middleware = AsyncMiddleware(
@@ -125,13 +120,8 @@ def test_deployments_sharing_a_store_and_a_worker_keep_their_own_byte_budgets(
     starts, stores its result whole at once: a job's budget is that of the
     deployment that sent it, not that of the last job the process started."""
     _need("celery")
-    import redis
 
-    broker, store_url = _db(redis_url, 12), _db(redis_url, 13)
-    for url in (broker, store_url):
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-        client.close()
+    broker, store_url = emptied_dbs(redis_url, 12, 13)
     release = tmp_path / "release"
     monkeypatch.setenv("ASYNCWSGI_TEST_BROKER", broker)
     monkeypatch.setenv("ASYNCWSGI_TEST_RELEASE", str(release))

@@ -15,12 +15,11 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from bench.services import stop_group
-from tests.helpers import need
+from tests.helpers import emptied_dbs, need
 
 from .helpers import captured_headers
 from .servers import ROOT, wsgi_server
@@ -37,11 +36,6 @@ def _need(module: str) -> None:
     need(module)
 
 
-def _db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
-
-
 class Servers:
     def __init__(self, ports: dict[tuple[str, str], int]) -> None:
         self.ports = ports
@@ -51,13 +45,9 @@ class Servers:
 def servers(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     _need("celery")
     _need("httpbin")
-    import redis
 
     logs = tmp_path_factory.mktemp("celery-fidelity")
-    broker, store = _db(redis_url, 10), _db(redis_url, 11)
-    for url in (broker, store):
-        with redis.Redis.from_url(url) as client:
-            client.flushdb()
+    broker, store = emptied_dbs(redis_url, 10, 11)
     env = {
         **os.environ,
         "ASYNCWSGI_TEST_BROKER": broker,

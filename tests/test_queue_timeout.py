@@ -15,8 +15,7 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 from asyncwsgi.stores import open_store
 
-from .helpers import celery_worker, need, wait_done
-from .test_celery import _db
+from .helpers import celery_worker, emptied_dbs, need, wait_done
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +23,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def queue_app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     need("celery")
-    import redis
 
-    broker, store = _db(redis_url, 5), _db(redis_url, 6)
-    for url in (broker, store):
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-        client.close()
+    broker, store = emptied_dbs(redis_url, 5, 6)
     monkeypatch.setenv("ASYNCWSGI_TEST_BROKER", broker)
     module = importlib.import_module("tests.apps.celery_queue_app")
     module = importlib.reload(module)  # the broker of this test

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from opentelemetry import trace
@@ -26,7 +25,7 @@ from werkzeug.test import Client
 
 from asyncwsgi.tracing import TASK_ID
 from bench.services import stop_group
-from tests.helpers import wait_done
+from tests.helpers import emptied_dbs, wait_done
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -272,22 +271,13 @@ def test_no_work_for_unmarked_requests(wrap: Any, spans: InMemorySpanExporter) -
 # -- a real Celery worker ------------------------------------------------------
 
 
-def _db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_spans_and_metrics_of_a_task_on_a_celery_worker(
     redis_url: str, tmp_path: Path, spans: InMemorySpanExporter
 ) -> None:
-    import redis
 
-    broker, store = _db(redis_url, 10), _db(redis_url, 11)
-    for url in (broker, store):
-        with redis.Redis.from_url(url) as client:
-            client.flushdb()
+    broker, store = emptied_dbs(redis_url, 10, 11)
     span_file = tmp_path / "worker-spans.jsonl"
     metrics_dir = tmp_path / "worker-metrics"
     metrics_dir.mkdir()
