@@ -333,7 +333,10 @@ def test_close_drains_queued_and_running_tasks_and_refuses_new(wrap):
 
 
 def test_close_with_timeout_ends_unfinished_tasks_explicitly(wrap, gate):
+    entered = threading.Event()
+
     def app(environ, start_response):
+        entered.set()
         gate.wait(5)
         start_response("200 OK", [])
         return [b"ok"]
@@ -342,7 +345,7 @@ def test_close_with_timeout_ends_unfinished_tasks_explicitly(wrap, gate):
     client = Client(mw)
     running = client.post("/work/1").headers["Location"]
     queued = client.post("/work/2").headers["Location"]
-    time.sleep(0.05)
+    assert entered.wait(5)  # the first runs, the second waits in the queue
     assert mw.close(timeout=0.1) is False
     assert client.get(running).status_code == 500
     assert client.get(queued).status_code == 503

@@ -21,6 +21,8 @@ from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware
 from bench.services import free_port, stop_group, wait_port
 
+from .helpers import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.shared_app:application"
 
@@ -132,11 +134,16 @@ def test_by_default_one_fewer_than_the_server_threads_may_wait():
 
     threads: list[threading.Thread] = []
     try:
-        for number in range(4):  # one after another: each has been counted
+        waits = mw._waits  # (the count of waiting requests is not public)
+        # One after another, each counted (waiting, or answered) before the next.
+        for number, counted in enumerate(
+            (lambda: waits._waiting == 1, lambda: waits._waiting == 2,
+             lambda: 2 in answers, lambda: waits._waiting == 3)
+        ):  # fmt: skip
             thread = threading.Thread(target=wait, args=(number,))
             thread.start()
             threads.append(thread)
-            time.sleep(0.3)
+            assert wait_for(counted, 10, every=0.01), number
         assert set(answers) == {2}
         assert answers[2][0] < 1 and answers[2][1] == 202  # at once, not done
         release.set()
