@@ -6,6 +6,7 @@ is left behind in the store."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,7 +45,9 @@ def _a_broker_down_is_a_503(
 ) -> None:
     """With the broker of ``executor`` killed, a submission is refused: 503,
     one error line without a traceback (the queue is down, not broken), and
-    no task left in the store."""
+    no task left in the store (a prefix of its own: the session's Redis holds
+    other tests' tasks)."""
+    store = f"{store}?prefix=submit-faults-{uuid.uuid4().hex}:"
     middleware = AsyncMiddleware(_app, paths=["/work"], store=store, executor=executor)
     try:
         broker.kill()
