@@ -105,9 +105,10 @@ class Job:
         }
 
     @classmethod
-    def decode(cls, message: object, stores: Callable[[str], Store]) -> Job:
+    def decode(cls, message: object, stores: Callable[[str, int | None], Store]) -> Job:
         """The job of ``message`` (made by :meth:`encode`). A spooled body is
-        found in the store that ``stores`` opens from the message's URL.
+        found in the store that ``stores(url, max_stored_bytes)`` opens from
+        the message's URL and byte budget.
         Raises :class:`BadJobMessage` for a message of another version, or
         one with a field missing or of the wrong type."""
         if not isinstance(message, Mapping):
@@ -123,6 +124,7 @@ class Job:
             raise BadJobMessage(f"job message has unknown fields: {', '.join(sorted(unknown))}")
         read = _Reader(message)
         store = read.text("store")
+        max_stored_bytes = read.optional_whole("max_stored_bytes")
         task_id = read.text("task_id")
         sent = message.get("body")
         body: bytes | Body
@@ -134,7 +136,7 @@ class Job:
         elif isinstance(sent, Mapping):
             spooled = _Reader(sent)
             size, sha256 = spooled.whole("size"), spooled.text("sha256")
-            body = stores(store).request_body(task_id, size, sha256)
+            body = stores(store, max_stored_bytes).request_body(task_id, size, sha256)
         else:
             raise BadJobMessage("job message field 'body' is neither base64 nor a size and digest")
         environ = message.get("environ")
@@ -150,7 +152,7 @@ class Job:
             queued_until=read.optional_number("queued_until"),
             store=store,
             max_result=read.whole("max_result"),
-            max_stored_bytes=read.optional_whole("max_stored_bytes"),
+            max_stored_bytes=max_stored_bytes,
             lease=read.number("lease"),
             spool_threshold=read.whole("spool_threshold"),
         )

@@ -138,7 +138,7 @@ def test_the_message_headers_carry_no_copy_of_the_request(redis_url: str) -> Non
         # The job itself crosses whole in the body, once.
         args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
         assert kwargs == {}
-        job = Job.decode(args[0], lambda url: middleware.store)
+        job = Job.decode(args[0], lambda url, max_stored_bytes: middleware.store)
         assert job.environ["HTTP_AUTHORIZATION"] == secret
         assert job.body == b"payload"
         assert raw.count(b"s3cret-token") == 0  # base64 in the body, never in clear

@@ -36,7 +36,7 @@ def _job(**fields: Any) -> Job:
     return Job(**values)
 
 
-def _no_store(url: str) -> Store:
+def _no_store(url: str, max_stored_bytes: int | None) -> Store:
     raise AssertionError(f"a body in the message needs no store ({url})")
 
 
@@ -89,14 +89,14 @@ def test_a_spooled_body_crosses_as_its_size_and_digest(tmp_path: Path) -> None:
         sink.close()
         message = _through_json(_job(body=body, store="sqlite:///" + str(tmp_path / "tasks.db")))
         assert message["body"] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        opened: list[str] = []
+        opened: list[tuple[str, int | None]] = []
 
-        def stores(url: str) -> Store:
-            opened.append(url)
+        def stores(url: str, max_stored_bytes: int | None) -> Store:
+            opened.append((url, max_stored_bytes))
             return store
 
         back = Job.decode(message, stores)
-        assert opened == [message["store"]]
+        assert opened == [(message["store"], message["max_stored_bytes"])]
         assert not isinstance(back.body, bytes)
         with back.body.open() as reader:
             assert reader.read() == data

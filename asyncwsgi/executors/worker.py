@@ -30,7 +30,7 @@ def run_message(app: str, message: object) -> None:
     """Run the job of ``message`` (:meth:`Job.encode`'s) against ``app`` (an
     import string), with this process's runner for that app and store."""
     try:
-        job = Job.decode(message, lambda url: _store(url, _budget_of(message)))
+        job = Job.decode(message, _store)
     except BadJobMessage as exc:
         _refuse(message, exc)
         return
@@ -64,7 +64,8 @@ def _refuse(message: object, exc: BadJobMessage) -> None:
         task_id, store = message.get("task_id"), message.get("store")
     logger.error("asyncwsgi: job message of task %s refused: %s", task_id, exc)
     if isinstance(task_id, str) and isinstance(store, str):
-        _store(store, _budget_of(message)).finish(
+        # (No budget read from a bad message: an error answer stores no body.)
+        _store(store, None).finish(
             task_id, error_result(500, f"the worker refused the task: {exc}")
         )
 
@@ -116,13 +117,6 @@ def _store(url: str, max_stored_bytes: int | None) -> Store:
             store = _stores[key] = open_store(url)
             store.max_stored_bytes = max_stored_bytes
         return store
-
-
-def _budget_of(message: object) -> int | None:
-    """The byte budget a message names, if it is readable (a message that is
-    not is refused, and its task ended, with no body to reserve for)."""
-    budget = message.get("max_stored_bytes") if isinstance(message, Mapping) else None
-    return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
 
 
 def worker_runner(app: str, url: str, job: Job) -> TaskRunner:

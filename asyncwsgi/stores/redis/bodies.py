@@ -295,7 +295,8 @@ class RedisBody(Body):
     def open(self) -> IO[bytes]:
         mine = self._copies()
         if mine is not None:
-            copy = mine[0].open(mine[1], self.sha256, self.size)
+            copies, task_id = mine
+            copy = copies.open(task_id, self.sha256, self.size)
             if copy is not None:
                 return copy  # a file: the server may send it with sendfile
         if not self.io.exists(self.key):
