@@ -267,10 +267,10 @@ def test_is_cancelled(store: Store) -> None:
 def test_heartbeat_extends_lease(store: Store, clock: Clock) -> None:
     record = new_record()
     assert store.create(record)
-    assert store.start(record.id, clock() + 0.3)
+    assert store.start(record.id, clock() + 30)
     later = clock() + 60
     store.heartbeat([record.id, "no-such-task"], later)
-    clock.advance(0.4)
+    clock.advance(31)
     got = store.get(record.id)
     assert got is not None and got.state == "running"
     assert got.lease_until == pytest.approx(later)
@@ -450,10 +450,10 @@ def test_queued_task_with_a_lapsed_lease_ends_as_not_started(store: Store, clock
 
 def test_heartbeat_keeps_a_queued_task_alive(store: Store, clock: Clock) -> None:
     record = new_record()
-    record.lease_until = clock() + 0.2
+    record.lease_until = clock() + 30
     assert store.create(record)
-    store.heartbeat([record.id], clock() + 30)
-    clock.advance(0.3)
+    store.heartbeat([record.id], clock() + 60)
+    clock.advance(31)
     got = store.get(record.id)
     assert got is not None and got.state == "queued"
     assert store.start(record.id, clock() + 30)
@@ -473,9 +473,9 @@ def test_lease_expiry_seen_by_wait(store: Store, clock: Clock) -> None:
 def test_finished_result_is_never_replaced_by_lost(store: Store, clock: Clock) -> None:
     record = new_record()
     assert store.create(record)
-    assert store.start(record.id, clock() + 0.1)
+    assert store.start(record.id, clock() + 30)
     assert store.finish(record.id, ok(b"real"))
-    clock.advance(0.2)
+    clock.advance(31)
     got = store.get(record.id)
     assert got is not None and got.result == ok(b"real")
 
@@ -716,13 +716,15 @@ def test_a_lapsed_lease_is_reclaimed_on_submit(store: Store, clock: Clock) -> No
     # A worker SIGKILLed with one task queued in its pool and one running: no
     # poll ever reads them, yet a full table must take new work once their
     # leases have passed.
+    # Leases long enough in real time that a slow machine cannot outlive them
+    # between these lines; the test clock then moves past them.
     queued, running = new_record(), new_record()
-    queued.lease_until = clock() + 0.2
+    queued.lease_until = clock() + 30
     assert store.create(queued, limit=2)
     assert store.create(running, limit=2)
-    assert store.start(running.id, clock() + 0.2)
+    assert store.start(running.id, clock() + 30)
     assert not store.create(new_record(), limit=2)  # full while the leases hold
-    clock.advance(0.3)
+    clock.advance(31)
     fresh = new_record()
     assert store.create(fresh, limit=2)
     # each with the verdict of its state: never started (503), lost (500)
