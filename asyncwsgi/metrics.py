@@ -1,9 +1,11 @@
 """Prometheus metrics of the tasks (``pip install 'asyncwsgi-middleware[metrics]'``).
 
-With prometheus_client installed, every process that accepts or runs tasks
-(a web worker, a Celery worker) counts them in the process's metric objects
-(:data:`INSTRUMENTS`, registered in prometheus_client's default registry);
-without it nothing is counted and nothing is imported. Labels are bounded:
+A process counts the tasks it accepts or runs (a web worker, a Celery worker)
+once counting is switched on there (:func:`enable`: by ``metrics_path``, by
+reading the registry, by ``PROMETHEUS_MULTIPROC_DIR``, or by hand), in its
+metric objects (:data:`INSTRUMENTS`, registered in prometheus_client's
+default registry); until then, and always without prometheus_client, nothing
+is counted. Labels are bounded:
 the rejection reason, the status class and the configured path pattern that
 made the request a task (``pattern="/reports/*"``), never a path or a task
 id. The pattern labels what is counted where the request is at hand: tasks
@@ -23,6 +25,7 @@ and a scrape, whichever worker answers it, sums them
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -40,13 +43,18 @@ if TYPE_CHECKING:
     from .task import Result, TaskRecord
 
 __all__ = [
+    "AVAILABLE",
     "INSTRUMENTS",
+    "enable",
     "REJECT_REASONS",
     "ByPattern",
     "Instruments",
     "StoreCollector",
     "scrape_registry",
 ]
+
+#: Whether prometheus_client can be imported (metrics may be switched on).
+AVAILABLE = prometheus_client is not None
 
 #: Why a task was refused, the label values of ``asyncwsgi_tasks_rejected_total``.
 REJECT_REASONS = ("full", "closed", "too_large", "store_unavailable", "executor_unavailable")
@@ -173,9 +181,34 @@ class Instruments:
         self.result_bytes.observe(result.size)
 
 
-#: This process's metrics; None without prometheus_client. Created at import,
-#: so ``PROMETHEUS_MULTIPROC_DIR`` must be set before asyncwsgi is imported.
-INSTRUMENTS: Instruments | None = Instruments() if prometheus_client is not None else None
+#: This process's metrics, or None while it counts nothing: counting is a
+#: feature, switched on where someone reads the counts (:func:`enable`), so
+#: that a process that only has prometheus_client installed (another package
+#: may have brought it) pays nothing for it on any task.
+INSTRUMENTS: Instruments | None = None
+_switching = threading.Lock()
+
+
+def enable() -> Instruments:
+    """Count asyncwsgi's tasks in this process from now on, in
+    prometheus_client's default registry (a no-op once on). A middleware with
+    ``metrics_path`` calls it, and so do :attr:`AsyncMiddleware.metrics_registry
+    <asyncwsgi.AsyncMiddleware.metrics_registry>` and :func:`scrape_registry`;
+    with ``PROMETHEUS_MULTIPROC_DIR`` set, every process counts from import.
+    Call it yourself where the counts leave the process another way: an
+    exporter of your own on the default registry, or a Celery, RQ or Django
+    Tasks worker that serves its own metrics outside multiprocess mode."""
+    global INSTRUMENTS
+    with _switching:
+        if INSTRUMENTS is None:
+            if prometheus_client is None:
+                raise RuntimeError(
+                    "metrics need prometheus_client: pip install 'asyncwsgi-middleware[metrics]'"
+                )
+            INSTRUMENTS = Instruments()
+            # The store that ends a lapsed task tells its hooks: counted here, once.
+            Store.lost_hooks.append(_count_lost)
+        return INSTRUMENTS
 
 
 def _count_lost(record: TaskRecord) -> None:
@@ -183,9 +216,10 @@ def _count_lost(record: TaskRecord) -> None:
         INSTRUMENTS.lost.inc()
 
 
-if INSTRUMENTS is not None:
-    # The store that ends a lapsed task tells its hooks: counted here, once.
-    Store.lost_hooks.append(_count_lost)
+if prometheus_client is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Multiprocess mode is set up for metrics alone: the process's counts are
+    # read from its files by whichever process answers a scrape.
+    enable()
 
 
 class StoreCollector:
@@ -224,16 +258,14 @@ class StoreCollector:
 def scrape_registry(store: Store | None = None) -> CollectorRegistry:
     """A registry to answer a scrape with: asyncwsgi's metrics (summed over
     every process in multiprocess mode, as any collector of that directory
-    does) and, given a store, its gauges."""
-    if INSTRUMENTS is None:
-        raise RuntimeError(
-            "metrics need prometheus_client: pip install 'asyncwsgi-middleware[metrics]'"
-        )
+    does) and, given a store, its gauges. Switches counting on in this
+    process (:func:`enable`): what is asked for is then counted."""
+    instruments = enable()
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
-        for metric in INSTRUMENTS.collectors():
+        for metric in instruments.collectors():
             registry.register(metric)
     if store is not None:
         registry.register(StoreCollector(store))

@@ -10,12 +10,12 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from . import metrics
 from .executors import Executor, ThreadExecutor
 from .http.answers import make_answers
 from .http.responses import unavailable
 from .http.submission import CALLBACK_HEADER
-from .metrics import INSTRUMENTS
-from .patterns import Pattern, compile_patterns, pattern_label
+from .patterns import Pattern, compile_patterns
 from .prefer import parse_prefer
 from .results import error_result
 from .runner import TaskRunner
@@ -206,8 +206,6 @@ class AsyncMiddleware:
         self._match = compile_patterns(self.paths)
         self._prefer_match = compile_patterns(self.prefer_paths) if self.prefer_paths else None
         announce_patterns(self.paths, self.prefer_paths, self.methods)
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.declare(map(pattern_label, [*self.paths, *self.prefer_paths]))
         answers = make_answers(
             self.app,
             self.store,
@@ -217,6 +215,10 @@ class AsyncMiddleware:
             closing=self._closing,
         )
         self.urls, self._accepted, self._scrape = answers.urls, answers.accepted, answers.scrape
+        if self.metrics_path is not None or metrics.INSTRUMENTS is not None:
+            # Metrics are read here (or the process counts already): counting
+            # on, this deployment's series at 0 from the start.
+            self._scrape.start()
         self._status, self._submission = answers.status, answers.submission
         self.callbacks, self._sender = answers.callbacks, answers.sender
         self._waits = answers.waits
@@ -271,7 +273,8 @@ class AsyncMiddleware:
         """The registry ``metrics_path`` answers from: asyncwsgi's metrics
         (every process's, summed, in prometheus_client's multiprocess mode)
         and the queued/running gauges read from this middleware's store.
-        Needs prometheus_client."""
+        Needs prometheus_client; reading it switches counting on in this
+        process (:func:`asyncwsgi.metrics.enable`)."""
         return self._scrape.registry
 
     # -- shutting down ---------------------------------------------------

@@ -234,9 +234,9 @@ def _metrics_path(name: str, value: Any) -> Any:
         return None
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(f"{name} must be a path that starts with '/' or None, not {value!r}")
-    from .metrics import INSTRUMENTS
+    from .metrics import AVAILABLE
 
-    if INSTRUMENTS is None:
+    if not AVAILABLE:
         raise ValueError(
             f"{name} needs prometheus_client: pip install 'asyncwsgi-middleware[metrics]'"
         )
@@ -403,8 +403,9 @@ OPTIONS: tuple[Option, ...] = (
            "path answered with the Prometheus metrics (needs prometheus_client); off by default",
            doc=(
            'a path (such as `/metrics`) answered by the middleware with the Prometheus '
-           'metrics, never reaching the app; needs `pip install '
-           "'asyncwsgi-middleware[metrics]'`; see [operating.md](operating.md)")),
+           'metrics, never reaching the app; setting it switches counting on in the '
+           "process; needs `pip install 'asyncwsgi-middleware[metrics]'`; see "
+           '[operating.md](operating.md)')),
     Option("list_tasks", _optional_flag, None, _optional_bool,
            "GET on status_path lists tasks; None: only when owner is set",
            doc=(

@@ -212,6 +212,51 @@ def test_registry_for_an_exporter_of_ones_own(wrap: Any) -> None:
     assert {ACCEPTED, "asyncwsgi_tasks_queued"} <= set(samples)
 
 
+_EXPORTER_OF_ONES_OWN = r"""
+import time
+from prometheus_client import REGISTRY
+from werkzeug.test import Client
+from asyncwsgi import AsyncMiddleware, metrics
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+def one_task(client):
+    location = client.post("/work/a").headers["Location"]
+    deadline = time.monotonic() + 10
+    while client.get(location).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+sample = 'asyncwsgi_tasks_accepted_total'
+middleware = AsyncMiddleware(app, paths=["/work/*"])
+client = Client(middleware)
+one_task(client)
+print(metrics.INSTRUMENTS is None, REGISTRY.get_sample_value(sample, {"pattern": "/work/*"}))
+metrics.enable()
+one_task(client)
+one_task(client)
+print(metrics.INSTRUMENTS is None, REGISTRY.get_sample_value(sample, {"pattern": "/work/*"}))
+middleware.close()
+"""
+
+
+def test_a_process_counts_once_asked_to_and_not_before() -> None:
+    """prometheus_client installed, no ``metrics_path``: nothing is counted (nor
+    registered) until ``asyncwsgi.metrics.enable()``, then every task is (an
+    exporter of one's own on the default registry, a worker outside
+    multiprocess mode)."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run(
+        [sys.executable, "-c", _EXPORTER_OF_ONES_OWN],
+        capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["True None", "False 2.0"]
+
+
 # -- gunicorn -w 3 on SQLite ---------------------------------------------------
 
 Answer = tuple[int, dict[str, str], bytes]

@@ -2,7 +2,8 @@
 
 Each case runs in a fresh interpreter where the optional extras are absent
 (prometheus_client and the OpenTelemetry API cannot be imported, as when
-installed without ``[metrics]`` and ``[tracing]``), sends one task through
+installed without ``[metrics]`` and ``[tracing]``), or installed and not
+asked for (no ``metrics_path``, no tracer provider), sends one task through
 the middleware and its thread pool (submit, run, poll, replay), and records
 every Python function entered meanwhile, in every thread, with the
 interpreter's own profiling hook. SQLite statements are read from each
@@ -25,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 _SCRIPT = r"""
 import json, sqlite3, sys, threading, time
 
-sys.modules["prometheus_client"] = None  # as installed without the extras
-sys.modules["opentelemetry"] = None
+if sys.argv[1] == "without-extras":
+    sys.modules["prometheus_client"] = None  # as installed without the extras
+    sys.modules["opentelemetry"] = None
 
 statements = []
 _connect = sqlite3.connect
@@ -56,7 +58,7 @@ def app(environ, start_response):
     return [b"ok"]
 
 threading.setprofile(hook)  # the pool's threads start after this
-store = sys.argv[1] if len(sys.argv) > 1 else None
+store = sys.argv[2] if len(sys.argv) > 2 else None
 middleware = AsyncMiddleware(app, paths=["/task"], store=store)
 client = Client(middleware)
 
@@ -88,10 +90,12 @@ print(json.dumps({"entered": sorted(entered), "statements": statements, "indexes
 """
 
 
-def _one_cycle(store: str | None = None) -> dict[str, list[str]]:
+def _one_cycle(store: str | None = None, extras: bool = False) -> dict[str, list[str]]:
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=path)
-    args = [sys.executable, "-c", _SCRIPT] + ([store] if store else [])
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    args = [sys.executable, "-c", _SCRIPT, "with-extras" if extras else "without-extras"]
+    args += [store] if store else []
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
@@ -136,6 +140,19 @@ def test_memory_store_task_does_no_feature_work() -> None:
     seen = _one_cycle()
     assert "run.py:TaskRunner.run" in seen["entered"]  # the hook saw the pool's thread
     assert _feature_work(seen["entered"]) == []
+
+
+def test_installed_extras_cost_a_task_nothing_until_asked_for() -> None:
+    """prometheus_client and the OpenTelemetry API importable (another package
+    may have brought them), no ``metrics_path`` and no tracer provider: the
+    task counts nothing and traces nothing."""
+    seen = _one_cycle(extras=True)
+    assert "run.py:TaskRunner.run" in seen["entered"]
+    # A tracer provider may be set at any time: asking the API whether one is
+    # (once at submit, once at the run) is the check, not tracing work.
+    checks = {"tracing.py:_active", "tracing.py:start_submit", "tracing.py:start_run"}
+    assert [name for name in _feature_work(seen["entered"]) if name not in checks] == []
+    assert [name for name in seen["entered"] if name.startswith("values.py:")] == []
 
 
 def test_sqlite_store_task_does_no_feature_work(tmp_path: Path) -> None:

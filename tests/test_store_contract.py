@@ -743,6 +743,9 @@ def test_sweepers_at_once_end_each_lapsed_task_once(
     lost once, however many callers sweep at once; a live lease is left."""
     import prometheus_client
 
+    from asyncwsgi import metrics
+
+    metrics.enable()  # a process that counts (metrics_path, or by hand)
     first = store_factory()
     # Shared stores: one instance per sweeper, as in several processes.
     stores = [first, store_factory(), store_factory()] if first.shared else [first] * 3

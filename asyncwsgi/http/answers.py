@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..callbacks import CallbackSender, parse_secret
+from ..patterns import pattern_label
 from .accepted import Accepted
 from .callbacks import SenderPerProcess
 from .scrape import Scrape
@@ -88,4 +89,5 @@ def make_answers(
         sender=sender,
         closing=closing,
     )
-    return Answers(urls, accepted, Scrape(store), status, submission, callbacks, sender, waits)
+    scrape = Scrape(store, map(pattern_label, [*settings.paths, *settings.prefer_paths]))
+    return Answers(urls, accepted, scrape, status, submission, callbacks, sender, waits)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from ..metrics import INSTRUMENTS
+from .. import metrics
 from ..results import status_line
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
 
 
 def gone(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    if INSTRUMENTS is not None:
-        INSTRUMENTS.expired.inc()
+    if metrics.INSTRUMENTS is not None:
+        metrics.INSTRUMENTS.expired.inc()
     return text(410, "this task's result has expired")(environ, start_response)
 
 

@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .. import metrics
 from ..events import wants_events
 from ..logs import task_extra
-from ..metrics import INSTRUMENTS
 from ..owner import owner_hash
 from ..prefer import parse_prefer, wait_seconds
 from ..stores.base import ACTIVE
@@ -131,8 +131,8 @@ class Status:
         if self.executor.runner is not None:
             self.executor.runner.cancel(task_id)  # running here: its capture stops
         if record.state in ACTIVE:
-            if INSTRUMENTS is not None:
-                INSTRUMENTS.cancelled.inc()
+            if metrics.INSTRUMENTS is not None:
+                metrics.INSTRUMENTS.cancelled.inc()
             logger.info("asyncwsgi: task %s cancelled", task_id, extra=task_extra(task_id))
         return no_content(environ, start_response)
 

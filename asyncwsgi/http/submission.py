@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException
 
+from .. import metrics
 from ..callbacks import allowed_callback
 from ..capture import Spool
 from ..environ import read_body, snapshot
 from ..job import Job
 from ..logs import task_extra
-from ..metrics import INSTRUMENTS
 from ..owner import owner_hash
 from ..prefer import parse_prefer, wait_seconds
 from ..stores.base import ACTIVE, StoreUnavailable
@@ -283,8 +283,8 @@ class Submission:
             )
             self.store.delete(record.id)
             return text(500, "the task could not be queued")
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.of(pattern).accepted.inc()
+        if metrics.INSTRUMENTS is not None:
+            metrics.INSTRUMENTS.of(pattern).accepted.inc()
         return None
 
     def _answer(
@@ -332,8 +332,8 @@ class Submission:
 
 def rejected(reason: str, pattern: str) -> None:
     """A submission refused, counted by reason and pattern."""
-    if INSTRUMENTS is not None:
-        INSTRUMENTS.reject(reason, pattern)
+    if metrics.INSTRUMENTS is not None:
+        metrics.INSTRUMENTS.reject(reason, pattern)
 
 
 def _fingerprint(environ: WSGIEnvironment, body_sha256: str) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from ..metrics import INSTRUMENTS
+from .. import metrics
 from ..task import TaskRecord
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class Waits:
         self.max_wait = settings.max_wait
         self.max_waiting = settings.max_waiting
         self._waiting = 0
+        self._gauged = 0  # of those, the ones in the waiting gauge
         self._lock = threading.Lock()
         self._threads: set[int] = set()  # the server threads seen
 
@@ -55,6 +56,7 @@ class Waits:
 
     def take(self) -> bool:
         """One of the slots; False if all are taken."""
+        instruments = metrics.INSTRUMENTS
         with self._lock:
             bound = self.max_waiting
             if bound is None:
@@ -62,15 +64,23 @@ class Waits:
             if self._waiting >= bound:
                 return False
             self._waiting += 1
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.waiting.inc()
+            if instruments is not None:
+                self._gauged += 1
+        if instruments is not None:
+            instruments.waiting.inc()
         return True
 
     def give(self) -> None:
+        instruments = metrics.INSTRUMENTS
         with self._lock:
             self._waiting -= 1
-        if INSTRUMENTS is not None:
-            INSTRUMENTS.waiting.dec()
+            # Waits taken before counting was switched on were not added to
+            # the gauge: it never goes below the waits it counted.
+            gauged = instruments is not None and self._gauged > 0
+            if gauged:
+                self._gauged -= 1
+        if gauged and instruments is not None:
+            instruments.waiting.dec()
 
     def wait(self, task_id: str, wait: int) -> tuple[TaskRecord | None, int | None]:
         """Honour ``Prefer: wait``: block until the task is done, at most

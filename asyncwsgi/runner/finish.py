@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from .. import metrics
 from ..capture import Spool
 from ..logs import task_extra
-from ..metrics import INSTRUMENTS
 from ..results import error_result
 from ..stores.base import Store, StoreFull, StoreUnavailable
 from ..task import Result
@@ -39,8 +39,8 @@ _BUG = "the task's result could not be stored"
 def finished(task_id: str, result: Result) -> None:
     """Count and log a task that ended with ``result`` (its store write
     succeeded: once per task, whichever process or thread ended it)."""
-    if INSTRUMENTS is not None:
-        INSTRUMENTS.finish(result)
+    if metrics.INSTRUMENTS is not None:
+        metrics.INSTRUMENTS.finish(result)
     if logger.isEnabledFor(logging.DEBUG):  # its record's extra built only then
         logger.debug(
             "asyncwsgi: task %s finished: %s", task_id, result.status, extra=task_extra(task_id)

@@ -20,8 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from .. import metrics
 from ..logs import task_extra
-from ..metrics import INSTRUMENTS
 from ..periodic import Periodic
 from ..results import error_result
 from ..stores.base import Store, StoreUnavailable
@@ -182,8 +182,8 @@ class Leases:
             logger.error(
                 "asyncwsgi: task %s ran past its timeout", task_id, extra=task_extra(task_id)
             )
-            if INSTRUMENTS is not None:
-                INSTRUMENTS.timed_out.inc()
+            if metrics.INSTRUMENTS is not None:
+                metrics.INSTRUMENTS.timed_out.inc()
             finished(task_id, result)
             self._cancel(task_id)
 

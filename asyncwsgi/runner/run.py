@@ -11,10 +11,10 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .. import metrics
 from ..capture import ResponseTooLarge, Spool, TaskEnded, capture
 from ..environ import task_environ
 from ..logs import current_task_id, task_extra
-from ..metrics import INSTRUMENTS
 from ..results import error_result, store_full_result, too_large_result
 from ..stores.base import BodyRemoved, Store, StoreFull, StoreUnavailable
 from ..stores.budget import BudgetSpent
@@ -168,7 +168,8 @@ class TaskRunner:
         span = (
             start_run(job.environ, task_id, accepted, begun, job.trace_parent) if TRACING else None
         )
-        counted = INSTRUMENTS.of(job.pattern) if INSTRUMENTS is not None else None
+        instruments = metrics.INSTRUMENTS
+        counted = instruments.of(job.pattern) if instruments is not None else None
         if counted is not None:
             counted.queue_wait.observe(max(0.0, begun - accepted))
         if logger.isEnabledFor(logging.DEBUG):
