@@ -43,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table([]), flush=True)
     if only & {1, 2, 3}:
         client_cpus, server_cpus = pinning.split() or (None, None)
-        names = ("bare", "async", "naive", "bare:control")
+        names: tuple[str, ...] = ("bare", "async", "naive", "bare:control")
+        if only & {2, 3}:
+            names += ("async:inline",)
         options: dict[str, ServerOptions] = {name: {"cpus": server_cpus} for name in names}
+        if "async:inline" in options:
+            options["async:inline"]["extra_env"] = {"BENCH_EXECUTOR": "inline"}
         with Servers(*names, options=options) as servers, pinning.client_on(client_cpus):
             if 1 in only:
                 done("pass_through", scenarios.pass_through(servers, cfg))

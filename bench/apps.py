@@ -2,7 +2,8 @@
 
 gunicorn loads ``bench.apps:app``; ``BENCH_APP`` picks the variant
 (``bare``, ``async`` or ``naive``); ``BENCH_STORE`` (a store URL) gives the
-``async`` variant a shared store instead of its own ``MemoryStore``.
+``async`` variant a shared store instead of its own ``MemoryStore``;
+``BENCH_EXECUTOR=inline`` runs each of its jobs in the request's thread.
 ``BENCH_OBSERVE`` turns observability on in the ``async`` variant:
 ``metrics`` (prometheus_client and ``metrics_path``; the OpenTelemetry API
 installed, no tracer provider set) or ``traced`` (that, and the SDK with a
@@ -240,7 +241,13 @@ def _select() -> WSGIApplication:
         if how == "spans":
             options["inner"] = _with_sdk_spans(make_flask())
         store = os.environ.get("BENCH_STORE")
-        return make_async(store=store, **options) if store else make_async(**options)
+        if store:
+            options["store"] = store
+        if os.environ.get("BENCH_EXECUTOR") == "inline":
+            from .stand_ins import Inline
+
+            options["executor"] = Inline()  # each job run before its request is answered
+        return make_async(**options)
     if kind == "naive":
         return make_naive()
     if kind == "celery":  # scenario 11: the same app, its tasks on a Celery worker

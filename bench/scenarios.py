@@ -112,6 +112,11 @@ def _warm(port: int, path: str, headers: dict[str, str] | None = None, expect: i
 #: The asyncwsgi servers of scenarios 1 to 3: a label and a server's name.
 #: ``bench.versions`` gives two (the version before and this one).
 ASYNC = {"asyncwsgi": "async"}
+#: Scenarios 2 and 3 also serve the same middleware with each job run in the
+#: request's own thread before it is answered (``bench.stand_ins.Inline``):
+#: what the pool's hand-off costs over HTTP, beside what the rest costs.
+INLINE = "asyncwsgi, run inline"
+WITH_INLINE = {**ASYNC, INLINE: "async:inline"}
 
 
 def pass_through_http(
@@ -188,7 +193,7 @@ def full_cycle_http(
 
 
 def full_cycle_scenario(servers: Servers, cfg: Config) -> Figures:
-    res = full_cycle_http(servers, cfg)
+    res = full_cycle_http(servers, cfg, WITH_INLINE)
     return {
         "http": res,
         "rows": [
@@ -199,6 +204,8 @@ def full_cycle_scenario(servers: Servers, cfg: Config) -> Figures:
             row("2 full cycle", "tasks/s vs the floor: 2 bare requests per task "
                 f"(floor/naive {res['floor']['per_s'] / res['naive']['per_s']:.2f})",
                 res["asyncwsgi"]["per_s"], "floor", res["floor"]["per_s"], target=1.0),
+            row("2 full cycle", "tasks/s, each job run inline (no pool hand-off)",
+                res[INLINE]["per_s"], "floor", res["floor"]["per_s"]),
         ],
     }  # fmt: skip
 
@@ -225,7 +232,7 @@ def prefer_wait_http(
 
 
 def prefer_wait(servers: Servers, cfg: Config) -> Figures:
-    res = prefer_wait_http(servers, cfg)
+    res = prefer_wait_http(servers, cfg, WITH_INLINE)
     cost = _prefer_wait_in_process(cfg)
     return {
         "http": res,
@@ -233,6 +240,8 @@ def prefer_wait(servers: Servers, cfg: Config) -> Figures:
         "rows": [
             row("3 Prefer: wait=5", "req/s", res["asyncwsgi"]["per_s"], "bare",
                 res["bare"]["per_s"], target=0.80),
+            row("3 Prefer: wait=5", "req/s, each job run inline (no hand-off)",
+                res[INLINE]["per_s"], "bare", res["bare"]["per_s"]),
             row("3 Prefer: wait=5", "p50 ms/req", res["asyncwsgi"]["p50_ms"], "bare",
                 res["bare"]["p50_ms"], higher=False),
             row("3 Prefer: wait=5", "us/req in-process, through the pool", cost["pool"],
