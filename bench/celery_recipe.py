@@ -175,10 +175,11 @@ def measure(cfg: Config, versions: Versions) -> RecipeRun:
     import redis
 
     from .server import Servers
-    from .services import RedisServer, commands_processed, stop_group
+    from .services import RedisServer, commands_processed, cpu_seconds, descendants, stop_group
 
     labels = [*versions, "recipe"]
     workers: list[subprocess.Popen[bytes]] = []
+    worker_of: dict[str, subprocess.Popen[bytes]] = {}
     with contextlib.ExitStack() as stack:
         stores = {label: stack.enter_context(RedisServer()) for label in labels}
         # (Through Any: redis-py before 6 leaves Redis.close unannotated.)
@@ -188,6 +189,7 @@ def measure(cfg: Config, versions: Versions) -> RecipeRun:
             for label, first in versions.items():
                 broker = stores[label].url(0)
                 workers.append(_worker(broker, None, first))
+                worker_of[label] = workers[-1]
                 if first is not None:
                     _check_worker(workers[-1], first, broker)
                 options[f"celery:{label}"] = {
@@ -196,11 +198,14 @@ def measure(cfg: Config, versions: Versions) -> RecipeRun:
                 }  # fmt: skip
             theirs = stores["recipe"]
             workers.append(_worker(theirs.url(0), theirs.url(1)))
+            worker_of["recipe"] = workers[-1]
             options["recipe"] = {"extra_env": {"BENCH_CELERY_BROKER": theirs.url(0),
                                                "BENCH_CELERY_BACKEND": theirs.url(1)}}  # fmt: skip
             with Servers(*options, options=options) as servers:
                 ports = {label: servers[f"celery:{label}"].port for label in versions}
                 ports["recipe"] = servers["recipe"].port
+                web = {label: servers[f"celery:{label}"].proc.pid for label in versions}
+                web["recipe"] = servers["recipe"].proc.pid
                 cycle = full_cycle("/p0/task")
                 for port in ports.values():  # the workers up, scripts loaded; not counted
                     run_load(port, cycle, 2, 1.0)
@@ -208,11 +213,20 @@ def measure(cfg: Config, versions: Versions) -> RecipeRun:
 
                 def counted(label: str) -> dict[str, float]:
                     client = counters[label]
+                    # Each side's processes: the web server, the Celery
+                    # worker (its pool's children included), redis-server.
+                    sides = {"web": [web[label], *descendants(web[label])],
+                             "worker": [worker_of[label].pid, *descendants(worker_of[label].pid)],
+                             "redis": [stores[label].proc.pid]}  # fmt: skip
+                    cpu = {side: cpu_seconds(pids) for side, pids in sides.items()}
                     before = commands_processed(client)
                     res = run_load(ports[label], cycle, cfg.clients, cfg.duration)
                     after = commands_processed(client)
+                    cycles = max(1, res["count"])
+                    for side, pids in sides.items():
+                        res[f"cpu_ms_{side}"] = (cpu_seconds(pids) - cpu[side]) / cycles * 1e3
                     # The first INFO counts itself; the second is not counted yet.
-                    commands[label].append((after - before - 1) / max(1, res["count"]))
+                    commands[label].append((after - before - 1) / cycles)
                     return res
 
                 runs = {label: lambda label=label: counted(label) for label in ports}
@@ -265,5 +279,12 @@ def celery_recipe(cfg: Config) -> Figures:
             row("11 Celery path vs the Celery recipe", "p50 ms/cycle", a["p50_ms"],
                 "Celery recipe", r["p50_ms"], higher=False),
             commands,
+            row("11 Celery path vs the Celery recipe", "requests/cycle (the submit and its polls)",
+                a["requests_per_unit"], "Celery recipe", r["requests_per_unit"], higher=False),
+            *[row("11 Celery path vs the Celery recipe", f"CPU ms/cycle, {what}",
+                  a[f"cpu_ms_{side}"], "Celery recipe", r[f"cpu_ms_{side}"], higher=False)
+              for side, what in (("web", "web server (gunicorn -w 1)"),
+                                 ("worker", "Celery worker (prefork, 2)"),
+                                 ("redis", "redis-server"))],
         ],
     }  # fmt: skip

@@ -18,6 +18,7 @@ class Conn:
     def __init__(self, port: int) -> None:
         self.port = port
         self.conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        self.requests = 0  # answered so far
 
     def request(
         self, method: str, path: str, headers: dict[str, str] | None = None
@@ -26,6 +27,7 @@ class Conn:
             try:
                 self.conn.request(method, path, headers=headers or {})
                 response = self.conn.getresponse()
+                self.requests += 1
                 return response.status, response, response.read()
             except (http.client.HTTPException, ConnectionError):
                 self.conn.close()
@@ -42,8 +44,10 @@ def run_load(
 ) -> dict[str, float]:
     """Keep ``clients`` connections busy with ``unit`` for ``duration`` seconds.
 
-    Returns units per second, the p50 latency of a unit (ms) and the count."""
+    Returns units per second, the p50 latency of a unit (ms), the count, and
+    the requests a unit made on average (polls included)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
+    requests = [0] * clients
     errors: list[BaseException] = []
     start_gate = threading.Barrier(clients + 1)
     stop_at = [0.0]
@@ -63,6 +67,7 @@ def run_load(
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
+            requests[index] = conn.requests
             conn.close()
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
@@ -81,6 +86,7 @@ def run_load(
         "per_s": len(flat) / elapsed,
         "p50_ms": statistics.median(flat) * 1000 if flat else float("nan"),
         "count": len(flat),
+        "requests_per_unit": sum(requests) / len(flat) if flat else float("nan"),
     }
 
 

@@ -617,6 +617,28 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid``, children first (Linux)."""
+    found = children(pid)
+    for child in list(found):
+        found.extend(descendants(child))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time so far of ``pids``, every thread included
+    (``/proc/<pid>/stat``; a process gone counts nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss(pid: int) -> int:
     """The resident set size of ``pid`` in bytes (0 once it is gone)."""
     try:
