@@ -5,8 +5,13 @@ outside the allowed prefix, and receivers that answer one byte a second."""
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import select
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +23,11 @@ from typing import Any
 import pytest
 
 from asyncwsgi.middleware import CALLBACK_HEADER
+from tests.helpers import unavailable
 from tests.servers import wsgi_server
 from tests.test_callbacks import SECRET, Receiver, receiving
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _post(port: int, path: str, callback: bytes | str) -> tuple[int, dict[str, str], bytes]:
@@ -451,3 +459,74 @@ def test_a_saturated_receiver_is_bounded_and_the_others_go_on(tmp_path: Path, st
     assert took < 5.0, took
     # Within the first attempts' deadline, no more than the bound were open.
     assert len([t for t in opened if t < opened[0] + 9]) <= 8, opened
+
+
+# -- a name server that never answers -----------------------------------------
+
+# Run in a mount namespace of its own where /etc/resolv.conf names a silent
+# server: the system resolver (glibc, through socket.getaddrinfo) waits its own
+# 3 s for the answer, longer than the attempt may last.
+_SLOW_LOOKUP = r"""
+import json, ssl, sys, time
+from asyncwsgi.callbacks.attempt import ATTEMPT_FAULTS, post
+
+started = time.monotonic()
+try:
+    post("http://hooks.slow-names.test:8080/done", b"", connect_timeout=0.5,
+         read_timeout=0.5, attempt_timeout=0.5, tls=ssl.create_default_context)
+    outcome = "sent"
+except ATTEMPT_FAULTS as exc:
+    outcome = type(exc).__name__
+print(json.dumps({"outcome": outcome, "seconds": time.monotonic() - started}))
+"""
+
+
+@contextmanager
+def silent_name_server(address: str) -> Iterator[None]:
+    """A UDP socket on ``address`` port 53 that reads queries and never answers."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((address, 53))
+    stop = threading.Event()
+
+    def swallow() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                server.recvfrom(4096)
+            except TimeoutError:
+                continue
+
+    reader = threading.Thread(target=swallow, name="silent-name-server", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reader.join(5)
+        server.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_name_lookup_that_never_ends_still_ends_the_attempt_by_its_deadline(
+    tmp_path: Path,
+) -> None:
+    # An attempt that outlives attempt_timeout may outlive its claim, and then
+    # a second process may send the same delivery beside it.
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("mount") is None:
+        unavailable("a resolver of the test's own needs root, unshare and mount")
+    address = "127.0.0.77"  # any loopback address: no local resolver is there
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {address}\noptions timeout:3 attempts:1\n")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    command = f'mount --bind "{resolv}" /etc/resolv.conf && exec "{sys.executable}" -c "$0"'
+    with silent_name_server(address):
+        done = subprocess.run(
+            ["unshare", "--mount", "sh", "-c", command, _SLOW_LOOKUP],
+            capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["outcome"] == "TimeoutError", seen
+    assert seen["seconds"] < 0.5 + 0.5, seen

@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["ATTEMPT_FAULTS", "post"]
@@ -63,10 +65,10 @@ def _left(deadline: float) -> float:
 
 
 def _connect(host: str, port: int, deadline: float) -> socket.socket:
-    """A connection to one of ``host``'s addresses, all tried by ``deadline``.
-    (Name resolution is the system resolver's, bounded by its own timeouts.)"""
+    """A connection to one of ``host``'s addresses, looked up and all tried
+    by ``deadline``."""
     error: OSError = TimeoutError("the attempt's deadline passed")
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, kind, proto, _, address in _addresses(host, port, deadline):
         sock = socket.socket(family, kind, proto)
         try:
             sock.settimeout(_left(deadline))
@@ -76,6 +78,44 @@ def _connect(host: str, port: int, deadline: float) -> socket.socket:
             sock.close()
             error = exc
     raise error
+
+
+# getaddrinfo cannot be interrupted, and the system resolver's own timeouts
+# (5 s a name server, each tried in turn) may outlast the attempt, and with it
+# the claim that keeps another process from sending the same delivery. So a
+# lookup runs on a thread of its own that the attempt stops waiting for at its
+# deadline; the thread ends when the resolver gives up. At most this many run
+# at once (a resolver that hangs holds them all): an attempt that finds none
+# free by its deadline fails, and is tried again later like any other.
+_LOOKUPS = threading.BoundedSemaphore(4)
+
+
+def _addresses(
+    host: str, port: int, deadline: float
+) -> list[tuple[Any, Any, int, str, tuple[Any, ...]]]:
+    """``socket.getaddrinfo(host, port)`` for a stream socket, by ``deadline``."""
+    if not _LOOKUPS.acquire(timeout=_left(deadline)):
+        raise TimeoutError(f"no lookup of {host} could start by the attempt's deadline")
+    done = threading.Event()
+    found: list[Any] = []
+
+    def look_up() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as exc:  # gaierror included: given to the attempt
+            found.append(exc)
+        finally:
+            _LOOKUPS.release()
+            done.set()
+
+    threading.Thread(target=look_up, name="asyncwsgi-lookup", daemon=True).start()
+    if not done.wait(_left(deadline)):
+        raise TimeoutError(f"looking up {host} did not end by the attempt's deadline")
+    result = found[0]
+    if isinstance(result, OSError):
+        raise result
+    addresses: list[tuple[Any, Any, int, str, tuple[Any, ...]]] = result
+    return addresses
 
 
 def _read_status(sock: socket.socket, deadline: float) -> int:
