@@ -463,9 +463,11 @@ def test_a_saturated_receiver_is_bounded_and_the_others_go_on(tmp_path: Path, st
 
 # -- a name server that never answers -----------------------------------------
 
-# Run in a mount namespace of its own where /etc/resolv.conf names a silent
-# server: the system resolver (glibc, through socket.getaddrinfo) waits its own
-# 3 s for the answer, longer than the attempt may last.
+# Run in a mount namespace of its own whose /etc holds only a resolv.conf that
+# names a silent server and an nsswitch.conf that sends host lookups to DNS:
+# the system resolver (glibc, through socket.getaddrinfo) waits its own 3 s
+# for the answer, longer than the attempt may last, whatever the machine's
+# own resolver configuration is.
 _SLOW_LOOKUP = r"""
 import json, ssl, sys, time
 from asyncwsgi.callbacks.attempt import ATTEMPT_FAULTS, post
@@ -515,12 +517,14 @@ def test_a_name_lookup_that_never_ends_still_ends_the_attempt_by_its_deadline(
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("mount") is None:
         unavailable("a resolver of the test's own needs root, unshare and mount")
     address = "127.0.0.77"  # any loopback address: no local resolver is there
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text(f"nameserver {address}\noptions timeout:3 attempts:1\n")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "resolv.conf").write_text(f"nameserver {address}\noptions timeout:3 attempts:1\n")
+    (etc / "nsswitch.conf").write_text("hosts: dns\n")
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
-    command = f'mount --bind "{resolv}" /etc/resolv.conf && exec "{sys.executable}" -c "$0"'
+    command = f'mount --bind "{etc}" /etc && exec "{sys.executable}" -c "$0"'
     with silent_name_server(address):
         done = subprocess.run(
             ["unshare", "--mount", "sh", "-c", command, _SLOW_LOOKUP],
