@@ -213,12 +213,16 @@ def test_registry_for_an_exporter_of_ones_own(wrap: Any) -> None:
 
 
 _EXPORTER_OF_ONES_OWN = r"""
-import time
+import threading, time
 from prometheus_client import REGISTRY
 from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware, metrics
 
+held = threading.Event()
+
 def app(environ, start_response):
+    if environ["PATH_INFO"] == "/work/held":
+        held.wait(10)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
 
@@ -234,10 +238,22 @@ middleware = AsyncMiddleware(app, paths=["/work/*"])
 client = Client(middleware)
 one_task(client)
 print(metrics.INSTRUMENTS is None, REGISTRY.get_sample_value(sample, {"pattern": "/work/*"}))
+# A request that waits (Prefer: wait) from before counting is on to after it.
+waiter = threading.Thread(
+    target=lambda: Client(middleware).post("/work/held", headers={"Prefer": "wait=10"})
+)
+waiter.start()
+deadline = time.monotonic() + 10
+while middleware._waits._waiting != 1:
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
 metrics.enable()
 one_task(client)
 one_task(client)
 print(metrics.INSTRUMENTS is None, REGISTRY.get_sample_value(sample, {"pattern": "/work/*"}))
+held.set()
+waiter.join(10)
+print(REGISTRY.get_sample_value("asyncwsgi_waiting_requests"))
 middleware.close()
 """
 
@@ -246,7 +262,8 @@ def test_a_process_counts_once_asked_to_and_not_before() -> None:
     """prometheus_client installed, no ``metrics_path``: nothing is counted (nor
     registered) until ``asyncwsgi.metrics.enable()``, then every task is (an
     exporter of one's own on the default registry, a worker outside
-    multiprocess mode)."""
+    multiprocess mode). A request that was waiting when counting began
+    leaves the waiting gauge at 0, not below."""
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run(
@@ -254,7 +271,7 @@ def test_a_process_counts_once_asked_to_and_not_before() -> None:
         capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["True None", "False 2.0"]
+    assert done.stdout.split("\n")[:3] == ["True None", "False 2.0", "0.0"]
 
 
 # -- gunicorn -w 3 on SQLite ---------------------------------------------------
