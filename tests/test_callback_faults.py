@@ -534,3 +534,19 @@ def test_a_name_lookup_that_never_ends_still_ends_the_attempt_by_its_deadline(
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["outcome"] == "TimeoutError", seen
     assert seen["seconds"] < 0.5 + 0.5, seen
+
+
+def test_a_name_the_lookup_refuses_fails_the_attempt_and_no_thread() -> None:
+    # A 70-letter label is refused by the IDNA codec before any lookup: the
+    # lookup's thread hands the error to the attempt, which fails as for any
+    # receiver that cannot be reached (an exception in a thread would be an
+    # error of this test: warnings are errors).
+    import ssl
+
+    from asyncwsgi.callbacks.attempt import post
+
+    with pytest.raises(ValueError):
+        post(
+            f"http://{'a' * 70}.example:8080/done", b"", connect_timeout=1.0,
+            read_timeout=1.0, attempt_timeout=1.0, tls=ssl.create_default_context,
+        )  # fmt: skip

@@ -102,8 +102,8 @@ def _addresses(
     def look_up() -> None:
         try:
             found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-        except OSError as exc:  # gaierror included: given to the attempt
-            found.append(exc)
+        except Exception as exc:  # raised in the attempt's thread instead (gaierror,
+            found.append(exc)  # a name IDNA refuses), never ending this one
         finally:
             _LOOKUPS.release()
             done.set()
@@ -112,7 +112,7 @@ def _addresses(
     if not done.wait(_left(deadline)):
         raise TimeoutError(f"looking up {host} did not end by the attempt's deadline")
     result = found[0]
-    if isinstance(result, OSError):
+    if isinstance(result, Exception):
         raise result
     addresses: list[tuple[Any, Any, int, str, tuple[Any, ...]]] = result
     return addresses
