@@ -665,10 +665,7 @@ class RssSampler(_Service):
         self._thread.start()
 
     def _tree(self) -> list[int]:
-        pids = list(self.roots)
-        for pid in pids:
-            pids.extend(children(pid))
-        return pids
+        return [pid for root in self.roots for pid in (root, *descendants(root))]
 
     def _run(self) -> None:
         while True:

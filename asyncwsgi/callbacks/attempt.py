@@ -88,11 +88,11 @@ def _connect(host: str, port: int, deadline: float) -> socket.socket:
 # at once (a resolver that hangs holds them all): an attempt that finds none
 # free by its deadline fails, and is tried again later like any other.
 _LOOKUPS = threading.BoundedSemaphore(4)
+# What getaddrinfo answers: (family, type, proto, canonname, sockaddr) each.
+_Addresses = list[tuple[Any, Any, int, str, tuple[Any, ...]]]
 
 
-def _addresses(
-    host: str, port: int, deadline: float
-) -> list[tuple[Any, Any, int, str, tuple[Any, ...]]]:
+def _addresses(host: str, port: int, deadline: float) -> _Addresses:
     """``socket.getaddrinfo(host, port)`` for a stream socket, by ``deadline``."""
     if not _LOOKUPS.acquire(timeout=_left(deadline)):
         raise TimeoutError(f"no lookup of {host} could start by the attempt's deadline")
@@ -114,7 +114,7 @@ def _addresses(
     result = found[0]
     if isinstance(result, Exception):
         raise result
-    addresses: list[tuple[Any, Any, int, str, tuple[Any, ...]]] = result
+    addresses: _Addresses = result
     return addresses
 
 

@@ -76,11 +76,10 @@ class Waits:
             self._waiting -= 1
             # Waits taken before counting was switched on were not added to
             # the gauge: it never goes below the waits it counted.
-            gauged = instruments is not None and self._gauged > 0
-            if gauged:
-                self._gauged -= 1
-        if gauged and instruments is not None:
-            instruments.waiting.dec()
+            if instruments is None or not self._gauged:
+                return
+            self._gauged -= 1
+        instruments.waiting.dec()
 
     def wait(self, task_id: str, wait: int) -> tuple[TaskRecord | None, int | None]:
         """Honour ``Prefer: wait``: block until the task is done, at most
