@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         client_cpus, server_cpus = pinning.split() or (None, None)
         names: tuple[str, ...] = ("bare", "async", "naive", "bare:control")
         if only & {2, 3}:
-            names += ("async:inline",)
+            names += ("async:inline", "least")
         options: dict[str, ServerOptions] = {name: {"cpus": server_cpus} for name in names}
         if "async:inline" in options:
             options["async:inline"]["extra_env"] = {"BENCH_EXECUTOR": "inline"}

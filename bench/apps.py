@@ -1,9 +1,10 @@
 """The apps the benchmark serves: one Flask app, bare, wrapped and naive.
 
 gunicorn loads ``bench.apps:app``; ``BENCH_APP`` picks the variant
-(``bare``, ``async`` or ``naive``); ``BENCH_STORE`` (a store URL) gives the
+(``bare``, ``async``, ``naive`` or ``least``); ``BENCH_STORE`` (a store URL) gives the
 ``async`` variant a shared store instead of its own ``MemoryStore``;
-``BENCH_EXECUTOR=inline`` runs each of its jobs in the request's thread.
+``BENCH_EXECUTOR=inline`` runs each of its jobs in the request's thread;
+``least`` is :func:`bench.stand_ins.least` over the same app.
 ``BENCH_OBSERVE`` turns observability on in the ``async`` variant:
 ``metrics`` (prometheus_client and ``metrics_path``; the OpenTelemetry API
 installed, no tracer provider set) or ``traced`` (that, and the SDK with a
@@ -250,6 +251,10 @@ def _select() -> WSGIApplication:
         return make_async(**options)
     if kind == "naive":
         return make_naive()
+    if kind == "least":  # scenarios 2 and 3: the least any pool could do
+        from .stand_ins import least
+
+        return least(make_flask(), TASK_PATH)
     if kind == "celery":  # scenario 11: the same app, its tasks on a Celery worker
         from . import celery_recipe
 

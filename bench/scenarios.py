@@ -116,7 +116,10 @@ ASYNC = {"asyncwsgi": "async"}
 #: request's own thread before it is answered (``bench.stand_ins.Inline``):
 #: what the pool's hand-off costs over HTTP, beside what the rest costs.
 INLINE = "asyncwsgi, run inline"
-WITH_INLINE = {**ASYNC, INLINE: "async:inline"}
+#: And the least any layer running the app on a pool could do
+#: (``bench.stand_ins.least``): how much of a gap the hand-off alone explains.
+LEAST = "stand-in: the least a pool could do"
+WITH_INLINE = {**ASYNC, INLINE: "async:inline", LEAST: "least"}
 
 
 def pass_through_http(
@@ -206,6 +209,9 @@ def full_cycle_scenario(servers: Servers, cfg: Config) -> Figures:
                 res["asyncwsgi"]["per_s"], "floor", res["floor"]["per_s"], target=1.0),
             row("2 full cycle", "tasks/s, each job run inline (no pool hand-off)",
                 res[INLINE]["per_s"], "floor", res["floor"]["per_s"]),
+            row("2 full cycle", "tasks/s, stand-in: the app on a pool thread, its response "
+                "in a dict, nothing else (the least a pool could do)",
+                res[LEAST]["per_s"], "floor", res["floor"]["per_s"]),
         ],
     }  # fmt: skip
 
@@ -242,6 +248,9 @@ def prefer_wait(servers: Servers, cfg: Config) -> Figures:
                 res["bare"]["per_s"], target=0.80),
             row("3 Prefer: wait=5", "req/s, each job run inline (no hand-off)",
                 res[INLINE]["per_s"], "bare", res["bare"]["per_s"]),
+            row("3 Prefer: wait=5", "req/s, stand-in: the app on a pool thread, its response "
+                "handed back, nothing else (the least a hand-off could do)",
+                res[LEAST]["per_s"], "bare", res["bare"]["per_s"]),
             row("3 Prefer: wait=5", "p50 ms/req", res["asyncwsgi"]["p50_ms"], "bare",
                 res["bare"]["p50_ms"], higher=False),
             row("3 Prefer: wait=5", "us/req in-process, through the pool", cost["pool"],
