@@ -38,10 +38,9 @@ from .client import (
 from .report import Figures, Row
 from .server import Server, ServerOptions, Servers
 from .services import RedisServer, commands_processed
-from .stand_ins import Inline, discard, noop_start_response, trivial_app
+from .stand_ins import Inline, call, noop_start_response, trivial_app
 
 if TYPE_CHECKING:
-    from _typeshed import OptExcInfo
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
 #: A config of ``alternate``: one round of it, its figures.
@@ -315,22 +314,8 @@ def _prefer_wait_in_process(cfg: Config) -> dict[str, float]:
 
 
 def _call(mw: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]]]:
-    seen: list[tuple[str, list[tuple[str, str]]]] = []
-
-    def start_response(
-        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-    ) -> Callable[[bytes], object]:
-        seen.append((status, headers))
-        return discard
-
-    body = mw(environ, start_response)
-    try:
-        b"".join(body)
-    finally:
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-    return seen[0]
+    status, headers, _ = call(mw, environ)
+    return status, headers
 
 
 def _fill(n: int, keep: int = 200) -> tuple[AsyncMiddleware, list[str]]:

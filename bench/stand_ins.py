@@ -24,7 +24,16 @@ if TYPE_CHECKING:
 
     from asyncwsgi.job import Job
 
-__all__ = ["LEAST_STATUS", "Inline", "discard", "least", "noop_start_response", "trivial_app"]
+__all__ = [
+    "LEAST_STATUS",
+    "Inline",
+    "Kept",
+    "call",
+    "discard",
+    "least",
+    "noop_start_response",
+    "trivial_app",
+]
 
 
 def trivial_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -56,8 +65,8 @@ class Inline(Executor):
 #: Where :func:`least` answers the polls of its tasks.
 LEAST_STATUS = "/least/"
 
-#: A response as :func:`least` keeps it: status, headers, body.
-_Kept = tuple[str, list[tuple[str, str]], bytes]
+#: A response as :func:`call` returns it: status, headers, body.
+Kept = tuple[str, list[tuple[str, str]], bytes]
 
 
 class _Pending:
@@ -68,10 +77,12 @@ class _Pending:
     def __init__(self) -> None:
         self.done = threading.Lock()
         self.done.acquire()
-        self.response: _Kept | None = None
+        self.response: Kept | None = None
 
 
-def _kept(app: WSGIApplication, environ: WSGIEnvironment) -> _Kept:
+def call(app: WSGIApplication, environ: WSGIEnvironment) -> Kept:
+    """Call ``app`` as a server would: its status, headers and whole body
+    (its iterable closed)."""
     seen: list[tuple[str, list[tuple[str, str]]]] = []
 
     def start_response(
@@ -110,7 +121,7 @@ def least(
     def work() -> None:
         while True:
             pending, environ = jobs.get()
-            pending.response = _kept(app, environ)
+            pending.response = call(app, environ)
             pending.done.release()
 
     for _ in range(threads):
