@@ -550,3 +550,26 @@ def test_a_name_the_lookup_refuses_fails_the_attempt_and_no_thread() -> None:
             f"http://{'a' * 70}.example:8080/done", b"", connect_timeout=1.0,
             read_timeout=1.0, attempt_timeout=1.0, tls=ssl.create_default_context,
         )  # fmt: skip
+
+
+def test_a_lookup_whose_thread_cannot_start_gives_its_slot_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A process at its thread limit cannot start the lookup's thread. The
+    # attempt fails; the slot it took must not stay taken, or after four such
+    # attempts no lookup could start again.
+    from asyncwsgi.callbacks import attempt
+
+    start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        if self.name == "asyncwsgi-lookup":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    for _ in range(5):
+        with pytest.raises(RuntimeError):
+            attempt._addresses("localhost", 80, time.monotonic() + 1.0)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert attempt._addresses("localhost", 80, time.monotonic() + 1.0)

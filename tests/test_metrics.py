@@ -213,10 +213,11 @@ def test_registry_for_an_exporter_of_ones_own(wrap: Any) -> None:
 
 
 _EXPORTER_OF_ONES_OWN = r"""
-import threading, time
+import threading
 from prometheus_client import REGISTRY
 from werkzeug.test import Client
 from asyncwsgi import AsyncMiddleware, metrics
+from tests.helpers import wait_done, wait_for
 
 held = threading.Event()
 
@@ -227,11 +228,7 @@ def app(environ, start_response):
     return [b"ok"]
 
 def one_task(client):
-    location = client.post("/work/a").headers["Location"]
-    deadline = time.monotonic() + 10
-    while client.get(location).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert wait_done(client, client.post("/work/a").headers["Location"]).status_code == 200
 
 sample = 'asyncwsgi_tasks_accepted_total'
 middleware = AsyncMiddleware(app, paths=["/work/*"])
@@ -243,10 +240,7 @@ waiter = threading.Thread(
     target=lambda: Client(middleware).post("/work/held", headers={"Prefer": "wait=10"})
 )
 waiter.start()
-deadline = time.monotonic() + 10
-while middleware._waits._waiting != 1:
-    assert time.monotonic() < deadline
-    time.sleep(0.01)
+assert wait_for(lambda: middleware._waits._waiting == 1, 10, every=0.01)
 metrics.enable()
 one_task(client)
 one_task(client)

@@ -108,7 +108,11 @@ def _addresses(host: str, port: int, deadline: float) -> _Addresses:
             _LOOKUPS.release()
             done.set()
 
-    threading.Thread(target=look_up, name="asyncwsgi-lookup", daemon=True).start()
+    try:
+        threading.Thread(target=look_up, name="asyncwsgi-lookup", daemon=True).start()
+    except BaseException:
+        _LOOKUPS.release()  # no thread to give the slot back (none could start)
+        raise
     if not done.wait(_left(deadline)):
         raise TimeoutError(f"looking up {host} did not end by the attempt's deadline")
     result = found[0]
